@@ -1,0 +1,280 @@
+//! Test support: a real `redis-server` per test on a free loopback port.
+//!
+//! Set `REDIS_URL` to run against an existing server instead (each test still
+//! uses its own key prefix, so tests never see each other's keys). The
+//! kill/restart drills need a server of their own and skip under `REDIS_URL`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use prefetch::{Engine, Fields};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique key prefix for one test.
+pub fn prefix(test: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("t:{test}:{}:{n}:", std::process::id())
+}
+
+pub struct TestRedis {
+    pub url: String,
+    pub port: u16,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+    persistent: bool,
+}
+
+impl TestRedis {
+    /// A throw-away server without persistence (or `REDIS_URL`).
+    pub fn start() -> Self {
+        if let Ok(url) = std::env::var("REDIS_URL") {
+            return Self {
+                url,
+                port: 0,
+                child: None,
+                dir: None,
+                persistent: false,
+            };
+        }
+        Self::spawn_own(false)
+    }
+
+    /// A server of this test's own, even under `REDIS_URL`. With
+    /// `persistent`, every write is fsynced to an append-only file, so the
+    /// data survives `kill -9` and `restart`.
+    pub fn spawn_own(persistent: bool) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("prefetch-redis-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut this = Self {
+                url: format!("redis://127.0.0.1:{port}/"),
+                port,
+                child: None,
+                dir: Some(dir.clone()),
+                persistent,
+            };
+            if this.launch() {
+                return this;
+            }
+        }
+        panic!("could not start redis-server (is it installed?)");
+    }
+
+    fn launch(&mut self) -> bool {
+        let dir = self.dir.clone().expect("own server has a dir");
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let mut cmd = Command::new(bin);
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--notify-keyspace-events", ""]);
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                self.child = None;
+                return false; // exited: port taken?
+            }
+            if ping(self.port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn owns_server(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// SIGKILL the server (no shutdown, no save).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port (and, if persistent, the same data).
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.launch(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url.as_str()).expect("redis url")
+    }
+
+    /// A connection manager that reconnects quickly (for the drills).
+    pub async fn manager(&self) -> ConnectionManager {
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100))
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        self.client()
+            .get_connection_manager_with_config(config)
+            .await
+            .expect("connect to test redis")
+    }
+
+    pub async fn conn(&self) -> MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind :0");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Wraps a connection and counts the round trips made through it.
+#[derive(Clone)]
+pub struct Counting<C> {
+    pub inner: C,
+    pub round_trips: Arc<AtomicUsize>,
+}
+
+impl<C> Counting<C> {
+    pub fn new(inner: C) -> Self {
+        Self {
+            inner,
+            round_trips: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.round_trips.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: ConnectionLike + Send> ConnectionLike for Counting<C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.round_trips.fetch_add(1, Ordering::SeqCst);
+        self.inner.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.round_trips.fetch_add(1, Ordering::SeqCst);
+        self.inner.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// Primary and cache contents by id.
+pub async fn both_sides<C>(
+    engine: &Engine<C>,
+) -> (BTreeMap<String, Fields>, BTreeMap<String, Fields>)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let snap = engine.snapshot().await.expect("snapshot");
+    let primary = snap
+        .primary
+        .into_iter()
+        .map(|r| {
+            (
+                r.id().expect("primary records have ids").to_owned(),
+                r.into_fields(),
+            )
+        })
+        .collect();
+    let cache = snap.cache.into_iter().map(|e| (e.id, e.fields)).collect();
+    (primary, cache)
+}
+
+/// Asserts the cache holds exactly the primary's records.
+pub async fn assert_converged<C>(engine: &Engine<C>)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    engine
+        .settle(Duration::from_secs(10))
+        .await
+        .expect("sync worker catches up");
+    let (primary, cache) = both_sides(engine).await;
+    if primary != cache {
+        let only_primary: Vec<_> = primary.keys().filter(|k| !cache.contains_key(*k)).collect();
+        let only_cache: Vec<_> = cache.keys().filter(|k| !primary.contains_key(*k)).collect();
+        let differing: Vec<_> = primary
+            .iter()
+            .filter(|(k, v)| cache.get(*k).is_some_and(|c| c != *v))
+            .map(|(k, _)| k)
+            .take(5)
+            .collect();
+        panic!(
+            "cache != primary: {} only in primary {:?}, {} only in cache {:?}, differing {:?}",
+            only_primary.len(),
+            only_primary.iter().take(5).collect::<Vec<_>>(),
+            only_cache.len(),
+            only_cache.iter().take(5).collect::<Vec<_>>(),
+            differing
+        );
+    }
+}
