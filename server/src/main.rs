@@ -1,1 +1,30 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let config = server::Config::parse();
+    server::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(server::run(config));
+    // Whatever is still running (idle connections, reconnect timers) is
+    // abandoned rather than awaited, so shutdown stays within its budget.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, no backtrace: the Display of each error carries its cause.
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

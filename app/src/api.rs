@@ -1,0 +1,280 @@
+//! The reference-compatible HTTP API, written once as server functions.
+//!
+//! Each function is served at the same path as in the published demos
+//! (`prefix = ""` + `endpoint` gives exactly `/read`, `/update`, …): GET
+//! arguments come from the query string, POST arguments from an
+//! `application/x-www-form-urlencoded` body, replies are JSON. The UI calls
+//! these very functions, so every behaviour has one implementation. Each body
+//! only validates input, calls the [`prefetch::Engine`] and maps errors.
+//!
+//! Arguments are `Option`s on purpose: a missing field must be a clear 400
+//! with a message, not a decoding failure.
+
+use leptos::prelude::*;
+use leptos::server_fn::codec::GetUrl;
+
+use crate::error::AppError;
+use crate::model::*;
+
+/// `GET /categories`: cached ids and primary ids, both sorted.
+#[server(prefix = "", endpoint = "categories", input = GetUrl, name = Categories)]
+pub async fn categories() -> Result<CategoriesResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let (cache_ids, primary_ids) = ctx.engine.categories().await.map_err(ssr::engine_error)?;
+    Ok(CategoriesResponse {
+        cache_ids,
+        primary_ids,
+    })
+}
+
+/// `GET /read?id=`: one `HGETALL`+`TTL` round trip, never the primary. A miss
+/// is a 200 with `hit: false` and `ttl_remaining: -2`.
+#[server(prefix = "", endpoint = "read", input = GetUrl, name = ReadCategory)]
+pub async fn read_category(id: Option<String>) -> Result<ReadResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let id = ssr::required(id, "Missing 'id'.")?;
+    let read = ctx.engine.read(&id).await.map_err(ssr::engine_error)?;
+    Ok(ReadResponse {
+        id: read.id,
+        hit: read.lookup.hit,
+        record: read.lookup.record.map(|r| r.into_fields()),
+        redis_latency_ms: ssr::millis(read.lookup.redis_latency),
+        ttl_remaining: read.ttl.as_redis(),
+        stats: ssr::stats(&ctx),
+    })
+}
+
+/// `GET /stats`.
+#[server(prefix = "", endpoint = "stats", input = GetUrl, name = GetStats)]
+pub async fn get_stats() -> Result<StatsDto, AppError> {
+    Ok(ssr::stats(&ssr::ctx()?))
+}
+
+/// `POST /update` (`id`, `field`, `value`): changes the primary; the sync
+/// worker carries the change into Redis.
+#[server(prefix = "", endpoint = "update", name = UpdateField)]
+pub async fn update_field(
+    id: Option<String>,
+    field: Option<String>,
+    value: Option<String>,
+) -> Result<UpdateResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let (Some(id), Some(field)) = (ssr::present(id), ssr::present(field)) else {
+        return ssr::fail(400, "Missing 'id' or 'field'.");
+    };
+    let value = value.unwrap_or_default();
+    if let Err(message) = validate_category_field(&field, &value) {
+        return ssr::fail(400, message);
+    }
+    let change = ctx
+        .engine
+        .update_field(&id, &field, &value)
+        .map_err(ssr::engine_error)?;
+    Ok(UpdateResponse {
+        id: change.id,
+        field,
+        value,
+        stats: ssr::stats(&ctx),
+    })
+}
+
+/// `POST /add` (`id`, `name`, `display_order`=99, `featured`=false,
+/// `parent_id`=""): inserts into the primary.
+#[server(prefix = "", endpoint = "add", name = AddCategory)]
+pub async fn add_category(
+    id: Option<String>,
+    name: Option<String>,
+    display_order: Option<String>,
+    featured: Option<String>,
+    parent_id: Option<String>,
+) -> Result<AddResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let (Some(id), Some(name)) = (ssr::present(id), ssr::present(name)) else {
+        return ssr::fail(400, "Missing 'id' or 'name'.");
+    };
+    let record: Fields = [
+        ("id", id),
+        ("name", name.trim().to_owned()),
+        (
+            "display_order",
+            display_order.unwrap_or_else(|| "99".into()),
+        ),
+        ("featured", featured.unwrap_or_else(|| "false".into())),
+        ("parent_id", parent_id.unwrap_or_default()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (field, value) in record.iter().filter(|(f, _)| f.as_str() != "id") {
+        if let Err(message) = validate_category_field(field, value) {
+            return ssr::fail(400, message);
+        }
+    }
+    if let Some(parent) = record.get("parent_id").filter(|p| !p.is_empty()) {
+        prefetch::validate_id(parent).map_err(ssr::engine_error)?;
+    }
+    let change = ctx
+        .engine
+        .add(prefetch::Record::new(record))
+        .map_err(ssr::engine_error)?;
+    let record = match change.kind {
+        prefetch::ChangeKind::Upsert(fields) => fields,
+        prefetch::ChangeKind::Delete => Fields::new(),
+    };
+    Ok(AddResponse {
+        id: change.id,
+        record,
+        stats: ssr::stats(&ctx),
+    })
+}
+
+/// `POST /delete` (`id`): removes from the primary; the worker removes the key.
+#[server(prefix = "", endpoint = "delete", name = DeleteCategory)]
+pub async fn delete_category(id: Option<String>) -> Result<DeleteResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let id = ssr::required(id, "Missing 'id'.")?;
+    let change = ctx.engine.delete(&id).map_err(ssr::engine_error)?;
+    Ok(DeleteResponse {
+        id: change.id,
+        stats: ssr::stats(&ctx),
+    })
+}
+
+/// `POST /invalidate` (`id`): deletes one cache key (simulates a lost event).
+#[server(prefix = "", endpoint = "invalidate", name = InvalidateCategory)]
+pub async fn invalidate_category(id: Option<String>) -> Result<InvalidateResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let id = ssr::required(id, "Missing 'id'.")?;
+    let deleted = ctx
+        .engine
+        .invalidate(&id)
+        .await
+        .map_err(ssr::engine_error)?;
+    Ok(InvalidateResponse {
+        id: id.trim().to_owned(),
+        deleted,
+        stats: ssr::stats(&ctx),
+    })
+}
+
+/// `POST /clear`: deletes every cache key, with the sync worker paused.
+#[server(prefix = "", endpoint = "clear", name = ClearCache)]
+pub async fn clear_cache() -> Result<ClearResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let deleted = ctx.engine.clear().await.map_err(ssr::engine_error)?;
+    Ok(ClearResponse {
+        deleted,
+        stats: ssr::stats(&ctx),
+    })
+}
+
+/// `POST /reprefetch`: pause, clear, one primary read, bulk load, resume.
+#[server(prefix = "", endpoint = "reprefetch", name = Reprefetch)]
+pub async fn reprefetch() -> Result<ReprefetchResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let report = ctx.engine.reprefetch().await.map_err(ssr::engine_error)?;
+    Ok(ReprefetchResponse {
+        loaded: report.loaded,
+        elapsed_ms: ssr::millis(report.elapsed),
+        stats: ssr::stats(&ctx),
+    })
+}
+
+/// `POST /reset`: zeroes the cache counters and the primary read count.
+#[server(prefix = "", endpoint = "reset", name = ResetStats)]
+pub async fn reset_stats() -> Result<StatsDto, AppError> {
+    let ctx = ssr::ctx()?;
+    ctx.engine.reset_stats();
+    Ok(ssr::stats(&ctx))
+}
+
+/// `GET /state`: primary and cache side by side with TTLs and stats; what the
+/// page renders on the server and what the live feed sends on connect.
+#[server(prefix = "", endpoint = "state", input = GetUrl, name = GetDashboard)]
+pub async fn dashboard() -> Result<DashboardState, AppError> {
+    let ctx = ssr::ctx()?;
+    dashboard_state(&ctx).await.map_err(ssr::engine_error)
+}
+
+#[cfg(feature = "ssr")]
+pub use ssr::{ServerContext, dashboard_state};
+
+#[cfg(feature = "ssr")]
+mod ssr {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use leptos::prelude::use_context;
+
+    use crate::error::AppError;
+    use crate::model::{CacheEntryDto, DashboardState, ExternalWatch, StatsDto};
+
+    pub use crate::error::ssr::{engine_error, fail};
+
+    /// What the server hands to every server function and SSR render.
+    #[derive(Clone, Debug)]
+    pub struct ServerContext {
+        /// The running engine.
+        pub engine: prefetch::Engine,
+        /// How changes made outside the app are noticed.
+        pub external: ExternalWatch,
+    }
+
+    pub fn ctx() -> Result<ServerContext, AppError> {
+        use_context::<ServerContext>().ok_or_else(|| {
+            tracing::error!("ServerContext missing from the leptos context");
+            crate::error::ssr::set_status(500);
+            AppError::new("Server misconfigured: no engine.")
+        })
+    }
+
+    pub fn stats(ctx: &ServerContext) -> StatsDto {
+        StatsDto::from(ctx.engine.stats())
+    }
+
+    /// A present, non-blank argument.
+    pub fn present(v: Option<String>) -> Option<String> {
+        v.filter(|s| !s.trim().is_empty())
+    }
+
+    pub fn required(v: Option<String>, message: &str) -> Result<String, AppError> {
+        match present(v) {
+            Some(v) => Ok(v),
+            None => fail(400, message),
+        }
+    }
+
+    /// Milliseconds with microsecond precision.
+    pub fn millis(d: Duration) -> f64 {
+        (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+    }
+
+    pub fn now_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// The dashboard's view of the engine; also the live feed's snapshot.
+    pub async fn dashboard_state(ctx: &ServerContext) -> Result<DashboardState, prefetch::Error> {
+        let snap = ctx.engine.snapshot().await?;
+        let now = now_ms();
+        let cache = ctx.engine.cache();
+        Ok(DashboardState {
+            primary: snap.primary.into_iter().map(|r| r.into_fields()).collect(),
+            cache: snap
+                .cache
+                .into_iter()
+                .map(|e| CacheEntryDto::from_entry(e, now))
+                .collect(),
+            stats: StatsDto::from(snap.stats),
+            prefix: cache.prefix().to_owned(),
+            ttl_seconds: cache.ttl_config().as_secs(),
+            external: ctx.external,
+            server_time_ms: now,
+        })
+    }
+}
+
+#[cfg(feature = "ssr")]
+pub use ssr::now_ms;

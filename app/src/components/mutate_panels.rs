@@ -1,0 +1,171 @@
+use leptos::prelude::*;
+
+use super::{id_options, report};
+use crate::api::{
+    AddCategory, ClearCache, DeleteCategory, InvalidateCategory, Reprefetch, UpdateField,
+};
+use crate::live::LiveState;
+use crate::model::UPDATABLE_FIELDS;
+
+/// Change one field in the primary; the sync worker rewrites the hash.
+#[component]
+pub fn UpdatePanel(state: LiveState) -> impl IntoView {
+    let update = ServerAction::<UpdateField>::new();
+    report(update, |r| {
+        format!(
+            "Primary updated: {}.{} = \"{}\". The sync worker applies it to Redis.",
+            r.id, r.field, r.value
+        )
+    });
+    let ids = move || {
+        state
+            .primary
+            .with(|p| p.keys().cloned().collect::<Vec<_>>())
+    };
+    view! {
+        <section class="panel" id="update-panel">
+            <h2>"Update a field"</h2>
+            <p class="muted">"Writes the primary; the change event reaches Redis within milliseconds."</p>
+            <ActionForm action=update>
+                <label for="update-id">"Category"</label>
+                <select id="update-id" name="id">{id_options(ids)}</select>
+                <label for="update-field">"Field"</label>
+                <select id="update-field" name="field">
+                    {UPDATABLE_FIELDS.iter().map(|f| view! { <option value=*f>{*f}</option> }).collect_view()}
+                </select>
+                <label for="update-value">"New value"</label>
+                <input id="update-value" name="value" placeholder="new value"/>
+                <button type="submit" disabled=move || update.pending().get()>"Apply update"</button>
+            </ActionForm>
+        </section>
+    }
+}
+
+/// Insert a category into the primary.
+#[component]
+pub fn AddPanel() -> impl IntoView {
+    let add = ServerAction::<AddCategory>::new();
+    report(add, |r| {
+        format!("Added {} to the primary; the sync worker caches it.", r.id)
+    });
+    view! {
+        <section class="panel" id="add-panel">
+            <h2>"Add a category"</h2>
+            <p class="muted">"Inserts travel the same sync path as updates."</p>
+            <ActionForm action=add>
+                <div class="row">
+                    <div>
+                        <label for="add-id">"ID"</label>
+                        <input id="add-id" name="id" value="cat-006"/>
+                    </div>
+                    <div>
+                        <label for="add-name">"Name"</label>
+                        <input id="add-name" name="name" value="Seasonal"/>
+                    </div>
+                </div>
+                <div class="row">
+                    <div>
+                        <label for="add-display-order">"Display order"</label>
+                        <input id="add-display-order" name="display_order" value="6" inputmode="numeric"/>
+                    </div>
+                    <div>
+                        <label for="add-featured">"Featured"</label>
+                        <select id="add-featured" name="featured">
+                            <option value="false">"false"</option>
+                            <option value="true">"true"</option>
+                        </select>
+                    </div>
+                </div>
+                <label for="add-parent">"Parent id"</label>
+                <input id="add-parent" name="parent_id" placeholder="(top level)"/>
+                <button type="submit" disabled=move || add.pending().get()>"Add to primary"</button>
+            </ActionForm>
+        </section>
+    }
+}
+
+/// Remove a category from the primary.
+#[component]
+pub fn DeletePanel(state: LiveState) -> impl IntoView {
+    let delete = ServerAction::<DeleteCategory>::new();
+    report(delete, |r| {
+        format!(
+            "Deleted {} from the primary; the sync worker removes its key.",
+            r.id
+        )
+    });
+    let ids = move || {
+        state
+            .primary
+            .with(|p| p.keys().cloned().collect::<Vec<_>>())
+    };
+    view! {
+        <section class="panel" id="delete-panel">
+            <h2>"Delete a category"</h2>
+            <p class="muted">"The delete event removes the cache key."</p>
+            <ActionForm action=delete>
+                <label for="delete-id">"Category"</label>
+                <select id="delete-id" name="id">{id_options(ids)}</select>
+                <button type="submit" class="danger" disabled=move || delete.pending().get()>
+                    "Delete from primary"
+                </button>
+            </ActionForm>
+        </section>
+    }
+}
+
+/// Simulate sync failures and recover: invalidate one, clear all, re-prefetch.
+#[component]
+pub fn BreakPanel(state: LiveState) -> impl IntoView {
+    let invalidate = ServerAction::<InvalidateCategory>::new();
+    let clear = ServerAction::<ClearCache>::new();
+    let reprefetch = ServerAction::<Reprefetch>::new();
+    report(invalidate, |r| {
+        if r.deleted {
+            format!("Cache entry for {} deleted; reads of it now miss.", r.id)
+        } else {
+            format!("No cache entry for {} to delete.", r.id)
+        }
+    });
+    report(clear, |r| {
+        format!(
+            "Cleared {} cache entries. Reads miss until you re-prefetch.",
+            r.deleted
+        )
+    });
+    report(reprefetch, |r| {
+        format!(
+            "Re-prefetched {} records in {:.1} ms (one primary read).",
+            r.loaded, r.elapsed_ms
+        )
+    });
+    let cached = move || state.cache.with(|c| c.keys().cloned().collect::<Vec<_>>());
+    let busy = move || clear.pending().get() || reprefetch.pending().get();
+    view! {
+        <section class="panel" id="break-panel">
+            <h2>"Break the cache"</h2>
+            <p class="muted">"Simulate a broken sync pipeline, then recover from the primary."</p>
+            <div id="invalidate-form">
+                <ActionForm action=invalidate>
+                    <label for="invalidate-id">"Cached key"</label>
+                    <select id="invalidate-id" name="id">{id_options(cached)}</select>
+                    <button type="submit" class="secondary" disabled=move || invalidate.pending().get()>
+                        "Invalidate one"
+                    </button>
+                </ActionForm>
+            </div>
+            <div class="row buttons">
+                <div id="clear-form">
+                    <ActionForm action=clear>
+                        <button type="submit" class="danger" disabled=busy>"Clear all"</button>
+                    </ActionForm>
+                </div>
+                <div id="reprefetch-form">
+                    <ActionForm action=reprefetch>
+                        <button type="submit" disabled=busy>"Re-prefetch from primary"</button>
+                    </ActionForm>
+                </div>
+            </div>
+        </section>
+    }
+}

@@ -1,0 +1,82 @@
+use leptos::form::FromFormData;
+use leptos::prelude::*;
+
+use super::{id_options, report};
+use crate::api::ReadCategory;
+use crate::live::LiveState;
+use crate::model::CATEGORY_FIELDS;
+
+/// Read one category through the cache: `GET /read`, the same call any API
+/// client makes. Without WASM the form still works (it shows the JSON).
+#[component]
+pub fn ReadPanel(state: LiveState) -> impl IntoView {
+    let read = ServerAction::<ReadCategory>::new();
+    report(read, |r| {
+        if r.hit {
+            format!(
+                "Served {} from Redis in {:.3} ms.",
+                r.id, r.redis_latency_ms
+            )
+        } else {
+            format!(
+                "Cache miss for {}: no entry in Redis (the primary was not asked).",
+                r.id
+            )
+        }
+    });
+    let on_submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        if let Ok(args) = ReadCategory::from_event(&ev) {
+            read.dispatch(args);
+        }
+    };
+    let result = move || {
+        read.value().get().and_then(Result::ok).map(|r| {
+            let badge = if r.hit { "badge hit" } else { "badge miss" };
+            let fields = r.record.clone().unwrap_or_default();
+            view! {
+                <div id="read-result" data-hit=r.hit.to_string()>
+                    <p>
+                        <span class=badge>{if r.hit { "cache hit" } else { "cache miss" }}</span>
+                        " Redis: " <strong id="read-latency">{format!("{:.3} ms", r.redis_latency_ms)}</strong>
+                        " · TTL: " <strong id="read-ttl">{r.ttl_remaining}</strong> " s"
+                    </p>
+                    {if r.hit {
+                        view! {
+                            <dl id="read-fields">
+                                {CATEGORY_FIELDS
+                                    .iter()
+                                    .map(|f| {
+                                        let v = fields.get(*f).cloned().unwrap_or_default();
+                                        view! { <dt>{*f}</dt><dd data-field=*f>{v}</dd> }
+                                    })
+                                    .collect_view()}
+                            </dl>
+                        }
+                            .into_any()
+                    } else {
+                        view! {
+                            <p class="muted">
+                                "No entry in Redis for " <code>{r.id.clone()}</code>
+                                ". A prefetch cache never falls back to the primary: a miss means the sync pipeline lost an event or the key was invalidated. Re-prefetch to recover."
+                            </p>
+                        }
+                            .into_any()
+                    }}
+                </div>
+            }
+        })
+    };
+    view! {
+        <section class="panel" id="read-panel">
+            <h2>"Read a category"</h2>
+            <p class="muted">"One HGETALL + TTL round trip to Redis; never the primary."</p>
+            <form id="read-form" action="/read" method="get" on:submit=on_submit>
+                <label for="read-id">"Category"</label>
+                <select id="read-id" name="id">{id_options(move || state.all_ids())}</select>
+                <button type="submit" disabled=move || read.pending().get()>"Read from cache"</button>
+            </form>
+            {result}
+        </section>
+    }
+}

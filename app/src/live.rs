@@ -1,0 +1,343 @@
+//! `use_live_state()`: the dashboard's state as signals, seeded from the
+//! server-rendered snapshot and kept current by the `/events` feed.
+//!
+//! On the server (SSR) the state is just the snapshot. In the browser an
+//! `EventSource` streams [`LiveEvent`]s into [`LiveState::apply`]; the browser
+//! reconnects by itself after a dropped stream, and a closed one is reopened
+//! after a second. Every connect starts with a full snapshot, so nothing
+//! missed while disconnected is lost.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use leptos::prelude::*;
+
+use crate::model::*;
+
+/// Most recent feed entries kept for the event log.
+pub const LOG_CAPACITY: usize = 150;
+
+/// State of the connection to the live feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// Rendered on the server, or the page has not connected yet.
+    Connecting,
+    /// Receiving events.
+    Live,
+    /// The stream dropped; the browser is retrying.
+    Reconnecting,
+}
+
+impl Connection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Connection::Connecting => "connecting",
+            Connection::Live => "live",
+            Connection::Reconnecting => "disconnected",
+        }
+    }
+}
+
+/// One line of the event log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    /// Monotonic number, for keyed rendering.
+    pub n: u64,
+    pub at_ms: i64,
+    pub source: String,
+    pub op: String,
+    pub id: String,
+    pub detail: String,
+}
+
+/// The live dashboard state. `Copy`: every field is an arena signal.
+#[derive(Clone, Copy)]
+pub struct LiveState {
+    pub primary: RwSignal<BTreeMap<String, Fields>>,
+    pub cache: RwSignal<BTreeMap<String, CacheEntryDto>>,
+    pub stats: RwSignal<StatsDto>,
+    pub worker: RwSignal<String>,
+    pub external: RwSignal<ExternalWatch>,
+    pub prefix: RwSignal<String>,
+    pub ttl_seconds: RwSignal<u64>,
+    pub connection: RwSignal<Connection>,
+    pub log: RwSignal<VecDeque<LogEntry>>,
+    /// Per-id change counters; a row flashes whenever its counter moves.
+    pub changes: RwSignal<BTreeMap<String, u32>>,
+    /// The server's clock as the browser estimates it, ticking.
+    pub now_ms: RwSignal<i64>,
+    /// Server clock minus browser clock, from the last snapshot.
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    clock_offset_ms: RwSignal<i64>,
+    log_seq: RwSignal<u64>,
+}
+
+impl LiveState {
+    /// State equal to `snapshot` (what the server rendered).
+    pub fn new(snapshot: &DashboardState) -> Self {
+        let state = Self {
+            primary: RwSignal::new(BTreeMap::new()),
+            cache: RwSignal::new(BTreeMap::new()),
+            stats: RwSignal::new(StatsDto::default()),
+            worker: RwSignal::new(String::new()),
+            external: RwSignal::new(snapshot.external),
+            prefix: RwSignal::new(String::new()),
+            ttl_seconds: RwSignal::new(0),
+            connection: RwSignal::new(Connection::Connecting),
+            log: RwSignal::new(VecDeque::new()),
+            changes: RwSignal::new(BTreeMap::new()),
+            now_ms: RwSignal::new(snapshot.server_time_ms),
+            clock_offset_ms: RwSignal::new(0),
+            log_seq: RwSignal::new(0),
+        };
+        state.load(snapshot.clone());
+        state
+    }
+
+    fn load(&self, s: DashboardState) {
+        self.primary.set(
+            s.primary
+                .into_iter()
+                .filter_map(|f| Some((f.get("id")?.clone(), f)))
+                .collect(),
+        );
+        self.cache
+            .set(s.cache.into_iter().map(|e| (e.id.clone(), e)).collect());
+        self.worker.set(s.stats.worker.clone());
+        self.stats.set(s.stats);
+        self.external.set(s.external);
+        self.prefix.set(s.prefix);
+        self.ttl_seconds.set(s.ttl_seconds);
+    }
+
+    /// Applies one feed event.
+    pub fn apply(&self, event: LiveEvent) {
+        match event {
+            LiveEvent::Snapshot(s) => {
+                let keys = s.cache.len();
+                self.sync_clock(s.server_time_ms);
+                self.load(s);
+                self.push_log("feed", "snapshot", "", format!("{keys} keys cached"));
+            }
+            LiveEvent::Primary { op, id, fields, .. } => {
+                self.primary.update(|p| match fields {
+                    Some(f) => {
+                        p.insert(id.clone(), f);
+                    }
+                    None => {
+                        p.remove(&id);
+                    }
+                });
+                self.touch(&id);
+                self.push_log("primary", &op, &id, String::new());
+            }
+            LiveEvent::Cache {
+                id,
+                fields,
+                expires_at_ms,
+                source,
+                lag_ms,
+            } => {
+                let op = if fields.is_some() { "write" } else { "delete" };
+                self.cache.update(|c| match fields {
+                    Some(fields) => {
+                        c.insert(
+                            id.clone(),
+                            CacheEntryDto {
+                                id: id.clone(),
+                                fields,
+                                expires_at_ms,
+                            },
+                        );
+                    }
+                    None => {
+                        c.remove(&id);
+                    }
+                });
+                self.touch(&id);
+                let detail = lag_ms.map(|l| format!("lag {l:.2} ms")).unwrap_or_default();
+                self.push_log(source.as_str(), op, &id, detail);
+            }
+            LiveEvent::Cleared { deleted } => {
+                let ids: Vec<String> = self.cache.with_untracked(|c| c.keys().cloned().collect());
+                self.cache.set(BTreeMap::new());
+                for id in &ids {
+                    self.touch(id);
+                }
+                self.push_log("admin", "clear", "", format!("{deleted} keys deleted"));
+            }
+            LiveEvent::Prefetched { loaded, elapsed_ms } => {
+                self.push_log(
+                    "admin",
+                    "prefetch",
+                    "",
+                    format!("{loaded} records in {elapsed_ms:.1} ms"),
+                );
+            }
+            LiveEvent::Stats(stats) => {
+                if self.worker.get_untracked() != stats.worker {
+                    self.worker.set(stats.worker.clone());
+                }
+                self.stats.set(stats);
+            }
+            LiveEvent::Worker { state } => {
+                self.push_log("sync", &state, "", "worker state".into());
+                self.worker.set(state);
+            }
+        }
+    }
+
+    fn touch(&self, id: &str) {
+        self.changes
+            .update(|c| *c.entry(id.to_owned()).or_default() += 1);
+    }
+
+    fn push_log(&self, source: &str, op: &str, id: &str, detail: String) {
+        let n = self.log_seq.get_untracked() + 1;
+        self.log_seq.set(n);
+        let entry = LogEntry {
+            n,
+            at_ms: self.server_clock(),
+            source: source.to_owned(),
+            op: op.to_owned(),
+            id: id.to_owned(),
+            detail,
+        };
+        self.log.update(|log| {
+            log.push_front(entry);
+            log.truncate(LOG_CAPACITY);
+        });
+    }
+
+    #[cfg_attr(not(feature = "hydrate"), allow(unused_variables))]
+    fn sync_clock(&self, server_time_ms: i64) {
+        #[cfg(feature = "hydrate")]
+        {
+            let offset = server_time_ms - js_sys::Date::now() as i64;
+            self.clock_offset_ms.set(offset);
+            self.now_ms.set(server_time_ms);
+        }
+    }
+
+    /// The server's clock as of this moment (the snapshot time on the server).
+    fn server_clock(&self) -> i64 {
+        #[cfg(feature = "hydrate")]
+        {
+            js_sys::Date::now() as i64 + self.clock_offset_ms.get_untracked()
+        }
+        #[cfg(not(feature = "hydrate"))]
+        {
+            self.now_ms.get_untracked()
+        }
+    }
+
+    /// Seconds of TTL left for a key expiring at `expires_at_ms` (-1: none).
+    pub fn ttl_left(&self, expires_at_ms: Option<i64>) -> i64 {
+        match expires_at_ms {
+            Some(at) => ((at - self.now_ms.get()) as f64 / 1000.0).ceil().max(0.0) as i64,
+            None => -1,
+        }
+    }
+
+    /// Status of one id: `ok`, `stale`, `missing` or `orphaned`.
+    pub fn status_of(&self, id: &str) -> &'static str {
+        let in_primary = self.primary.with(|p| p.get(id).cloned());
+        let in_cache = self.cache.with(|c| c.get(id).map(|e| e.fields.clone()));
+        match (in_primary, in_cache) {
+            (Some(p), Some(c)) if p == c => "ok",
+            (Some(_), Some(_)) => "stale",
+            (Some(_), None) => "missing",
+            (None, Some(_)) => "orphaned",
+            (None, None) => "gone",
+        }
+    }
+
+    /// Every id in the primary or the cache, sorted.
+    pub fn all_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.primary.with(|p| p.keys().cloned().collect());
+        self.cache.with(|c| ids.extend(c.keys().cloned()));
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// Creates the dashboard state from the server's snapshot and, in the
+/// browser, connects it to the live feed and starts the TTL clock.
+pub fn use_live_state(snapshot: &DashboardState) -> LiveState {
+    let state = LiveState::new(snapshot);
+    #[cfg(feature = "hydrate")]
+    {
+        Effect::new(move |_| {
+            browser::connect(state);
+            browser::start_clock(state);
+        });
+    }
+    state
+}
+
+#[cfg(feature = "hydrate")]
+mod browser {
+    use std::time::Duration;
+
+    use leptos::prelude::*;
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen::closure::Closure;
+    use web_sys::{EventSource, MessageEvent};
+
+    use super::{Connection, LiveState};
+    use crate::model::LiveEvent;
+
+    /// Opens `/events`. The handlers live as long as the page (the dashboard
+    /// is never unmounted), so their closures are leaked on purpose.
+    pub fn connect(state: LiveState) {
+        let Ok(source) = EventSource::new("/events") else {
+            state.connection.set(Connection::Reconnecting);
+            retry(state);
+            return;
+        };
+
+        let on_open = Closure::<dyn FnMut()>::new(move || {
+            state.connection.set(Connection::Live);
+        });
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+            let Some(text) = ev.data().as_string() else {
+                return;
+            };
+            match serde_json::from_str::<LiveEvent>(&text) {
+                Ok(event) => state.apply(event),
+                Err(e) => leptos::logging::warn!("unreadable live event: {e}"),
+            }
+        });
+        let es = source.clone();
+        let on_error = Closure::<dyn FnMut()>::new(move || {
+            state.connection.set(Connection::Reconnecting);
+            // CLOSED means the browser gave up (e.g. a non-SSE reply):
+            // reopen ourselves. Otherwise it is already retrying.
+            if es.ready_state() == EventSource::CLOSED {
+                retry(state);
+            }
+        });
+        source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        on_open.forget();
+        on_message.forget();
+        on_error.forget();
+    }
+
+    fn retry(state: LiveState) {
+        set_timeout(move || connect(state), Duration::from_secs(1));
+    }
+
+    /// Advances the estimated server clock so TTLs count down.
+    pub fn start_clock(state: LiveState) {
+        let tick = move || {
+            let offset = state.clock_offset_ms.get_untracked();
+            state.now_ms.set(js_sys::Date::now() as i64 + offset);
+        };
+        tick();
+        if let Ok(handle) = set_interval_with_handle(tick, Duration::from_millis(500)) {
+            on_cleanup(move || handle.clear());
+        }
+    }
+}

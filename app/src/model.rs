@@ -1,0 +1,297 @@
+//! Wire types: one set of serde types for the JSON API, the live feed and
+//! the browser. The server-only conversions from `prefetch` types sit at the
+//! bottom behind the `ssr` feature.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A record's fields by name.
+pub type Fields = BTreeMap<String, String>;
+
+/// Fields the demo's category records carry, in display order.
+pub const CATEGORY_FIELDS: [&str; 5] = ["id", "name", "display_order", "featured", "parent_id"];
+
+/// Fields the UI offers to update (the id cannot change).
+pub const UPDATABLE_FIELDS: [&str; 4] = ["name", "display_order", "featured", "parent_id"];
+
+/// Cache and primary counters, with the reference demos' keys first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsDto {
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate_pct: f64,
+    pub prefetched: u64,
+    pub sync_events_applied: u64,
+    pub sync_lag_ms_avg: f64,
+    pub primary_reads_total: u64,
+    pub primary_read_latency_ms: u64,
+    pub sync_lag_ms_p50: f64,
+    pub sync_lag_ms_p99: f64,
+    pub sync_lag_ms_max: f64,
+    pub sync_events_skipped: u64,
+    pub sync_batches: u64,
+    pub sync_retries: u64,
+    pub sync_backlog: u64,
+    pub worker: String,
+}
+
+/// `GET /categories`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CategoriesResponse {
+    pub cache_ids: Vec<String>,
+    pub primary_ids: Vec<String>,
+}
+
+/// `GET /read?id=`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    pub id: String,
+    pub record: Option<Fields>,
+    pub hit: bool,
+    pub redis_latency_ms: f64,
+    /// Redis `TTL` semantics: seconds left, -1 no expiry, -2 missing.
+    pub ttl_remaining: i64,
+    pub stats: StatsDto,
+}
+
+/// `POST /update`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateResponse {
+    pub id: String,
+    pub field: String,
+    pub value: String,
+    pub stats: StatsDto,
+}
+
+/// `POST /add`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddResponse {
+    pub id: String,
+    pub record: Fields,
+    pub stats: StatsDto,
+}
+
+/// `POST /delete`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    pub id: String,
+    pub stats: StatsDto,
+}
+
+/// `POST /invalidate`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InvalidateResponse {
+    pub id: String,
+    pub deleted: bool,
+    pub stats: StatsDto,
+}
+
+/// `POST /clear`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClearResponse {
+    pub deleted: usize,
+    pub stats: StatsDto,
+}
+
+/// `POST /reprefetch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReprefetchResponse {
+    pub loaded: usize,
+    pub elapsed_ms: f64,
+    pub stats: StatsDto,
+}
+
+/// One cached key as the dashboard shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheEntryDto {
+    pub id: String,
+    pub fields: Fields,
+    /// Server wall-clock time (ms since the epoch) the key expires at, or
+    /// `None` when it has no expiry.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Where a cache change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The sync worker applied a primary change.
+    Sync,
+    /// An admin action (invalidate, clear, re-prefetch).
+    Admin,
+    /// Someone changed the key outside the app (e.g. `redis-cli`).
+    External,
+    /// Redis expired the key (its safety-net TTL ran out).
+    Expired,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Sync => "sync",
+            Source::Admin => "admin",
+            Source::External => "external",
+            Source::Expired => "expired",
+        }
+    }
+}
+
+/// How the server notices cache changes made outside the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExternalWatch {
+    /// Redis keyspace notifications (immediate).
+    Keyspace,
+    /// Notifications could not be enabled: a periodic diff of the cache.
+    Polling,
+}
+
+/// Everything the dashboard shows, at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DashboardState {
+    /// Primary records by id.
+    pub primary: Vec<Fields>,
+    /// Cached records by id.
+    pub cache: Vec<CacheEntryDto>,
+    pub stats: StatsDto,
+    pub prefix: String,
+    pub ttl_seconds: u64,
+    pub external: ExternalWatch,
+    /// Server wall-clock time of the snapshot (ms since the epoch).
+    pub server_time_ms: i64,
+}
+
+/// One message of the live feed (`GET /events`), shared by the server and
+/// the WASM client. Serialised as JSON with a `type` tag.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    /// The full current state: sent on connect and whenever a client must
+    /// resynchronise (it fell behind, or the whole cache was reloaded).
+    Snapshot(DashboardState),
+    /// A primary mutation, in mutation order.
+    Primary {
+        seq: u64,
+        op: String,
+        id: String,
+        /// The record's new fields (`None` for a delete).
+        fields: Option<Fields>,
+        at_ms: i64,
+    },
+    /// A cache key was written or deleted.
+    Cache {
+        id: String,
+        /// The key's fields now (`None`: deleted).
+        fields: Option<Fields>,
+        expires_at_ms: Option<i64>,
+        source: Source,
+        /// Time from the primary mutation to the write (sync writes only).
+        lag_ms: Option<f64>,
+    },
+    /// Every key under the prefix was deleted.
+    Cleared { deleted: usize },
+    /// The cache was re-loaded from the primary (a snapshot follows).
+    Prefetched { loaded: usize, elapsed_ms: f64 },
+    /// Counters changed.
+    Stats(StatsDto),
+    /// The sync worker changed state (`running`, `paused`, `retrying`, `stopped`).
+    Worker { state: String },
+}
+
+/// Checks the value of one category field, so that the add form and
+/// `POST /update` accept the same things. Fields outside the category schema
+/// are free-form.
+pub fn validate_category_field(field: &str, value: &str) -> Result<(), String> {
+    match field {
+        "name" if value.trim().is_empty() => Err("'name' must not be empty.".into()),
+        "display_order" if value.trim().parse::<i64>().is_err() => Err(format!(
+            "'display_order' must be an integer, got '{value}'."
+        )),
+        "featured" if value != "true" && value != "false" => Err(format!(
+            "'featured' must be 'true' or 'false', got '{value}'."
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(feature = "ssr")]
+mod ssr {
+    use super::*;
+    use prefetch::{CachedEntry, EngineStats, Ttl};
+
+    impl From<EngineStats> for StatsDto {
+        fn from(s: EngineStats) -> Self {
+            let c = s.cache;
+            StatsDto {
+                hits: c.hits,
+                misses: c.misses,
+                hit_rate_pct: c.hit_rate_pct,
+                prefetched: c.prefetched,
+                sync_events_applied: c.sync_events_applied,
+                sync_lag_ms_avg: c.sync_lag_ms_avg,
+                primary_reads_total: s.primary_reads_total,
+                primary_read_latency_ms: u64::try_from(s.primary_read_latency.as_millis())
+                    .unwrap_or(u64::MAX),
+                sync_lag_ms_p50: c.sync_lag_ms_p50,
+                sync_lag_ms_p99: c.sync_lag_ms_p99,
+                sync_lag_ms_max: c.sync_lag_ms_max,
+                sync_events_skipped: c.sync_events_skipped,
+                sync_batches: c.sync_batches,
+                sync_retries: c.sync_retries,
+                sync_backlog: s.backlog,
+                worker: s.worker.as_str().to_owned(),
+            }
+        }
+    }
+
+    impl CacheEntryDto {
+        /// The dashboard form of a cached entry, its TTL read at `now_ms`.
+        pub fn from_entry(e: CachedEntry, now_ms: i64) -> Self {
+            CacheEntryDto {
+                id: e.id,
+                fields: e.fields,
+                expires_at_ms: expires_at(e.ttl, now_ms),
+            }
+        }
+    }
+
+    /// Absolute expiry of a key whose TTL was `ttl` at `now_ms`.
+    pub fn expires_at(ttl: Ttl, now_ms: i64) -> Option<i64> {
+        match ttl {
+            Ttl::Seconds(s) => Some(now_ms + i64::try_from(s).unwrap_or(i64::MAX / 2000) * 1000),
+            Ttl::Persistent | Ttl::Missing => None,
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+pub use ssr::expires_at;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_events_are_tagged_json() {
+        let ev = LiveEvent::Worker {
+            state: "paused".into(),
+        };
+        let json = serde_json::to_string(&ev).unwrap();
+        assert_eq!(json, r#"{"type":"worker","state":"paused"}"#);
+        let back: LiveEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ev);
+        let stats = LiveEvent::Stats(StatsDto::default());
+        let json = serde_json::to_string(&stats).unwrap();
+        assert!(json.starts_with(r#"{"type":"stats","hits":0"#), "{json}");
+    }
+
+    #[test]
+    fn category_fields_are_checked_like_the_add_form() {
+        assert!(validate_category_field("display_order", "12").is_ok());
+        assert!(validate_category_field("display_order", "twelve").is_err());
+        assert!(validate_category_field("featured", "yes").is_err());
+        assert!(validate_category_field("name", "  ").is_err());
+        assert!(validate_category_field("colour", "anything").is_ok());
+    }
+}

@@ -1,0 +1,98 @@
+//! Command-line flags, each with an environment fallback.
+
+use std::net::IpAddr;
+
+use clap::Parser;
+
+/// A live Redis prefetch-cache demo: the cache core, the reference JSON API,
+/// a live SSE feed and a Leptos dashboard.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "prefetch-demo", version)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "PREFETCH_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PREFETCH_PORT", default_value_t = 8791)]
+    pub port: u16,
+    /// Redis URL (redis://host:port/db). Overrides --redis-host/--redis-port.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Redis host.
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Redis port.
+    #[arg(long, env = "REDIS_PORT")]
+    pub redis_port: Option<u16>,
+    /// Start a private redis-server (free loopback port, no persistence) even
+    /// if one answers on localhost:6379. Without any Redis address this
+    /// happens anyway when nothing answers there.
+    #[arg(long, env = "PREFETCH_EMBEDDED_REDIS")]
+    pub embedded_redis: bool,
+    /// Prefix of every cache key.
+    #[arg(long, env = "PREFETCH_CACHE_PREFIX", default_value = prefetch::DEFAULT_PREFIX)]
+    pub cache_prefix: String,
+    /// Safety-net TTL in seconds, refreshed on every sync write.
+    #[arg(long, env = "PREFETCH_TTL_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl_seconds: u64,
+    /// Simulated read latency of the mock primary, in milliseconds (only
+    /// prefetches pay it; reads never touch the primary).
+    #[arg(long, env = "PREFETCH_PRIMARY_LATENCY_MS", default_value_t = 80)]
+    pub primary_latency_ms: u64,
+}
+
+impl Config {
+    /// The Redis URL to use, if one was given in any form.
+    pub fn given_redis_url(&self) -> Option<String> {
+        if let Some(url) = &self.redis_url {
+            return Some(url.clone());
+        }
+        if self.redis_host.is_none() && self.redis_port.is_none() {
+            return None;
+        }
+        let host = self.redis_host.as_deref().unwrap_or("127.0.0.1");
+        let port = self.redis_port.unwrap_or(6379);
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        Some(format!("redis://{host}:{port}/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_reference_demos() {
+        let c = Config::try_parse_from(["server"]).unwrap();
+        assert_eq!(c.host.to_string(), "127.0.0.1");
+        assert_eq!(c.port, 8791);
+        assert_eq!(c.cache_prefix, "cache:category:");
+        assert_eq!(c.ttl_seconds, 3600);
+        assert_eq!(c.primary_latency_ms, 80);
+        assert_eq!(c.given_redis_url(), None);
+    }
+
+    #[test]
+    fn redis_address_can_be_given_in_parts_or_as_a_url() {
+        let c = Config::try_parse_from(["server", "--redis-port", "6390"]).unwrap();
+        assert_eq!(
+            c.given_redis_url().as_deref(),
+            Some("redis://127.0.0.1:6390/")
+        );
+        let c =
+            Config::try_parse_from(["server", "--redis-host", "::1", "--redis-port", "7"]).unwrap();
+        assert_eq!(c.given_redis_url().as_deref(), Some("redis://[::1]:7/"));
+        let c = Config::try_parse_from(["server", "--redis-url", "redis://x:1/2"]).unwrap();
+        assert_eq!(c.given_redis_url().as_deref(), Some("redis://x:1/2"));
+    }
+
+    #[test]
+    fn a_zero_ttl_is_refused() {
+        assert!(Config::try_parse_from(["server", "--ttl-seconds", "0"]).is_err());
+    }
+}

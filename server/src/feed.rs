@@ -1,0 +1,387 @@
+//! The live-feed hub: turns engine events, keyspace notifications and stats
+//! into [`LiveEvent`]s, serialises each once, and fans them out to every SSE
+//! client through one broadcast channel.
+//!
+//! Nothing here can block the engine or another client: the hub reads a
+//! lossy broadcast of engine events, and clients read a lossy broadcast of
+//! frames. Whoever falls behind (the hub or a client) is resynchronised with
+//! a fresh snapshot instead of being waited for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use app::api::{ServerContext, dashboard_state, now_ms};
+use app::model::{ExternalWatch, Fields, LiveEvent, Source, StatsDto, expires_at};
+use prefetch::Event;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::keyspace::KeyEvent;
+
+/// Frames buffered per SSE client before it is resynchronised.
+const CLIENT_BUFFER: usize = 1024;
+/// Keyspace notifications are checked this long after they arrive, so the
+/// app's own writes (reported through the engine) are already mirrored.
+const EXTERNAL_SETTLE: Duration = Duration::from_millis(30);
+/// More keys than this pending at once: resync instead of checking each.
+const MAX_PENDING: usize = 512;
+/// Expiry differences below this are clock noise, not an external EXPIRE.
+const EXPIRY_TOLERANCE_MS: i64 = 2000;
+const STATS_INTERVAL: Duration = Duration::from_millis(250);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One serialised [`LiveEvent`], shared by every client.
+#[derive(Clone, Debug)]
+pub struct Frame(pub Arc<str>);
+
+impl Frame {
+    pub fn of(event: &LiveEvent) -> Option<Self> {
+        match serde_json::to_string(event) {
+            Ok(json) => Some(Self(json.into())),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise live event");
+                None
+            }
+        }
+    }
+}
+
+/// Handle to the hub. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LiveHub {
+    tx: broadcast::Sender<Frame>,
+    ctx: ServerContext,
+}
+
+impl LiveHub {
+    /// Starts the hub task. `keys` carries keyspace notifications (`None`:
+    /// poll the cache every second instead).
+    pub fn start(
+        ctx: ServerContext,
+        keys: Option<mpsc::Receiver<KeyEvent>>,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, _) = broadcast::channel(CLIENT_BUFFER);
+        let hub = Self { tx, ctx };
+        let task = Task {
+            hub: hub.clone(),
+            engine_rx: hub.ctx.engine.subscribe(),
+            keys,
+            mirror: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            expired: BTreeSet::new(),
+            last_stats: None,
+        };
+        let join = tokio::spawn(task.run(shutdown));
+        (hub, join)
+    }
+
+    /// A new client's frames, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Frame> {
+        self.tx.subscribe()
+    }
+
+    /// A snapshot frame of the current state.
+    pub async fn snapshot(&self) -> Result<Frame, prefetch::Error> {
+        let state = dashboard_state(&self.ctx).await?;
+        Frame::of(&LiveEvent::Snapshot(state))
+            .ok_or_else(|| prefetch::Error::InvalidField("unserialisable snapshot".into()))
+    }
+
+    fn send(&self, event: &LiveEvent) {
+        if self.tx.receiver_count() > 0
+            && let Some(frame) = Frame::of(event)
+        {
+            let _ = self.tx.send(frame);
+        }
+    }
+}
+
+/// What the clients were last told about one key.
+#[derive(Debug, PartialEq)]
+struct Mirrored {
+    fields: Fields,
+    expires_at_ms: Option<i64>,
+}
+
+struct Task {
+    hub: LiveHub,
+    engine_rx: broadcast::Receiver<Event>,
+    keys: Option<mpsc::Receiver<KeyEvent>>,
+    mirror: BTreeMap<String, Mirrored>,
+    pending: BTreeSet<String>,
+    expired: BTreeSet<String>,
+    last_stats: Option<StatsDto>,
+}
+
+impl Task {
+    async fn run(mut self, shutdown: CancellationToken) {
+        self.resync().await;
+        let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
+        let mut poll_tick = tokio::time::interval(POLL_INTERVAL);
+        let polling = self.keys.is_none();
+        let mut check_at: Option<Instant> = None;
+        loop {
+            let check = async {
+                match check_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let key_event = async {
+                match self.keys.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = self.engine_rx.recv() => match event {
+                    Ok(event) => self.on_engine(event).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "live hub lagged behind the engine; resyncing");
+                        self.resync().await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                key = key_event => match key {
+                    Some(KeyEvent::Key { id, event }) => {
+                        if event == "expired" {
+                            self.expired.insert(id.clone());
+                        }
+                        self.pending.insert(id);
+                        check_at.get_or_insert_with(|| Instant::now() + EXTERNAL_SETTLE);
+                    }
+                    Some(KeyEvent::Resync) => self.resync().await,
+                    None => self.keys = None,
+                },
+                _ = check => {
+                    check_at = None;
+                    self.check_pending().await;
+                }
+                _ = poll_tick.tick(), if polling => self.poll().await,
+                _ = stats_tick.tick() => self.stats(false),
+            }
+        }
+    }
+
+    async fn on_engine(&mut self, event: Event) {
+        match event {
+            Event::Primary(change) => {
+                let at_ms = change
+                    .timestamp
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0);
+                let op = change.op().to_owned();
+                let fields = match change.kind {
+                    prefetch::ChangeKind::Upsert(fields) => Some(fields),
+                    prefetch::ChangeKind::Delete => None,
+                };
+                self.hub.send(&LiveEvent::Primary {
+                    seq: change.seq,
+                    op,
+                    id: change.id,
+                    fields,
+                    at_ms,
+                });
+            }
+            Event::SyncApplied { writes, .. } => {
+                let ttl = self.hub.ctx.engine.cache().ttl_config();
+                let now = now_ms();
+                for w in writes.iter() {
+                    let expires = w.fields.as_ref().map(|_| {
+                        expires_at(prefetch::Ttl::Seconds(ttl.as_secs()), now).unwrap_or(now)
+                    });
+                    self.set_mirror(&w.id, w.fields.clone(), expires);
+                    self.hub.send(&LiveEvent::Cache {
+                        id: w.id.clone(),
+                        fields: w.fields.clone(),
+                        expires_at_ms: expires,
+                        source: Source::Sync,
+                        lag_ms: Some(w.lag.as_secs_f64() * 1000.0),
+                    });
+                }
+            }
+            Event::Invalidated { id, existed } => {
+                if existed {
+                    self.set_mirror(&id, None, None);
+                    self.hub.send(&LiveEvent::Cache {
+                        id,
+                        fields: None,
+                        expires_at_ms: None,
+                        source: Source::Admin,
+                        lag_ms: None,
+                    });
+                }
+            }
+            Event::Cleared { deleted } => {
+                self.mirror.clear();
+                self.hub.send(&LiveEvent::Cleared { deleted });
+            }
+            Event::Prefetched { loaded, elapsed } => {
+                self.hub.send(&LiveEvent::Prefetched {
+                    loaded,
+                    elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+                });
+                self.resync().await;
+            }
+            Event::Worker(state) => self.hub.send(&LiveEvent::Worker {
+                state: state.as_str().to_owned(),
+            }),
+            Event::StatsReset => self.stats(true),
+            _ => {}
+        }
+    }
+
+    fn set_mirror(&mut self, id: &str, fields: Option<Fields>, expires_at_ms: Option<i64>) {
+        match fields {
+            Some(fields) => {
+                self.mirror.insert(
+                    id.to_owned(),
+                    Mirrored {
+                        fields,
+                        expires_at_ms,
+                    },
+                );
+            }
+            None => {
+                self.mirror.remove(id);
+            }
+        }
+    }
+
+    /// Re-reads keys that keyspace notifications named and reports those
+    /// that differ from what clients were told: changes from outside.
+    async fn check_pending(&mut self) {
+        let ids = std::mem::take(&mut self.pending);
+        let expired = std::mem::take(&mut self.expired);
+        if ids.len() > MAX_PENDING {
+            self.resync().await;
+            return;
+        }
+        let now = now_ms();
+        for id in ids {
+            let entry = match self.hub.ctx.engine.cache().peek(&id).await {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot re-read key after notification");
+                    continue;
+                }
+            };
+            let actual = entry.map(|e| Mirrored {
+                expires_at_ms: expires_at(e.ttl, now),
+                fields: e.fields,
+            });
+            let source = if expired.contains(&id) {
+                Source::Expired
+            } else {
+                Source::External
+            };
+            self.report_if_changed(&id, actual, source);
+        }
+    }
+
+    fn report_if_changed(&mut self, id: &str, actual: Option<Mirrored>, source: Source) {
+        let known = self.mirror.get(id);
+        let same = match (known, &actual) {
+            (None, None) => true,
+            (Some(k), Some(a)) => {
+                k.fields == a.fields
+                    && match (k.expires_at_ms, a.expires_at_ms) {
+                        (Some(x), Some(y)) => (x - y).abs() <= EXPIRY_TOLERANCE_MS,
+                        (x, y) => x == y,
+                    }
+            }
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let (fields, expires) = match actual {
+            Some(a) => (Some(a.fields), a.expires_at_ms),
+            None => (None, None),
+        };
+        self.set_mirror(id, fields.clone(), expires);
+        self.hub.send(&LiveEvent::Cache {
+            id: id.to_owned(),
+            fields,
+            expires_at_ms: expires,
+            source,
+            lag_ms: None,
+        });
+    }
+
+    /// Polling fallback: diff the whole cache against the mirror.
+    async fn poll(&mut self) {
+        let entries = match self.hub.ctx.engine.cache().entries().await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(error = %e, "cache poll failed");
+                return;
+            }
+        };
+        let now = now_ms();
+        let mut seen = BTreeSet::new();
+        for e in entries {
+            seen.insert(e.id.clone());
+            let actual = Mirrored {
+                expires_at_ms: expires_at(e.ttl, now),
+                fields: e.fields,
+            };
+            self.report_if_changed(&e.id, Some(actual), Source::External);
+        }
+        let gone: Vec<String> = self
+            .mirror
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.report_if_changed(&id, None, Source::External);
+        }
+    }
+
+    /// Sends everyone a fresh snapshot and re-seeds the mirror from it.
+    async fn resync(&mut self) {
+        match dashboard_state(&self.hub.ctx).await {
+            Ok(state) => {
+                self.mirror = state
+                    .cache
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.id.clone(),
+                            Mirrored {
+                                fields: e.fields.clone(),
+                                expires_at_ms: e.expires_at_ms,
+                            },
+                        )
+                    })
+                    .collect();
+                self.last_stats = Some(state.stats.clone());
+                self.hub.send(&LiveEvent::Snapshot(state));
+            }
+            Err(e) => tracing::warn!(error = %e, "live feed resync failed"),
+        }
+    }
+
+    fn stats(&mut self, force: bool) {
+        let stats = StatsDto::from(self.hub.ctx.engine.stats());
+        if force || self.last_stats.as_ref() != Some(&stats) {
+            self.hub.send(&LiveEvent::Stats(stats.clone()));
+            self.last_stats = Some(stats);
+        }
+    }
+}
+
+/// How outside changes are watched, for the dashboard.
+pub fn watch_mode(keyspace: bool) -> ExternalWatch {
+    if keyspace {
+        ExternalWatch::Keyspace
+    } else {
+        ExternalWatch::Polling
+    }
+}

@@ -1,0 +1,127 @@
+//! Noticing cache changes made outside the app (`redis-cli DEL`, `HSET`,
+//! `EXPIRE`, TTL expiry): Redis keyspace notifications on the cache prefix.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Flags this feature needs: keyspace channel (K), generic commands (g:
+/// DEL, EXPIRE, RENAME…), strings ($), hashes (h), expired (x), evicted (e).
+const NEEDED: &str = "Kg$hxe";
+
+/// Something happened to a key under the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyEvent {
+    /// `id` was touched by `event` (`del`, `hset`, `expired`, …).
+    Key { id: String, event: String },
+    /// Events may have been missed (reconnect, overflow): resynchronise.
+    Resync,
+}
+
+/// Adds the flags we need to `notify-keyspace-events`, keeping the ones
+/// already set. Returns false (and the caller falls back to polling) when the
+/// server refuses `CONFIG` (managed Redis, ACLs).
+pub async fn enable(conn: &mut ConnectionManager) -> bool {
+    let current: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(conn)
+        .await;
+    let current = match current {
+        Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read notify-keyspace-events; polling instead");
+            return false;
+        }
+    };
+    let covered =
+        |c: char| current.contains(c) || (current.contains('A') && "g$lshzxetd".contains(c));
+    let mut flags = current.clone();
+    flags.extend(NEEDED.chars().filter(|&c| !covered(c)));
+    if flags == current {
+        return true;
+    }
+    let set: redis::RedisResult<()> = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(&flags)
+        .query_async(conn)
+        .await;
+    match set {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot enable keyspace notifications; polling instead");
+            false
+        }
+    }
+}
+
+/// Listens on `__keyspace@{db}__:{prefix}*` and forwards key events, until
+/// `shutdown`. Reconnects (and re-enables the flags, which a restarted Redis
+/// forgets) with a short backoff; each (re)connect asks for a resync.
+pub fn spawn_listener(
+    client: redis::Client,
+    mut conn: ConnectionManager,
+    prefix: String,
+    tx: mpsc::Sender<KeyEvent>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let db = client.get_connection_info().redis_settings().db();
+    let channel_prefix = format!("__keyspace@{db}__:");
+    let pattern = format!("{channel_prefix}{}*", prefetch::escape_glob(&prefix));
+    tokio::spawn(async move {
+        let mut connected_before = false;
+        loop {
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.psubscribe(&pattern).await?;
+                redis::RedisResult::Ok(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = subscribed => r,
+            };
+            match pubsub {
+                Ok(mut pubsub) => {
+                    enable(&mut conn).await;
+                    if connected_before {
+                        let _ = tx.send(KeyEvent::Resync).await;
+                    }
+                    connected_before = true;
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        let msg = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            m = messages.next() => m,
+                        };
+                        let Some(msg) = msg else { break };
+                        let id = msg
+                            .get_channel_name()
+                            .strip_prefix(channel_prefix.as_str())
+                            .and_then(|key| key.strip_prefix(prefix.as_str()));
+                        let (Some(id), Ok(event)) = (id, msg.get_payload::<String>()) else {
+                            continue;
+                        };
+                        let event = KeyEvent::Key {
+                            id: id.to_owned(),
+                            event,
+                        };
+                        if tx.try_send(event).is_err() {
+                            // The hub is behind: coalesce everything into one resync.
+                            let _ = tx.send(KeyEvent::Resync).await;
+                        }
+                    }
+                    tracing::warn!("keyspace subscription ended; reconnecting");
+                }
+                Err(e) => tracing::debug!(error = %e, "keyspace subscribe failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    })
+}

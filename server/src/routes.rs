@@ -1,0 +1,99 @@
+//! The router: the reference API (server functions), the page, the live
+//! feed, static files, and the JSON error contract around all of them.
+
+use app::error::AppError;
+use app::{App, shell};
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::handler::HandlerWithoutStateExt;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{StatusCode, Uri, header};
+use leptos::prelude::provide_context;
+use leptos_axum::{LeptosRoutes, generate_route_list};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::services::ServeDir;
+
+use crate::sse;
+use crate::state::AppState;
+
+/// Largest request body accepted; larger ones get 413.
+pub const BODY_LIMIT: usize = 128 * 1024;
+
+/// Builds the application router.
+pub fn router(state: AppState) -> Router {
+    let ctx = state.ctx.clone();
+    let options = state.leptos_options.clone();
+    let files = ServeDir::new(options.site_root.as_ref())
+        .call_fallback_on_method_not_allowed(true)
+        .not_found_service(not_found.into_service());
+    Router::new()
+        .route("/events", get(sse::events))
+        .leptos_routes_with_context(
+            &state,
+            generate_route_list(App),
+            move || provide_context(ctx.clone()),
+            move || shell(options.clone()),
+        )
+        .fallback_service(files)
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> Response {
+    json_error(StatusCode::NOT_FOUND, format!("Not found: {}", uri.path()))
+}
+
+/// `{"error": message}` with `status`.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(AppError::new(message))).into_response()
+}
+
+/// Every error answer is JSON: framework-made errors (405 from a route with
+/// the wrong method, 413 from the body limit, axum's 422/415 rejections) come
+/// with an empty or plain-text body, which is replaced here. JSON errors from
+/// server functions, HTML pages and redirects pass through untouched.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/json")
+        || content_type.starts_with("text/html")
+        || content_type.starts_with("text/event-stream")
+        || res.headers().contains_key(header::LOCATION)
+    {
+        return res;
+    }
+    let (status, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (status, "Method not allowed.".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            status,
+            format!("Request body too large (limit {BODY_LIMIT} bytes)."),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            (StatusCode::BAD_REQUEST, "Malformed request.".to_owned())
+        }
+        other => (
+            other,
+            other
+                .canonical_reason()
+                .unwrap_or("Request failed.")
+                .to_owned(),
+        ),
+    };
+    let allow = res.headers().get(header::ALLOW).cloned();
+    let mut out = json_error(status, message);
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
