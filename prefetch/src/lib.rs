@@ -53,6 +53,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod cache;
 mod engine;
 mod error;
@@ -62,6 +64,8 @@ mod model;
 mod primary;
 mod stats;
 mod sync;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use cache::{
     BatchOutcome, CacheConfig, CachedEntry, DEFAULT_PREFIX, DEFAULT_TTL, Lookup, PrefetchCache, Ttl,

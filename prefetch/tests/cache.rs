@@ -1,11 +1,9 @@
 //! The cache against a real redis-server: bulk load, reads, applies,
 //! invalidate, clear, ids, TTL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Counting, TestRedis, prefix};
+use prefetch::testing::{Counting, TestRedis, prefix};
 use prefetch::{
     CacheConfig, Change, Engine, EngineConfig, Fields, PrefetchCache, Record, Ttl, seed_records,
 };

@@ -1,11 +1,9 @@
 //! The sync worker and the engine against a real redis-server: pause and
 //! resume, batching, stop, concurrency, re-prefetch, and a Redis restart.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestRedis, assert_converged, both_sides, prefix};
+use prefetch::testing::{TestRedis, assert_converged, both_sides, prefix};
 use prefetch::{
     CacheConfig, ChangeKind, Engine, EngineConfig, Error, Event, Fields, Record, WorkerState,
 };

@@ -205,17 +205,15 @@ impl Task {
                     });
                 }
             }
-            Event::Invalidated { id, existed } => {
-                if existed {
-                    self.set_mirror(&id, None, None);
-                    self.hub.send(&LiveEvent::Cache {
-                        id,
-                        fields: None,
-                        expires_at_ms: None,
-                        source: Source::Admin,
-                        lag_ms: None,
-                    });
-                }
+            Event::Invalidated { id, existed: true } => {
+                self.set_mirror(&id, None, None);
+                self.hub.send(&LiveEvent::Cache {
+                    id,
+                    fields: None,
+                    expires_at_ms: None,
+                    source: Source::Admin,
+                    lag_ms: None,
+                });
             }
             Event::Cleared { deleted } => {
                 self.mirror.clear();

@@ -37,9 +37,10 @@ pub fn router(state: AppState) -> Router {
             move || shell(options.clone()),
         )
         .fallback_service(files)
-        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        // Outermost, so it also sees the errors the layers above produce.
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 

@@ -1,10 +1,10 @@
-//! Test support: a real `redis-server` per test on a free loopback port.
+//! Test support (feature `test-support`): a real `redis-server` per test on
+//! a free loopback port, a round-trip counter, and convergence checks.
 //!
 //! Set `REDIS_URL` to run against an existing server instead (each test still
-//! uses its own key prefix, so tests never see each other's keys). The
-//! kill/restart drills need a server of their own and skip under `REDIS_URL`.
-
-#![allow(dead_code)]
+//! uses its own key prefix, so tests never see each other's keys); drills
+//! that kill and restart Redis always start a server of their own.
+#![allow(clippy::missing_panics_doc)]
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use prefetch::{Engine, Fields};
+use crate::{Engine, Fields};
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
@@ -28,8 +28,11 @@ pub fn prefix(test: &str) -> String {
     format!("t:{test}:{}:{n}:", std::process::id())
 }
 
+/// A redis-server for one test; killed (and its files removed) on drop.
 pub struct TestRedis {
+    /// `redis://127.0.0.1:{port}/`.
     pub url: String,
+    /// The port (0 under `REDIS_URL`).
     pub port: u16,
     child: Option<Child>,
     dir: Option<PathBuf>,
@@ -111,6 +114,7 @@ impl TestRedis {
         false
     }
 
+    /// Whether this is a server of the test's own.
     pub fn owns_server(&self) -> bool {
         self.dir.is_some()
     }
@@ -133,6 +137,7 @@ impl TestRedis {
         );
     }
 
+    /// A client for it.
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url.as_str()).expect("redis url")
     }
@@ -151,6 +156,7 @@ impl TestRedis {
             .expect("connect to test redis")
     }
 
+    /// A multiplexed connection to it.
     pub async fn conn(&self) -> MultiplexedConnection {
         self.client()
             .get_multiplexed_async_connection()
@@ -189,11 +195,14 @@ fn ping(port: u16) -> bool {
 /// Wraps a connection and counts the round trips made through it.
 #[derive(Clone)]
 pub struct Counting<C> {
+    /// The wrapped connection.
     pub inner: C,
+    /// Requests sent (a pipeline counts once).
     pub round_trips: Arc<AtomicUsize>,
 }
 
 impl<C> Counting<C> {
+    /// Wraps `inner`.
     pub fn new(inner: C) -> Self {
         Self {
             inner,
@@ -201,6 +210,7 @@ impl<C> Counting<C> {
         }
     }
 
+    /// Round trips so far.
     pub fn count(&self) -> usize {
         self.round_trips.load(Ordering::SeqCst)
     }

@@ -1,0 +1,202 @@
+//! Test support: the real server, in process, on 127.0.0.1:0 against a real
+//! redis-server, with small HTTP and SSE clients.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use app::model::LiveEvent;
+use clap::Parser;
+use futures::StreamExt;
+use prefetch::testing::{TestRedis, prefix};
+use serde_json::Value;
+use server::{Config, Running};
+
+pub struct TestServer {
+    pub base: String,
+    pub prefix: String,
+    pub redis: TestRedis,
+    running: Option<Running>,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    /// A server over a throw-away redis-server.
+    pub async fn start() -> Self {
+        Self::start_on(TestRedis::start(), &[]).await
+    }
+
+    /// A server over `redis`, with extra CLI flags.
+    pub async fn start_on(redis: TestRedis, extra: &[&str]) -> Self {
+        let prefix = prefix("srv");
+        let mut args = vec![
+            "server",
+            "--redis-url",
+            redis.url.as_str(),
+            "--cache-prefix",
+            prefix.as_str(),
+            "--primary-latency-ms",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let config = Config::try_parse_from(args).expect("valid flags");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = server::start(config, Some(listener))
+            .await
+            .expect("server starts");
+        Self {
+            base: format!("http://{}", running.addr),
+            prefix,
+            redis,
+            running: Some(running),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn engine(&self) -> &prefetch::Engine {
+        &self.running.as_ref().expect("running").engine
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self.http.get(self.url(path)).send().await.expect("GET");
+        json_of(res).await
+    }
+
+    pub async fn post(&self, path: &str, form: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned())
+            .send()
+            .await
+            .expect("POST");
+        json_of(res).await
+    }
+
+    pub async fn request(&self, method: &str, path: &str) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let res = self
+            .http
+            .request(method, self.url(path))
+            .send()
+            .await
+            .expect("request");
+        json_of(res).await
+    }
+
+    pub async fn events(&self) -> SseClient {
+        SseClient::connect(&self.url("/events")).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            // Best effort when a test panicked: stop background tasks.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(running.shutdown());
+            }
+        }
+    }
+}
+
+/// Status and JSON body; panics (failing the test) when the body is not JSON.
+pub async fn json_of(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let ctype = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = res.text().await.expect("body");
+    let value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {ctype} {body:?}"));
+    assert!(
+        ctype.starts_with("application/json"),
+        "content-type {ctype}"
+    );
+    (status, value)
+}
+
+/// A minimal SSE client over reqwest: yields the `data:` of each event.
+pub struct SseClient {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+    pub content_type: String,
+}
+
+impl SseClient {
+    pub async fn connect(url: &str) -> Self {
+        let res = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .expect("GET /events");
+        assert_eq!(res.status().as_u16(), 200, "events status");
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Self {
+            stream: res.bytes_stream().boxed(),
+            buf: String::new(),
+            content_type,
+        }
+    }
+
+    /// The next event, or `None` when the stream ends or `timeout` passes.
+    pub async fn next(&mut self, timeout: Duration) -> Option<LiveEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if !data.is_empty() {
+                    let json = data.join("\n");
+                    return Some(serde_json::from_str(&json).expect("LiveEvent JSON"));
+                }
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Skips events until one matches, within `timeout`.
+    pub async fn expect(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(&LiveEvent) -> bool,
+    ) -> LiveEvent {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next(left).await {
+                Some(ev) if pred(&ev) => return ev,
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        panic!("no {what} event within {timeout:?}");
+    }
+}

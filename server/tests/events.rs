@@ -1,0 +1,209 @@
+//! `GET /events` with a real SSE client: the snapshot on connect, then each
+//! kind of change as it happens, including changes made outside the app.
+
+mod common;
+
+use std::time::Duration;
+
+use app::model::{LiveEvent, Source};
+use common::TestServer;
+use redis::AsyncCommands;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn is_cache(ev: &LiveEvent, want_id: &str, want_source: Source, present: bool) -> bool {
+    matches!(ev, LiveEvent::Cache { id, source, fields, .. }
+        if id == want_id && *source == want_source && fields.is_some() == present)
+}
+
+#[tokio::test]
+async fn the_feed_opens_with_a_snapshot_of_both_sides() {
+    let srv = TestServer::start().await;
+    let mut feed = srv.events().await;
+    assert!(
+        feed.content_type.starts_with("text/event-stream"),
+        "{}",
+        feed.content_type
+    );
+    let Some(LiveEvent::Snapshot(state)) = feed.next(SECOND).await else {
+        panic!("first event must be a snapshot");
+    };
+    assert_eq!(state.primary.len(), 5);
+    assert_eq!(state.cache.len(), 5);
+    assert_eq!(state.prefix, srv.prefix);
+    assert_eq!(state.ttl_seconds, 3600);
+    assert_eq!(state.external, app::model::ExternalWatch::Keyspace);
+    assert!(state.cache.iter().all(|e| e.expires_at_ms.is_some()));
+    assert_eq!(state.stats.worker, "running");
+}
+
+#[tokio::test]
+async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_second() {
+    let srv = TestServer::start().await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+
+    srv.post("/update", "id=cat-001&field=name&value=Drinks")
+        .await;
+    let ev = feed
+        .expect(
+            SECOND,
+            "primary upsert",
+            |e| matches!(e, LiveEvent::Primary { id, op, .. } if id == "cat-001" && op == "upsert"),
+        )
+        .await;
+    let LiveEvent::Primary {
+        fields: Some(fields),
+        ..
+    } = ev
+    else {
+        unreachable!()
+    };
+    assert_eq!(fields["name"], "Drinks");
+    let ev = feed
+        .expect(SECOND, "sync write", |e| {
+            is_cache(e, "cat-001", Source::Sync, true)
+        })
+        .await;
+    let LiveEvent::Cache {
+        lag_ms,
+        expires_at_ms,
+        ..
+    } = ev
+    else {
+        unreachable!()
+    };
+    assert!(lag_ms.is_some_and(|l| l >= 0.0));
+    assert!(expires_at_ms.is_some());
+
+    srv.post("/delete", "id=cat-004").await;
+    feed.expect(SECOND, "primary delete", |e| {
+        matches!(e, LiveEvent::Primary { id, op, fields: None, .. } if id == "cat-004" && op == "delete")
+    })
+    .await;
+    feed.expect(SECOND, "sync delete", |e| {
+        is_cache(e, "cat-004", Source::Sync, false)
+    })
+    .await;
+
+    srv.post("/invalidate", "id=cat-002").await;
+    feed.expect(SECOND, "admin invalidate", |e| {
+        is_cache(e, "cat-002", Source::Admin, false)
+    })
+    .await;
+
+    let mut conn = srv.redis.conn().await;
+    let _: () = conn.del(format!("{}cat-003", srv.prefix)).await.unwrap();
+    feed.expect(SECOND, "external DEL", |e| {
+        is_cache(e, "cat-003", Source::External, false)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn outside_writes_and_ttl_expiry_show_up_too() {
+    let srv = TestServer::start().await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    let mut conn = srv.redis.conn().await;
+    let key = format!("{}cat-005", srv.prefix);
+
+    let _: () = conn.hset(&key, "name", "Edited by hand").await.unwrap();
+    let ev = feed
+        .expect(SECOND, "external HSET", |e| {
+            is_cache(e, "cat-005", Source::External, true)
+        })
+        .await;
+    let LiveEvent::Cache {
+        fields: Some(fields),
+        ..
+    } = ev
+    else {
+        unreachable!()
+    };
+    assert_eq!(fields["name"], "Edited by hand");
+
+    let _: () = conn.pexpire(&key, 50).await.unwrap();
+    feed.expect(Duration::from_secs(3), "expiry", |e| {
+        is_cache(e, "cat-005", Source::Expired, false)
+            || is_cache(e, "cat-005", Source::External, false)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn clear_and_reprefetch_reach_every_client() {
+    let srv = TestServer::start().await;
+    let mut a = srv.events().await;
+    let mut b = srv.events().await;
+    a.next(SECOND).await.expect("snapshot");
+    b.next(SECOND).await.expect("snapshot");
+
+    srv.post("/clear", "").await;
+    for feed in [&mut a, &mut b] {
+        feed.expect(SECOND, "cleared", |e| {
+            matches!(e, LiveEvent::Cleared { deleted: 5 })
+        })
+        .await;
+    }
+    srv.post("/reprefetch", "").await;
+    for feed in [&mut a, &mut b] {
+        feed.expect(SECOND, "prefetched", |e| {
+            matches!(e, LiveEvent::Prefetched { loaded: 5, .. })
+        })
+        .await;
+        let ev = feed
+            .expect(SECOND, "fresh snapshot", |e| {
+                matches!(e, LiveEvent::Snapshot(_))
+            })
+            .await;
+        let LiveEvent::Snapshot(state) = ev else {
+            unreachable!()
+        };
+        assert_eq!(state.cache.len(), 5);
+    }
+}
+
+#[tokio::test]
+async fn stats_and_worker_state_are_pushed() {
+    let srv = TestServer::start().await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    srv.get("/read?id=cat-001").await;
+    feed.expect(
+        SECOND,
+        "stats with the hit",
+        |e| matches!(e, LiveEvent::Stats(s) if s.hits == 1),
+    )
+    .await;
+    let pause = srv.engine().sync().pause(SECOND).await.unwrap();
+    feed.expect(
+        SECOND,
+        "worker paused",
+        |e| matches!(e, LiveEvent::Worker { state } if state == "paused"),
+    )
+    .await;
+    pause.resume();
+    feed.expect(
+        SECOND,
+        "worker running",
+        |e| matches!(e, LiveEvent::Worker { state } if state == "running"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let srv = TestServer::start().await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    let stopped = tokio::time::Instant::now();
+    srv.stop().await;
+    // Drain whatever was in flight; the stream must then end, not hang.
+    while feed.next(Duration::from_secs(2)).await.is_some() {}
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "stream ended in {:?}",
+        stopped.elapsed()
+    );
+}
