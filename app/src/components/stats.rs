@@ -24,7 +24,7 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
                 {row("prefetched", "Prefetched", text(|s| s.prefetched.to_string()))}
                 {row("sync_events_applied", "Sync events applied", text(|s| s.sync_events_applied.to_string()))}
                 {row("sync_lag_ms_avg", "Sync lag avg", text(|s| format!("{:.2} ms", s.sync_lag_ms_avg)))}
-                {row("sync_lag_ms_p50", "Sync lag p50 / p99", text(|s| format!("{:.2} / {:.2} ms", s.sync_lag_ms_p50, s.sync_lag_ms_p99)))}
+                {row("sync_lag_ms_p50", "Lag p50 / p99", text(|s| format!("{:.2} / {:.2} ms", s.sync_lag_ms_p50, s.sync_lag_ms_p99)))}
                 {row("sync_backlog", "Backlog", text(|s| s.sync_backlog.to_string()))}
                 {row("primary_reads_total", "Primary reads", text(|s| s.primary_reads_total.to_string()))}
                 {row("primary_read_latency_ms", "Primary read latency", text(|s| format!("{} ms", s.primary_read_latency_ms)))}
