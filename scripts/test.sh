@@ -9,7 +9,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cd "$ROOT"
 
 echo "== cargo test (workspace)" >&2
-cargo test --workspace --all-targets
+cargo test --workspace
 
 if [ -f end2end/playwright.config.ts ]; then
   echo "== playwright (end2end)" >&2

@@ -10,10 +10,8 @@ pub mod error;
 pub mod live;
 pub mod model;
 
+use leptos::either::Either;
 use leptos::prelude::*;
-use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
-use leptos_router::components::{Route, Router, Routes};
-use leptos_router::{SsrMode, path};
 
 use components::*;
 use live::{LiveState, use_live_state};
@@ -23,7 +21,12 @@ use model::{DashboardState, ExternalWatch};
 pub const OUTPUT_NAME: &str = "prefetch-demo";
 
 /// The HTML document around the app (server side).
+///
+/// The dashboard's initial state travels inside the page as JSON in
+/// `<head>` (outside the hydrated tree), so the browser hydrates from exactly
+/// what the server rendered, synchronously, without asking again.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    let state_json = use_context::<DashboardState>().map(|s| embed_json(&s));
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -32,9 +35,16 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <meta name="description" content="A Redis prefetch cache, live: Rust, Leptos, axum, redis-rs."/>
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
+                // Static tags live in the server-only shell, so no head
+                // management code ships to the browser. The id lets
+                // `cargo leptos watch` hot-swap the stylesheet.
+                <link id="leptos" rel="stylesheet" href=format!("/pkg/{OUTPUT_NAME}.css")/>
+                <title>"Redis Prefetch Cache · Rust"</title>
+                {state_json.map(|json| view! {
+                    <script id=STATE_ELEMENT_ID type="application/json" inner_html=json></script>
+                })}
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
-                <MetaTags/>
             </head>
             <body>
                 <App/>
@@ -43,40 +53,49 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
-/// The application root.
-#[component]
-pub fn App() -> impl IntoView {
-    provide_meta_context();
-    view! {
-        <Stylesheet id="leptos" href=format!("/pkg/{OUTPUT_NAME}.css")/>
-        <Title text="Redis Prefetch Cache · Rust"/>
-        <Router>
-            <Routes fallback=|| view! { <p>"Not found."</p> }>
-                <Route path=path!("/") view=HomePage ssr=SsrMode::Async/>
-                <Route path=path!("/index.html") view=HomePage ssr=SsrMode::Async/>
-            </Routes>
-        </Router>
+/// Id of the `<script type="application/json">` holding the initial state.
+pub const STATE_ELEMENT_ID: &str = "dashboard-state";
+
+/// JSON safe inside `<script>`: `<` only occurs inside JSON strings, where
+/// `\u003c` means the same, so no value can close the element early.
+pub fn embed_json(state: &DashboardState) -> String {
+    serde_json::to_string(state)
+        .unwrap_or_else(|_| "null".into())
+        .replace('<', "\\u003c")
+}
+
+/// The state the page was rendered with: the server's context during SSR,
+/// the embedded JSON in the browser.
+fn initial_state() -> Option<DashboardState> {
+    #[cfg(feature = "hydrate")]
+    {
+        let text = leptos::prelude::document()
+            .get_element_by_id(STATE_ELEMENT_ID)?
+            .text_content()?;
+        serde_json::from_slice(text.as_bytes()).ok()
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        use_context::<DashboardState>()
     }
 }
 
-/// Loads the current state on the server (the page is complete before any
-/// WASM runs), then hands it to the live dashboard.
+/// The application root: one page, served at `/` and `/index.html`.
+///
+/// There is deliberately no client-side router and no async resource: both
+/// would only add weight to the WASM. The server fetches the state before it
+/// renders (see `server::routes`).
 #[component]
-fn HomePage() -> impl IntoView {
-    let snapshot = Resource::new_blocking(|| (), |_| api::dashboard());
-    view! {
-        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
-            {move || Suspend::new(async move {
-                match snapshot.await {
-                    Ok(s) => view! { <Dashboard snapshot=s/> }.into_any(),
-                    Err(e) => view! {
-                        <main class="page">
-                            <div id="status" class="error" data-kind="error">{e.error}</div>
-                        </main>
-                    }.into_any(),
-                }
-            })}
-        </Suspense>
+pub fn App() -> impl IntoView {
+    match initial_state() {
+        Some(snapshot) => Either::Left(view! { <Dashboard snapshot=snapshot/> }),
+        None => Either::Right(view! {
+            <main class="page">
+                <div id="status" class="error" data-kind="error">
+                    "Redis is unavailable, so there is no state to show. Reload to try again."
+                </div>
+            </main>
+        }),
     }
 }
 
@@ -90,7 +109,7 @@ fn Dashboard(snapshot: DashboardState) -> impl IntoView {
 
     view! {
         <main class="page" data-hydrated=move || hydrated.get().to_string()>
-            {view! { <Header state=state/> }.into_any()}
+            <Header state=state/>
             <div
                 id="status"
                 role="status"
@@ -101,15 +120,14 @@ fn Dashboard(snapshot: DashboardState) -> impl IntoView {
                 {move || status.0.get().map(|m| m.text).unwrap_or_else(|| "Ready.".into())}
             </div>
             <div class="grid">
-                // Type-erased so the page's view type stays shallow.
-                {view! { <CacheTable state=state/> }.into_any()}
-                {view! { <ReadPanel state=state/> }.into_any()}
-                {view! { <UpdatePanel state=state/> }.into_any()}
-                {view! { <AddPanel/> }.into_any()}
-                {view! { <DeletePanel state=state/> }.into_any()}
-                {view! { <BreakPanel state=state/> }.into_any()}
-                {view! { <StatsPanel state=state/> }.into_any()}
-                {view! { <EventLog state=state/> }.into_any()}
+                <CacheTable state=state/>
+                <ReadPanel state=state/>
+                <UpdatePanel state=state/>
+                <AddPanel/>
+                <DeletePanel state=state/>
+                <BreakPanel state=state/>
+                <StatsPanel state=state/>
+                <EventLog state=state/>
             </div>
         </main>
     }

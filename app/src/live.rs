@@ -154,7 +154,9 @@ impl LiveState {
                     }
                 });
                 self.touch(&id);
-                let detail = lag_ms.map(|l| format!("lag {l:.2} ms")).unwrap_or_default();
+                let detail = lag_ms
+                    .map(|l| format!("lag {} ms", fixed(l, 2)))
+                    .unwrap_or_default();
                 self.push_log(source.as_str(), op, &id, detail);
             }
             LiveEvent::Cleared { deleted } => {
@@ -170,7 +172,7 @@ impl LiveState {
                     "admin",
                     "prefetch",
                     "",
-                    format!("{loaded} records in {elapsed_ms:.1} ms"),
+                    format!("{loaded} records in {} ms", fixed(elapsed_ms, 1)),
                 );
             }
             LiveEvent::Stats(stats) => {
@@ -303,7 +305,9 @@ mod browser {
             let Some(text) = ev.data().as_string() else {
                 return;
             };
-            match serde_json::from_str::<LiveEvent>(&text) {
+            // from_slice, like server_fn's JSON codec: one deserializer instantiation
+            // per type instead of two.
+            match serde_json::from_slice::<LiveEvent>(text.as_bytes()) {
                 Ok(event) => state.apply(event),
                 Err(e) => leptos::logging::warn!("unreadable live event: {e}"),
             }

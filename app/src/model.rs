@@ -163,9 +163,11 @@ pub struct DashboardState {
 }
 
 /// One message of the live feed (`GET /events`), shared by the server and
-/// the WASM client. Serialised as JSON with a `type` tag.
+/// the WASM client. Serialised as JSON, externally tagged:
+/// `{"worker": {"state": "paused"}}`. (Internal tagging would make serde
+/// buffer every message before decoding it, and cost WASM size.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum LiveEvent {
     /// The full current state: sent on connect and whenever a client must
     /// resynchronise (it fell behind, or the whole cache was reloaded).
@@ -197,6 +199,26 @@ pub enum LiveEvent {
     Stats(StatsDto),
     /// The sync worker changed state (`running`, `paused`, `retrying`, `stopped`).
     Worker { state: String },
+}
+
+/// `x` with exactly `decimals` decimals (at most 6), e.g. `fixed(0.1234, 3)`
+/// is `"0.123"`. Integer arithmetic on purpose: `{:.3}` would pull the core
+/// float formatter (tens of KB) into the WASM.
+pub fn fixed(x: f64, decimals: u32) -> String {
+    if !x.is_finite() {
+        return "–".into();
+    }
+    let decimals = decimals.min(6);
+    let scale = 10i64.pow(decimals);
+    let scaled = (x * scale as f64).round() as i64;
+    let sign = if scaled < 0 { "-" } else { "" };
+    let scaled = scaled.unsigned_abs();
+    let (whole, frac) = (scaled / scale as u64, scaled % scale as u64);
+    if decimals == 0 {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{frac:0width$}", width = decimals as usize)
+    }
 }
 
 /// Checks the value of one category field, so that the add form and
@@ -273,17 +295,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn live_events_are_tagged_json() {
+    fn live_events_are_externally_tagged_json() {
         let ev = LiveEvent::Worker {
             state: "paused".into(),
         };
         let json = serde_json::to_string(&ev).unwrap();
-        assert_eq!(json, r#"{"type":"worker","state":"paused"}"#);
+        assert_eq!(json, r#"{"worker":{"state":"paused"}}"#);
         let back: LiveEvent = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ev);
         let stats = LiveEvent::Stats(StatsDto::default());
         let json = serde_json::to_string(&stats).unwrap();
-        assert!(json.starts_with(r#"{"type":"stats","hits":0"#), "{json}");
+        assert!(json.starts_with(r#"{"stats":{"hits":0"#), "{json}");
+    }
+
+    #[test]
+    fn fixed_point_formatting_matches_the_float_formatter() {
+        for (x, d) in [
+            (0.0, 2),
+            (0.1234, 3),
+            (1.005, 2),
+            (66.66, 1),
+            (12345.6789, 2),
+            (-2.5, 1),
+            (3.0, 0),
+        ] {
+            assert_eq!(fixed(x, d), format!("{x:.*}", d as usize), "{x} {d}");
+        }
+        assert_eq!(fixed(f64::NAN, 2), "–");
     }
 
     #[test]

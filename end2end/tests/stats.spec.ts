@@ -7,7 +7,7 @@ test("stats follow reads made by other clients, live, and reset zeroes them", as
   await request.get("/read?id=cat-404");
   await expect(stat(page, "hits")).toHaveText("3");
   await expect(stat(page, "misses")).toHaveText("1");
-  await expect(stat(page, "hit_rate_pct")).toHaveText("75%");
+  await expect(stat(page, "hit_rate_pct")).toHaveText("75.0%");
 
   await request.post("/update", { form: { id: "cat-003", field: "name", value: "Staples" } });
   await expect(stat(page, "sync_events_applied")).toHaveText("1");

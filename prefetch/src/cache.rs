@@ -181,6 +181,10 @@ where
     /// pipelined round trip (`DEL` + `HSET` + `EXPIRE` per record). Returns how
     /// many records were written.
     ///
+    /// Being one round trip, the whole load must fit in the connection's
+    /// response timeout (redis-rs defaults to 500 ms; 100,000 records take
+    /// a few hundred ms on loopback), so configure it for large sets.
+    ///
     /// The pipeline is not transactional: a reader may briefly miss a key
     /// between its `DEL` and `HSET`. That is fine at start-up and during the
     /// engine's re-prefetch, which runs with the sync worker paused.

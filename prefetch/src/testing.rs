@@ -157,9 +157,14 @@ impl TestRedis {
     }
 
     /// A multiplexed connection to it.
+    ///
+    /// Its response timeout is 10 s (redis-rs defaults to 500 ms, which a
+    /// 100,000-record bulk load in one round trip can exceed).
     pub async fn conn(&self) -> MultiplexedConnection {
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
         self.client()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("connect to test redis")
     }

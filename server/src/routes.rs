@@ -1,17 +1,19 @@
 //! The router: the reference API (server functions), the page, the live
 //! feed, static files, and the JSON error contract around all of them.
 
+use app::api::dashboard_state;
 use app::error::AppError;
-use app::{App, shell};
+use app::shell;
 use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{Request, State};
 use axum::handler::HandlerWithoutStateExt;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{StatusCode, Uri, header};
 use leptos::prelude::provide_context;
-use leptos_axum::{LeptosRoutes, generate_route_list};
+use leptos_axum::LeptosRoutes;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
 
@@ -29,10 +31,14 @@ pub fn router(state: AppState) -> Router {
         .call_fallback_on_method_not_allowed(true)
         .not_found_service(not_found.into_service());
     Router::new()
+        .route("/", get(page))
+        .route("/index.html", get(page))
         .route("/events", get(sse::events))
+        // Registers every server function (the API) at its fixed path; the
+        // page itself is served by `page` above.
         .leptos_routes_with_context(
             &state,
-            generate_route_list(App),
+            Vec::new(),
             move || provide_context(ctx.clone()),
             move || shell(options.clone()),
         )
@@ -42,6 +48,36 @@ pub fn router(state: AppState) -> Router {
         // Outermost, so it also sees the errors the layers above produce.
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// The dashboard: reads the state first, then renders the page with it, so
+/// the HTML is complete before any WASM runs and the browser hydrates from
+/// the same state (embedded in the page) without a second request.
+async fn page(State(state): State<AppState>, req: Request) -> Response {
+    let snapshot = match dashboard_state(&state.ctx).await {
+        Ok(snapshot) => Some(snapshot),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the state for the page");
+            None
+        }
+    };
+    let unavailable = snapshot.is_none();
+    let ctx = state.ctx.clone();
+    let options = state.leptos_options.clone();
+    let render = leptos_axum::render_app_to_stream_with_context(
+        move || {
+            provide_context(ctx.clone());
+            if let Some(snapshot) = snapshot.clone() {
+                provide_context(snapshot);
+            }
+        },
+        move || shell(options.clone()),
+    );
+    let mut res = render(req).await.into_response();
+    if unavailable {
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    res
 }
 
 async fn not_found(uri: Uri) -> Response {

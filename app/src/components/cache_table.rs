@@ -62,22 +62,45 @@ pub fn CacheTable(state: LiveState) -> impl IntoView {
 #[component]
 fn CacheRow(state: LiveState, id: String) -> impl IntoView {
     let key = StoredValue::new(id.clone());
-    let primary = move || key.with_value(|id| state.primary.with(|p| p.get(id).cloned()));
-    let cached = move || key.with_value(|id| state.cache.with(|c| c.get(id).cloned()));
     let status = move || key.with_value(|id| state.status_of(id));
     let flashes =
         move || key.with_value(|id| state.changes.with(|c| c.get(id).copied().unwrap_or(0)));
-    let value = |fields: Option<Fields>, field: &str| -> String {
-        fields
-            .and_then(|f| f.get(field).cloned())
-            .unwrap_or_else(|| "—".into())
-    };
-    let ttl = move || match cached() {
-        None => "—".to_owned(),
-        Some(e) => match state.ttl_left(e.expires_at_ms) {
-            -1 => "no TTL".to_owned(),
-            s => format!("{s} s"),
-        },
+    // One reactive boundary for all the row's cells (rather than one per
+    // cell) keeps the WASM small; a rebuild only patches changed text.
+    let cells = move || {
+        key.with_value(|id| {
+            let primary = state.primary.with(|p| p.get(id).cloned());
+            let cached = state.cache.with(|c| c.get(id).cloned());
+            let ttl = match &cached {
+                None => "—".to_owned(),
+                Some(e) => match state.ttl_left(e.expires_at_ms) {
+                    -1 => "no TTL".to_owned(),
+                    s => format!("{s} s"),
+                },
+            };
+            let cached = cached.map(|c| c.fields);
+            let value = |fields: &Option<Fields>, field: &str| -> String {
+                fields
+                    .as_ref()
+                    .and_then(|f| f.get(field).cloned())
+                    .unwrap_or_else(|| "—".into())
+            };
+            let primary_cells = CATEGORY_FIELDS[1..]
+                .iter()
+                .map(|f| view! { <td class="p" data-field=*f>{value(&primary, f)}</td> })
+                .collect_view();
+            let cache_cells = CATEGORY_FIELDS[1..]
+                .iter()
+                .map(|f| {
+                    let differs = match (&primary, &cached) {
+                        (Some(p), Some(c)) => p.get(*f) != c.get(*f),
+                        _ => false,
+                    };
+                    view! { <td class="c" data-field=*f class:diff=differs>{value(&cached, f)}</td> }
+                })
+                .collect_view();
+            view! { {primary_cells} {cache_cells} <td class="ttl">{ttl}</td> }
+        })
     };
     view! {
         <tr
@@ -86,30 +109,8 @@ fn CacheRow(state: LiveState, id: String) -> impl IntoView {
             class=("flash-a", move || flashes() % 2 == 1)
             class=("flash-b", move || { let n = flashes(); n > 0 && n % 2 == 0 })
         >
-            <td class="id"><code>{id.clone()}</code></td>
-            {CATEGORY_FIELDS[1..]
-                .iter()
-                .map(|f| {
-                    let f = *f;
-                    view! { <td class="p" data-field=f>{move || value(primary(), f)}</td> }
-                })
-                .collect_view()}
-            {CATEGORY_FIELDS[1..]
-                .iter()
-                .map(|f| {
-                    let f = *f;
-                    let differs = move || match (primary(), cached()) {
-                        (Some(p), Some(c)) => p.get(f) != c.fields.get(f),
-                        _ => false,
-                    };
-                    view! {
-                        <td class="c" data-field=f class:diff=differs>
-                            {move || value(cached().map(|c| c.fields), f)}
-                        </td>
-                    }
-                })
-                .collect_view()}
-            <td class="ttl">{ttl}</td>
+            <td class="id"><code>{key.get_value()}</code></td>
+            {cells}
             <td class="status"><span class=move || format!("tag {}", status())>{status}</span></td>
         </tr>
     }

@@ -1,11 +1,13 @@
 use leptos::prelude::*;
 
-use super::{id_options, report};
+use leptos::server_fn::ServerFn;
+
+use super::{id_options, on_submit, report};
 use crate::api::{
     AddCategory, ClearCache, DeleteCategory, InvalidateCategory, Reprefetch, UpdateField,
 };
 use crate::live::LiveState;
-use crate::model::UPDATABLE_FIELDS;
+use crate::model::{UPDATABLE_FIELDS, fixed};
 
 /// Change one field in the primary; the sync worker rewrites the hash.
 #[component]
@@ -26,7 +28,7 @@ pub fn UpdatePanel(state: LiveState) -> impl IntoView {
         <section class="panel" id="update-panel">
             <h2>"Update a field"</h2>
             <p class="muted">"Writes the primary; the change event reaches Redis within milliseconds."</p>
-            <ActionForm action=update>
+            <form action=UpdateField::url() method="post" on:submit=on_submit(update)>
                 <label for="update-id">"Category"</label>
                 <select id="update-id" name="id">{id_options(ids)}</select>
                 <label for="update-field">"Field"</label>
@@ -36,7 +38,7 @@ pub fn UpdatePanel(state: LiveState) -> impl IntoView {
                 <label for="update-value">"New value"</label>
                 <input id="update-value" name="value" placeholder="new value"/>
                 <button type="submit" disabled=move || update.pending().get()>"Apply update"</button>
-            </ActionForm>
+            </form>
         </section>
     }
 }
@@ -52,7 +54,7 @@ pub fn AddPanel() -> impl IntoView {
         <section class="panel" id="add-panel">
             <h2>"Add a category"</h2>
             <p class="muted">"Inserts travel the same sync path as updates."</p>
-            <ActionForm action=add>
+            <form action=AddCategory::url() method="post" on:submit=on_submit(add)>
                 <div class="row">
                     <div>
                         <label for="add-id">"ID"</label>
@@ -79,7 +81,7 @@ pub fn AddPanel() -> impl IntoView {
                 <label for="add-parent">"Parent id"</label>
                 <input id="add-parent" name="parent_id" placeholder="(top level)"/>
                 <button type="submit" disabled=move || add.pending().get()>"Add to primary"</button>
-            </ActionForm>
+            </form>
         </section>
     }
 }
@@ -103,13 +105,13 @@ pub fn DeletePanel(state: LiveState) -> impl IntoView {
         <section class="panel" id="delete-panel">
             <h2>"Delete a category"</h2>
             <p class="muted">"The delete event removes the cache key."</p>
-            <ActionForm action=delete>
+            <form action=DeleteCategory::url() method="post" on:submit=on_submit(delete)>
                 <label for="delete-id">"Category"</label>
                 <select id="delete-id" name="id">{id_options(ids)}</select>
                 <button type="submit" class="danger" disabled=move || delete.pending().get()>
                     "Delete from primary"
                 </button>
-            </ActionForm>
+            </form>
         </section>
     }
 }
@@ -135,8 +137,9 @@ pub fn BreakPanel(state: LiveState) -> impl IntoView {
     });
     report(reprefetch, |r| {
         format!(
-            "Re-prefetched {} records in {:.1} ms (one primary read).",
-            r.loaded, r.elapsed_ms
+            "Re-prefetched {} records in {} ms (one primary read).",
+            r.loaded,
+            fixed(r.elapsed_ms, 1)
         )
     });
     let cached = move || state.cache.with(|c| c.keys().cloned().collect::<Vec<_>>());
@@ -146,24 +149,24 @@ pub fn BreakPanel(state: LiveState) -> impl IntoView {
             <h2>"Break the cache"</h2>
             <p class="muted">"Simulate a broken sync pipeline, then recover from the primary."</p>
             <div id="invalidate-form">
-                <ActionForm action=invalidate>
+                <form action=InvalidateCategory::url() method="post" on:submit=on_submit(invalidate)>
                     <label for="invalidate-id">"Cached key"</label>
                     <select id="invalidate-id" name="id">{id_options(cached)}</select>
                     <button type="submit" class="secondary" disabled=move || invalidate.pending().get()>
                         "Invalidate one"
                     </button>
-                </ActionForm>
+                </form>
             </div>
             <div class="row buttons">
                 <div id="clear-form">
-                    <ActionForm action=clear>
+                    <form action=ClearCache::url() method="post" on:submit=on_submit(clear)>
                         <button type="submit" class="danger" disabled=busy>"Clear all"</button>
-                    </ActionForm>
+                    </form>
                 </div>
                 <div id="reprefetch-form">
-                    <ActionForm action=reprefetch>
+                    <form action=Reprefetch::url() method="post" on:submit=on_submit(reprefetch)>
                         <button type="submit" disabled=busy>"Re-prefetch from primary"</button>
-                    </ActionForm>
+                    </form>
                 </div>
             </div>
         </section>

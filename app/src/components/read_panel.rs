@@ -1,10 +1,12 @@
-use leptos::form::FromFormData;
+use leptos::either::Either;
 use leptos::prelude::*;
 
-use super::{id_options, report};
+use leptos::server_fn::ServerFn;
+
+use super::{id_options, on_submit, report};
 use crate::api::ReadCategory;
 use crate::live::LiveState;
-use crate::model::CATEGORY_FIELDS;
+use crate::model::{CATEGORY_FIELDS, fixed};
 
 /// Read one category through the cache: `GET /read`, the same call any API
 /// client makes. Without WASM the form still works (it shows the JSON).
@@ -14,8 +16,9 @@ pub fn ReadPanel(state: LiveState) -> impl IntoView {
     report(read, |r| {
         if r.hit {
             format!(
-                "Served {} from Redis in {:.3} ms.",
-                r.id, r.redis_latency_ms
+                "Served {} from Redis in {} ms.",
+                r.id,
+                fixed(r.redis_latency_ms, 3)
             )
         } else {
             format!(
@@ -24,12 +27,6 @@ pub fn ReadPanel(state: LiveState) -> impl IntoView {
             )
         }
     });
-    let on_submit = move |ev: leptos::ev::SubmitEvent| {
-        ev.prevent_default();
-        if let Ok(args) = ReadCategory::from_event(&ev) {
-            read.dispatch(args);
-        }
-    };
     let result = move || {
         read.value().get().and_then(Result::ok).map(|r| {
             let badge = if r.hit { "badge hit" } else { "badge miss" };
@@ -38,11 +35,11 @@ pub fn ReadPanel(state: LiveState) -> impl IntoView {
                 <div id="read-result" data-hit=r.hit.to_string()>
                     <p>
                         <span class=badge>{if r.hit { "cache hit" } else { "cache miss" }}</span>
-                        " Redis: " <strong id="read-latency">{format!("{:.3} ms", r.redis_latency_ms)}</strong>
+                        " Redis: " <strong id="read-latency">{format!("{} ms", fixed(r.redis_latency_ms, 3))}</strong>
                         " · TTL: " <strong id="read-ttl">{r.ttl_remaining}</strong> " s"
                     </p>
                     {if r.hit {
-                        view! {
+                        Either::Left(view! {
                             <dl id="read-fields">
                                 {CATEGORY_FIELDS
                                     .iter()
@@ -52,16 +49,14 @@ pub fn ReadPanel(state: LiveState) -> impl IntoView {
                                     })
                                     .collect_view()}
                             </dl>
-                        }
-                            .into_any()
+                        })
                     } else {
-                        view! {
+                        Either::Right(view! {
                             <p class="muted">
                                 "No entry in Redis for " <code>{r.id.clone()}</code>
                                 ". A prefetch cache never falls back to the primary: a miss means the sync pipeline lost an event or the key was invalidated. Re-prefetch to recover."
                             </p>
-                        }
-                            .into_any()
+                        })
                     }}
                 </div>
             }
@@ -71,7 +66,7 @@ pub fn ReadPanel(state: LiveState) -> impl IntoView {
         <section class="panel" id="read-panel">
             <h2>"Read a category"</h2>
             <p class="muted">"One HGETALL + TTL round trip to Redis; never the primary."</p>
-            <form id="read-form" action="/read" method="get" on:submit=on_submit>
+            <form id="read-form" action=ReadCategory::url() method="get" on:submit=on_submit(read)>
                 <label for="read-id">"Category"</label>
                 <select id="read-id" name="id">{id_options(move || state.all_ids())}</select>
                 <button type="submit" disabled=move || read.pending().get()>"Read from cache"</button>
