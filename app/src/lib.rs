@@ -26,6 +26,8 @@ pub const OUTPUT_NAME: &str = "prefetch-demo";
 /// `<head>` (outside the hydrated tree), so the browser hydrates from exactly
 /// what the server rendered, synchronously, without asking again.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    set_content_security_policy();
     let state_json = use_context::<DashboardState>().map(|s| embed_json(&s));
     view! {
         <!DOCTYPE html>
@@ -50,6 +52,33 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <App/>
             </body>
         </html>
+    }
+}
+
+/// The page's Content-Security-Policy: scripts only from this origin plus
+/// the one inline hydration script (by its per-render nonce), WebAssembly
+/// compilation, styles and connections to this origin only. `cargo leptos
+/// watch` adds its live-reload WebSocket.
+#[cfg(feature = "ssr")]
+fn set_content_security_policy() {
+    let Some(options) = use_context::<leptos_axum::ResponseOptions>() else {
+        return;
+    };
+    let nonce = leptos::nonce::use_nonce()
+        .map(|n| format!(" 'nonce-{}'", &*n))
+        .unwrap_or_default();
+    let reload = if std::env::var_os("LEPTOS_WATCH").is_some() {
+        " ws: wss:"
+    } else {
+        ""
+    };
+    let policy = format!(
+        "default-src 'self'; script-src 'self'{nonce} 'wasm-unsafe-eval'; style-src 'self'; \
+         img-src 'self' data:; connect-src 'self'{reload}; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&policy) {
+        options.insert_header(http::header::CONTENT_SECURITY_POLICY, value);
     }
 }
 

@@ -17,6 +17,8 @@ use crate::stats::{Counters, Stats};
 pub const DEFAULT_PREFIX: &str = "cache:category:";
 /// Default safety-net TTL: one hour.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// Records per pipeline chunk in a bulk load.
+const BULK_CHUNK: usize = 4096;
 /// Keys asked for per `SCAN` page.
 const SCAN_COUNT: usize = 1000;
 
@@ -178,8 +180,10 @@ where
     }
 
     /// Writes every record that has an id, replacing any previous hash, in one
-    /// pipelined round trip (`DEL` + `HSET` + `EXPIRE` per record). Returns how
-    /// many records were written.
+    /// pipelined round trip (`DEL` + `HSET` + `EXPIRE` per record): loads of
+    /// more than 4,096 records are sent as several pipelines back to back,
+    /// without waiting for replies in between. Returns how many records were
+    /// written.
     ///
     /// Being one round trip, the whole load must fit in the connection's
     /// response timeout (redis-rs defaults to 500 ms; 100,000 records take
@@ -192,16 +196,25 @@ where
     where
         I: IntoIterator<Item = &'r Record>,
     {
-        let mut pipe = redis::pipe();
-        let mut loaded = 0;
-        for record in records {
-            let Some(id) = record.id() else { continue };
-            self.push_upsert(&mut pipe, id, record.fields());
-            loaded += 1;
-        }
-        if loaded > 0 {
-            pipe.exec_async(&mut self.conn.clone()).await?;
-        }
+        let records: Vec<(&str, &Fields)> = records
+            .into_iter()
+            .filter_map(|r| Some((r.id()?, r.fields())))
+            .collect();
+        // Chunks go out back to back on the one connection without waiting
+        // for replies (still one round trip of latency), so packing later
+        // chunks overlaps Redis executing earlier ones.
+        let sends = records.chunks(BULK_CHUNK).map(|chunk| {
+            let mut conn = self.conn.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                for (id, fields) in chunk {
+                    self.push_upsert(&mut pipe, id, fields);
+                }
+                pipe.exec_async(&mut conn).await
+            }
+        });
+        futures::future::try_join_all(sends).await?;
+        let loaded = records.len();
         self.inner
             .counters
             .prefetched

@@ -59,6 +59,7 @@ impl Counters {
         } else {
             round(100.0 * hits as f64 / total as f64, 1)
         };
+        let [p50, p99] = self.lag.quantiles_us([0.50, 0.99]);
         Stats {
             hits,
             misses,
@@ -69,8 +70,8 @@ impl Counters {
             sync_batches: self.batches.load(Relaxed),
             sync_retries: self.retries.load(Relaxed),
             sync_lag_ms_avg: round(self.lag.mean_us() / 1000.0, 2),
-            sync_lag_ms_p50: round(self.lag.quantile_us(0.50) / 1000.0, 2),
-            sync_lag_ms_p99: round(self.lag.quantile_us(0.99) / 1000.0, 2),
+            sync_lag_ms_p50: round(p50 / 1000.0, 2),
+            sync_lag_ms_p99: round(p99 / 1000.0, 2),
             sync_lag_ms_max: round(self.lag.max_us() as f64 / 1000.0, 2),
         }
     }
@@ -167,22 +168,38 @@ impl LagHistogram {
         self.max_us.load(Relaxed)
     }
 
-    fn quantile_us(&self, q: f64) -> f64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
+    /// Several quantiles from one pass over the buckets (every API reply
+    /// carries stats, so this is on the read path). Nothing recorded: zeros.
+    fn quantiles_us<const N: usize>(&self, qs: [f64; N]) -> [f64; N] {
+        let mut out = [0.0; N];
+        let total = self.count.load(Relaxed);
         if total == 0 {
-            return 0.0;
+            return out;
         }
-        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let max = self.max_us() as f64;
+        let ranks = qs.map(|q| ((q * total as f64).ceil() as u64).clamp(1, total));
         let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
+        let mut next = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            let c = bucket.load(Relaxed);
+            if c == 0 {
+                continue;
+            }
             seen += c;
-            if seen >= rank {
+            while next < N && seen >= ranks[next] {
                 // Never report more than the largest value actually seen.
-                return bucket_mid(i).min(self.max_us() as f64);
+                out[next] = bucket_mid(i).min(max);
+                next += 1;
+            }
+            if next == N {
+                return out;
             }
         }
-        self.max_us() as f64
+        // Counts raced ahead of the buckets (a concurrent record): use max.
+        for o in out.iter_mut().skip(next) {
+            *o = max;
+        }
+        out
     }
 
     fn reset(&self) {
@@ -221,8 +238,7 @@ mod tests {
         for us in 1..=1000u64 {
             h.record(Duration::from_micros(us * 10));
         }
-        let p50 = h.quantile_us(0.5);
-        let p99 = h.quantile_us(0.99);
+        let [p50, p99] = h.quantiles_us([0.5, 0.99]);
         assert!((p50 - 5000.0).abs() < 5000.0 / 16.0 + 1.0, "p50 {p50}");
         assert!((p99 - 9900.0).abs() < 9900.0 / 16.0 + 1.0, "p99 {p99}");
         assert_eq!(h.max_us(), 10_000);

@@ -5,6 +5,7 @@
 //! in the same run, as a ratio, over several repetitions (median, min, max).
 //! Prints a markdown table and writes `target/bench/report.{md,json}`.
 //!
+//! `BENCH_ONLY=bulk,read,sync,memory,http,page,ui` runs only some sections.
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run; figures are then
 //! not comparable with a full run).
 
@@ -49,7 +50,7 @@ impl Settings {
                 reads: 100_000,
                 http_secs: 10,
                 sustain_secs: 10,
-                sustain_rates: vec![25_000, 50_000, 100_000, 200_000, 400_000],
+                sustain_rates: vec![25_000, 50_000, 75_000, 100_000, 150_000, 200_000],
             }
         }
     }
@@ -942,7 +943,7 @@ fn ui_latency(report: &mut Report) {
     };
     report.row(
         "ui",
-        "mutation request → DOM, cache column (Playwright, 50 updates)",
+        "mutation request → DOM, cache column (Playwright in Chromium, release build, 50 updates)",
         format!(
             "p50 {} ms, p95 {} ms",
             fmt_num(v["cache_column_ms"]["p50"].as_f64().unwrap_or(f64::NAN)),
@@ -957,6 +958,14 @@ fn ui_latency(report: &mut Report) {
         None,
     );
     report.data("ui_latency", v);
+}
+
+/// `BENCH_ONLY=bulk,http` runs only those sections (default: all).
+fn wanted(section: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only.split(',').any(|s| s.trim() == section),
+        _ => true,
+    }
 }
 
 fn bench_dir() -> PathBuf {
@@ -1017,15 +1026,29 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         let redis = TestRedis::spawn_own(false);
         println!("benchmark redis-server on port {}", redis.port);
-        bulk_load(&redis, &s, &mut report).await?;
-        read_path(&redis, &s, &mut report).await?;
-        sync_path(&redis, &s, &mut report).await?;
-        memory(&redis, &mut report).await?;
-        http(&redis, &s, &mut report).await?;
+        if wanted("bulk") {
+            bulk_load(&redis, &s, &mut report).await?;
+        }
+        if wanted("read") {
+            read_path(&redis, &s, &mut report).await?;
+        }
+        if wanted("sync") {
+            sync_path(&redis, &s, &mut report).await?;
+        }
+        if wanted("memory") {
+            memory(&redis, &mut report).await?;
+        }
+        if wanted("http") {
+            http(&redis, &s, &mut report).await?;
+        }
         Ok::<_, BoxError>(())
     })?;
-    page_weight(&mut report)?;
-    ui_latency(&mut report);
+    if wanted("page") {
+        page_weight(&mut report)?;
+    }
+    if wanted("ui") {
+        ui_latency(&mut report);
+    }
 
     let header = format!(
         "Benchmark run: {} reps, {:.0} s, {}",

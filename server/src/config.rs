@@ -40,9 +40,29 @@ pub struct Config {
     /// prefetches pay it; reads never touch the primary).
     #[arg(long, env = "PREFETCH_PRIMARY_LATENCY_MS", default_value_t = 80)]
     pub primary_latency_ms: u64,
+    /// Token required by the admin and mutation endpoints (`Authorization:
+    /// Bearer <token>`, or a cookie set by opening `/?token=<token>`).
+    /// Mandatory when --host is not a loopback address.
+    #[arg(long, env = "PREFETCH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl Config {
+    /// The admin token to enforce, or why the configuration is unsafe: any
+    /// address other than loopback needs one, so the admin operations are
+    /// never open to the network by accident.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        match self.admin_token.as_deref().map(str::trim) {
+            Some("") => Err("--admin-token must not be empty".into()),
+            Some(token) => Ok(Some(token.to_owned())),
+            None if self.host.is_loopback() => Ok(None),
+            None => Err(format!(
+                "listening on {} exposes the admin endpoints: give --admin-token (or PREFETCH_ADMIN_TOKEN)",
+                self.host
+            )),
+        }
+    }
+
     /// The Redis URL to use, if one was given in any form.
     pub fn given_redis_url(&self) -> Option<String> {
         if let Some(url) = &self.redis_url {
@@ -89,6 +109,19 @@ mod tests {
         assert_eq!(c.given_redis_url().as_deref(), Some("redis://[::1]:7/"));
         let c = Config::try_parse_from(["server", "--redis-url", "redis://x:1/2"]).unwrap();
         assert_eq!(c.given_redis_url().as_deref(), Some("redis://x:1/2"));
+    }
+
+    #[test]
+    fn a_non_loopback_address_requires_an_admin_token() {
+        let c = Config::try_parse_from(["server", "--host", "0.0.0.0"]).unwrap();
+        assert!(c.admin_token().unwrap_err().contains("--admin-token"));
+        let c = Config::try_parse_from(["server", "--host", "0.0.0.0", "--admin-token", "s3cret"])
+            .unwrap();
+        assert_eq!(c.admin_token().unwrap().as_deref(), Some("s3cret"));
+        let c = Config::try_parse_from(["server", "--host", "::1"]).unwrap();
+        assert_eq!(c.admin_token().unwrap(), None);
+        let c = Config::try_parse_from(["server", "--admin-token", " "]).unwrap();
+        assert!(c.admin_token().is_err());
     }
 
     #[test]

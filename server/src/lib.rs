@@ -8,6 +8,7 @@ pub mod feed;
 pub mod keyspace;
 pub mod redis_embedded;
 pub mod routes;
+pub mod security;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use app::api::ServerContext;
+use axum::serve::ListenerExt;
 use leptos::prelude::LeptosOptions;
 use prefetch::{CacheConfig, Engine, EngineConfig};
 use redis::aio::ConnectionManagerConfig;
@@ -55,6 +57,9 @@ pub enum Error {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[source] std::io::Error),
+    /// The configuration would expose the admin endpoints.
+    #[error("{0}")]
+    Insecure(String),
 }
 
 /// Total time shutdown may take before the process gives up waiting.
@@ -87,6 +92,7 @@ impl std::fmt::Debug for Running {
 /// sync worker and the live feed, and serves HTTP on `listener` (or on
 /// `--host:--port` when `None`).
 pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Running, Error> {
+    let admin_token = config.admin_token().map_err(Error::Insecure)?;
     let (redis_url, embedded) = match config.given_redis_url() {
         Some(url) => (url, None),
         None if !config.embedded_redis && redis_embedded::ping(6379).await => {
@@ -165,14 +171,22 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         }
     };
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    let state = AppState {
+    let state = AppState::new(state::Shared {
         leptos_options: leptos_options(addr),
         ctx,
         hub,
         shutdown: shutdown.clone(),
-    };
+        admin_token,
+    });
     let app = routes::router(state);
     let token = shutdown.clone();
+    // Small writes (SSE frames, short JSON replies) go out at once instead
+    // of waiting up to 40 ms for a delayed ACK (Nagle).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(token.cancelled_owned())

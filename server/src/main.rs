@@ -2,6 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// The request path allocates small buffers constantly; mimalloc's thread
+// caches beat glibc malloc there (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = server::Config::parse();
     server::telemetry::init();

@@ -17,8 +17,8 @@ use leptos_axum::LeptosRoutes;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
 
-use crate::sse;
 use crate::state::AppState;
+use crate::{security, sse};
 
 /// Largest request body accepted; larger ones get 413.
 pub const BODY_LIMIT: usize = 128 * 1024;
@@ -43,10 +43,15 @@ pub fn router(state: AppState) -> Router {
             move || shell(options.clone()),
         )
         .fallback_service(files)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::guard_api,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
-        // Outermost, so it also sees the errors the layers above produce.
+        // Around everything above, so it also sees the errors they produce.
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(security::headers))
         .with_state(state)
 }
 
@@ -54,6 +59,9 @@ pub fn router(state: AppState) -> Router {
 /// the HTML is complete before any WASM runs and the browser hydrates from
 /// the same state (embedded in the page) without a second request.
 async fn page(State(state): State<AppState>, req: Request) -> Response {
+    if let Some(res) = security::token_login(&state, req.uri().query()) {
+        return res;
+    }
     let snapshot = match dashboard_state(&state.ctx).await {
         Ok(snapshot) => Some(snapshot),
         Err(e) => {

@@ -1,5 +1,8 @@
 //! The router's state.
 
+use std::ops::Deref;
+use std::sync::Arc;
+
 use app::api::ServerContext;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
@@ -7,14 +10,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::feed::LiveHub;
 
-/// Shared by every handler.
+/// Shared by every handler. One `Arc`: leptos clones the state into the
+/// context of every server-function call, so a clone must be cheap.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What the state holds.
+#[derive(Debug)]
+pub struct Shared {
     pub leptos_options: LeptosOptions,
     pub ctx: ServerContext,
     pub hub: LiveHub,
     /// Cancelled at shutdown; live streams end on it.
     pub shutdown: CancellationToken,
+    /// When set, the mutation and admin endpoints require it.
+    pub admin_token: Option<String>,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl FromRef<AppState> for LeptosOptions {
