@@ -18,7 +18,7 @@ pub const DEFAULT_PREFIX: &str = "cache:category:";
 /// Default safety-net TTL: one hour.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// Records per pipeline chunk in a bulk load.
-const BULK_CHUNK: usize = 4096;
+const BULK_CHUNK: usize = 512;
 /// Keys asked for per `SCAN` page.
 const SCAN_COUNT: usize = 1000;
 
@@ -181,7 +181,7 @@ where
 
     /// Writes every record that has an id, replacing any previous hash, in one
     /// pipelined round trip (`DEL` + `HSET` + `EXPIRE` per record): loads of
-    /// more than 4,096 records are sent as several pipelines back to back,
+    /// more than 512 records are sent as several pipelines back to back,
     /// without waiting for replies in between. Returns how many records were
     /// written.
     ///

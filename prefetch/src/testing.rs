@@ -197,13 +197,16 @@ fn ping(port: u16) -> bool {
     s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
-/// Wraps a connection and counts the round trips made through it.
+/// Wraps a connection and counts the requests made through it, and how many
+/// were in flight at once (a pipelined sender does not wait in between).
 #[derive(Clone)]
 pub struct Counting<C> {
     /// The wrapped connection.
     pub inner: C,
     /// Requests sent (a pipeline counts once).
     pub round_trips: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
 }
 
 impl<C> Counting<C> {
@@ -212,19 +215,46 @@ impl<C> Counting<C> {
         Self {
             inner,
             round_trips: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Round trips so far.
+    /// Requests so far.
     pub fn count(&self) -> usize {
         self.round_trips.load(Ordering::SeqCst)
     }
+
+    /// Most requests that were awaiting their replies at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts a request as sent now; returns the in-flight gauge for `finish`.
+    fn start(&self) -> Arc<AtomicUsize> {
+        self.round_trips.fetch_add(1, Ordering::SeqCst);
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Arc::clone(&self.in_flight)
+    }
+}
+
+/// Marks the request done when its reply has arrived.
+fn finish<'a, T: Send + 'a>(
+    in_flight: Arc<AtomicUsize>,
+    fut: RedisFuture<'a, T>,
+) -> RedisFuture<'a, T> {
+    Box::pin(async move {
+        let out = fut.await;
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        out
+    })
 }
 
 impl<C: ConnectionLike + Send> ConnectionLike for Counting<C> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.round_trips.fetch_add(1, Ordering::SeqCst);
-        self.inner.req_packed_command(cmd)
+        let in_flight = self.start();
+        finish(in_flight, self.inner.req_packed_command(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -233,8 +263,11 @@ impl<C: ConnectionLike + Send> ConnectionLike for Counting<C> {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        self.round_trips.fetch_add(1, Ordering::SeqCst);
-        self.inner.req_packed_commands(cmd, offset, count)
+        let in_flight = self.start();
+        finish(
+            in_flight,
+            self.inner.req_packed_commands(cmd, offset, count),
+        )
     }
 
     fn get_db(&self) -> i64 {

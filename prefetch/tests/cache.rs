@@ -40,7 +40,7 @@ fn records(n: usize) -> Vec<Record> {
 }
 
 #[tokio::test]
-async fn bulk_load_writes_every_record_with_its_ttl_in_one_round_trip() {
+async fn bulk_load_writes_every_record_with_its_ttl_pipelined_without_waiting() {
     let redis = TestRedis::start();
     let counting = Counting::new(redis.conn().await);
     let p = prefix("bulk");
@@ -53,7 +53,18 @@ async fn bulk_load_writes_every_record_with_its_ttl_in_one_round_trip() {
 
     let loaded = cache.bulk_load(&input).await.expect("bulk load");
     assert_eq!(loaded, 2000);
-    assert_eq!(counting.count(), 1, "bulk load must be one round trip");
+    // 512 records per pipeline, all sent before any reply is awaited: the
+    // whole load costs one round trip of latency.
+    assert_eq!(counting.count(), 4, "2000 records in 512-record pipelines");
+    assert_eq!(
+        counting.max_in_flight(),
+        4,
+        "no chunk waits for the one before"
+    );
+
+    let small = PrefetchCache::new(counting.clone(), config(prefix("bulk-small"), 60));
+    small.bulk_load(&records(500)).await.unwrap();
+    assert_eq!(counting.count(), 5, "a small load is a single pipeline");
     assert_eq!(cache.stats().prefetched, 2000);
 
     let mut conn = redis.conn().await;
