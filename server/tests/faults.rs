@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, json_of};
+use common::{TestServer, json_of, sides, spawn_binary};
 use prefetch::WorkerState;
 use prefetch::testing::TestRedis;
 use serde_json::Value;
@@ -42,13 +40,7 @@ fn count(counts: &Counts, status: u16, body: &Value) {
 async fn assert_equal_sides(srv: &TestServer) {
     let (status, state) = srv.get("/state").await;
     assert_eq!(status, 200);
-    let primary: Vec<&Value> = state["primary"].as_array().unwrap().iter().collect();
-    let cache: Vec<&Value> = state["cache"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| &e["fields"])
-        .collect();
+    let (primary, cache) = sides(&state);
     assert_eq!(primary, cache, "every record must match");
 }
 
@@ -164,34 +156,6 @@ async fn redis_dies_under_traffic_and_comes_back_empty_nothing_is_lost() {
     );
 }
 
-fn spawn_server(redis: &TestRedis, port: u16) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args([
-            "--redis-url",
-            &redis.url,
-            "--port",
-            &port.to_string(),
-            "--primary-latency-ms",
-            "0",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for line in lines.by_ref() {
-        if line.unwrap_or_default().contains("sync worker running") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-    }
-    std::thread::spawn(move || for _ in lines {});
-    child
-}
-
 #[tokio::test]
 async fn a_killed_server_restarts_with_a_complete_cache() {
     let redis = TestRedis::spawn_own(false);
@@ -209,7 +173,7 @@ async fn a_killed_server_restarts_with_a_complete_cache() {
             .send()
     };
 
-    let mut first = spawn_server(&redis, port);
+    let mut first = spawn_binary(&redis.url, port);
     assert_eq!(
         post("/add", "id=cat-006&name=Seasonal")
             .await
@@ -225,16 +189,10 @@ async fn a_killed_server_restarts_with_a_complete_cache() {
     first.kill().unwrap(); // SIGKILL: no shutdown, no cleanup
     first.wait().unwrap();
 
-    let mut second = spawn_server(&redis, port);
+    let mut second = spawn_binary(&redis.url, port);
     let (status, state) = json_of(reqwest::get(format!("{base}/state")).await.unwrap()).await;
     assert_eq!(status, 200);
-    let primary: Vec<&Value> = state["primary"].as_array().unwrap().iter().collect();
-    let cache: Vec<&Value> = state["cache"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| &e["fields"])
-        .collect();
+    let (primary, cache) = sides(&state);
     assert_eq!(
         primary.len(),
         5,

@@ -4,13 +4,15 @@
 //! change (gap-free, within 1 s of the mutation), and SIGTERM still ends the
 //! process within 2 s.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
+use common::spawn_binary;
 use futures::StreamExt;
 use prefetch::testing::TestRedis;
 
@@ -26,31 +28,6 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-fn start(redis: &TestRedis, port: u16) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args([
-            "--redis-url",
-            &redis.url,
-            "--port",
-            &port.to_string(),
-            "--primary-latency-ms",
-            "0",
-        ])
-        .env("RUST_LOG", "warn,server=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap_or_default().contains("sync worker running") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    child
 }
 
 fn now_ms() -> i64 {
@@ -105,7 +82,7 @@ async fn two_hundred_feed_clients_some_stuck_while_ten_thousand_mutations_run() 
         .local_addr()
         .unwrap()
         .port();
-    let mut server = start(&redis, port);
+    let mut server = spawn_binary(&redis.url, port);
     let pid = server.id();
     let base = format!("http://127.0.0.1:{port}");
     let rss_before = rss_kib(pid);

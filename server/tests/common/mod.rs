@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use app::model::LiveEvent;
@@ -199,4 +201,50 @@ impl SseClient {
         }
         panic!("no {what} event within {timeout:?}");
     }
+}
+
+/// Runs the real server binary against `redis_url` on `port` and returns
+/// once it has prefetched (its stdout is drained in the background).
+pub fn spawn_binary(redis_url: &str, port: u16) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args([
+            "--redis-url",
+            redis_url,
+            "--port",
+            &port.to_string(),
+            "--primary-latency-ms",
+            "0",
+        ])
+        .env("RUST_LOG", "warn,server=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the server binary");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for line in lines.by_ref() {
+        if line.unwrap_or_default().contains("sync worker running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// The primary records and the cached fields of a `/state` reply, in id
+/// order, for comparing every record of both sides.
+pub fn sides(state: &Value) -> (Vec<&Value>, Vec<&Value>) {
+    let primary = state["primary"]
+        .as_array()
+        .expect("primary")
+        .iter()
+        .collect();
+    let cache = state["cache"]
+        .as_array()
+        .expect("cache")
+        .iter()
+        .map(|e| &e["fields"])
+        .collect();
+    (primary, cache)
 }
