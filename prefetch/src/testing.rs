@@ -37,6 +37,7 @@ pub struct TestRedis {
     child: Option<Child>,
     dir: Option<PathBuf>,
     persistent: bool,
+    extra: Vec<String>,
 }
 
 impl TestRedis {
@@ -49,6 +50,7 @@ impl TestRedis {
                 child: None,
                 dir: None,
                 persistent: false,
+                extra: Vec::new(),
             };
         }
         Self::spawn_own(false)
@@ -58,6 +60,13 @@ impl TestRedis {
     /// `persistent`, every write is fsynced to an append-only file, so the
     /// data survives `kill -9` and `restart`.
     pub fn spawn_own(persistent: bool) -> Self {
+        Self::spawn_with(persistent, &[])
+    }
+
+    /// Like [`spawn_own`](Self::spawn_own), with extra `redis-server`
+    /// arguments (for example `--rename-command CONFIG ""` to play a
+    /// managed Redis that refuses `CONFIG`).
+    pub fn spawn_with(persistent: bool, extra: &[&str]) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("prefetch-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -69,6 +78,7 @@ impl TestRedis {
                 child: None,
                 dir: Some(dir.clone()),
                 persistent,
+                extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             };
             if this.launch() {
                 return this;
@@ -92,6 +102,7 @@ impl TestRedis {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -251,6 +251,20 @@ impl Task {
         }
     }
 
+    /// Applies every engine event already queued for the hub.
+    async fn drain_engine_events(&mut self) {
+        loop {
+            match self.engine_rx.try_recv() {
+                Ok(event) => self.on_engine(event).await,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.resync().await;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Re-reads keys that keyspace notifications named and reports those
     /// that differ from what clients were told: changes from outside.
     async fn check_pending(&mut self) {
@@ -262,7 +276,9 @@ impl Task {
         }
         let now = now_ms();
         for id in ids {
-            let entry = match self.hub.ctx.engine.cache().peek(&id).await {
+            let entry = self.hub.ctx.engine.cache().peek(&id).await;
+            self.drain_engine_events().await;
+            let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot re-read key after notification");
@@ -321,6 +337,9 @@ impl Task {
                 return;
             }
         };
+        // The app's own writes that landed before the read may still be
+        // queued for us: mirror them first, or they would look external.
+        self.drain_engine_events().await;
         let now = now_ms();
         let mut seen = BTreeSet::new();
         for e in entries {

@@ -207,3 +207,45 @@ async fn shutdown_ends_open_streams() {
         stopped.elapsed()
     );
 }
+
+#[tokio::test]
+async fn where_config_is_refused_outside_changes_are_polled_instead() {
+    // A managed Redis that refuses CONFIG: no keyspace notifications.
+    let redis =
+        prefetch::testing::TestRedis::spawn_with(false, &["--rename-command", "CONFIG", ""]);
+    let srv = TestServer::start_on(redis, &[]).await;
+    let mut feed = srv.events().await;
+    let Some(LiveEvent::Snapshot(state)) = feed.next(SECOND).await else {
+        panic!("first event must be a snapshot");
+    };
+    assert_eq!(
+        state.external,
+        app::model::ExternalWatch::Polling,
+        "the page says so"
+    );
+
+    let mut conn = srv.redis.conn().await;
+    let _: () = conn.del(format!("{}cat-004", srv.prefix)).await.unwrap();
+    // The poll runs every second.
+    feed.expect(Duration::from_secs(3), "polled external DEL", |e| {
+        is_cache(e, "cat-004", Source::External, false)
+    })
+    .await;
+    // The app's own writes are not misreported as outside changes.
+    srv.post("/update", "id=cat-001&field=name&value=Mine")
+        .await;
+    feed.expect(SECOND, "sync write", |e| {
+        is_cache(e, "cat-001", Source::Sync, true)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
+        match feed.next(left).await {
+            Some(ev) => assert!(
+                !is_cache(&ev, "cat-001", Source::External, true),
+                "own write reported as external: {ev:?}"
+            ),
+            None => break,
+        }
+    }
+}
