@@ -2,20 +2,14 @@
 //! unreachable, the embedded Redis, and a prompt, clean exit on SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use prefetch::testing::TestRedis;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 fn server(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));

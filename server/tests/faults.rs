@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, json_of, sides, spawn_binary};
+use common::{TestServer, free_port, json_of, sides, spawn_binary};
 use prefetch::WorkerState;
 use prefetch::testing::TestRedis;
 use serde_json::Value;
@@ -159,11 +159,7 @@ async fn redis_dies_under_traffic_and_comes_back_empty_nothing_is_lost() {
 #[tokio::test]
 async fn a_killed_server_restarts_with_a_complete_cache() {
     let redis = TestRedis::spawn_own(false);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let post = |path: &str, body: &'static str| {

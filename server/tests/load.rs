@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod common;
 
-use common::spawn_binary;
+use common::{free_port, spawn_binary};
 use futures::StreamExt;
 use prefetch::testing::TestRedis;
 
@@ -77,11 +77,7 @@ async fn fast_client(url: String, done: Arc<AtomicU64>) -> (u64, i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_feed_clients_some_stuck_while_ten_thousand_mutations_run() {
     let redis = TestRedis::spawn_own(false);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut server = spawn_binary(&redis.url, port);
     let pid = server.id();
     let base = format!("http://127.0.0.1:{port}");

@@ -203,6 +203,15 @@ impl SseClient {
     }
 }
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 /// Runs the real server binary against `redis_url` on `port` and returns
 /// once it has prefetched (its stdout is drained in the background).
 pub fn spawn_binary(redis_url: &str, port: u16) -> Child {
