@@ -143,23 +143,32 @@ impl MockPrimary {
         self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn simulate_read(&self) {
+    /// One counted read, timed like a round trip to a real database: the
+    /// request travels for half the latency, the database takes its snapshot,
+    /// the reply travels for the other half. A change made while the reply
+    /// travels is not in it, as with a real database.
+    async fn round_trip<T>(&self, snapshot: impl FnOnce(&Table) -> T) -> T {
         self.inner.reads.fetch_add(1, Relaxed);
-        if !self.inner.read_latency.is_zero() {
-            tokio::time::sleep(self.inner.read_latency).await;
+        let latency = self.inner.read_latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency / 2).await;
         }
+        let value = snapshot(&self.table());
+        if !latency.is_zero() {
+            tokio::time::sleep(latency - latency / 2).await;
+        }
+        value
     }
 
     /// Every record, in id order: one counted primary read.
     pub async fn list_records(&self) -> Vec<Record> {
-        self.simulate_read().await;
-        self.table().records.values().cloned().collect()
+        self.round_trip(|t| t.records.values().cloned().collect())
+            .await
     }
 
     /// One record: one counted primary read.
     pub async fn read(&self, id: &str) -> Option<Record> {
-        self.simulate_read().await;
-        self.table().records.get(id).cloned()
+        self.round_trip(|t| t.records.get(id).cloned()).await
     }
 
     /// Every id, sorted. Free (not a counted read).
