@@ -29,6 +29,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     #[cfg(feature = "ssr")]
     set_content_security_policy();
     let state_json = use_context::<DashboardState>().map(|s| embed_json(&s));
+    let form_error_json = use_context::<FormError>().map(|e| embed_json(&e.0));
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -44,6 +45,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <title>"Redis Prefetch Cache · Rust"</title>
                 {state_json.map(|json| view! {
                     <script id=STATE_ELEMENT_ID type="application/json" inner_html=json></script>
+                })}
+                {form_error_json.map(|json| view! {
+                    <script id=FORM_ERROR_ELEMENT_ID type="application/json" inner_html=json></script>
                 })}
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
@@ -85,12 +89,30 @@ fn set_content_security_policy() {
 /// Id of the `<script type="application/json">` holding the initial state.
 pub const STATE_ELEMENT_ID: &str = "dashboard-state";
 
+/// Id of the `<script type="application/json">` holding a form error.
+pub const FORM_ERROR_ELEMENT_ID: &str = "form-error";
+
+/// The error of a form posted without JavaScript: the server function
+/// redirected back with it in the URL, and the server renders it into the
+/// status bar (server-side context).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormError(pub String);
+
 /// JSON safe inside `<script>`: `<` only occurs inside JSON strings, where
 /// `\u003c` means the same, so no value can close the element early.
-pub fn embed_json(state: &DashboardState) -> String {
-    serde_json::to_string(state)
+pub fn embed_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value)
         .unwrap_or_else(|_| "null".into())
         .replace('<', "\\u003c")
+}
+
+/// Parses the JSON the server embedded in the `<script>` with `id`.
+#[cfg(feature = "hydrate")]
+fn embedded<T: serde::de::DeserializeOwned>(id: &str) -> Option<T> {
+    let text = leptos::prelude::document()
+        .get_element_by_id(id)?
+        .text_content()?;
+    serde_json::from_slice(text.as_bytes()).ok()
 }
 
 /// The state the page was rendered with: the server's context during SSR,
@@ -98,14 +120,23 @@ pub fn embed_json(state: &DashboardState) -> String {
 fn initial_state() -> Option<DashboardState> {
     #[cfg(feature = "hydrate")]
     {
-        let text = leptos::prelude::document()
-            .get_element_by_id(STATE_ELEMENT_ID)?
-            .text_content()?;
-        serde_json::from_slice(text.as_bytes()).ok()
+        embedded(STATE_ELEMENT_ID)
     }
     #[cfg(not(feature = "hydrate"))]
     {
         use_context::<DashboardState>()
+    }
+}
+
+/// The form error the page was rendered with, the same way.
+fn initial_form_error() -> Option<String> {
+    #[cfg(feature = "hydrate")]
+    {
+        embedded(FORM_ERROR_ELEMENT_ID)
+    }
+    #[cfg(not(feature = "hydrate"))]
+    {
+        use_context::<FormError>().map(|e| e.0)
     }
 }
 
@@ -131,7 +162,9 @@ pub fn App() -> impl IntoView {
 #[component]
 fn Dashboard(snapshot: DashboardState) -> impl IntoView {
     let state = use_live_state(&snapshot);
-    let status = StatusBar(RwSignal::new(None));
+    let status = StatusBar(RwSignal::new(
+        initial_form_error().map(|text| StatusMsg { ok: false, text }),
+    ));
     provide_context(status);
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));

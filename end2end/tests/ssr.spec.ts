@@ -1,3 +1,4 @@
+import type { Browser } from "@playwright/test";
 import { test, expect, openDashboard, row, primaryCell, cacheCell } from "./fixtures";
 
 const SEED = ["Beverages", "Bakery", "Pantry Staples", "Frozen", "Specialty Cheeses"];
@@ -13,7 +14,7 @@ test("the server renders the seed state into the HTML before any WASM runs", asy
   expect(html).toContain('data-stat="prefetched">5<');
 });
 
-test("without JavaScript the page shows the state and its forms still work", async ({ browser, baseURL }) => {
+async function postFormsWithoutJavaScript(browser: Browser, baseURL: string | undefined) {
   const context = await browser.newContext({ javaScriptEnabled: false, baseURL });
   const page = await context.newPage();
   await page.goto("/");
@@ -27,7 +28,31 @@ test("without JavaScript the page shows the state and its forms still work", asy
   await page.click("#update-panel button[type=submit]");
   await page.waitForURL(/\/(\?.*)?$/);
   await expect(primaryCell(page, "cat-003", "name")).toHaveText("Dry Goods");
+
+  // A refused one comes back with its error in the status bar.
+  await page.fill("#add-id", "cat-001");
+  await page.click("#add-panel button[type=submit]");
+  await page.waitForURL(/__err=/);
+  await expect(page.locator("#status")).toHaveAttribute("data-kind", "error");
+  await expect(page.locator("#status")).toHaveText("Category 'cat-001' already exists.");
+  const refused = page.url();
   await context.close();
+  return refused;
+}
+
+test("without JavaScript the page shows the state and its forms still work", async ({ browser, baseURL }) => {
+  await postFormsWithoutJavaScript(browser, baseURL);
+});
+
+test("a form error from a no-JavaScript post survives hydration", async ({ browser, baseURL, page }) => {
+  const refused = await postFormsWithoutJavaScript(browser, baseURL);
+  await page.goto(refused);
+  await expect(page.locator("main[data-hydrated='true']")).toBeVisible({ timeout: 20_000 });
+  await expect(page.locator("#status")).toHaveAttribute("data-kind", "error");
+  await expect(page.locator("#status")).toHaveText("Category 'cat-001' already exists.");
+  // The next action replaces it as usual.
+  await page.click("#reset-button");
+  await expect(page.locator("#status")).toHaveAttribute("data-kind", "ok");
 });
 
 test("the page hydrates and connects to the live feed", async ({ page }) => {

@@ -3,7 +3,7 @@
 
 use app::api::dashboard_state;
 use app::error::AppError;
-use app::shell;
+use app::{FormError, shell};
 use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{StatusCode, Uri, header};
 use leptos::prelude::provide_context;
+use leptos::server_fn::error::ServerFnUrlError;
 use leptos_axum::LeptosRoutes;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
@@ -70,6 +71,7 @@ async fn page(State(state): State<AppState>, req: Request) -> Response {
         }
     };
     let unavailable = snapshot.is_none();
+    let form_error = form_error(req.uri().query());
     let ctx = state.ctx.clone();
     let options = state.leptos_options.clone();
     let render = leptos_axum::render_app_to_stream_with_context(
@@ -77,6 +79,9 @@ async fn page(State(state): State<AppState>, req: Request) -> Response {
             provide_context(ctx.clone());
             if let Some(snapshot) = snapshot.clone() {
                 provide_context(snapshot);
+            }
+            if let Some(error) = form_error.clone() {
+                provide_context(error);
             }
         },
         move || shell(options.clone()),
@@ -86,6 +91,21 @@ async fn page(State(state): State<AppState>, req: Request) -> Response {
         *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
     res
+}
+
+/// Longest form error shown; the message comes from the URL, so a crafted
+/// link could put any text there (escaped, never markup).
+const FORM_ERROR_MAX_CHARS: usize = 300;
+
+/// The error a server function put into the URL when it redirected a form
+/// posted without JavaScript back to the page (`?__path=…&__err=…`).
+fn form_error(query: Option<&str>) -> Option<FormError> {
+    let encoded = url::form_urlencoded::parse(query?.as_bytes())
+        .find_map(|(key, value)| (key == "__err").then_some(value))?;
+    let message = ServerFnUrlError::<AppError>::decode_err(&encoded).error;
+    Some(FormError(
+        message.chars().take(FORM_ERROR_MAX_CHARS).collect(),
+    ))
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -100,10 +120,18 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
 /// Every error answer is JSON: framework-made errors (405 from a route with
 /// the wrong method, 413 from the body limit, axum's 422/415 rejections) come
 /// with an empty or plain-text body, which is replaced here. JSON errors from
-/// server functions, HTML pages and redirects pass through untouched.
-async fn json_errors(res: Response) -> Response {
+/// server functions and HTML pages pass through untouched; a failed form
+/// post's redirect back to the page stays a redirect.
+async fn json_errors(mut res: Response) -> Response {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    if res.headers().contains_key(header::LOCATION) {
+        // A form posted without JavaScript that failed: the server function
+        // redirects it back to the page with the error in the URL, but the
+        // error status it set would stop the browser from following.
+        *res.status_mut() = StatusCode::SEE_OTHER;
         return res;
     }
     let content_type = res
@@ -114,7 +142,6 @@ async fn json_errors(res: Response) -> Response {
     if content_type.starts_with("application/json")
         || content_type.starts_with("text/html")
         || content_type.starts_with("text/event-stream")
-        || res.headers().contains_key(header::LOCATION)
     {
         return res;
     }

@@ -413,3 +413,61 @@ async fn redis_down_gives_503_json_and_the_server_recovers() {
     let (_, cats) = srv.get("/categories").await;
     assert_eq!(cats["cache_ids"], cats["primary_ids"]);
 }
+
+#[tokio::test]
+async fn a_form_posted_without_javascript_is_redirected_back_with_its_error() {
+    let srv = TestServer::start().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = srv.url("/");
+    let res = http
+        .post(srv.url("/add"))
+        .header("accept", "text/html")
+        .header("referer", &page)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("id=cat-001&name=Again&display_order=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303, "a redirect the browser follows");
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&page) && location.contains("__err="));
+    assert!(
+        srv.engine().primary().inspect().0.len() == 5,
+        "nothing added"
+    );
+
+    let html = http
+        .get(&location)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let status_bar = html
+        .split_once(r#"id="status""#)
+        .map(|(_, rest)| &rest[..rest.find("</div>").unwrap_or(rest.len())])
+        .unwrap_or_default();
+    assert!(status_bar.contains(r#"data-kind="error""#), "{status_bar}");
+    assert!(
+        status_bar.contains("cat-001") && status_bar.contains("already exists."),
+        "{status_bar}"
+    );
+
+    // Succeeding, it redirects back to the page without the error.
+    let res = http
+        .post(srv.url("/add"))
+        .header("accept", "text/html")
+        .header("referer", &location)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("id=cat-006&name=Seasonal&display_order=6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302);
+    let back = res.headers()["location"].to_str().unwrap();
+    assert_eq!(back.trim_end_matches('?'), page, "the error is gone");
+}
