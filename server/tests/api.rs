@@ -421,23 +421,23 @@ async fn a_form_posted_without_javascript_is_redirected_back_with_its_error() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    // What a browser without JavaScript sends for the add form.
+    let post_form = |referer: String, body: &'static str| {
+        http.post(srv.url("/add"))
+            .header("accept", "text/html")
+            .header("referer", referer)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
     let page = srv.url("/");
-    let res = http
-        .post(srv.url("/add"))
-        .header("accept", "text/html")
-        .header("referer", &page)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("id=cat-001&name=Again&display_order=1")
-        .send()
+    let res = post_form(page.clone(), "id=cat-001&name=Again&display_order=1")
         .await
         .unwrap();
     assert_eq!(res.status(), 303, "a redirect the browser follows");
     let location = res.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&page) && location.contains("__err="));
-    assert!(
-        srv.engine().primary().inspect().0.len() == 5,
-        "nothing added"
-    );
+    assert_eq!(srv.engine().primary().inspect().0.len(), 5, "nothing added");
 
     let html = http
         .get(&location)
@@ -458,13 +458,7 @@ async fn a_form_posted_without_javascript_is_redirected_back_with_its_error() {
     );
 
     // Succeeding, it redirects back to the page without the error.
-    let res = http
-        .post(srv.url("/add"))
-        .header("accept", "text/html")
-        .header("referer", &location)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("id=cat-006&name=Seasonal&display_order=6")
-        .send()
+    let res = post_form(location, "id=cat-006&name=Seasonal&display_order=6")
         .await
         .unwrap();
     assert_eq!(res.status(), 302);
