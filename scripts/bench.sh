@@ -10,6 +10,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WITH_BENCH=1 WITH_WASM_OPT=1 WITH_BROWSER=1 "$ROOT/scripts/setup.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$ROOT"
+export LEPTOS_SITE_ROOT="$ROOT/target/site-release"
 cargo leptos build --release
 # The UI figure (mutation request -> DOM), measured on the release build.
 (cd end2end && SERVER_BIN="$ROOT/target/release/server" npx playwright test latency.spec.ts)

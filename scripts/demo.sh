@@ -7,6 +7,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WITH_WASM_OPT=1 "$ROOT/scripts/setup.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$ROOT"
+# The release site has a directory of its own (the tests build the debug
+# one into target/site), so the demo and the tests can run side by side.
+export LEPTOS_SITE_ROOT=target/site-release
 cargo leptos build --release
-export LEPTOS_OUTPUT_NAME=prefetch-demo LEPTOS_SITE_ROOT=target/site LEPTOS_SITE_PKG_DIR=pkg
+export LEPTOS_OUTPUT_NAME=prefetch-demo LEPTOS_SITE_PKG_DIR=pkg
 exec target/release/server "$@"

@@ -16,11 +16,21 @@ use leptos::server_fn::codec::GetUrl;
 use crate::error::AppError;
 use crate::model::*;
 
+/// The POST endpoints that take no input: any body sent to them is ignored
+/// (the server drops it before the function decodes anything).
+pub const NO_INPUT_ENDPOINTS: [&str; 3] = ["/clear", "/reprefetch", "/reset"];
+
 /// `GET /categories`: cached ids and primary ids, both sorted.
 #[server(prefix = "", endpoint = "categories", input = GetUrl, name = Categories)]
 pub async fn categories() -> Result<CategoriesResponse, AppError> {
     let ctx = ssr::ctx()?;
-    let (cache_ids, primary_ids) = ctx.engine.categories().await.map_err(ssr::engine_error)?;
+    let (cache_ids, primary) = tokio::join!(ctx.engine.ids(), ctx.engine.source().records());
+    let cache_ids = cache_ids.map_err(ssr::engine_error)?;
+    let primary_ids = primary
+        .map_err(ssr::engine_error)?
+        .iter()
+        .filter_map(|r| r.id().map(str::to_owned))
+        .collect();
     Ok(CategoriesResponse {
         cache_ids,
         primary_ids,
@@ -36,9 +46,9 @@ pub async fn read_category(id: Option<String>) -> Result<ReadResponse, AppError>
     let read = ctx.engine.read(&id).await.map_err(ssr::engine_error)?;
     Ok(ReadResponse {
         id: read.id,
-        hit: read.lookup.hit,
+        hit: read.lookup.hit(),
         record: read.lookup.record.map(|r| r.into_fields()),
-        redis_latency_ms: ssr::millis(read.lookup.redis_latency),
+        redis_latency_ms: millis(read.lookup.redis_latency),
         ttl_remaining: read.ttl.as_redis(),
         stats: ssr::stats(&ctx),
     })
@@ -60,18 +70,20 @@ pub async fn update_field(
 ) -> Result<UpdateResponse, AppError> {
     let ctx = ssr::ctx()?;
     let (Some(id), Some(field)) = (ssr::present(id), ssr::present(field)) else {
-        return ssr::fail(400, "Missing 'id' or 'field'.");
+        return ssr::fail(ssr::BAD_REQUEST, "Missing 'id' or 'field'.");
     };
     let value = value.unwrap_or_default();
     if let Err(message) = validate_category_field(&field, &value) {
-        return ssr::fail(400, message);
+        return ssr::fail(ssr::BAD_REQUEST, message);
     }
-    let change = ctx
+    let record = ctx
         .engine
+        .source()
         .update_field(&id, &field, &value)
+        .await
         .map_err(ssr::engine_error)?;
     Ok(UpdateResponse {
-        id: change.id,
+        id: record.id().unwrap_or(id.trim()).to_owned(),
         field,
         value,
         stats: ssr::stats(&ctx),
@@ -90,7 +102,7 @@ pub async fn add_category(
 ) -> Result<AddResponse, AppError> {
     let ctx = ssr::ctx()?;
     let (Some(id), Some(name)) = (ssr::present(id), ssr::present(name)) else {
-        return ssr::fail(400, "Missing 'id' or 'name'.");
+        return ssr::fail(ssr::BAD_REQUEST, "Missing 'id' or 'name'.");
     };
     let record: Fields = [
         ("id", id),
@@ -107,23 +119,21 @@ pub async fn add_category(
     .collect();
     for (field, value) in record.iter().filter(|(f, _)| f.as_str() != "id") {
         if let Err(message) = validate_category_field(field, value) {
-            return ssr::fail(400, message);
+            return ssr::fail(ssr::BAD_REQUEST, message);
         }
     }
     if let Some(parent) = record.get("parent_id").filter(|p| !p.is_empty()) {
         prefetch::validate_id(parent).map_err(ssr::engine_error)?;
     }
-    let change = ctx
+    let record = ctx
         .engine
+        .source()
         .add(prefetch::Record::new(record))
+        .await
         .map_err(ssr::engine_error)?;
-    let record = match change.kind {
-        prefetch::ChangeKind::Upsert(fields) => fields,
-        prefetch::ChangeKind::Delete => Fields::new(),
-    };
     Ok(AddResponse {
-        id: change.id,
-        record,
+        id: record.id().unwrap_or_default().to_owned(),
+        record: record.into_fields(),
         stats: ssr::stats(&ctx),
     })
 }
@@ -133,9 +143,14 @@ pub async fn add_category(
 pub async fn delete_category(id: Option<String>) -> Result<DeleteResponse, AppError> {
     let ctx = ssr::ctx()?;
     let id = ssr::required(id, "Missing 'id'.")?;
-    let change = ctx.engine.delete(&id).map_err(ssr::engine_error)?;
+    let id = ctx
+        .engine
+        .source()
+        .delete(&id)
+        .await
+        .map_err(ssr::engine_error)?;
     Ok(DeleteResponse {
-        id: change.id,
+        id,
         stats: ssr::stats(&ctx),
     })
 }
@@ -145,13 +160,13 @@ pub async fn delete_category(id: Option<String>) -> Result<DeleteResponse, AppEr
 pub async fn invalidate_category(id: Option<String>) -> Result<InvalidateResponse, AppError> {
     let ctx = ssr::ctx()?;
     let id = ssr::required(id, "Missing 'id'.")?;
-    let deleted = ctx
+    let (id, deleted) = ctx
         .engine
         .invalidate(&id)
         .await
         .map_err(ssr::engine_error)?;
     Ok(InvalidateResponse {
-        id: id.trim().to_owned(),
+        id,
         deleted,
         stats: ssr::stats(&ctx),
     })
@@ -168,14 +183,17 @@ pub async fn clear_cache() -> Result<ClearResponse, AppError> {
     })
 }
 
-/// `POST /reprefetch`: pause, clear, one primary read, bulk load, resume.
+/// `POST /reprefetch`: one snapshot of the primary written through the
+/// version guard while the sync worker keeps running, then a sweep of keys
+/// the snapshot no longer has. No pause, no miss.
 #[server(prefix = "", endpoint = "reprefetch", name = Reprefetch)]
 pub async fn reprefetch() -> Result<ReprefetchResponse, AppError> {
     let ctx = ssr::ctx()?;
     let report = ctx.engine.reprefetch().await.map_err(ssr::engine_error)?;
     Ok(ReprefetchResponse {
         loaded: report.loaded,
-        elapsed_ms: ssr::millis(report.elapsed),
+        swept: report.swept,
+        elapsed_ms: millis(report.elapsed),
         stats: ssr::stats(&ctx),
     })
 }
@@ -185,6 +203,7 @@ pub async fn reprefetch() -> Result<ReprefetchResponse, AppError> {
 pub async fn reset_stats() -> Result<StatsDto, AppError> {
     let ctx = ssr::ctx()?;
     ctx.engine.reset_stats();
+    ctx.engine.source().reset_reads();
     Ok(ssr::stats(&ctx))
 }
 
@@ -197,24 +216,29 @@ pub async fn dashboard() -> Result<DashboardState, AppError> {
 }
 
 #[cfg(feature = "ssr")]
-pub use ssr::{ServerContext, dashboard_state};
+pub use ssr::{ServerContext, dashboard_state, now_ms};
+
+#[cfg(feature = "ssr")]
+use crate::model::millis;
 
 #[cfg(feature = "ssr")]
 mod ssr {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::SystemTime;
 
     use leptos::prelude::use_context;
 
     use crate::error::AppError;
-    use crate::model::{CacheEntryDto, DashboardState, ExternalWatch, StatsDto};
+    use crate::model::{
+        CacheEntryDto, DashboardState, ExternalWatch, SourceDto, StatsDto, epoch_ms,
+    };
 
-    pub use crate::error::ssr::{engine_error, fail};
+    pub use crate::error::ssr::{BAD_REQUEST, engine_error, fail};
 
     /// What the server hands to every server function and SSR render.
     #[derive(Clone, Debug)]
     pub struct ServerContext {
-        /// The running engine.
-        pub engine: prefetch::Engine,
+        /// The running engine, over whichever primary the server was given.
+        pub engine: prefetch::Engine<dyn prefetch::Primary>,
         /// How changes made outside the app are noticed.
         pub external: ExternalWatch,
     }
@@ -222,13 +246,14 @@ mod ssr {
     pub fn ctx() -> Result<ServerContext, AppError> {
         use_context::<ServerContext>().ok_or_else(|| {
             tracing::error!("ServerContext missing from the leptos context");
-            crate::error::ssr::set_status(500);
+            crate::error::ssr::set_status(http::StatusCode::INTERNAL_SERVER_ERROR);
             AppError::new("Server misconfigured: no engine.")
         })
     }
 
     pub fn stats(ctx: &ServerContext) -> StatsDto {
-        StatsDto::from(ctx.engine.stats())
+        let source = ctx.engine.source();
+        StatsDto::new(ctx.engine.stats(), source.reads(), source.read_latency())
     }
 
     /// A present, non-blank argument.
@@ -239,42 +264,36 @@ mod ssr {
     pub fn required(v: Option<String>, message: &str) -> Result<String, AppError> {
         match present(v) {
             Some(v) => Ok(v),
-            None => fail(400, message),
+            None => fail(BAD_REQUEST, message),
         }
     }
 
-    /// Milliseconds with microsecond precision.
-    pub fn millis(d: Duration) -> f64 {
-        (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
-    }
-
     pub fn now_ms() -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
+        epoch_ms(SystemTime::now())
     }
 
     /// The dashboard's view of the engine; also the live feed's snapshot.
     pub async fn dashboard_state(ctx: &ServerContext) -> Result<DashboardState, prefetch::Error> {
-        let snap = ctx.engine.snapshot().await?;
+        let (primary, cache) = tokio::join!(ctx.engine.source().records(), ctx.engine.entries());
+        let (primary, cache) = (primary?, cache?);
         let now = now_ms();
-        let cache = ctx.engine.cache();
+        let engine_stats = ctx.engine.stats();
+        let source = SourceDto::from(&engine_stats.source);
+        let prefix = ctx.engine.cache().prefix().to_owned();
+        let ttl_seconds = ctx.engine.cache().ttl_config().as_secs();
+        let src = ctx.engine.source();
         Ok(DashboardState {
-            primary: snap.primary.into_iter().map(|r| r.into_fields()).collect(),
-            cache: snap
-                .cache
+            primary: primary.into_iter().map(|r| r.into_fields()).collect(),
+            source,
+            cache: cache
                 .into_iter()
                 .map(|e| CacheEntryDto::from_entry(e, now))
                 .collect(),
-            stats: StatsDto::from(snap.stats),
-            prefix: cache.prefix().to_owned(),
-            ttl_seconds: cache.ttl_config().as_secs(),
+            stats: StatsDto::new(engine_stats, src.reads(), src.read_latency()),
+            prefix,
+            ttl_seconds,
             external: ctx.external,
             server_time_ms: now,
         })
     }
 }
-
-#[cfg(feature = "ssr")]
-pub use ssr::now_ms;

@@ -26,25 +26,38 @@ impl FromServerFnError for AppError {
     type Encoder = JsonEncoding;
 
     /// Framework-level failures: undecodable arguments (a malformed body or
-    /// query) are the client's fault (400); everything else is ours.
+    /// query) are the client's fault (400); everything else is ours. Bodies
+    /// over the limit never get here: the server answers 413 before.
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
-        let (status, message) = match &value {
-            ServerFnErrorErr::Args(m) | ServerFnErrorErr::Deserialization(m) => {
-                if m.contains("length limit") {
-                    (413, "Request body too large.".to_owned())
-                } else {
-                    (400, format!("Malformed request: {m}"))
-                }
-            }
-            ServerFnErrorErr::MissingArg(m) => (400, format!("Missing argument: {m}")),
-            ServerFnErrorErr::Request(m) => (503, format!("Server unreachable: {m}")),
-            other => (500, other.to_string()),
-        };
         #[cfg(feature = "ssr")]
-        ssr::set_status(status);
+        {
+            use http::StatusCode;
+            let (status, message) = match &value {
+                ServerFnErrorErr::Args(m) | ServerFnErrorErr::Deserialization(m) => {
+                    (StatusCode::BAD_REQUEST, format!("Malformed request: {m}"))
+                }
+                ServerFnErrorErr::MissingArg(m) => {
+                    (StatusCode::BAD_REQUEST, format!("Missing argument: {m}"))
+                }
+                other => {
+                    tracing::error!(error = %other, "server function failed");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Internal error; see the server log.".to_owned(),
+                    )
+                }
+            };
+            ssr::set_status(status);
+            AppError::new(message)
+        }
         #[cfg(not(feature = "ssr"))]
-        let _ = status;
-        AppError::new(message)
+        {
+            // In the browser this is a failed request (the server is gone).
+            AppError::new(match value {
+                ServerFnErrorErr::Request(m) => format!("Server unreachable: {m}"),
+                other => other.to_string(),
+            })
+        }
     }
 }
 
@@ -56,44 +69,67 @@ pub(crate) mod ssr {
     use leptos_axum::ResponseOptions;
     use prefetch::Error;
 
+    /// 400, the status of most refusals.
+    pub const BAD_REQUEST: StatusCode = StatusCode::BAD_REQUEST;
+
     /// Sets the HTTP status of the current server-function response.
-    pub fn set_status(status: u16) {
-        if let (Some(opts), Ok(code)) = (
-            use_context::<ResponseOptions>(),
-            StatusCode::from_u16(status),
-        ) {
-            opts.set_status(code);
+    pub fn set_status(status: StatusCode) {
+        if let Some(opts) = use_context::<ResponseOptions>() {
+            opts.set_status(status);
         }
     }
 
     /// Fails the current request with `status` and `message`.
-    pub fn fail<T>(status: u16, message: impl Into<String>) -> Result<T, AppError> {
+    pub fn fail<T>(status: StatusCode, message: impl Into<String>) -> Result<T, AppError> {
         set_status(status);
         Err(AppError::new(message))
     }
 
     /// Maps an engine error to a status and a message safe to show, logging
-    /// server-side failures in full.
+    /// server-side failures in full (never sending their detail).
     pub fn engine_error(e: Error) -> AppError {
         let (status, message) = match &e {
-            Error::InvalidId(m) => (400, format!("Invalid id: {m}.")),
-            Error::InvalidField(m) => (400, format!("Invalid field: {m}.")),
-            Error::NotFound(id) => (404, format!("Unknown category '{id}'.")),
-            Error::AlreadyExists(id) => (409, format!("Category '{id}' already exists.")),
+            Error::InvalidId(m) => (StatusCode::BAD_REQUEST, format!("Invalid id: {m}.")),
+            Error::InvalidField(m) => (StatusCode::BAD_REQUEST, format!("Invalid field: {m}.")),
+            Error::NotFound(id) => (StatusCode::NOT_FOUND, format!("Unknown category '{id}'.")),
+            Error::AlreadyExists(id) => (
+                StatusCode::CONFLICT,
+                format!("Category '{id}' already exists."),
+            ),
             Error::PauseTimeout(t) => (
-                503,
+                StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "The sync worker did not pause within {t:?}; nothing was changed. Try again."
                 ),
             ),
-            Error::WorkerStopped => (503, "The server is shutting down.".to_owned()),
+            Error::WorkerStopped => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is shutting down.".to_owned(),
+            ),
+            Error::StateLost => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Redis lost the cache's state; it is being refilled. Try again shortly.".to_owned(),
+            ),
+            Error::SourceUnavailable(_) => {
+                tracing::warn!(error = %e, "source unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The primary is unavailable; try again shortly.".to_owned(),
+                )
+            }
             e if e.is_unavailable() => {
                 tracing::warn!(error = %e, "redis unavailable");
-                (503, "Redis is unavailable; try again shortly.".to_owned())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Redis is unavailable; try again shortly.".to_owned(),
+                )
             }
             e => {
                 tracing::error!(error = %e, "request failed");
-                (500, format!("Internal error: {e}"))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error; see the server log.".to_owned(),
+                )
             }
         };
         set_status(status);

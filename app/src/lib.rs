@@ -17,8 +17,14 @@ use components::*;
 use live::{LiveState, use_live_state};
 use model::{DashboardState, ExternalWatch};
 
-/// Name of the site bundle: `/pkg/{OUTPUT_NAME}.js|.wasm|.css`.
-pub const OUTPUT_NAME: &str = "prefetch-demo";
+/// Name of the site bundle: `/pkg/{OUTPUT_NAME}.js|.wasm|.css`, as
+/// cargo-leptos (or `.cargo/config.toml`) set it at compile time.
+pub const OUTPUT_NAME: &str = env!("LEPTOS_OUTPUT_NAME");
+
+#[cfg(all(feature = "ssr", feature = "hydrate"))]
+compile_error!(
+    "`ssr` and `hydrate` are exclusive: the server enables one, the WASM build the other"
+);
 
 /// The HTML document around the app (server side).
 ///
@@ -215,8 +221,21 @@ fn Header(state: LiveState) -> impl IntoView {
                         live::Connection::Reconnecting => "disconnected, retrying…",
                     }}
                 </span>
-                <span id="worker" class="pill" data-state=move || state.worker.get()>
-                    "sync worker: " {move || state.worker.get()}
+                <span id="worker" class="pill" data-state=move || state.worker.get().as_str()>
+                    "sync worker: " {move || state.worker.get().as_str()}
+                </span>
+                <span id="source" class="pill" data-kind=move || state.source.with(|s| s.kind.clone())
+                    data-connected=move || state.source.with(|s| s.connected.to_string())>
+                    "primary: " {move || state.source.with(|s| {
+                        let mut text = s.kind.clone();
+                        for (k, v) in &s.details {
+                            text.push_str(" · ");
+                            text.push_str(k);
+                            text.push(' ');
+                            text.push_str(v);
+                        }
+                        text
+                    })}
                 </span>
                 <span id="external" class="pill muted">{external}</span>
             </div>

@@ -43,10 +43,48 @@ pub struct LogEntry {
     /// Monotonic number, for keyed rendering.
     pub n: u64,
     pub at_ms: i64,
-    pub source: String,
-    pub op: String,
+    pub source: &'static str,
+    pub op: &'static str,
     pub id: String,
     pub detail: String,
+}
+
+/// How one id compares between the primary and the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowStatus {
+    /// Cached exactly as in the primary.
+    Ok,
+    /// Cached, but different from the primary.
+    Stale,
+    /// In the primary, not in the cache.
+    Missing,
+    /// In the cache, not in the primary.
+    Orphaned,
+    /// In neither (a row on its way out).
+    Gone,
+}
+
+impl RowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Ok => "ok",
+            RowStatus::Stale => "stale",
+            RowStatus::Missing => "missing",
+            RowStatus::Orphaned => "orphaned",
+            RowStatus::Gone => "gone",
+        }
+    }
+
+    /// The status of an id with these two sides.
+    pub fn of(primary: Option<&Fields>, cached: Option<&Fields>) -> Self {
+        match (primary, cached) {
+            (Some(p), Some(c)) if p == c => RowStatus::Ok,
+            (Some(_), Some(_)) => RowStatus::Stale,
+            (Some(_), None) => RowStatus::Missing,
+            (None, Some(_)) => RowStatus::Orphaned,
+            (None, None) => RowStatus::Gone,
+        }
+    }
 }
 
 /// The live dashboard state. `Copy`: every field is an arena signal.
@@ -55,7 +93,8 @@ pub struct LiveState {
     pub primary: RwSignal<BTreeMap<String, Fields>>,
     pub cache: RwSignal<BTreeMap<String, CacheEntryDto>>,
     pub stats: RwSignal<StatsDto>,
-    pub worker: RwSignal<String>,
+    pub worker: RwSignal<WorkerStateDto>,
+    pub source: RwSignal<SourceDto>,
     pub external: RwSignal<ExternalWatch>,
     pub prefix: RwSignal<String>,
     pub ttl_seconds: RwSignal<u64>,
@@ -78,7 +117,8 @@ impl LiveState {
             primary: RwSignal::new(BTreeMap::new()),
             cache: RwSignal::new(BTreeMap::new()),
             stats: RwSignal::new(StatsDto::default()),
-            worker: RwSignal::new(String::new()),
+            worker: RwSignal::new(WorkerStateDto::Running),
+            source: RwSignal::new(SourceDto::default()),
             external: RwSignal::new(snapshot.external),
             prefix: RwSignal::new(String::new()),
             ttl_seconds: RwSignal::new(0),
@@ -102,8 +142,9 @@ impl LiveState {
         );
         self.cache
             .set(s.cache.into_iter().map(|e| (e.id.clone(), e)).collect());
-        self.worker.set(s.stats.worker.clone());
+        self.worker.set(s.stats.worker);
         self.stats.set(s.stats);
+        self.source.set(s.source);
         self.external.set(s.external);
         self.prefix.set(s.prefix);
         self.ttl_seconds.set(s.ttl_seconds);
@@ -128,7 +169,7 @@ impl LiveState {
                     }
                 });
                 self.touch(&id);
-                self.push_log("primary", &op, &id, String::new());
+                self.push_log("primary", op.as_str(), &id, String::new());
             }
             LiveEvent::Cache {
                 id,
@@ -167,22 +208,38 @@ impl LiveState {
                 }
                 self.push_log("admin", "clear", "", format!("{deleted} keys deleted"));
             }
-            LiveEvent::Prefetched { loaded, elapsed_ms } => {
+            LiveEvent::Prefetched {
+                loaded,
+                swept,
+                elapsed_ms,
+                reason,
+            } => {
+                let source = match reason {
+                    PrefetchReasonDto::SelfHeal => "heal",
+                    PrefetchReasonDto::Start | PrefetchReasonDto::Requested => "admin",
+                };
                 self.push_log(
-                    "admin",
+                    source,
                     "prefetch",
                     "",
-                    format!("{loaded} records in {} ms", fixed(elapsed_ms, 1)),
+                    format!(
+                        "{loaded} records, {swept} swept, in {} ms",
+                        fixed(elapsed_ms, 1)
+                    ),
                 );
+            }
+            LiveEvent::StateLost { reason } => {
+                self.push_log("heal", "state lost", "", reason);
             }
             LiveEvent::Stats(stats) => {
                 if self.worker.get_untracked() != stats.worker {
-                    self.worker.set(stats.worker.clone());
+                    self.worker.set(stats.worker);
                 }
                 self.stats.set(stats);
             }
+            LiveEvent::Source(source) => self.source.set(source),
             LiveEvent::Worker { state } => {
-                self.push_log("sync", &state, "", "worker state".into());
+                self.push_log("sync", state.as_str(), "", "worker state".into());
                 self.worker.set(state);
             }
         }
@@ -193,14 +250,14 @@ impl LiveState {
             .update(|c| *c.entry(id.to_owned()).or_default() += 1);
     }
 
-    fn push_log(&self, source: &str, op: &str, id: &str, detail: String) {
+    fn push_log(&self, source: &'static str, op: &'static str, id: &str, detail: String) {
         let n = self.log_seq.get_untracked() + 1;
         self.log_seq.set(n);
         let entry = LogEntry {
             n,
             at_ms: self.server_clock(),
-            source: source.to_owned(),
-            op: op.to_owned(),
+            source,
+            op,
             id: id.to_owned(),
             detail,
         };
@@ -240,17 +297,12 @@ impl LiveState {
         }
     }
 
-    /// Status of one id: `ok`, `stale`, `missing` or `orphaned`.
-    pub fn status_of(&self, id: &str) -> &'static str {
-        let in_primary = self.primary.with(|p| p.get(id).cloned());
-        let in_cache = self.cache.with(|c| c.get(id).map(|e| e.fields.clone()));
-        match (in_primary, in_cache) {
-            (Some(p), Some(c)) if p == c => "ok",
-            (Some(_), Some(_)) => "stale",
-            (Some(_), None) => "missing",
-            (None, Some(_)) => "orphaned",
-            (None, None) => "gone",
-        }
+    /// Status of one id.
+    pub fn status_of(&self, id: &str) -> RowStatus {
+        self.primary.with(|p| {
+            self.cache
+                .with(|c| RowStatus::of(p.get(id), c.get(id).map(|e| &e.fields)))
+        })
     }
 
     /// Every id in the primary or the cache, sorted.

@@ -16,6 +16,7 @@ pub const CATEGORY_FIELDS: [&str; 5] = ["id", "name", "display_order", "featured
 pub const UPDATABLE_FIELDS: [&str; 4] = ["name", "display_order", "featured", "parent_id"];
 
 /// Cache and primary counters, with the reference demos' keys first.
+/// Rounded here, at the edge: the core hands out raw counts and durations.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsDto {
     pub hits: u64,
@@ -29,11 +30,78 @@ pub struct StatsDto {
     pub sync_lag_ms_p50: f64,
     pub sync_lag_ms_p99: f64,
     pub sync_lag_ms_max: f64,
+    /// Changes the version guard refused: Redis already held the same or
+    /// a newer version.
+    pub sync_events_stale: u64,
     pub sync_events_skipped: u64,
     pub sync_batches: u64,
     pub sync_retries: u64,
     pub sync_backlog: u64,
-    pub worker: String,
+    pub reprefetches: u64,
+    /// Times Redis had lost the cache's state and it was refilled.
+    pub self_heals: u64,
+    pub source_connected: bool,
+    /// How far Redis is behind the source (0 when nothing waits).
+    pub source_behind_ms: f64,
+    pub worker: WorkerStateDto,
+}
+
+/// What the sync worker is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerStateDto {
+    #[default]
+    Running,
+    Paused,
+    Retrying,
+    Stopped,
+}
+
+impl WorkerStateDto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStateDto::Running => "running",
+            WorkerStateDto::Paused => "paused",
+            WorkerStateDto::Retrying => "retrying",
+            WorkerStateDto::Stopped => "stopped",
+        }
+    }
+}
+
+/// Upsert or delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpDto {
+    Upsert,
+    Delete,
+}
+
+impl OpDto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpDto::Upsert => "upsert",
+            OpDto::Delete => "delete",
+        }
+    }
+}
+
+/// Why the cache was (re-)loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefetchReasonDto {
+    Start,
+    Requested,
+    SelfHeal,
+}
+
+/// The source of truth, as the dashboard header shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceDto {
+    /// `mock`, `postgres`, …
+    pub kind: String,
+    pub connected: bool,
+    /// Labelled facts (server version, slot, confirmed position, …).
+    pub details: Vec<(String, String)>,
 }
 
 /// `GET /categories`.
@@ -98,6 +166,8 @@ pub struct ClearResponse {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReprefetchResponse {
     pub loaded: usize,
+    /// Keys removed because the snapshot no longer had them.
+    pub swept: usize,
     pub elapsed_ms: f64,
     pub stats: StatsDto,
 }
@@ -112,10 +182,10 @@ pub struct CacheEntryDto {
     pub expires_at_ms: Option<i64>,
 }
 
-/// Where a cache change came from.
+/// Where a cache change came from (the `source` of a cache event).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub enum WriteOrigin {
     /// The sync worker applied a primary change.
     Sync,
     /// An admin action (invalidate, clear, re-prefetch).
@@ -126,13 +196,13 @@ pub enum Source {
     Expired,
 }
 
-impl Source {
+impl WriteOrigin {
     pub fn as_str(self) -> &'static str {
         match self {
-            Source::Sync => "sync",
-            Source::Admin => "admin",
-            Source::External => "external",
-            Source::Expired => "expired",
+            WriteOrigin::Sync => "sync",
+            WriteOrigin::Admin => "admin",
+            WriteOrigin::External => "external",
+            WriteOrigin::Expired => "expired",
         }
     }
 }
@@ -152,6 +222,7 @@ pub enum ExternalWatch {
 pub struct DashboardState {
     /// Primary records by id.
     pub primary: Vec<Fields>,
+    pub source: SourceDto,
     /// Cached records by id.
     pub cache: Vec<CacheEntryDto>,
     pub stats: StatsDto,
@@ -163,7 +234,9 @@ pub struct DashboardState {
 }
 
 /// One message of the live feed (`GET /events`), shared by the server and
-/// the WASM client. Serialised as JSON, externally tagged:
+/// the WASM client.
+///
+/// Serialised as JSON, externally tagged:
 /// `{"worker": {"state": "paused"}}`. (Internal tagging would make serde
 /// buffer every message before decoding it, and cost WASM size.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -172,10 +245,11 @@ pub enum LiveEvent {
     /// The full current state: sent on connect and whenever a client must
     /// resynchronise (it fell behind, or the whole cache was reloaded).
     Snapshot(DashboardState),
-    /// A primary mutation, in mutation order.
+    /// A primary mutation, in commit order.
     Primary {
-        seq: u64,
-        op: String,
+        /// The change's version (`hi:lo:ord`).
+        version: String,
+        op: OpDto,
         id: String,
         /// The record's new fields (`None` for a delete).
         fields: Option<Fields>,
@@ -187,18 +261,28 @@ pub enum LiveEvent {
         /// The key's fields now (`None`: deleted).
         fields: Option<Fields>,
         expires_at_ms: Option<i64>,
-        source: Source,
+        source: WriteOrigin,
         /// Time from the primary mutation to the write (sync writes only).
         lag_ms: Option<f64>,
     },
     /// Every key under the prefix was deleted.
     Cleared { deleted: usize },
-    /// The cache was re-loaded from the primary (a snapshot follows).
-    Prefetched { loaded: usize, elapsed_ms: f64 },
+    /// The cache was (re-)loaded from a snapshot (a snapshot of the
+    /// dashboard follows).
+    Prefetched {
+        loaded: usize,
+        swept: usize,
+        elapsed_ms: f64,
+        reason: PrefetchReasonDto,
+    },
+    /// Redis had lost the cache's state; a refill follows.
+    StateLost { reason: String },
     /// Counters changed.
     Stats(StatsDto),
-    /// The sync worker changed state (`running`, `paused`, `retrying`, `stopped`).
-    Worker { state: String },
+    /// The source's status changed.
+    Source(SourceDto),
+    /// The sync worker changed state.
+    Worker { state: WorkerStateDto },
 }
 
 /// `x` with exactly `decimals` decimals (at most 6), e.g. `fixed(0.1234, 3)`
@@ -239,30 +323,97 @@ pub fn validate_category_field(field: &str, value: &str) -> Result<(), String> {
 
 #[cfg(feature = "ssr")]
 mod ssr {
-    use super::*;
-    use prefetch::{CachedEntry, EngineStats, Ttl};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    impl From<EngineStats> for StatsDto {
-        fn from(s: EngineStats) -> Self {
-            let c = s.cache;
+    use super::*;
+    use prefetch::{CachedEntry, EngineStats, Op, PrefetchReason, SourceStatus, Ttl, WorkerState};
+
+    /// Milliseconds with microsecond precision: how every duration leaves
+    /// the server.
+    pub fn millis(d: Duration) -> f64 {
+        (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn epoch_ms(t: SystemTime) -> i64 {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+
+    fn round(x: f64, decimals: i32) -> f64 {
+        let m = 10f64.powi(decimals);
+        (x * m).round() / m
+    }
+
+    impl StatsDto {
+        /// The wire form of the engine's counters plus the primary's reads.
+        pub fn new(s: EngineStats, primary_reads: u64, primary_read_latency: Duration) -> Self {
+            let c = &s.cache;
+            let ms2 = |d: Duration| round(d.as_secs_f64() * 1000.0, 2);
             StatsDto {
                 hits: c.hits,
                 misses: c.misses,
-                hit_rate_pct: c.hit_rate_pct,
+                hit_rate_pct: round(100.0 * c.hit_ratio(), 1),
                 prefetched: c.prefetched,
                 sync_events_applied: c.sync_events_applied,
-                sync_lag_ms_avg: c.sync_lag_ms_avg,
-                primary_reads_total: s.primary_reads_total,
-                primary_read_latency_ms: u64::try_from(s.primary_read_latency.as_millis())
+                sync_lag_ms_avg: ms2(c.sync_lag.mean),
+                primary_reads_total: primary_reads,
+                primary_read_latency_ms: u64::try_from(primary_read_latency.as_millis())
                     .unwrap_or(u64::MAX),
-                sync_lag_ms_p50: c.sync_lag_ms_p50,
-                sync_lag_ms_p99: c.sync_lag_ms_p99,
-                sync_lag_ms_max: c.sync_lag_ms_max,
+                sync_lag_ms_p50: ms2(c.sync_lag.p50),
+                sync_lag_ms_p99: ms2(c.sync_lag.p99),
+                sync_lag_ms_max: ms2(c.sync_lag.max),
+                sync_events_stale: c.sync_events_stale,
                 sync_events_skipped: c.sync_events_skipped,
                 sync_batches: c.sync_batches,
                 sync_retries: c.sync_retries,
-                sync_backlog: s.backlog,
-                worker: s.worker.as_str().to_owned(),
+                sync_backlog: s.backlog as u64,
+                reprefetches: c.reprefetches,
+                self_heals: c.self_heals,
+                source_connected: s.source.connected,
+                source_behind_ms: millis(s.behind),
+                worker: s.worker.into(),
+            }
+        }
+    }
+
+    impl From<WorkerState> for WorkerStateDto {
+        fn from(s: WorkerState) -> Self {
+            match s {
+                WorkerState::Running => WorkerStateDto::Running,
+                WorkerState::Paused => WorkerStateDto::Paused,
+                WorkerState::Retrying { .. } => WorkerStateDto::Retrying,
+                WorkerState::Stopped => WorkerStateDto::Stopped,
+            }
+        }
+    }
+
+    impl From<Op> for OpDto {
+        fn from(op: Op) -> Self {
+            match op {
+                Op::Upsert => OpDto::Upsert,
+                Op::Delete => OpDto::Delete,
+            }
+        }
+    }
+
+    impl From<PrefetchReason> for PrefetchReasonDto {
+        fn from(r: PrefetchReason) -> Self {
+            match r {
+                PrefetchReason::Start => PrefetchReasonDto::Start,
+                PrefetchReason::Requested => PrefetchReasonDto::Requested,
+                PrefetchReason::SelfHeal => PrefetchReasonDto::SelfHeal,
+            }
+        }
+    }
+
+    impl From<&SourceStatus> for SourceDto {
+        fn from(s: &SourceStatus) -> Self {
+            SourceDto {
+                kind: s.kind.clone(),
+                connected: s.connected,
+                details: s.details.clone(),
             }
         }
     }
@@ -288,7 +439,7 @@ mod ssr {
 }
 
 #[cfg(feature = "ssr")]
-pub use ssr::expires_at;
+pub use ssr::{epoch_ms, expires_at, millis};
 
 #[cfg(test)]
 mod tests {
@@ -297,7 +448,7 @@ mod tests {
     #[test]
     fn live_events_are_externally_tagged_json() {
         let ev = LiveEvent::Worker {
-            state: "paused".into(),
+            state: WorkerStateDto::Paused,
         };
         let json = serde_json::to_string(&ev).unwrap();
         assert_eq!(json, r#"{"worker":{"state":"paused"}}"#);

@@ -5,31 +5,47 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, Pipeline, Value};
 
+use crate::apply::{self, Guard, Mode, Stored, Write};
 use crate::error::Result;
-use crate::keys::KeySpace;
-use crate::model::{Change, ChangeKind, Fields, Record};
+use crate::events::WriteOutcome;
+use crate::keys::{KeySpace, Tombstone};
+use crate::model::{Change, ChangeKind, Fields, Record, Version};
 use crate::stats::{Counters, Stats};
 
 /// Default key prefix, as in the reference demos.
 pub const DEFAULT_PREFIX: &str = "cache:category:";
 /// Default safety-net TTL: one hour.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
-/// Records per pipeline chunk in a bulk load.
+/// Default lifetime of a delete's tombstone: one day. A change older than a
+/// delete that arrives later than this (and after no re-prefetch) could
+/// bring the row back; reconciliation would then remove it.
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Records per pipeline chunk in a fresh bulk load.
 const BULK_CHUNK: usize = 512;
+/// Records per guarded call while re-prefetching.
+const GUARDED_CHUNK: usize = 256;
+/// Guarded calls in flight at once while re-prefetching.
+const GUARDED_IN_FLIGHT: usize = 16;
 /// Keys asked for per `SCAN` page.
 const SCAN_COUNT: usize = 1000;
 
 /// How a [`PrefetchCache`] names and expires its keys.
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
-    /// Prefix of every key (`{prefix}{id}`); may contain glob characters.
+    /// Prefix of every key (`{prefix}{id}`); may contain glob characters,
+    /// must not start with `__pf:`.
     pub prefix: String,
     /// Safety-net TTL set on every write. It bounds memory if sync stops; it
     /// is not a freshness mechanism. Whole seconds, at least one.
     pub ttl: Duration,
+    /// How long a delete's tombstone keeps older changes from resurrecting
+    /// the record.
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -37,6 +53,7 @@ impl Default for CacheConfig {
         Self {
             prefix: DEFAULT_PREFIX.to_owned(),
             ttl: DEFAULT_TTL,
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
         }
     }
 }
@@ -54,6 +71,12 @@ pub enum Ttl {
 
 impl Ttl {
     /// The value `TTL` would answer: -2, -1, or the seconds left.
+    ///
+    /// ```
+    /// use prefetch::Ttl;
+    /// assert_eq!(Ttl::Missing.as_redis(), -2);
+    /// assert_eq!(Ttl::Seconds(7).as_redis(), 7);
+    /// ```
     pub fn as_redis(self) -> i64 {
         match self {
             Ttl::Missing => -2,
@@ -76,41 +99,69 @@ impl Ttl {
 pub struct Lookup {
     /// The cached record, or `None` on a miss.
     pub record: Option<Record>,
-    /// Whether the key was found.
-    pub hit: bool,
     /// Time spent waiting for Redis (one round trip).
     pub redis_latency: Duration,
 }
 
-/// One cached key with its fields and remaining TTL.
+impl Lookup {
+    /// Whether the key was found.
+    pub fn hit(&self) -> bool {
+        self.record.is_some()
+    }
+}
+
+/// One cached key with its fields, remaining TTL and stored metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedEntry {
     /// The record id (key without prefix).
     pub id: String,
-    /// The hash's fields.
+    /// The record's fields (metadata removed).
     pub fields: Fields,
     /// Remaining TTL.
     pub ttl: Ttl,
+    /// The version of the change that wrote it (`None`: written outside the
+    /// pipeline).
+    pub version: Option<Version>,
+    /// Whether the fields still hash to what the pipeline wrote (`false`:
+    /// someone changed the hash outside the pipeline).
+    pub intact: bool,
+}
+
+/// What the cache's state hash in Redis says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheState {
+    /// The source the state belongs to (`None`: no state at all).
+    pub source: Option<String>,
+    /// Position up to which every change is in Redis.
+    pub position: Option<Version>,
+    /// No write older than this applies (the last snapshot's version).
+    pub floor: Option<Version>,
+    /// A load of this snapshot version started and has not finished.
+    pub loading: Option<Version>,
 }
 
 /// What [`PrefetchCache::apply_batch`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// Events applied, counting each event superseded by a later one for the
-    /// same id in the same batch (its effect is contained in the later one).
+    /// Changes applied, counting each change superseded by a newer one for
+    /// the same id in the same batch (its effect is contained in the newer).
     pub applied: usize,
-    /// Malformed events skipped (see [`Change::is_malformed`]).
+    /// Changes the version guard refused (Redis held the same or newer).
+    pub stale: usize,
+    /// Malformed changes skipped (see [`Change::is_malformed`]).
     pub skipped: usize,
-    /// Indices into the input of the events actually written to Redis, in
-    /// order: the last well-formed event of each id.
-    pub written: Vec<usize>,
+    /// Indices into the input of the changes sent to Redis (the newest
+    /// well-formed change of each id), in input order, with what the guard
+    /// did with each.
+    pub written: Vec<(usize, WriteOutcome)>,
 }
 
 /// A prefetch cache over one Redis connection.
 ///
-/// Each record is a Redis hash at `{prefix}{id}` with a safety-net TTL.
-/// Reads are `HGETALL` on Redis and nothing else; there is deliberately no
-/// path from here to the primary. Cloning is cheap and clones share counters.
+/// Each record is a Redis hash at `{prefix}{id}` with a safety-net TTL and
+/// its version. Reads are `HGETALL` on Redis and nothing else; there is
+/// deliberately no path from here to the source. Cloning is cheap and clones
+/// share counters.
 ///
 /// `C` is any async redis connection: [`ConnectionManager`] (reconnects by
 /// itself) in production, or a `MultiplexedConnection`.
@@ -122,6 +173,8 @@ pub struct PrefetchCache<C = ConnectionManager> {
 struct Inner {
     keys: KeySpace,
     ttl_secs: u64,
+    tombstone_ttl_ms: u64,
+    source: String,
     counters: Counters,
 }
 
@@ -139,6 +192,7 @@ impl<C> std::fmt::Debug for PrefetchCache<C> {
         f.debug_struct("PrefetchCache")
             .field("prefix", &self.inner.keys.prefix())
             .field("ttl_secs", &self.inner.ttl_secs)
+            .field("source", &self.inner.source)
             .finish_non_exhaustive()
     }
 }
@@ -147,13 +201,18 @@ impl<C> PrefetchCache<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// A cache writing through `conn` with the given naming and TTL.
-    pub fn new(conn: C, config: CacheConfig) -> Self {
+    /// A cache writing through `conn` with the given naming and TTL, for the
+    /// source identified by `source` (see [`Source::id`](crate::Source::id)).
+    pub fn new(conn: C, config: CacheConfig, source: impl Into<String>) -> Self {
         Self {
             conn,
             inner: Arc::new(Inner {
                 keys: KeySpace::new(config.prefix),
                 ttl_secs: config.ttl.as_secs().max(1),
+                tombstone_ttl_ms: u64::try_from(config.tombstone_ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+                source: source.into(),
                 counters: Counters::default(),
             }),
         }
@@ -179,20 +238,58 @@ where
         &self.inner.keys
     }
 
-    /// Writes every record that has an id, replacing any previous hash, in one
-    /// pipelined round trip (`DEL` + `HSET` + `EXPIRE` per record): loads of
-    /// more than 512 records are sent as several pipelines back to back,
-    /// without waiting for replies in between. Returns how many records were
-    /// written.
+    /// The source this cache's state belongs to.
+    pub fn source_id(&self) -> &str {
+        &self.inner.source
+    }
+
+    fn guard(&self) -> Guard<'_> {
+        Guard {
+            keys: &self.inner.keys,
+            source: &self.inner.source,
+            ttl_secs: self.inner.ttl_secs,
+            tombstone_ttl_ms: self.inner.tombstone_ttl_ms,
+        }
+    }
+
+    /// Loads the cache's Redis function library (also done by itself when
+    /// a call finds it missing).
+    pub async fn load_library(&self) -> Result<()> {
+        apply::load_library(&mut self.conn.clone()).await
+    }
+
+    /// What Redis holds about this cache's state.
+    pub async fn state(&self) -> Result<CacheState> {
+        let (source, position, floor, loading): (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) = redis::cmd("HMGET")
+            .arg(self.inner.keys.meta_key())
+            .arg(&["source", "pos", "floor", "loading"])
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let parse = |v: Option<String>| v.and_then(|v| v.parse().ok());
+        Ok(CacheState {
+            source,
+            position: parse(position),
+            floor: parse(floor),
+            loading: parse(loading),
+        })
+    }
+
+    /// Writes every record that has an id at `version`, replacing any
+    /// previous hash, in pipelined round trips (`DEL` + `HSET` + `EXPIRE` per
+    /// record, 512 records per pipeline, all sent before any reply is
+    /// awaited). Not version-guarded: for a cache nothing else writes to yet
+    /// (see [`Engine`](crate::Engine) for the guarded re-prefetch). Returns
+    /// how many records were written.
     ///
     /// Being one round trip, the whole load must fit in the connection's
     /// response timeout (redis-rs defaults to 500 ms; 100,000 records take
     /// a few hundred ms on loopback), so configure it for large sets.
-    ///
-    /// The pipeline is not transactional: a reader may briefly miss a key
-    /// between its `DEL` and `HSET`. That is fine at start-up and during the
-    /// engine's re-prefetch, which runs with the sync worker paused.
-    pub async fn bulk_load<'r, I>(&self, records: I) -> Result<usize>
+    pub async fn bulk_load<'r, I>(&self, records: I, version: Version) -> Result<usize>
     where
         I: IntoIterator<Item = &'r Record>,
     {
@@ -200,19 +297,19 @@ where
             .into_iter()
             .filter_map(|r| Some((r.id()?, r.fields())))
             .collect();
+        let version = version.to_string();
         // Chunks go out back to back on the one connection without waiting
         // for replies (still one round trip of latency), so packing later
         // chunks overlaps Redis executing earlier ones.
-        let sends = records.chunks(BULK_CHUNK).map(|chunk| {
-            let mut conn = self.conn.clone();
-            async move {
-                let mut pipe = redis::pipe();
-                for (id, fields) in chunk {
-                    self.push_upsert(&mut pipe, id, fields);
-                }
-                pipe.exec_async(&mut conn).await
+        let mut sends: Vec<BoxFuture<'static, redis::RedisResult<()>>> = Vec::new();
+        for chunk in records.chunks(BULK_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (id, fields) in chunk {
+                self.push_fresh(&mut pipe, id, fields, &version);
             }
-        });
+            let mut conn = self.conn.clone();
+            sends.push(Box::pin(async move { pipe.exec_async(&mut conn).await }));
+        }
         futures::future::try_join_all(sends).await?;
         let loaded = records.len();
         self.inner
@@ -222,7 +319,21 @@ where
         Ok(loaded)
     }
 
-    /// Reads one record: a single `HGETALL`, never the primary. Counts a hit
+    fn push_fresh(&self, pipe: &mut Pipeline, id: &str, fields: &Fields, version: &str) {
+        let key = self.key(id);
+        pipe.del(&key).ignore();
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg(fields)
+            .arg(apply::VERSION_FIELD)
+            .arg(version)
+            .arg(apply::HASH_FIELD)
+            .arg(apply::hash_text(fields))
+            .ignore();
+        pipe.expire(&key, self.inner.ttl_secs as i64).ignore();
+    }
+
+    /// Reads one record: a single `HGETALL`, never the source. Counts a hit
     /// or a miss.
     pub async fn get(&self, id: &str) -> Result<Lookup> {
         let cmd = hgetall(&self.key(id));
@@ -241,94 +352,210 @@ where
         let started = Instant::now();
         let (fields, ttl): (Fields, i64) = pipe.query_async(&mut self.conn.clone()).await?;
         let redis_latency = started.elapsed();
-        Ok((
-            self.count_lookup(fields, redis_latency),
-            Ttl::from_redis(ttl),
-        ))
+        let lookup = self.count_lookup(fields, redis_latency);
+        let ttl = if lookup.hit() {
+            Ttl::from_redis(ttl)
+        } else {
+            Ttl::Missing
+        };
+        Ok((lookup, ttl))
     }
 
-    fn count_lookup(&self, fields: Fields, redis_latency: Duration) -> Lookup {
-        let hit = !fields.is_empty();
-        let counter = if hit {
+    fn count_lookup(&self, raw: Fields, redis_latency: Duration) -> Lookup {
+        let record = Stored::split(raw).into_record_fields().map(Record::new);
+        let counter = if record.is_some() {
             &self.inner.counters.hits
         } else {
             &self.inner.counters.misses
         };
         counter.fetch_add(1, Relaxed);
         Lookup {
-            record: hit.then(|| Record::new(fields)),
-            hit,
+            record,
             redis_latency,
         }
     }
 
-    /// Applies one change: see [`apply_batch`](Self::apply_batch).
-    pub async fn apply(&self, change: &Change) -> Result<BatchOutcome> {
-        self.apply_batch(std::slice::from_ref(change)).await
+    /// Applies changes in one atomic call of the version guard, and moves
+    /// the stored position to `position` in the same step.
+    ///
+    /// Each change applies only when its version is newer than what Redis
+    /// holds for the key (record or tombstone) and not older than the last
+    /// snapshot. An upsert replaces the whole hash (a dropped field
+    /// disappears) and refreshes its TTL; a delete leaves a tombstone. Only
+    /// the newest change per id is sent; the ones it supersedes count as
+    /// applied. Malformed changes are skipped and counted, never sent.
+    ///
+    /// Fails with [`Error::StateLost`](crate::Error::StateLost) (writing nothing) when Redis no longer
+    /// holds this cache's state. On any error nothing is counted and the
+    /// whole batch may be retried: applying it again changes nothing.
+    pub async fn apply_batch(
+        &self,
+        changes: &[Change],
+        position: Option<Version>,
+    ) -> Result<BatchOutcome> {
+        let refs: Vec<&Change> = changes.iter().collect();
+        self.apply_changes(&refs, position).await
     }
 
-    /// Applies a batch of changes in one atomic round trip (`MULTI`/`EXEC`).
-    ///
-    /// An upsert becomes `DEL` + `HSET` + `EXPIRE`, so the hash holds exactly
-    /// the record's current fields (a dropped field disappears) and its TTL is
-    /// refreshed; a delete becomes `DEL`. Because each event carries the
-    /// record's whole state, only the last event per id is written; the events
-    /// it supersedes still count as applied. Malformed events are skipped and
-    /// counted, never sent.
-    ///
-    /// On error nothing is counted and the whole batch may be retried: the
-    /// writes are idempotent, so re-applying yields the same state.
-    pub async fn apply_batch(&self, changes: &[Change]) -> Result<BatchOutcome> {
+    /// [`apply_batch`](Self::apply_batch) over borrowed changes.
+    pub(crate) async fn apply_changes(
+        &self,
+        changes: &[&Change],
+        position: Option<Version>,
+    ) -> Result<BatchOutcome> {
         let mut outcome = BatchOutcome::default();
-        let mut last: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
+        let mut newest: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
         for (i, change) in changes.iter().enumerate() {
             if change.is_malformed() {
                 outcome.skipped += 1;
-            } else {
-                outcome.applied += 1;
-                last.insert(change.id.as_str(), i);
+                continue;
             }
-        }
-        outcome.written = last.into_values().collect();
-        outcome.written.sort_unstable();
-
-        if !outcome.written.is_empty() {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for &i in &outcome.written {
-                let change = &changes[i];
-                match &change.kind {
-                    ChangeKind::Upsert(fields) => self.push_upsert(&mut pipe, &change.id, fields),
-                    ChangeKind::Delete => {
-                        pipe.del(self.key(&change.id)).ignore();
+            newest
+                .entry(change.id.as_str())
+                .and_modify(|j| {
+                    if changes[*j].version <= change.version {
+                        *j = i;
                     }
+                })
+                .or_insert(i);
+        }
+        let mut sent: Vec<usize> = newest.into_values().collect();
+        sent.sort_unstable();
+        if sent.is_empty() && position.is_none() {
+            self.count_outcome(&outcome);
+            return Ok(outcome);
+        }
+        let writes: Vec<Write<'_>> = sent
+            .iter()
+            .map(|&i| {
+                let c = &changes[i];
+                Write {
+                    id: &c.id,
+                    version: c.version,
+                    fields: match &c.kind {
+                        ChangeKind::Upsert(f) => Some(f.as_ref()),
+                        ChangeKind::Delete => None,
+                    },
                 }
-            }
-            pipe.exec_async(&mut self.conn.clone()).await?;
+            })
+            .collect();
+        let cmd = self.guard().apply(Mode::Live, position, &writes);
+        let results: Vec<i64> = apply::fcall(&mut self.conn.clone(), &cmd).await?;
+        let superseded = changes.len() - outcome.skipped - sent.len();
+        outcome.applied = superseded;
+        for (&i, r) in sent.iter().zip(results) {
+            let o = if r == 1 {
+                outcome.applied += 1;
+                WriteOutcome::Applied
+            } else {
+                outcome.stale += 1;
+                WriteOutcome::Stale
+            };
+            outcome.written.push((i, o));
         }
-
-        let visible = Instant::now();
-        let c = &self.inner.counters;
-        c.applied.fetch_add(outcome.applied as u64, Relaxed);
-        c.skipped.fetch_add(outcome.skipped as u64, Relaxed);
-        if !outcome.written.is_empty() {
-            c.batches.fetch_add(1, Relaxed);
-        }
-        for change in changes.iter().filter(|c| !c.is_malformed()) {
-            c.lag
-                .record(visible.saturating_duration_since(change.emitted_at));
+        self.count_outcome(&outcome);
+        if !sent.is_empty() {
+            self.inner.counters.batches.fetch_add(1, Relaxed);
         }
         Ok(outcome)
     }
 
-    fn push_upsert(&self, pipe: &mut Pipeline, id: &str, fields: &Fields) {
-        let key = self.key(id);
-        pipe.del(&key).ignore();
-        pipe.cmd("HSET").arg(&key).arg(fields).ignore();
-        pipe.expire(&key, self.inner.ttl_secs as i64).ignore();
+    fn count_outcome(&self, outcome: &BatchOutcome) {
+        let c = &self.inner.counters;
+        c.applied.fetch_add(outcome.applied as u64, Relaxed);
+        c.stale.fetch_add(outcome.stale as u64, Relaxed);
+        c.skipped.fetch_add(outcome.skipped as u64, Relaxed);
     }
 
-    /// Deletes one key. Returns whether it existed.
+    /// Starts a load of a snapshot at `version`: claims the state for this
+    /// cache's source and raises the floor, so no change older than the
+    /// snapshot applies from now on.
+    pub async fn begin_load(&self, version: Version) -> Result<()> {
+        let cmd = self.guard().begin(version);
+        apply::fcall::<_, i64>(&mut self.conn.clone(), &cmd).await?;
+        Ok(())
+    }
+
+    /// Writes snapshot records through the version guard, at `version`:
+    /// a record Redis holds in a newer version is left alone. Safe while
+    /// the sync worker applies changes. Returns how many were written.
+    pub async fn write_snapshot(&self, records: &[Record], version: Version) -> Result<usize> {
+        let mut calls: Vec<BoxFuture<'static, Result<usize>>> = Vec::new();
+        for chunk in records.chunks(GUARDED_CHUNK) {
+            let writes: Vec<Write<'_>> = chunk
+                .iter()
+                .filter_map(|r| {
+                    Some(Write {
+                        id: r.id()?,
+                        version,
+                        fields: Some(r.fields()),
+                    })
+                })
+                .collect();
+            let cmd = self.guard().apply(Mode::Snapshot, None, &writes);
+            let mut conn = self.conn.clone();
+            calls.push(Box::pin(async move {
+                let results: Vec<i64> = apply::fcall(&mut conn, &cmd).await?;
+                Ok(results.iter().filter(|&&r| r == 1).count())
+            }));
+        }
+        let written: usize = futures::stream::iter(calls)
+            .buffer_unordered(GUARDED_IN_FLIGHT)
+            .try_fold(0, |acc, n| async move { Ok(acc + n) })
+            .await?;
+        self.inner
+            .counters
+            .prefetched
+            .fetch_add(written as u64, Relaxed);
+        Ok(written)
+    }
+
+    /// Removes every record older than the snapshot at `version` (so the
+    /// snapshot did not contain it), leaving tombstones. Returns how many.
+    pub async fn sweep(&self, version: Version) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let mut cursor = 0u64;
+        let mut swept = 0usize;
+        loop {
+            let (next, keys) = scan_page(&mut conn, cursor, self.inner.keys.scan_pattern()).await?;
+            if !keys.is_empty() {
+                let cmd = self.guard().sweep(version, &keys);
+                let n: usize = apply::fcall(&mut conn, &cmd).await?;
+                swept += n;
+            }
+            if next == 0 {
+                return Ok(swept);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Ends the load of the snapshot at `version`: the stored position
+    /// reaches it.
+    pub async fn finish_load(&self, version: Version) -> Result<()> {
+        let cmd = self.guard().finish(version);
+        apply::fcall::<_, i64>(&mut self.conn.clone(), &cmd).await?;
+        Ok(())
+    }
+
+    /// Deletes everything this cache keeps in Redis: records, tombstones
+    /// and its state. For a Redis that holds another source's cache under
+    /// the same prefix; returns how many records were deleted.
+    pub async fn reset(&self) -> Result<usize> {
+        let deleted = self.clear().await?;
+        let mut conn = self.conn.clone();
+        for pattern in self.inner.keys.tombstone_patterns() {
+            delete_matching(&mut conn, &pattern).await?;
+        }
+        redis::cmd("DEL")
+            .arg(self.inner.keys.meta_key())
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(deleted)
+    }
+
+    /// Deletes one key (simulates a lost sync event). Returns whether it
+    /// existed.
     pub async fn invalidate(&self, id: &str) -> Result<bool> {
         let n: u64 = redis::cmd("DEL")
             .arg(self.key(id))
@@ -337,24 +564,12 @@ where
         Ok(n > 0)
     }
 
-    /// Deletes every key under the prefix and nothing else: `SCAN MATCH` on
-    /// the escaped prefix, one `DEL` per page. Never `FLUSHDB`. Returns how
-    /// many keys were deleted.
+    /// Deletes every record key under the prefix and nothing else: `SCAN
+    /// MATCH` on the escaped prefix, one `DEL` per page. Never `FLUSHDB`.
+    /// Tombstones and the cache's state stay. Returns how many keys were
+    /// deleted.
     pub async fn clear(&self) -> Result<usize> {
-        let mut conn = self.conn.clone();
-        let mut cursor = 0u64;
-        let mut deleted = 0usize;
-        loop {
-            let (next, keys) = self.scan_page(&mut conn, cursor).await?;
-            if !keys.is_empty() {
-                let n: usize = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
-                deleted += n;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
+        delete_matching(&mut self.conn.clone(), self.inner.keys.scan_pattern()).await
     }
 
     /// Every id currently cached, sorted, each once.
@@ -362,33 +577,44 @@ where
         let mut conn = self.conn.clone();
         let mut cursor = 0u64;
         let mut ids = Vec::new();
+        let mut in_hash = Vec::new();
         loop {
-            let (next, keys) = self.scan_page(&mut conn, cursor).await?;
-            ids.extend(
-                keys.iter()
-                    .filter_map(|k| self.inner.keys.id_of(k))
-                    .map(str::to_owned),
-            );
+            let (next, keys) = scan_page(&mut conn, cursor, self.inner.keys.scan_pattern()).await?;
+            for key in keys {
+                let Some(id) = self.inner.keys.id_of(&key) else {
+                    continue;
+                };
+                if self.inner.keys.tombstone(&key) == Tombstone::InHash {
+                    in_hash.push(id.to_owned());
+                } else {
+                    ids.push(id.to_owned());
+                }
+            }
             if next == 0 {
                 break;
             }
             cursor = next;
         }
+        // Only keys with `}` and no hash tag can hold a tombstone: check those.
+        if !in_hash.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &in_hash {
+                pipe.cmd("HEXISTS")
+                    .arg(self.key(id))
+                    .arg(apply::DELETED_FIELD);
+            }
+            let deleted: Vec<bool> = pipe.query_async(&mut conn).await?;
+            ids.extend(
+                in_hash
+                    .into_iter()
+                    .zip(deleted)
+                    .filter_map(|(id, d)| (!d).then_some(id)),
+            );
+        }
         // SCAN may return a key more than once.
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
-    }
-
-    async fn scan_page(&self, conn: &mut C, cursor: u64) -> Result<(u64, Vec<String>)> {
-        Ok(redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(self.inner.keys.scan_pattern())
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(conn)
-            .await?)
     }
 
     /// Remaining TTL of one key.
@@ -421,12 +647,8 @@ where
                 let ttl: i64 =
                     redis::from_redis_value(ttl.clone()).map_err(redis::RedisError::from)?;
                 // The key may have vanished between SCAN and HGETALL.
-                if !fields.is_empty() {
-                    out.push(CachedEntry {
-                        id: id.clone(),
-                        fields,
-                        ttl: Ttl::from_redis(ttl),
-                    });
+                if let Some(entry) = entry_of(id, fields, ttl) {
+                    out.push(entry);
                 }
             }
         }
@@ -440,11 +662,7 @@ where
         let mut pipe = redis::pipe();
         pipe.add_command(hgetall(&key)).cmd("TTL").arg(&key);
         let (fields, ttl): (Fields, i64) = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok((!fields.is_empty()).then(|| CachedEntry {
-            id: id.to_owned(),
-            fields,
-            ttl: Ttl::from_redis(ttl),
-        }))
+        Ok(entry_of(id, fields, ttl))
     }
 
     /// The counters since the last reset.
@@ -457,8 +675,60 @@ where
         self.inner.counters.reset();
     }
 
-    pub(crate) fn count_retry(&self) {
-        self.inner.counters.retries.fetch_add(1, Relaxed);
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// A clone of the connection, for callers that add commands of their own.
+    pub fn connection(&self) -> C {
+        self.conn.clone()
+    }
+}
+
+fn entry_of(id: &str, raw: Fields, ttl: i64) -> Option<CachedEntry> {
+    let stored = Stored::split(raw);
+    let version = stored.version;
+    let hash = stored.hash;
+    let fields = stored.into_record_fields()?;
+    let intact = hash == Some(apply::content_hash(&fields));
+    Some(CachedEntry {
+        id: id.to_owned(),
+        fields,
+        ttl: Ttl::from_redis(ttl),
+        version,
+        intact,
+    })
+}
+
+async fn scan_page<C: ConnectionLike + Send>(
+    conn: &mut C,
+    cursor: u64,
+    pattern: &str,
+) -> Result<(u64, Vec<String>)> {
+    Ok(redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_COUNT)
+        .query_async(conn)
+        .await?)
+}
+
+/// `SCAN MATCH pattern` + one `DEL` per page; returns how many were deleted.
+async fn delete_matching<C: ConnectionLike + Send>(conn: &mut C, pattern: &str) -> Result<usize> {
+    let mut cursor = 0u64;
+    let mut deleted = 0usize;
+    loop {
+        let (next, keys) = scan_page(conn, cursor, pattern).await?;
+        if !keys.is_empty() {
+            let n: usize = redis::cmd("DEL").arg(&keys).query_async(conn).await?;
+            deleted += n;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
     }
 }
 

@@ -1,42 +1,46 @@
-//! [`Engine`]: the cache, the primary and the sync worker as one service.
+//! [`Engine`]: the cache, a source and the sync worker as one service, plus
+//! the operations that coordinate them (re-prefetch, self-healing).
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use crate::cache::{CacheConfig, CachedEntry, Lookup, PrefetchCache, Ttl};
+use crate::cache::{CacheConfig, CacheState, CachedEntry, Lookup, PrefetchCache, Ttl};
 use crate::error::Result;
-use crate::events::{Event, EventBus};
-use crate::model::{Change, Record, validate_id};
-use crate::primary::{ChangeFeed, DEFAULT_READ_LATENCY, MockPrimary};
+use crate::events::{Event, EventBus, PrefetchReason};
+use crate::model::{Version, WorkerState, validate_id};
+use crate::source::{Source, SourceStatus};
 use crate::stats::Stats;
-use crate::sync::{SyncConfig, SyncHandle, SyncWorker, WorkerState};
+use crate::sync::{SyncConfig, SyncHandle, behind};
 
-/// Everything [`Engine::start`] needs besides the Redis connection.
+/// Everything [`Engine::start`] needs besides the Redis connection and the
+/// source.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Key prefix and TTL.
+    /// Key prefix and TTLs.
     pub cache: CacheConfig,
-    /// Simulated read latency of the mock primary.
-    pub primary_read_latency: Duration,
     /// Sync worker tuning.
     pub sync: SyncConfig,
     /// How long admin operations wait for the sync worker to park.
     pub pause_timeout: Duration,
-    /// Events buffered per feed subscriber before it is told it lagged.
-    pub event_capacity: usize,
+    /// How often the engine checks, without any request, that Redis still
+    /// holds its state (a write finds out at once anyway).
+    pub heal_interval: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             cache: CacheConfig::default(),
-            primary_read_latency: DEFAULT_READ_LATENCY,
             sync: SyncConfig::default(),
             pause_timeout: Duration::from_secs(2),
-            event_capacity: 4096,
+            heal_interval: Duration::from_millis(500),
         }
     }
 }
@@ -46,8 +50,13 @@ impl Default for EngineConfig {
 pub struct PrefetchReport {
     /// Records written to Redis.
     pub loaded: usize,
-    /// Time for clear + primary read + bulk load.
+    /// Keys removed because the snapshot no longer had them.
+    pub swept: usize,
+    /// Snapshot read + write + sweep.
     pub elapsed: Duration,
+    /// The snapshot's version (`None`: the engine resumed from the position
+    /// Redis held and loaded nothing).
+    pub version: Option<Version>,
 }
 
 /// A read through the cache, with the key's TTL from the same round trip.
@@ -55,62 +64,52 @@ pub struct PrefetchReport {
 pub struct ReadResult {
     /// The id that was read (trimmed).
     pub id: String,
-    /// Record, hit flag and Redis latency.
+    /// Record and Redis latency.
     pub lookup: Lookup,
     /// Remaining TTL ([`Ttl::Missing`] on a miss).
     pub ttl: Ttl,
 }
 
-/// Cache counters plus the primary's and the worker's.
+/// Cache counters plus the worker's and the source's state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineStats {
     /// The cache's counters.
     pub cache: Stats,
-    /// Counted primary reads since the last reset.
-    pub primary_reads_total: u64,
-    /// The primary's simulated read latency.
-    pub primary_read_latency: Duration,
     /// The sync worker's state.
     pub worker: WorkerState,
-    /// Change events emitted by the primary but not yet applied.
-    pub backlog: u64,
+    /// Changes the source produced that are not yet durable in Redis.
+    pub backlog: usize,
+    /// How far Redis is behind the source (zero when nothing waits).
+    pub behind: Duration,
+    /// Position of the newest transaction durable in Redis.
+    pub applied: Option<Version>,
+    /// The source's own status.
+    pub source: SourceStatus,
 }
 
-/// Primary and cache side by side, for dashboards.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    /// Every primary record, by id.
-    pub primary: Vec<Record>,
-    /// Primary sequence number the records include.
-    pub primary_seq: u64,
-    /// Every cached record with its TTL, by id.
-    pub cache: Vec<CachedEntry>,
-    /// Counters at the time of the snapshot.
-    pub stats: EngineStats,
-}
-
-/// A running prefetch cache: [`PrefetchCache`], [`MockPrimary`] and
-/// [`SyncWorker`] wired together, plus the admin operations that must
-/// coordinate them. Cheap to clone; clones share everything.
+/// A running prefetch cache: [`PrefetchCache`], a [`Source`] and the sync
+/// worker wired together, plus the admin operations that must coordinate
+/// them. Cheap to clone; clones share everything.
 ///
 /// Every surface of the product (HTTP API, server functions, tests, benches)
-/// goes through these methods, so each behaviour exists once.
-pub struct Engine<C = ConnectionManager> {
-    inner: Arc<Inner<C>>,
+/// goes through these methods, so each behaviour exists once. `S` may be a
+/// concrete source or `dyn Source` / `dyn Primary` chosen at run time.
+pub struct Engine<S: ?Sized = dyn Source, C = ConnectionManager> {
+    inner: Arc<Inner<S, C>>,
 }
 
-struct Inner<C> {
+struct Inner<S: ?Sized, C> {
     cache: PrefetchCache<C>,
-    primary: MockPrimary,
     sync: SyncHandle,
     events: EventBus,
-    /// Serialises clear and re-prefetch so two admins cannot interleave
-    /// their pause/clear/load/resume sequences.
-    admin: Mutex<()>,
+    /// Serialises clear, re-prefetch and self-healing.
+    admin: tokio::sync::Mutex<()>,
     pause_timeout: Duration,
+    healer: Mutex<Option<JoinHandle<()>>>,
+    source: Arc<S>,
 }
 
-impl<C> Clone for Engine<C> {
+impl<S: ?Sized, C> Clone for Engine<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -118,7 +117,7 @@ impl<C> Clone for Engine<C> {
     }
 }
 
-impl<C> std::fmt::Debug for Engine<C> {
+impl<S: ?Sized, C> std::fmt::Debug for Engine<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("cache", &self.inner.cache)
@@ -127,45 +126,103 @@ impl<C> std::fmt::Debug for Engine<C> {
     }
 }
 
-impl<C> Engine<C>
+/// How a load writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoadMode {
+    /// Nothing else writes yet: plain pipelines.
+    Fresh,
+    /// The worker may be writing: through the version guard, then a sweep.
+    Guarded,
+}
+
+impl<S, C> Engine<S, C>
 where
+    S: Source + ?Sized,
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// Starts the engine over a seeded [`MockPrimary`]: clears the prefix,
-    /// prefetches every record, then starts the sync worker.
-    pub async fn start(conn: C, config: EngineConfig) -> Result<(Self, PrefetchReport)> {
-        let events = EventBus::new(config.event_capacity);
-        let (primary, feed) = MockPrimary::new(config.primary_read_latency, events.clone());
-        Self::start_with(conn, primary, feed, events, config).await
-    }
-
-    /// Starts the engine over a primary of your own. `events` should be the
-    /// bus the primary publishes to.
-    pub async fn start_with(
+    /// Starts the engine: resumes from the position Redis holds for this
+    /// source when the source can deliver everything after it; otherwise
+    /// loads a snapshot (starting afresh when Redis holds nothing of this
+    /// source, or another source's state). Then starts the sync worker and
+    /// the self-healing check. `events` should be the bus the source
+    /// publishes to.
+    pub async fn start(
         conn: C,
-        primary: MockPrimary,
-        feed: ChangeFeed,
+        source: Arc<S>,
         events: EventBus,
         config: EngineConfig,
     ) -> Result<(Self, PrefetchReport)> {
-        let cache = PrefetchCache::new(conn, config.cache);
-        let report = load(&cache, &primary).await?;
-        // Changes made since the snapshot wait in the feed and apply next.
-        let sync = SyncWorker::spawn(cache.clone(), feed, config.sync, events.clone());
-        events.publish(|| Event::Prefetched {
-            loaded: report.loaded,
-            elapsed: report.elapsed,
-        });
+        let keys = crate::keys::KeySpace::new(config.cache.prefix.clone());
+        keys.validate()?;
+        let cache = PrefetchCache::new(conn, config.cache, source.id());
+        cache.load_library().await?;
+        let state = cache.state().await?;
+        let ours = state.source.as_deref() == Some(cache.source_id());
+        let resumed = ours
+            && state.loading.is_none()
+            && state.position.is_some()
+            && source.open(state.position).await?;
+        let lost = Arc::new(Notify::new());
+        let sync = SyncHandle::spawn(
+            cache.clone(),
+            Arc::clone(&source),
+            config.sync,
+            events.clone(),
+            Arc::clone(&lost),
+        );
         let engine = Self {
             inner: Arc::new(Inner {
                 cache,
-                primary,
                 sync,
                 events,
-                admin: Mutex::new(()),
+                admin: tokio::sync::Mutex::new(()),
                 pause_timeout: config.pause_timeout,
+                healer: Mutex::new(None),
+                source,
             }),
         };
+        let report = if resumed {
+            let position = state.position.unwrap_or_default();
+            engine.inner.sync.mark_applied(position);
+            tracing::info!(%position, "resuming from the position Redis holds");
+            PrefetchReport {
+                loaded: 0,
+                swept: 0,
+                elapsed: Duration::ZERO,
+                version: None,
+            }
+        } else {
+            let _admin = engine.inner.admin.lock().await;
+            engine.inner.source.open(None).await?;
+            let mode = if ours {
+                LoadMode::Guarded
+            } else {
+                if state.source.is_some() {
+                    tracing::info!(
+                        "Redis holds the cache of another source under this prefix; replacing it"
+                    );
+                }
+                engine.inner.cache.reset().await?;
+                LoadMode::Fresh
+            };
+            // Plain pipelines are not guarded: keep the worker out meanwhile.
+            let pause = match mode {
+                LoadMode::Fresh => Some(engine.inner.sync.pause(engine.inner.pause_timeout).await?),
+                LoadMode::Guarded => None,
+            };
+            let report = engine.load(mode, PrefetchReason::Start).await?;
+            drop(pause);
+            report
+        };
+        let healer = tokio::spawn(
+            heal_loop(Arc::downgrade(&engine.inner), lost, config.heal_interval)
+                .instrument(tracing::info_span!("self_heal")),
+        );
+        *engine
+            .inner
+            .healer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(healer);
         Ok((engine, report))
     }
 
@@ -174,9 +231,9 @@ where
         &self.inner.cache
     }
 
-    /// The primary.
-    pub fn primary(&self) -> &MockPrimary {
-        &self.inner.primary
+    /// The source.
+    pub fn source(&self) -> &Arc<S> {
+        &self.inner.source
     }
 
     /// The sync worker's handle.
@@ -189,8 +246,13 @@ where
         self.inner.events.subscribe()
     }
 
+    /// The engine's event feed.
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
     /// Reads `id` through the cache (`HGETALL` + `TTL`, one round trip).
-    /// Never touches the primary.
+    /// Never touches the source.
     pub async fn read(&self, id: &str) -> Result<ReadResult> {
         let id = validate_id(id)?;
         let (lookup, ttl) = self.inner.cache.get_with_ttl(id).await?;
@@ -201,35 +263,22 @@ where
         })
     }
 
-    /// Updates one field in the primary; the sync worker carries it to Redis.
-    pub fn update_field(&self, id: &str, field: &str, value: &str) -> Result<Change> {
-        self.inner.primary.update_field(id, field, value)
-    }
-
-    /// Adds a record to the primary; the sync worker carries it to Redis.
-    pub fn add(&self, record: Record) -> Result<Change> {
-        self.inner.primary.add(record)
-    }
-
-    /// Deletes a record from the primary; the sync worker removes its key.
-    pub fn delete(&self, id: &str) -> Result<Change> {
-        self.inner.primary.delete(id)
-    }
-
-    /// Deletes one cache key (simulates a lost sync event). Returns whether
-    /// it existed.
-    pub async fn invalidate(&self, id: &str) -> Result<bool> {
-        let id = validate_id(id)?;
-        let existed = self.inner.cache.invalidate(id).await?;
+    /// Deletes one cache key (simulates a lost sync event). Returns the
+    /// trimmed id and whether the key existed.
+    pub async fn invalidate(&self, id: &str) -> Result<(String, bool)> {
+        let id = validate_id(id)?.to_owned();
+        let existed = self.inner.cache.invalidate(&id).await?;
         self.inner.events.publish(|| Event::Invalidated {
-            id: id.to_owned(),
+            id: id.clone(),
             existed,
         });
-        Ok(existed)
+        Ok((id, existed))
     }
 
     /// Deletes every cache key (simulates losing the cache), with the sync
     /// worker paused so it cannot recreate a key between `SCAN` and `DEL`.
+    /// The cache's state stays, so this is not mistaken for a Redis that
+    /// lost its data: the keys stay missing until a re-prefetch.
     pub async fn clear(&self) -> Result<usize> {
         let _admin = self.inner.admin.lock().await;
         let pause = self.inner.sync.pause(self.inner.pause_timeout).await?;
@@ -240,87 +289,193 @@ where
         Ok(deleted)
     }
 
-    /// Rebuilds the cache from the primary: pause the worker, clear, read
-    /// every record (one primary read), bulk load, resume. Events emitted
-    /// meanwhile are applied after the load, in order, so the cache ends equal
-    /// to the primary.
+    /// Rebuilds the cache from a fresh snapshot of the source while the
+    /// sync worker keeps applying: every record is written through the
+    /// version guard (a key a newer change already reached is left alone),
+    /// then every key older than the snapshot is removed (records the source
+    /// no longer has, orphans). Readers never miss a key that exists
+    /// throughout.
     pub async fn reprefetch(&self) -> Result<PrefetchReport> {
         let _admin = self.inner.admin.lock().await;
-        let pause = self.inner.sync.pause(self.inner.pause_timeout).await?;
-        let report = load(&self.inner.cache, &self.inner.primary).await;
-        pause.resume();
-        let report = report?;
+        self.load(LoadMode::Guarded, PrefetchReason::Requested)
+            .await
+    }
+
+    async fn load(&self, mode: LoadMode, reason: PrefetchReason) -> Result<PrefetchReport> {
+        let started = Instant::now();
+        let cache = &self.inner.cache;
+        let snapshot = self.inner.source.snapshot().await?;
+        let version = snapshot.version;
+        cache.begin_load(version).await?;
+        let mut loaded = 0;
+        let mut chunks = snapshot.chunks;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            loaded += match mode {
+                LoadMode::Fresh => cache.bulk_load(&chunk, version).await?,
+                LoadMode::Guarded => cache.write_snapshot(&chunk, version).await?,
+            };
+        }
+        let swept = match mode {
+            LoadMode::Fresh => 0,
+            LoadMode::Guarded => cache.sweep(version).await?,
+        };
+        cache.finish_load(version).await?;
+        if let Err(e) = self.inner.source.ack(version).await {
+            tracing::warn!(error = %e, "cannot acknowledge the snapshot to the source");
+        }
+        self.inner.sync.mark_applied(version);
+        if reason != PrefetchReason::Start {
+            cache.counters().reprefetches.fetch_add(1, Relaxed);
+        }
+        let report = PrefetchReport {
+            loaded,
+            swept,
+            elapsed: started.elapsed(),
+            version: Some(version),
+        };
         self.inner.events.publish(|| Event::Prefetched {
-            loaded: report.loaded,
+            loaded,
+            swept,
             elapsed: report.elapsed,
+            reason,
         });
         Ok(report)
     }
 
-    /// Cached ids and primary ids, both sorted.
-    pub async fn categories(&self) -> Result<(Vec<String>, Vec<String>)> {
-        let cached = self.inner.cache.ids().await?;
-        Ok((cached, self.inner.primary.list_ids()))
+    /// Checks that Redis still holds this cache's state, and refills it when
+    /// not. Returns what was wrong, if anything. Runs by itself every
+    /// [`EngineConfig::heal_interval`] and whenever a write finds the state
+    /// gone.
+    pub async fn heal(&self) -> Result<Option<String>> {
+        let Ok(_admin) = self.inner.admin.try_lock() else {
+            return Ok(None); // a load is under way
+        };
+        // Read what the worker made durable before asking Redis: Redis must
+        // hold at least that much.
+        let applied = self.inner.sync.applied();
+        let state = self.inner.cache.state().await?;
+        let Some(reason) = lost_reason(&state, self.inner.cache.source_id(), applied) else {
+            return Ok(None);
+        };
+        tracing::warn!(%reason, "Redis lost the cache's state; re-prefetching");
+        self.inner.cache.counters().self_heals.fetch_add(1, Relaxed);
+        self.inner.events.publish(|| Event::StateLost {
+            reason: reason.clone(),
+        });
+        if state.source.is_some() && state.source.as_deref() != Some(self.inner.cache.source_id()) {
+            self.inner.cache.reset().await?;
+        }
+        let report = self
+            .load(LoadMode::Guarded, PrefetchReason::SelfHeal)
+            .await?;
+        tracing::info!(
+            loaded = report.loaded,
+            swept = report.swept,
+            elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
+            "cache refilled"
+        );
+        Ok(Some(reason))
     }
 
-    /// Counters of the cache, the primary and the worker.
+    /// Cached ids, sorted.
+    pub async fn ids(&self) -> Result<Vec<String>> {
+        self.inner.cache.ids().await
+    }
+
+    /// Every cached record with its TTL, sorted by id.
+    pub async fn entries(&self) -> Result<Vec<CachedEntry>> {
+        self.inner.cache.entries().await
+    }
+
+    /// What Redis holds about the cache's state.
+    pub async fn state(&self) -> Result<CacheState> {
+        self.inner.cache.state().await
+    }
+
+    /// Counters of the cache, the worker and the source.
     pub fn stats(&self) -> EngineStats {
-        let primary = &self.inner.primary;
+        let source = self.inner.source.status();
         EngineStats {
             cache: self.inner.cache.stats(),
-            primary_reads_total: primary.reads(),
-            primary_read_latency: primary.read_latency(),
             worker: self.inner.sync.state(),
-            backlog: primary
-                .last_seq()
-                .saturating_sub(self.inner.sync.applied_seq()),
+            backlog: source.backlog,
+            behind: behind(&self.inner.sync, source.head),
+            applied: self.inner.sync.applied(),
+            source,
         }
     }
 
-    /// Zeroes the cache counters and the primary read count.
+    /// Zeroes the cache counters.
     pub fn reset_stats(&self) {
         self.inner.cache.reset_stats();
-        self.inner.primary.reset_reads();
         self.inner.events.publish(|| Event::StatsReset);
     }
 
-    /// Primary and cache side by side (free on the primary, a `SCAN` plus
-    /// pipelined reads on Redis).
-    pub async fn snapshot(&self) -> Result<Snapshot> {
-        let (primary, primary_seq) = self.inner.primary.inspect();
-        let cache = self.inner.cache.entries().await?;
-        Ok(Snapshot {
-            primary,
-            primary_seq,
-            cache,
-            stats: self.stats(),
-        })
-    }
-
-    /// Waits until the sync worker has applied every change the primary has
-    /// emitted so far.
+    /// Waits until every transaction the source has produced so far is
+    /// durable in Redis.
     pub async fn settle(&self, timeout: Duration) -> Result<()> {
-        let seq = self.inner.primary.last_seq();
-        self.inner.sync.wait_applied(seq, timeout).await
+        match self.inner.source.status().head {
+            Some(head) => self.inner.sync.wait_applied(head, timeout).await,
+            None => Ok(()),
+        }
     }
 
-    /// Stops the sync worker (draining what is queued, within `timeout`).
+    /// Stops the self-healing check and the sync worker (draining what is
+    /// ready, within `timeout`).
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
+        let healer = self
+            .inner
+            .healer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(healer) = healer {
+            healer.abort();
+        }
         self.inner.sync.stop(timeout).await
     }
 }
 
-/// Clear + one primary read + bulk load.
-async fn load<C>(cache: &PrefetchCache<C>, primary: &MockPrimary) -> Result<PrefetchReport>
+/// Why `state` shows that Redis lost what the engine wrote, if it does.
+fn lost_reason(state: &CacheState, source: &str, applied: Option<Version>) -> Option<String> {
+    match state.source.as_deref() {
+        None => Some("the cache's state is gone (Redis restarted empty or was flushed)".into()),
+        Some(other) if other != source => Some(format!(
+            "the cache's state now belongs to another source ({other})"
+        )),
+        Some(_) if state.loading.is_some() => {
+            Some("a load was interrupted before it finished".into())
+        }
+        Some(_) if state.position < applied => Some(format!(
+            "Redis is behind what was written (position {} < {})",
+            state.position.map(|p| p.to_string()).unwrap_or_default(),
+            applied.map(|p| p.to_string()).unwrap_or_default()
+        )),
+        Some(_) => None,
+    }
+}
+
+async fn heal_loop<S, C>(engine: Weak<Inner<S, C>>, lost: Arc<Notify>, every: Duration)
 where
+    S: Source + ?Sized,
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let started = Instant::now();
-    cache.clear().await?;
-    let records = primary.list_records().await;
-    let loaded = cache.bulk_load(&records).await?;
-    Ok(PrefetchReport {
-        loaded,
-        elapsed: started.elapsed(),
-    })
+    let every = every.max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = lost.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let engine = Engine { inner };
+        match engine.heal().await {
+            Ok(_) => {}
+            // Redis unreachable: the worker's retries say so already.
+            Err(e) if e.is_unavailable() => tracing::debug!(error = %e, "state check failed"),
+            Err(e) => tracing::warn!(error = %e, "self-healing failed; will retry"),
+        }
+    }
 }

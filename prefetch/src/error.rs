@@ -1,27 +1,49 @@
+//! The crate's one error type.
+
 use std::time::Duration;
+
+/// A boxed error from a source of truth (a database driver, a stream
+/// client, your own adapter).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in the cache core.
 ///
 /// Callers map these to their own surface; `app` turns them into HTTP
-/// statuses (see [`Error::is_unavailable`] for the 503 case).
+/// statuses (see [`Error::is_unavailable`] for the 503 case). Wrapped errors
+/// are transparent: their message is the wrapped error's, and
+/// [`std::error::Error::source`] continues the chain.
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Redis answered with an error, or could not be reached at all.
-    #[error("redis error: {0}")]
+    #[error(transparent)]
     Redis(#[from] redis::RedisError),
+    /// The source of truth failed or refused a request.
+    #[error(transparent)]
+    Source(BoxError),
+    /// The source of truth cannot be reached right now.
+    #[error("source unavailable: {0}")]
+    SourceUnavailable(BoxError),
     /// A record id is empty, too long, or contains control characters.
     #[error("invalid id: {0}")]
     InvalidId(String),
     /// A field name or value is empty, too long, or otherwise unusable.
     #[error("invalid field: {0}")]
     InvalidField(String),
-    /// The primary holds no record with this id.
+    /// The source holds no record with this id.
     #[error("unknown record '{0}'")]
     NotFound(String),
-    /// The primary already holds a record with this id.
+    /// The source already holds a record with this id.
     #[error("record '{0}' already exists")]
     AlreadyExists(String),
+    /// The configuration cannot work (for example a reserved key prefix).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// Redis no longer holds the cache's state (restarted empty, flushed,
+    /// failed over to a replica that was behind, or taken over by another
+    /// source): nothing was written; the engine re-prefetches by itself.
+    #[error("redis lost the cache's state")]
+    StateLost,
     /// The sync worker did not park within the given time; nothing was paused.
     #[error("sync worker did not pause within {0:?}")]
     PauseTimeout(Duration),
@@ -31,14 +53,14 @@ pub enum Error {
     /// The sync worker has stopped, so it can be neither paused nor awaited.
     #[error("sync worker is not running")]
     WorkerStopped,
-    /// The sync worker did not catch up with the primary within the given time.
+    /// The sync worker did not catch up with the source within the given time.
     #[error("sync worker did not catch up within {0:?}")]
     SettleTimeout(Duration),
 }
 
 impl Error {
-    /// True when the error means "Redis is not reachable right now" (refused,
-    /// dropped, timed out) rather than "Redis rejected this command".
+    /// True when the error means "Redis or the source is not reachable right
+    /// now" (refused, dropped, timed out) rather than "this was rejected".
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Redis(e) => {
@@ -48,8 +70,19 @@ impl Error {
                     || e.is_timeout()
                     || e.is_unrecoverable_error()
             }
+            Error::SourceUnavailable(_) | Error::StateLost => true,
             _ => false,
         }
+    }
+
+    /// Wraps a failure of the source of truth.
+    pub fn source_failed(e: impl Into<BoxError>) -> Self {
+        Error::Source(e.into())
+    }
+
+    /// Wraps "the source of truth cannot be reached".
+    pub fn source_unavailable(e: impl Into<BoxError>) -> Self {
+        Error::SourceUnavailable(e.into())
     }
 }
 

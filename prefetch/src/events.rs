@@ -6,39 +6,65 @@
 //! events are only built when someone is listening.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::model::{Change, Fields};
-use crate::sync::WorkerState;
+use crate::model::{Fields, Transaction, Version, WorkerState};
 
-/// One key written or deleted by the sync worker.
+/// What the version guard did with one write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Newer than what Redis held: written.
+    Applied,
+    /// Not newer than what Redis held (a duplicate, a replay, a reorder, or
+    /// older than the last snapshot): left alone.
+    Stale,
+}
+
+/// One key the sync worker wrote, deleted, or refused to regress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppliedWrite {
     /// The record id.
     pub id: String,
-    /// The primary sequence number of the event that was written.
-    pub seq: u64,
-    /// The fields now cached, or `None` when the key was deleted.
-    pub fields: Option<Fields>,
-    /// Time from the primary mutation to the write being visible in Redis.
+    /// The version of the change.
+    pub version: Version,
+    /// The fields now cached, or `None` for a delete.
+    pub fields: Option<Arc<Fields>>,
+    /// Time from the source's commit to the write being visible in Redis.
     pub lag: Duration,
+    /// When Redis confirmed the write (its TTL runs from here).
+    pub at: SystemTime,
+    /// Whether the version guard let it through.
+    pub outcome: WriteOutcome,
+}
+
+/// Why a (re-)prefetch ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefetchReason {
+    /// The engine started.
+    Start,
+    /// Someone asked for it ([`Engine::reprefetch`](crate::Engine::reprefetch)).
+    Requested,
+    /// Redis had lost the cache's state and the engine refilled it.
+    SelfHeal,
 }
 
 /// Something that happened in the engine.
 #[non_exhaustive]
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// The primary was mutated (in mutation order).
-    Primary(Change),
-    /// The sync worker applied a batch in one round trip.
+    /// The source committed a transaction (in commit order).
+    Primary(Arc<Transaction>),
+    /// The sync worker applied a batch in one atomic call.
     SyncApplied {
-        /// The keys written, one per id (the batch's last event for it).
+        /// The keys written or refused, one per id (the batch's newest change).
         writes: Arc<[AppliedWrite]>,
-        /// Events applied, including ones superseded within the batch.
+        /// Changes applied, including ones superseded within the batch.
         applied: usize,
-        /// Malformed events skipped.
+        /// Changes the version guard refused as not newer.
+        stale: usize,
+        /// Malformed changes skipped.
         skipped: usize,
     },
     /// An admin deleted one key.
@@ -53,12 +79,21 @@ pub enum Event {
         /// How many keys were deleted.
         deleted: usize,
     },
-    /// The cache was (re-)loaded from the primary.
+    /// Redis no longer held the cache's state; a refill follows.
+    StateLost {
+        /// What gave it away.
+        reason: String,
+    },
+    /// The cache was (re-)loaded from a snapshot of the source.
     Prefetched {
         /// Records written.
         loaded: usize,
-        /// Time for clear + primary read + bulk load.
+        /// Keys removed because the snapshot no longer had them.
+        swept: usize,
+        /// Snapshot read + write + sweep.
         elapsed: Duration,
+        /// Why it ran.
+        reason: PrefetchReason,
     },
     /// The sync worker changed state.
     Worker(WorkerState),

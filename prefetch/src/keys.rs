@@ -1,11 +1,32 @@
-//! Key naming: `{prefix}{id}`, and the SCAN pattern that matches exactly the
-//! keys under a prefix even when the prefix itself holds glob characters.
+//! Key naming: `{prefix}{id}` for records, and the cache's own bookkeeping
+//! keys beside them, all pure functions.
+//!
+//! Bookkeeping lives under `__pf:`, outside any record prefix, so a
+//! `SCAN MATCH {prefix}*` lists records and nothing else:
+//!
+//! | key | what |
+//! |---|---|
+//! | `{prefix}{id}` | the record: a hash of its fields plus `__v` (version) and `__h` (content hash) |
+//! | `__pf:t:{data key}` | tombstone of a deleted record whose key carries a `{hash tag}` |
+//! | `__pf:u:{{data key}}` | tombstone of a deleted record whose key carries none |
+//! | `__pf:m:{prefix}` | the cache's state: source id, applied position, version floor |
+//!
+//! A tombstone hashes to the same Redis Cluster slot as its record, so one
+//! call can read and write both. A key containing `}` without a hash tag has
+//! no such twin; its tombstone is kept inside the record's own hash instead.
 
 /// Characters that are special in Redis glob patterns (`SCAN MATCH`, `KEYS`).
 const GLOB_SPECIAL: &[char] = &['*', '?', '[', ']', '\\', '^', '-'];
 
+/// Prefix of every bookkeeping key; no record prefix may start with it.
+pub const RESERVED_KEY_PREFIX: &str = "__pf:";
+
 /// Escapes `s` so that, used inside a Redis glob pattern, it matches itself
-/// literally. `cache:*:` becomes `cache:\*:`.
+/// literally.
+///
+/// ```
+/// assert_eq!(prefetch::escape_glob("cache:*:"), "cache:\\*:");
+/// ```
 pub fn escape_glob(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 4);
     for c in s.chars() {
@@ -17,22 +38,52 @@ pub fn escape_glob(s: &str) -> String {
     out
 }
 
-/// The key space of one cache: its prefix and the derived SCAN pattern.
+/// The Redis Cluster hash tag of `key`: the text between its first `{` and
+/// the first `}` after it, when that text is not empty.
+///
+/// ```
+/// assert_eq!(prefetch::hash_tag("cache:{user1}:x"), Some("user1"));
+/// assert_eq!(prefetch::hash_tag("cache:{}:x"), None);
+/// assert_eq!(prefetch::hash_tag("cache:x"), None);
+/// ```
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let rest = &key[open + 1..];
+    let close = rest.find('}')?;
+    (close > 0).then(|| &rest[..close])
+}
+
+/// Where a record's tombstone lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tombstone {
+    /// A key of its own, in the record's cluster slot.
+    Key(String),
+    /// Inside the record's hash (keys with `}` but no hash tag).
+    InHash,
+}
+
+/// The key space of one cache: its prefix and the derived names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySpace {
     prefix: String,
     pattern: String,
+    meta: String,
 }
 
 impl KeySpace {
-    /// A key space for `prefix` (which may be empty).
+    /// A key space for `prefix` (which may be empty or hold glob characters).
     pub fn new(prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         let pattern = format!("{}*", escape_glob(&prefix));
-        Self { prefix, pattern }
+        let meta = format!("{RESERVED_KEY_PREFIX}m:{prefix}");
+        Self {
+            prefix,
+            pattern,
+            meta,
+        }
     }
 
-    /// The prefix every key starts with.
+    /// The prefix every record key starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -45,8 +96,12 @@ impl KeySpace {
         key
     }
 
-    /// The id inside `key`, or `None` when `key` is not under this prefix.
+    /// The id inside `key`, or `None` when `key` is not a record of this
+    /// cache (another prefix, or bookkeeping under an empty prefix).
     pub fn id_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        if key.starts_with(RESERVED_KEY_PREFIX) && !self.prefix.starts_with(RESERVED_KEY_PREFIX) {
+            return None;
+        }
         key.strip_prefix(self.prefix.as_str())
     }
 
@@ -54,11 +109,80 @@ impl KeySpace {
     pub fn scan_pattern(&self) -> &str {
         &self.pattern
     }
+
+    /// The key holding this cache's state (source, position, floor).
+    pub fn meta_key(&self) -> &str {
+        &self.meta
+    }
+
+    /// Where the tombstone of the record at `data_key` lives.
+    ///
+    /// ```
+    /// use prefetch::{KeySpace, Tombstone};
+    ///
+    /// let ks = KeySpace::new("cache:");
+    /// assert_eq!(ks.tombstone("cache:a"), Tombstone::Key("__pf:u:{cache:a}".into()));
+    /// assert_eq!(ks.tombstone("cache:{t}a"), Tombstone::Key("__pf:t:cache:{t}a".into()));
+    /// assert_eq!(ks.tombstone("cache:a}"), Tombstone::InHash);
+    /// ```
+    pub fn tombstone(&self, data_key: &str) -> Tombstone {
+        if hash_tag(data_key).is_some() {
+            // The tag is the first `{…}`, and the marker has no braces, so
+            // the tombstone's tag is the record's.
+            Tombstone::Key(format!("{RESERVED_KEY_PREFIX}t:{data_key}"))
+        } else if !data_key.contains('}') {
+            // No tag: the whole key becomes the tombstone's tag, which then
+            // hashes exactly like the key itself.
+            Tombstone::Key(format!("{RESERVED_KEY_PREFIX}u:{{{data_key}}}"))
+        } else {
+            Tombstone::InHash
+        }
+    }
+
+    /// `SCAN MATCH` patterns covering every tombstone key of this cache.
+    pub fn tombstone_patterns(&self) -> [String; 2] {
+        let p = escape_glob(&self.prefix);
+        [
+            format!("{RESERVED_KEY_PREFIX}t:{p}*"),
+            format!("{RESERVED_KEY_PREFIX}u:{{{p}*"),
+        ]
+    }
+
+    /// Checks that the prefix does not collide with the bookkeeping keys.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.prefix.starts_with(RESERVED_KEY_PREFIX) {
+            return Err(crate::Error::InvalidConfig(format!(
+                "the key prefix must not start with '{RESERVED_KEY_PREFIX}' (reserved for the cache's bookkeeping)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CRC16 (XMODEM), as Redis Cluster uses it, for the slot property.
+    fn crc16(data: &[u8]) -> u16 {
+        let mut crc: u16 = 0;
+        for &b in data {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc
+    }
+
+    fn slot(key: &str) -> u16 {
+        let hashed = hash_tag(key).unwrap_or(key);
+        crc16(hashed.as_bytes()) % 16384
+    }
 
     #[test]
     fn plain_prefix_gets_a_trailing_star() {
@@ -81,5 +205,56 @@ mod tests {
         assert_eq!(key, "p:cat 1/é");
         assert_eq!(ks.id_of(&key), Some("cat 1/é"));
         assert_eq!(ks.id_of("other:cat"), None);
+        let empty = KeySpace::new("");
+        assert_eq!(empty.id_of("x"), Some("x"));
+        assert_eq!(empty.id_of("__pf:m:"), None, "bookkeeping is not a record");
+    }
+
+    #[test]
+    fn a_tombstone_key_always_lands_in_its_records_cluster_slot() {
+        let ks = KeySpace::new("c:");
+        let ids = [
+            "a", "cat-001", "{x}", "{x}y", "a{b}c", "a{b", "a{}b", "{}", "{{a}}", "a{b{c}d", "}",
+            "a}b", "{}a}", "é{ü}", "x{y}z{w}",
+        ];
+        let mut in_hash = 0;
+        for id in ids {
+            let key = ks.key(id);
+            match ks.tombstone(&key) {
+                Tombstone::Key(t) => {
+                    assert_eq!(slot(&t), slot(&key), "{key} vs {t}");
+                    assert!(
+                        ks.id_of(&t).is_none(),
+                        "a tombstone is never listed as a record"
+                    );
+                }
+                Tombstone::InHash => {
+                    in_hash += 1;
+                    assert!(key.contains('}') && hash_tag(&key).is_none(), "{key}");
+                }
+            }
+        }
+        assert_eq!(
+            in_hash, 5,
+            "only keys with '}}' and no tag keep it in the hash"
+        );
+    }
+
+    #[test]
+    fn distinct_records_never_share_a_tombstone_key() {
+        let ks = KeySpace::new("");
+        let ids = ["x{y", "{x{y}", "a", "{a}", "u:{a}", "t:a"];
+        let mut seen = std::collections::BTreeSet::new();
+        for id in ids {
+            if let Tombstone::Key(t) = ks.tombstone(&ks.key(id)) {
+                assert!(seen.insert(t.clone()), "{id} collides on {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_prefixes_are_refused() {
+        assert!(KeySpace::new("__pf:x").validate().is_err());
+        assert!(KeySpace::new("cache:").validate().is_ok());
     }
 }

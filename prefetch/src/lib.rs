@@ -1,83 +1,122 @@
 //! A Redis **prefetch cache**: the whole working set is loaded into Redis
 //! before the first request, every read is served by Redis alone, and a sync
-//! worker carries each change of the primary into Redis within milliseconds.
+//! worker carries each change of the source of truth into Redis within
+//! milliseconds, through a version guard that nothing can regress.
 //!
 //! # The three paths
 //!
-//! 1. **Prefetch.** [`PrefetchCache::bulk_load`] writes every record in one
-//!    pipelined round trip: per record `DEL` + `HSET` + `EXPIRE`.
+//! 1. **Prefetch.** A consistent [snapshot](Source::snapshot) of the source,
+//!    with the version it reflects, is written to Redis in pipelined round
+//!    trips. A re-prefetch writes through the version guard while the worker
+//!    keeps running, then sweeps keys the snapshot no longer has: no pause,
+//!    no miss.
 //! 2. **Read.** [`PrefetchCache::get`] is one `HGETALL`. A miss is reported,
-//!    never repaired from the primary: there is no code path from a read to
-//!    the primary, so reads cannot load it.
-//! 3. **Sync.** Every mutation of the [`MockPrimary`] emits a [`Change`]
-//!    under its table lock (so events are in mutation order) into an
-//!    unbounded [`ChangeFeed`]. The [`SyncWorker`] applies whatever is queued
-//!    in one atomic `MULTI`/`EXEC` round trip as soon as it arrives; failures
-//!    are retried with backoff and never dropped. The TTL is a safety net
-//!    that bounds memory if sync stops, not a freshness mechanism.
+//!    never repaired from the source: there is no code path from a read to
+//!    the source.
+//! 3. **Sync.** The [sync worker](SyncHandle) pulls committed
+//!    [`Transaction`]s from the [`Source`], applies each batch in one atomic
+//!    call of a Redis FUNCTION that writes a key only when the change is
+//!    newer than the [`Version`] stored with it (deletes leave tombstones),
+//!    stores the applied position in the same step, and only then
+//!    acknowledges to the source. Failures are retried with backoff and never
+//!    dropped; duplicates, replays and reorders change nothing.
+//!
+//! The position lives in Redis with the data, so a Redis that lost its data
+//! (restarted empty, flushed, failed over to a replica that was behind) is
+//! noticed within [`EngineConfig::heal_interval`], or at the next write,
+//! and refilled by itself.
 //!
 //! # Layout
 //!
 //! | module | what |
 //! |---|---|
-//! | `model` | [`Record`], [`Change`], input validation |
-//! | `keys` | `{prefix}{id}` naming and glob escaping for `SCAN MATCH` |
-//! | `cache` | [`PrefetchCache`]: bulk load, get, apply, invalidate, clear |
-//! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
-//! | `primary` | [`MockPrimary`], the embedded source of truth |
-//! | `sync` | [`SyncWorker`] and its [`SyncHandle`] (pause, resume, stop) |
+//! | `error` | [`Error`] |
+//! | `model` | [`Record`], [`Version`], [`Change`], [`Transaction`], validation |
+//! | `keys` | key naming, tombstone keys, glob escaping |
 //! | `events` | [`EventBus`]: a lossy feed of what happened, for dashboards |
-//! | `engine` | [`Engine`]: all of the above plus the admin operations |
+//! | `feed` | [`ChangeSender`] / [`ChangeFeed`]: the push API for any CDC adapter |
+//! | `source` | the [`Source`] and [`Primary`] traits |
+//! | `apply` | the storage format and its Redis FUNCTION library |
+//! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
+//! | `cache` | [`PrefetchCache`]: bulk load, get, guarded apply, sweep, clear |
+//! | `sync` | the sync worker's [`SyncHandle`] (pause, resume, stop) |
+//! | `primary` | [`MockPrimary`], the embedded source of truth (feature `mock`) |
+//! | `engine` | [`Engine`]: all of the above plus re-prefetch and self-healing |
 //!
-//! The crate knows nothing about HTTP, Leptos or WebAssembly; any tokio
-//! service can embed it.
+//! Each module uses only the ones above it. The crate knows nothing about
+//! HTTP, Leptos, WebAssembly or any database; any tokio service can embed
+//! it and plug in a source of its own (see the [`Source`] docs).
 //!
 //! # Example
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use prefetch::{Engine, EngineConfig};
+//! use std::sync::Arc;
 //! use std::time::Duration;
+//! use prefetch::{Engine, EngineConfig, EventBus, MockPrimary};
 //!
-//! let client = redis::Client::open("redis://127.0.0.1:6379")?;
-//! let conn = client.get_connection_manager().await?;
-//! let (engine, report) = Engine::start(conn, EngineConfig::default()).await?;
+//! let conn = redis::Client::open("redis://127.0.0.1:6379")?
+//!     .get_connection_manager()
+//!     .await?;
+//! let events = EventBus::default();
+//! let primary = Arc::new(MockPrimary::new(Duration::from_millis(80), events.clone()));
+//! let (engine, report) = Engine::start(conn, primary, events, EngineConfig::default()).await?;
 //! println!("prefetched {} records in {:?}", report.loaded, report.elapsed);
 //!
 //! let read = engine.read("cat-001").await?;
-//! assert!(read.lookup.hit);
+//! assert!(read.lookup.hit());
 //!
-//! engine.update_field("cat-001", "name", "Drinks")?; // primary write
-//! engine.settle(Duration::from_secs(1)).await?;        // worker caught up
+//! engine.source().update_field("cat-001", "name", "Drinks")?; // a primary write
+//! engine.settle(Duration::from_secs(1)).await?;                 // worker caught up
 //! engine.shutdown(Duration::from_secs(2)).await?;
 //! # Ok(()) }
 //! ```
 
 #![warn(missing_docs)]
 
-mod cache;
-mod engine;
 mod error;
-mod events;
-mod keys;
 mod model;
-mod primary;
+
+mod keys;
+
+mod events;
+
+pub mod feed;
+mod source;
+
+mod apply;
 mod stats;
+
+mod cache;
 mod sync;
+
+#[cfg(feature = "mock")]
+mod primary;
+
+mod engine;
+
+#[cfg(feature = "launcher")]
+pub mod launcher;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+pub use apply::content_hash;
 pub use cache::{
-    BatchOutcome, CacheConfig, CachedEntry, DEFAULT_PREFIX, DEFAULT_TTL, Lookup, PrefetchCache, Ttl,
+    BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
+    DEFAULT_TTL, Lookup, PrefetchCache, Ttl,
 };
-pub use engine::{Engine, EngineConfig, EngineStats, PrefetchReport, ReadResult, Snapshot};
-pub use error::{Error, Result};
-pub use events::{AppliedWrite, Event, EventBus};
-pub use keys::{KeySpace, escape_glob};
+pub use engine::{Engine, EngineConfig, EngineStats, PrefetchReport, ReadResult};
+pub use error::{BoxError, Error, Result};
+pub use events::{AppliedWrite, Event, EventBus, PrefetchReason, WriteOutcome};
+pub use feed::{ChangeFeed, ChangeSender};
+pub use keys::{KeySpace, RESERVED_KEY_PREFIX, Tombstone, escape_glob, hash_tag};
 pub use model::{
-    Change, ChangeKind, Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN, Record,
+    Change, ChangeKind, Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN, Op,
+    ParseVersionError, RESERVED_FIELD_PREFIX, Record, Transaction, Version, WorkerState,
     validate_field, validate_id,
 };
-pub use primary::{ChangeFeed, DEFAULT_READ_LATENCY, MockPrimary, seed_records};
-pub use stats::Stats;
-pub use sync::{PauseGuard, PauseId, SyncConfig, SyncHandle, SyncWorker, WorkerState};
+#[cfg(feature = "mock")]
+pub use primary::{DEFAULT_READ_LATENCY, MockPrimary, Mutation, seed_records};
+pub use source::{BoxFuture, BoxStream, Primary, Source, SourceSnapshot, SourceStatus};
+pub use stats::{LagSummary, Stats};
+pub use sync::{PauseGuard, SyncConfig, SyncHandle};

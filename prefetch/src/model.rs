@@ -1,12 +1,21 @@
-//! Records and change events.
+//! Value types at the bottom of the crate: records, versions, changes,
+//! source transactions, the worker's state, and input validation.
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 
 /// The field of a record that holds its id.
 pub const ID_FIELD: &str = "id";
+
+/// Field names starting with this are the cache's own metadata (the
+/// version and content hash stored beside each record); they never reach a
+/// reader and cannot be written by a source.
+pub const RESERVED_FIELD_PREFIX: &str = "__";
 
 /// Longest id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 256;
@@ -19,7 +28,7 @@ pub const MAX_VALUE_LEN: usize = 64 * 1024;
 /// deterministic.
 pub type Fields = BTreeMap<String, String>;
 
-/// A record of the primary: string fields, one of which (`id`) names it.
+/// A record of the source: string fields, one of which (`id`) names it.
 ///
 /// A record may lack an id (malformed input from a change feed); such records
 /// are skipped by [`PrefetchCache::bulk_load`](crate::PrefetchCache::bulk_load).
@@ -57,8 +66,9 @@ impl Record {
         self.fields
     }
 
-    pub(crate) fn set(&mut self, field: String, value: String) {
-        self.fields.insert(field, value);
+    /// Sets one field.
+    pub fn set(&mut self, field: impl Into<String>, value: impl Into<String>) {
+        self.fields.insert(field.into(), value.into());
     }
 }
 
@@ -79,12 +89,91 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Record {
     }
 }
 
+/// A position in a source's change stream, and so the version of every
+/// cached key: the commit position of the source transaction that wrote it,
+/// then the change's place inside that transaction.
+///
+/// Versions are totally ordered, field by field. A write reaches Redis only
+/// when its version is newer than the one stored with the key, so
+/// duplicates, replays, reorders and competing appliers cannot move a key
+/// back in time. Any 64-bit `commit` is exact: in Redis the version is
+/// stored as three integers below 2<sup>32</sup> (Lua numbers are doubles).
+///
+/// ```
+/// use prefetch::Version;
+///
+/// let a = Version::new(u64::MAX - 1, 7);
+/// let b = Version::new(u64::MAX, 0);
+/// assert!(a < b);
+/// assert_eq!(a.to_string().parse::<Version>(), Ok(a));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// The commit position (an LSN, a sequence number, a stream offset).
+    pub commit: u64,
+    /// The change's place inside its transaction.
+    pub ord: u32,
+}
+
+impl Version {
+    /// The lowest version: older than anything a source produces.
+    pub const ZERO: Version = Version { commit: 0, ord: 0 };
+
+    /// A version from its parts.
+    pub const fn new(commit: u64, ord: u32) -> Self {
+        Self { commit, ord }
+    }
+}
+
+/// `hi:lo:ord`, the form stored in Redis: the commit's high and low 32 bits
+/// and the ordinal, each a decimal integer below 2<sup>32</sup>.
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}",
+            self.commit >> 32,
+            self.commit & 0xFFFF_FFFF,
+            self.ord
+        )
+    }
+}
+
+/// The [`Version`] text is not `hi:lo:ord` with each part below 2<sup>32</sup>.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a version (expected hi:lo:ord)")]
+pub struct ParseVersionError;
+
+impl FromStr for Version {
+    type Err = ParseVersionError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let mut parts = s.split(':').map(|p| {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ParseVersionError);
+            }
+            p.parse::<u32>().map_err(|_| ParseVersionError)
+        });
+        let (Some(hi), Some(lo), Some(ord), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ParseVersionError);
+        };
+        Ok(Version::new((u64::from(hi?) << 32) | u64::from(lo?), ord?))
+    }
+}
+
 /// Checks an id from untrusted input and returns it trimmed.
 ///
-/// Ids are binary-safe in Redis, so glob characters, `:`, spaces inside and
-/// any Unicode are accepted and stored exactly; only what cannot be an id
-/// (empty, whitespace only, control characters, longer than [`MAX_ID_LEN`])
-/// is refused.
+/// Ids are binary-safe in Redis, so glob characters, `:`, braces, spaces
+/// inside and any Unicode are accepted and stored exactly; only what cannot
+/// be an id (empty, whitespace only, control characters, longer than
+/// [`MAX_ID_LEN`]) is refused.
+///
+/// ```
+/// assert_eq!(prefetch::validate_id("  cat-001 ").ok(), Some("cat-001"));
+/// assert!(prefetch::validate_id("a\nb").is_err());
+/// ```
 pub fn validate_id(raw: &str) -> Result<&str> {
     let id = raw.trim();
     if id.is_empty() {
@@ -106,7 +195,8 @@ pub fn validate_id(raw: &str) -> Result<&str> {
 /// Checks a field name and value from untrusted input.
 ///
 /// The `id` field cannot be changed in place (that would make the hash
-/// disagree with its key); add a new record instead.
+/// disagree with its key); add a new record instead. Names starting with
+/// `__` belong to the cache's metadata.
 pub fn validate_field(field: &str, value: &str) -> Result<()> {
     if field.is_empty() {
         return Err(Error::InvalidField("field name must not be empty".into()));
@@ -121,6 +211,11 @@ pub fn validate_field(field: &str, value: &str) -> Result<()> {
             "field name must not contain control characters".into(),
         ));
     }
+    if field.starts_with(RESERVED_FIELD_PREFIX) {
+        return Err(Error::InvalidField(format!(
+            "field names starting with '{RESERVED_FIELD_PREFIX}' are reserved for the cache"
+        )));
+    }
     if field == ID_FIELD {
         return Err(Error::InvalidField("the id field cannot be changed".into()));
     }
@@ -132,66 +227,154 @@ pub fn validate_field(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// What a change does to one record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// The record now has exactly these fields (insert or update).
-    Upsert(Fields),
+/// Whether a change creates or removes a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Insert or update: the record now has exactly the given fields.
+    Upsert,
     /// The record no longer exists.
     Delete,
 }
 
-/// One change event from the primary, as a change-data-capture feed would
-/// deliver it: every upsert carries the record's complete new state, so
-/// applying the last event for a key is enough to bring that key up to date.
-#[derive(Clone, Debug)]
+impl Op {
+    /// `"upsert"` or `"delete"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// What a change does to one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The record now has exactly these fields (insert or update). Shared,
+    /// so that the worker, the event feed and every dashboard see one copy.
+    Upsert(Arc<Fields>),
+    /// The record no longer exists.
+    Delete,
+}
+
+impl ChangeKind {
+    /// Upsert or delete.
+    pub fn op(&self) -> Op {
+        match self {
+            ChangeKind::Upsert(_) => Op::Upsert,
+            ChangeKind::Delete => Op::Delete,
+        }
+    }
+
+    /// The new fields of an upsert.
+    pub fn fields(&self) -> Option<&Arc<Fields>> {
+        match self {
+            ChangeKind::Upsert(f) => Some(f),
+            ChangeKind::Delete => None,
+        }
+    }
+}
+
+/// One change to one record, as a change-data-capture feed delivers it.
+///
+/// Every upsert carries the record's complete new state, so applying the
+/// newest change of a key is enough to bring that key up to date.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
-    /// Position in the primary's change stream (1-based; 0 for events made
-    /// by hand with [`Change::upsert`] / [`Change::delete`]).
-    pub seq: u64,
     /// The record's id.
     pub id: String,
     /// Upsert or delete.
     pub kind: ChangeKind,
-    /// Wall-clock time of the mutation, for display.
-    pub timestamp: SystemTime,
-    /// Monotonic time of the mutation; sync lag is measured from here.
-    pub emitted_at: Instant,
+    /// Where the change sits in the source's history.
+    pub version: Version,
 }
 
 impl Change {
-    /// An upsert made by hand (not from a primary), stamped now.
-    pub fn upsert(id: impl Into<String>, fields: Fields) -> Self {
-        Self::new(0, id.into(), ChangeKind::Upsert(fields))
-    }
-
-    /// A delete made by hand (not from a primary), stamped now.
-    pub fn delete(id: impl Into<String>) -> Self {
-        Self::new(0, id.into(), ChangeKind::Delete)
-    }
-
-    pub(crate) fn new(seq: u64, id: String, kind: ChangeKind) -> Self {
+    /// An upsert of `id` to exactly `fields`, at `version`.
+    pub fn upsert(id: impl Into<String>, fields: Fields, version: Version) -> Self {
         Self {
-            seq,
-            id,
-            kind,
-            timestamp: SystemTime::now(),
-            emitted_at: Instant::now(),
+            id: id.into(),
+            kind: ChangeKind::Upsert(Arc::new(fields)),
+            version,
         }
     }
 
-    /// `"upsert"` or `"delete"`, as the reference demos name them.
-    pub fn op(&self) -> &'static str {
-        match self.kind {
-            ChangeKind::Upsert(_) => "upsert",
-            ChangeKind::Delete => "delete",
+    /// A delete of `id`, at `version`.
+    pub fn delete(id: impl Into<String>, version: Version) -> Self {
+        Self {
+            id: id.into(),
+            kind: ChangeKind::Delete,
+            version,
         }
     }
 
-    /// True when the event cannot be applied: no id, or an upsert without
-    /// fields (`HSET` needs at least one).
+    /// Upsert or delete.
+    pub fn op(&self) -> Op {
+        self.kind.op()
+    }
+
+    /// True when the change cannot be applied: no id, an upsert without
+    /// fields (`HSET` needs at least one), or a field name the cache reserves.
     pub fn is_malformed(&self) -> bool {
-        self.id.is_empty() || matches!(&self.kind, ChangeKind::Upsert(f) if f.is_empty())
+        self.id.is_empty()
+            || matches!(&self.kind, ChangeKind::Upsert(f)
+                if f.is_empty() || f.keys().any(|k| k.starts_with(RESERVED_FIELD_PREFIX)))
+    }
+}
+
+/// One committed source transaction: its changes, applied to Redis together
+/// in one atomic call, and its position.
+///
+/// `position` is at least the version of every change inside and below the
+/// version of anything committed later; once the transaction is durable in
+/// Redis the engine stores it there and acknowledges it to the source. A
+/// transaction without changes is a heartbeat: it moves the position and
+/// measures lag on an idle source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// The transaction's place in the source's history.
+    pub position: Version,
+    /// Wall-clock commit time at the source; sync lag is measured from here.
+    pub committed_at: SystemTime,
+    /// The changes, in the order the source made them.
+    pub changes: Vec<Change>,
+}
+
+impl Transaction {
+    /// A transaction committed now.
+    pub fn new(position: Version, changes: Vec<Change>) -> Self {
+        Self {
+            position,
+            committed_at: SystemTime::now(),
+            changes,
+        }
+    }
+}
+
+/// What the sync worker is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Applying changes as they arrive (or waiting for the next one).
+    Running,
+    /// Parked by a pause; no apply in flight; changes queue up.
+    Paused,
+    /// The last attempt failed; the batch is kept and retried after a delay.
+    Retrying {
+        /// Failed attempts so far for the current batch.
+        attempt: u32,
+    },
+    /// The task has ended.
+    Stopped,
+}
+
+impl WorkerState {
+    /// `running`, `paused`, `retrying` or `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Running => "running",
+            WorkerState::Paused => "paused",
+            WorkerState::Retrying { .. } => "retrying",
+            WorkerState::Stopped => "stopped",
+        }
     }
 }
 
@@ -202,7 +385,7 @@ mod tests {
     #[test]
     fn ids_are_trimmed_and_odd_but_legal_ids_accepted() {
         assert_eq!(validate_id("  cat-001 ").ok(), Some("cat-001"));
-        for ok in ["a*b", "a?b", "a[b", "a:b", "a b", "ünï"] {
+        for ok in ["a*b", "a?b", "a[b", "a:b", "a b", "ünï", "{x}", "a}b"] {
             assert_eq!(validate_id(ok).ok(), Some(ok));
         }
     }
@@ -218,9 +401,10 @@ mod tests {
     }
 
     #[test]
-    fn the_id_field_cannot_be_updated() {
+    fn unusable_field_names_and_overlong_values_are_refused() {
         assert!(validate_field("id", "x").is_err());
         assert!(validate_field("", "x").is_err());
+        assert!(validate_field("__v", "x").is_err());
         assert!(validate_field("name", &"v".repeat(MAX_VALUE_LEN + 1)).is_err());
         assert!(validate_field("name", "").is_ok());
     }
@@ -234,9 +418,45 @@ mod tests {
     }
 
     #[test]
-    fn upserts_without_fields_are_malformed() {
-        assert!(Change::upsert("a", Fields::new()).is_malformed());
-        assert!(Change::delete("").is_malformed());
-        assert!(!Change::delete("a").is_malformed());
+    fn upserts_without_fields_or_with_reserved_fields_are_malformed() {
+        let v = Version::ZERO;
+        assert!(Change::upsert("a", Fields::new(), v).is_malformed());
+        assert!(Change::delete("", v).is_malformed());
+        assert!(!Change::delete("a", v).is_malformed());
+        let reserved: Fields = [("__v".to_owned(), "1".to_owned())].into();
+        assert!(Change::upsert("a", reserved, v).is_malformed());
+    }
+
+    #[test]
+    fn versions_order_by_commit_then_ordinal_and_round_trip_as_text() {
+        let cases = [
+            Version::ZERO,
+            Version::new(1, 0),
+            Version::new(1, 1),
+            Version::new((1 << 32) - 1, u32::MAX),
+            Version::new(1 << 32, 0),
+            Version::new((1 << 53) - 1, 2),
+            Version::new(1 << 53, 0),
+            Version::new((1 << 53) + 1, 0),
+            Version::new(u64::MAX, u32::MAX),
+        ];
+        for w in cases.windows(2) {
+            assert!(w[0] < w[1], "{:?} < {:?}", w[0], w[1]);
+        }
+        for v in cases {
+            assert_eq!(v.to_string().parse::<Version>(), Ok(v));
+        }
+        assert_eq!(Version::new(1 << 32 | 5, 9).to_string(), "1:5:9");
+        for bad in [
+            "",
+            "1:2",
+            "1:2:3:4",
+            "a:b:c",
+            "1:2:4294967296",
+            "-1:0:0",
+            "+1:0:0",
+        ] {
+            assert!(bad.parse::<Version>().is_err(), "{bad:?}");
+        }
     }
 }

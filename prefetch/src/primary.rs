@@ -1,55 +1,46 @@
-//! [`MockPrimary`]: the embedded stand-in for the source of truth.
+//! [`MockPrimary`]: the embedded stand-in for the source of truth (feature
+//! `mock`, on by default).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use futures::FutureExt;
 
 use crate::error::{Error, Result};
-use crate::events::{Event, EventBus};
-use crate::model::{Change, ChangeKind, ID_FIELD, Record, validate_field, validate_id};
+use crate::events::EventBus;
+use crate::feed::{ChangeFeed, ChangeSender, channel};
+use crate::model::{
+    Change, ChangeKind, ID_FIELD, Record, Transaction, Version, validate_field, validate_id,
+};
+use crate::source::{BoxFuture, Primary, Source, SourceSnapshot, SourceStatus};
 
 /// Default simulated read latency of the primary.
 pub const DEFAULT_READ_LATENCY: Duration = Duration::from_millis(80);
 
-/// The primary's change stream: the sync worker's input. Unbounded, so a
-/// mutation never waits for the worker (for instance while it is paused).
-#[derive(Debug)]
-pub struct ChangeFeed {
-    pub(crate) rx: mpsc::UnboundedReceiver<Change>,
-}
-
-impl ChangeFeed {
-    /// Events emitted but not yet taken by the consumer.
-    pub fn len(&self) -> usize {
-        self.rx.len()
-    }
-
-    /// True when no event is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
-    }
-
-    /// Waits for the next event (`None` once the primary is gone and the feed
-    /// is drained). For consumers other than [`SyncWorker`](crate::SyncWorker).
-    pub async fn recv(&mut self) -> Option<Change> {
-        self.rx.recv().await
-    }
+/// One write inside a [`MockPrimary::transaction`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Insert or replace the record (by its id).
+    Put(Record),
+    /// Remove the record with this id (if present).
+    Delete(String),
 }
 
 /// The mock source of truth: an in-memory table of records with a simulated
-/// read latency, which emits a [`Change`] for every mutation.
+/// read latency, which commits a [`Transaction`] for every mutation.
 ///
-/// Reads through [`list_records`](Self::list_records) and
-/// [`read`](Self::read) sleep for the configured latency and are counted, so a
-/// test can prove the cache's read path never comes here.
-/// [`list_ids`](Self::list_ids) and [`inspect`](Self::inspect) are free: they
-/// stand for the dashboard's view of the database, not for application reads.
+/// Snapshots (and [`read`](Self::read)) sleep for the configured latency and
+/// are counted, so a test can prove the cache's read path never comes here.
+/// [`list_ids`](Self::list_ids) and [`inspect`](Self::inspect) are free:
+/// they stand for the dashboard's view of the database, not for application
+/// reads.
 ///
-/// Every mutation emits its change event while still holding the table lock,
-/// so event order is mutation order, and sequence numbers are gap-free.
+/// Every mutation sends its transaction while still holding the table lock,
+/// so commit order is mutation order and positions have no gaps. A
+/// transaction's position is its sequence number; snapshots carry the
+/// sequence number of the last transaction they include.
 #[derive(Clone, Debug)]
 pub struct MockPrimary {
     inner: Arc<Inner>,
@@ -57,9 +48,10 @@ pub struct MockPrimary {
 
 #[derive(Debug)]
 struct Inner {
+    id: String,
     read_latency: Duration,
     reads: AtomicU64,
-    events: EventBus,
+    feed: ChangeFeed,
     table: Mutex<Table>,
 }
 
@@ -67,18 +59,27 @@ struct Inner {
 struct Table {
     records: BTreeMap<String, Record>,
     seq: u64,
-    feed: mpsc::UnboundedSender<Change>,
+    sender: ChangeSender,
 }
 
 impl Table {
-    fn emit(&mut self, id: String, kind: ChangeKind, events: &EventBus) -> Change {
+    /// Commits one transaction of `changes` (given without versions).
+    fn commit(&mut self, kinds: Vec<(String, ChangeKind)>) -> Vec<Change> {
         self.seq += 1;
-        let change = Change::new(self.seq, id, kind);
-        // A closed feed means the consumer has stopped; the mutation still
-        // stands in the primary, which is what a real database would do.
-        let _ = self.feed.send(change.clone());
-        events.publish(|| Event::Primary(change.clone()));
-        change
+        let seq = self.seq;
+        let changes: Vec<Change> = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(ord, (id, kind))| Change {
+                id,
+                kind,
+                version: Version::new(seq, u32::try_from(ord).unwrap_or(u32::MAX)),
+            })
+            .collect();
+        let position = changes.last().map_or(Version::new(seq, 0), |c| c.version);
+        self.sender
+            .send(Transaction::new(position, changes.clone()));
+        changes
     }
 }
 
@@ -104,37 +105,49 @@ pub fn seed_records() -> Vec<Record> {
     ]
 }
 
+fn instance_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default();
+    format!(
+        "mock:{}:{started}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Relaxed)
+    )
+}
+
 impl MockPrimary {
-    /// A primary holding the seed categories, and its change feed.
-    pub fn new(read_latency: Duration, events: EventBus) -> (Self, ChangeFeed) {
+    /// A primary holding the seed categories, publishing to `events`.
+    pub fn new(read_latency: Duration, events: EventBus) -> Self {
         Self::with_records(seed_records(), read_latency, events)
     }
 
-    /// A primary holding `records` (those without an id are ignored), and its
-    /// change feed.
+    /// A primary holding `records` (those without an id are ignored).
     pub fn with_records(
         records: impl IntoIterator<Item = Record>,
         read_latency: Duration,
         events: EventBus,
-    ) -> (Self, ChangeFeed) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> Self {
+        let (sender, feed) = channel(events);
         let records = records
             .into_iter()
             .filter_map(|r| Some((r.id()?.to_owned(), r)))
             .collect();
-        let primary = Self {
+        Self {
             inner: Arc::new(Inner {
+                id: instance_id(),
                 read_latency,
                 reads: AtomicU64::new(0),
-                events,
+                feed,
                 table: Mutex::new(Table {
                     records,
                     seq: 0,
-                    feed: tx,
+                    sender,
                 }),
             }),
-        };
-        (primary, ChangeFeed { rx })
+        }
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -160,10 +173,16 @@ impl MockPrimary {
         value
     }
 
-    /// Every record, in id order: one counted primary read.
-    pub async fn list_records(&self) -> Vec<Record> {
-        self.round_trip(|t| t.records.values().cloned().collect())
-            .await
+    /// Every record, in id order, and the position they reflect: one
+    /// counted primary read.
+    pub async fn list_records(&self) -> (Vec<Record>, Version) {
+        self.round_trip(|t| {
+            (
+                t.records.values().cloned().collect(),
+                Version::new(t.seq, u32::MAX),
+            )
+        })
+        .await
     }
 
     /// One record: one counted primary read.
@@ -176,15 +195,17 @@ impl MockPrimary {
         self.table().records.keys().cloned().collect()
     }
 
-    /// Every record, in id order, plus the sequence number of the last change
-    /// they include. Free: the demo's view of the database, not an
-    /// application read.
-    pub fn inspect(&self) -> (Vec<Record>, u64) {
+    /// Every record, in id order, plus the position they reflect. Free: the
+    /// demo's view of the database, not an application read.
+    pub fn inspect(&self) -> (Vec<Record>, Version) {
         let table = self.table();
-        (table.records.values().cloned().collect(), table.seq)
+        (
+            table.records.values().cloned().collect(),
+            Version::new(table.seq, u32::MAX),
+        )
     }
 
-    /// Sets one field of an existing record and emits an upsert with the
+    /// Sets one field of an existing record and commits an upsert with the
     /// record's new state.
     pub fn update_field(&self, id: &str, field: &str, value: &str) -> Result<Change> {
         let id = validate_id(id)?;
@@ -194,54 +215,84 @@ impl MockPrimary {
             .records
             .get_mut(id)
             .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-        record.set(field.to_owned(), value.to_owned());
-        let fields = record.fields().clone();
-        Ok(table.emit(
-            id.to_owned(),
-            ChangeKind::Upsert(fields),
-            &self.inner.events,
+        record.set(field, value);
+        let fields = Arc::new(record.fields().clone());
+        Ok(first(
+            table.commit(vec![(id.to_owned(), ChangeKind::Upsert(fields))]),
         ))
     }
 
-    /// Inserts a new record and emits an upsert. The record's `id` field is
-    /// validated (and trimmed); every other field is checked like an update.
+    /// Inserts a new record and commits an upsert. The record's `id` field
+    /// is validated (and trimmed); every other field is checked like an
+    /// update.
     pub fn add(&self, record: Record) -> Result<Change> {
-        let raw_id = record.get(ID_FIELD).unwrap_or_default();
-        let id = validate_id(raw_id)?.to_owned();
-        let mut fields = record.into_fields();
-        for (field, value) in fields.iter().filter(|(f, _)| f.as_str() != ID_FIELD) {
-            validate_field(field, value)?;
-        }
-        fields.insert(ID_FIELD.to_owned(), id.clone());
+        let (id, record) = checked(record)?;
         let mut table = self.table();
         if table.records.contains_key(&id) {
             return Err(Error::AlreadyExists(id));
         }
-        table
-            .records
-            .insert(id.clone(), Record::new(fields.clone()));
-        Ok(table.emit(id, ChangeKind::Upsert(fields), &self.inner.events))
+        let fields = Arc::new(record.fields().clone());
+        table.records.insert(id.clone(), record);
+        Ok(first(table.commit(vec![(id, ChangeKind::Upsert(fields))])))
     }
 
-    /// Removes a record and emits a delete.
+    /// Removes a record and commits a delete.
     pub fn delete(&self, id: &str) -> Result<Change> {
         let id = validate_id(id)?;
         let mut table = self.table();
         if table.records.remove(id).is_none() {
             return Err(Error::NotFound(id.to_owned()));
         }
-        Ok(table.emit(id.to_owned(), ChangeKind::Delete, &self.inner.events))
+        Ok(first(
+            table.commit(vec![(id.to_owned(), ChangeKind::Delete)]),
+        ))
     }
 
-    /// Emits a change event without touching the table, as a faulty change
-    /// feed might (for example an upsert with no fields). For fault drills.
+    /// Applies several writes atomically, as one source transaction (one
+    /// position, one change per write, in order). Puts replace whole
+    /// records; deletes of missing ids are skipped.
+    pub fn transaction(&self, mutations: Vec<Mutation>) -> Result<Vec<Change>> {
+        let mut checked_muts = Vec::with_capacity(mutations.len());
+        for m in mutations {
+            checked_muts.push(match m {
+                Mutation::Put(record) => Mutation::Put(checked(record)?.1),
+                Mutation::Delete(id) => Mutation::Delete(validate_id(&id)?.to_owned()),
+            });
+        }
+        let mut table = self.table();
+        let mut kinds = Vec::with_capacity(checked_muts.len());
+        for m in checked_muts {
+            match m {
+                Mutation::Put(record) => {
+                    let id = record.id().unwrap_or_default().to_owned();
+                    kinds.push((
+                        id.clone(),
+                        ChangeKind::Upsert(Arc::new(record.fields().clone())),
+                    ));
+                    table.records.insert(id, record);
+                }
+                Mutation::Delete(id) => {
+                    if table.records.remove(&id).is_some() {
+                        kinds.push((id, ChangeKind::Delete));
+                    }
+                }
+            }
+        }
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(table.commit(kinds))
+    }
+
+    /// Commits a change without touching the table, as a faulty change feed
+    /// might (for example an upsert with no fields). For fault drills.
     pub fn emit_raw(&self, id: &str, kind: ChangeKind) -> Change {
-        self.table().emit(id.to_owned(), kind, &self.inner.events)
+        first(self.table().commit(vec![(id.to_owned(), kind)]))
     }
 
-    /// Sequence number of the last change emitted (0 before any).
-    pub fn last_seq(&self) -> u64 {
-        self.table().seq
+    /// Position of the last transaction committed (`None` before any).
+    pub fn head(&self) -> Option<Version> {
+        self.inner.feed.head()
     }
 
     /// Counted reads since the last reset.
@@ -257,5 +308,109 @@ impl MockPrimary {
     /// The simulated read latency.
     pub fn read_latency(&self) -> Duration {
         self.inner.read_latency
+    }
+}
+
+/// A record to add: a valid (trimmed) id and valid fields.
+fn checked(record: Record) -> Result<(String, Record)> {
+    let raw_id = record.get(ID_FIELD).unwrap_or_default();
+    let id = validate_id(raw_id)?.to_owned();
+    let mut fields = record.into_fields();
+    for (field, value) in fields.iter().filter(|(f, _)| f.as_str() != ID_FIELD) {
+        validate_field(field, value)?;
+    }
+    fields.insert(ID_FIELD.to_owned(), id.clone());
+    Ok((id, Record::new(fields)))
+}
+
+fn first(changes: Vec<Change>) -> Change {
+    // `commit` always returns one change per kind given, and callers give one.
+    changes
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Change::delete(String::new(), Version::ZERO))
+}
+
+impl Source for MockPrimary {
+    fn id(&self) -> String {
+        self.inner.id.clone()
+    }
+
+    fn open(&self, applied: Option<Version>) -> BoxFuture<'_, Result<bool>> {
+        let resumed = applied.is_some() && self.inner.feed.rewind(applied);
+        async move { Ok(resumed) }.boxed()
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<SourceSnapshot>> {
+        async move {
+            let (records, version) = self.list_records().await;
+            Ok(SourceSnapshot::from_records(version, records))
+        }
+        .boxed()
+    }
+
+    fn pull(&self, max_changes: usize) -> BoxFuture<'_, Result<Vec<Arc<Transaction>>>> {
+        async move { Ok(self.inner.feed.pull(max_changes).await) }.boxed()
+    }
+
+    fn ack(&self, upto: Version) -> BoxFuture<'_, Result<()>> {
+        self.inner.feed.ack(upto);
+        async { Ok(()) }.boxed()
+    }
+
+    fn status(&self) -> SourceStatus {
+        let feed = &self.inner.feed;
+        let mut status = SourceStatus::connected("mock", feed.head(), feed.backlog());
+        status.details.push((
+            "read latency".into(),
+            format!("{} ms", self.inner.read_latency.as_millis()),
+        ));
+        status
+    }
+}
+
+impl Primary for MockPrimary {
+    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>> {
+        let records = self.inspect().0;
+        async move { Ok(records) }.boxed()
+    }
+
+    fn update_field<'a>(
+        &'a self,
+        id: &'a str,
+        field: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Record>> {
+        let out = MockPrimary::update_field(self, id, field, value).map(record_of);
+        async move { out }.boxed()
+    }
+
+    fn add(&self, record: Record) -> BoxFuture<'_, Result<Record>> {
+        let out = MockPrimary::add(self, record).map(record_of);
+        async move { out }.boxed()
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<String>> {
+        let out = MockPrimary::delete(self, id).map(|c| c.id);
+        async move { out }.boxed()
+    }
+
+    fn reads(&self) -> u64 {
+        MockPrimary::reads(self)
+    }
+
+    fn reset_reads(&self) {
+        MockPrimary::reset_reads(self);
+    }
+
+    fn read_latency(&self) -> Duration {
+        MockPrimary::read_latency(self)
+    }
+}
+
+fn record_of(change: Change) -> Record {
+    match change.kind {
+        ChangeKind::Upsert(fields) => Record::new(Arc::unwrap_or_clone(fields)),
+        ChangeKind::Delete => Record::default(),
     }
 }

@@ -6,35 +6,63 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// A point-in-time copy of the cache's counters.
+/// A point-in-time copy of the cache's counters. Raw values: rounding and
+/// units for display belong to whoever shows them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
     /// Reads that found the key.
     pub hits: u64,
     /// Reads that did not.
     pub misses: u64,
-    /// `hits / (hits + misses)` in percent, one decimal (0 when no reads).
-    pub hit_rate_pct: f64,
-    /// Records written by bulk loads since the last reset.
+    /// Records written by (re-)prefetches since the last reset.
     pub prefetched: u64,
-    /// Change events applied to Redis (coalesced events count once each).
+    /// Changes applied to Redis (changes superseded within a batch count
+    /// once each: their effect is in the newer one).
     pub sync_events_applied: u64,
-    /// Malformed change events (no id, or an upsert with no fields) that were
+    /// Changes the version guard refused because Redis already held the
+    /// same or a newer version (duplicates, replays, reorders, changes older
+    /// than the last snapshot).
+    pub sync_events_stale: u64,
+    /// Malformed changes (no id, an upsert with no fields) that were
     /// skipped instead of applied.
     pub sync_events_skipped: u64,
-    /// Round trips the sync path made to apply those events.
+    /// Atomic calls the sync path made to apply those changes.
     pub sync_batches: u64,
     /// Failed apply attempts that were retried.
     pub sync_retries: u64,
-    /// Mean time from a primary mutation to its write being visible in Redis,
-    /// in milliseconds (two decimals).
-    pub sync_lag_ms_avg: f64,
-    /// Median of that lag, in milliseconds (histogram bucket midpoint).
-    pub sync_lag_ms_p50: f64,
-    /// 99th percentile of that lag, in milliseconds.
-    pub sync_lag_ms_p99: f64,
-    /// Largest lag seen, in milliseconds.
-    pub sync_lag_ms_max: f64,
+    /// Time from a source commit to its write being visible in Redis.
+    pub sync_lag: LagSummary,
+    /// Re-prefetches (requested or self-healing) since the last reset.
+    pub reprefetches: u64,
+    /// Times the engine found Redis without its state and refilled it.
+    pub self_heals: u64,
+}
+
+impl Stats {
+    /// `hits / (hits + misses)`, between 0 and 1 (0 when nothing was read).
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+/// A latency distribution: count, mean, median, 99th percentile and maximum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LagSummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Their mean.
+    pub mean: Duration,
+    /// Median (histogram bucket midpoint, within 1/16 of the true value).
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Largest value seen.
+    pub max: Duration,
 }
 
 #[derive(Default)]
@@ -43,36 +71,29 @@ pub(crate) struct Counters {
     pub(crate) misses: AtomicU64,
     pub(crate) prefetched: AtomicU64,
     pub(crate) applied: AtomicU64,
+    pub(crate) stale: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) reprefetches: AtomicU64,
+    pub(crate) self_heals: AtomicU64,
     pub(crate) lag: LagHistogram,
 }
 
 impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
-        let hits = self.hits.load(Relaxed);
-        let misses = self.misses.load(Relaxed);
-        let total = hits + misses;
-        let hit_rate_pct = if total == 0 {
-            0.0
-        } else {
-            round(100.0 * hits as f64 / total as f64, 1)
-        };
-        let [p50, p99] = self.lag.quantiles_us([0.50, 0.99]);
         Stats {
-            hits,
-            misses,
-            hit_rate_pct,
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
             prefetched: self.prefetched.load(Relaxed),
             sync_events_applied: self.applied.load(Relaxed),
+            sync_events_stale: self.stale.load(Relaxed),
             sync_events_skipped: self.skipped.load(Relaxed),
             sync_batches: self.batches.load(Relaxed),
             sync_retries: self.retries.load(Relaxed),
-            sync_lag_ms_avg: round(self.lag.mean_us() / 1000.0, 2),
-            sync_lag_ms_p50: round(p50 / 1000.0, 2),
-            sync_lag_ms_p99: round(p99 / 1000.0, 2),
-            sync_lag_ms_max: round(self.lag.max_us() as f64 / 1000.0, 2),
+            sync_lag: self.lag.summary(),
+            reprefetches: self.reprefetches.load(Relaxed),
+            self_heals: self.self_heals.load(Relaxed),
         }
     }
 
@@ -82,19 +103,17 @@ impl Counters {
             &self.misses,
             &self.prefetched,
             &self.applied,
+            &self.stale,
             &self.skipped,
             &self.batches,
             &self.retries,
+            &self.reprefetches,
+            &self.self_heals,
         ] {
             c.store(0, Relaxed);
         }
         self.lag.reset();
     }
-}
-
-fn round(x: f64, decimals: i32) -> f64 {
-    let m = 10f64.powi(decimals);
-    (x * m).round() / m
 }
 
 /// Sub-buckets per power of two: percentiles are exact below 16 µs and within
@@ -153,6 +172,19 @@ impl LagHistogram {
         self.count.fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
         self.max_us.fetch_max(us, Relaxed);
+    }
+
+    /// Count, mean, p50, p99 and max in one pass.
+    pub(crate) fn summary(&self) -> LagSummary {
+        let [p50, p99] = self.quantiles_us([0.50, 0.99]);
+        let us = |v: f64| Duration::from_nanos((v * 1000.0).round() as u64);
+        LagSummary {
+            count: self.count.load(Relaxed),
+            mean: us(self.mean_us()),
+            p50: us(p50),
+            p99: us(p99),
+            max: Duration::from_micros(self.max_us()),
+        }
     }
 
     fn mean_us(&self) -> f64 {
@@ -246,11 +278,13 @@ mod tests {
     }
 
     #[test]
-    fn hit_rate_is_rounded_to_one_decimal() {
+    fn the_hit_ratio_is_raw_and_a_reset_zeroes_everything() {
         let c = Counters::default();
         c.hits.store(2, Relaxed);
         c.misses.store(1, Relaxed);
-        assert_eq!(c.snapshot().hit_rate_pct, 66.7);
+        assert!((c.snapshot().hit_ratio() - 2.0 / 3.0).abs() < 1e-12);
+        c.lag.record(Duration::from_millis(3));
+        assert_eq!(c.snapshot().sync_lag.count, 1);
         c.reset();
         assert_eq!(c.snapshot(), Stats::default());
     }

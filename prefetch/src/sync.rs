@@ -1,39 +1,46 @@
-//! [`SyncWorker`]: applies the primary's change feed to Redis.
+//! The sync worker: pulls committed transactions from a [`Source`], applies
+//! them to Redis through the version guard, acknowledges them.
 //!
 //! The worker is one tokio task in a loop over three states. Running, it
-//! waits for events and applies whatever is queued (up to
-//! [`SyncConfig::max_batch`]) in one round trip the moment anything arrives:
-//! no polling interval. Paused, it holds still with no apply in flight while
-//! events pile up in the unbounded feed. Retrying, it keeps the failed batch
-//! and tries it again with exponential backoff, first, so order is kept and
-//! nothing is dropped.
+//! waits for the source and applies whatever it hands out (up to
+//! [`SyncConfig::max_batch`] changes) in one atomic call the moment anything
+//! arrives: no polling interval. Paused, it holds still with no apply in
+//! flight while changes pile up at the source. Retrying, it keeps the failed
+//! batch and tries it again with exponential backoff, first, so order is
+//! kept and nothing is dropped.
 //!
-//! Control goes through a [`SyncHandle`]. Every pause has its own id, and the
-//! worker stays parked while any pause is outstanding: a late or repeated
-//! resume from an earlier pause cannot release a later one.
+//! Acknowledgements follow the write: the source hears that a transaction
+//! is durable only after Redis confirmed it, together with the position.
+//! A crash between the two makes the source send it again, and the guard
+//! refuses it as stale.
+//!
+//! Control goes through a [`SyncHandle`]. A pause is a [`PauseGuard`]; the
+//! worker stays parked while any guard lives, and only a guard resumes, so
+//! nobody can release somebody else's pause.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionLike;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::cache::{BatchOutcome, PrefetchCache};
 use crate::error::{Error, Result};
 use crate::events::{AppliedWrite, Event, EventBus};
-use crate::model::{Change, ChangeKind};
-use crate::primary::ChangeFeed;
+use crate::model::{Change, Transaction, Version, WorkerState};
+use crate::source::{Source, age};
 
 /// Tuning of the sync worker.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
-    /// Most events applied in one round trip.
+    /// Most changes applied in one call (whole transactions: a bigger one
+    /// still goes in one call).
     pub max_batch: usize,
-    /// First retry delay after a failed apply.
+    /// First retry delay after a failed attempt.
     pub retry_min: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
@@ -49,41 +56,9 @@ impl Default for SyncConfig {
     }
 }
 
-/// What the worker is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WorkerState {
-    /// Applying events as they arrive (or waiting for the next one).
-    Running,
-    /// Parked by a pause; no apply in flight; events queue up.
-    Paused,
-    /// The last apply failed; the batch is kept and retried after a delay.
-    Retrying {
-        /// Failed attempts so far for the current batch.
-        attempt: u32,
-    },
-    /// The task has ended.
-    Stopped,
-}
-
-impl WorkerState {
-    /// `running`, `paused`, `retrying` or `stopped`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerState::Running => "running",
-            WorkerState::Paused => "paused",
-            WorkerState::Retrying { .. } => "retrying",
-            WorkerState::Stopped => "stopped",
-        }
-    }
-}
-
-/// Identifies one pause; see [`SyncHandle::resume`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PauseId(u64);
-
 #[derive(Clone, Debug, Default)]
 struct Control {
-    pauses: BTreeSet<PauseId>,
+    pauses: usize,
     epoch: u64,
     stop_deadline: Option<Instant>,
 }
@@ -94,60 +69,19 @@ struct Status {
     state: WorkerState,
     /// The control epoch the worker last parked under.
     parked_epoch: u64,
-    /// Highest primary sequence number applied (or skipped as malformed).
-    applied_seq: u64,
+    /// Position of the newest transaction durable in Redis.
+    applied: Option<Version>,
+    /// Commit time of that transaction.
+    applied_commit: Option<SystemTime>,
 }
 
 struct Shared {
     control: watch::Sender<Control>,
     status: watch::Sender<Status>,
     join: Mutex<Option<JoinHandle<()>>>,
-    next_pause: AtomicU64,
 }
 
-/// Spawns the sync worker task.
-#[derive(Debug)]
-pub struct SyncWorker;
-
-impl SyncWorker {
-    /// Starts applying `feed` to `cache` on the current tokio runtime, and
-    /// returns the handle that controls the task.
-    pub fn spawn<C>(
-        cache: PrefetchCache<C>,
-        feed: ChangeFeed,
-        config: SyncConfig,
-        events: EventBus,
-    ) -> SyncHandle
-    where
-        C: ConnectionLike + Clone + Send + Sync + 'static,
-    {
-        let (control, _) = watch::channel(Control::default());
-        let (status, _) = watch::channel(Status {
-            state: WorkerState::Running,
-            parked_epoch: 0,
-            applied_seq: 0,
-        });
-        let shared = Arc::new(Shared {
-            control,
-            status,
-            join: Mutex::new(None),
-            next_pause: AtomicU64::new(0),
-        });
-        let task = Task {
-            cache,
-            feed,
-            config,
-            events,
-            shared: Arc::clone(&shared),
-            batch: Vec::new(),
-        };
-        let join = tokio::spawn(task.run());
-        *shared.join.lock().unwrap_or_else(|p| p.into_inner()) = Some(join);
-        SyncHandle { shared }
-    }
-}
-
-/// Controls a running [`SyncWorker`]. Cheap to clone.
+/// Controls a running sync worker. Cheap to clone.
 #[derive(Clone)]
 pub struct SyncHandle {
     shared: Arc<Shared>,
@@ -162,61 +96,89 @@ impl std::fmt::Debug for SyncHandle {
 }
 
 impl SyncHandle {
+    /// Starts applying `source` to `cache` on the current tokio runtime.
+    /// When Redis turns out to have lost the cache's state, the worker
+    /// notifies `lost` and keeps retrying its batch until the state is back.
+    pub fn spawn<C, S>(
+        cache: PrefetchCache<C>,
+        source: Arc<S>,
+        config: SyncConfig,
+        events: EventBus,
+        lost: Arc<Notify>,
+    ) -> SyncHandle
+    where
+        C: ConnectionLike + Clone + Send + Sync + 'static,
+        S: Source + ?Sized,
+    {
+        let (control, _) = watch::channel(Control::default());
+        let (status, _) = watch::channel(Status {
+            state: WorkerState::Running,
+            parked_epoch: 0,
+            applied: None,
+            applied_commit: None,
+        });
+        let shared = Arc::new(Shared {
+            control,
+            status,
+            join: Mutex::new(None),
+        });
+        let span = tracing::info_span!("sync_worker", prefix = cache.prefix());
+        let task = Task {
+            cache,
+            source,
+            config,
+            events,
+            lost,
+            shared: Arc::clone(&shared),
+            batch: Vec::new(),
+        };
+        let join = tokio::spawn(task.run().instrument(span));
+        *shared.join.lock().unwrap_or_else(|p| p.into_inner()) = Some(join);
+        SyncHandle { shared }
+    }
+
     /// Parks the worker. Returns once it is parked with no apply in flight,
-    /// so the caller may touch the cache without racing it. Events emitted
-    /// meanwhile are queued and applied in order after the last outstanding
-    /// pause is resumed.
+    /// so the caller may touch the cache without racing it. Changes made
+    /// meanwhile wait at the source and are applied in order once every
+    /// outstanding pause is dropped or resumed.
     ///
     /// Fails with [`Error::PauseTimeout`] (and withdraws the request) if the
     /// worker does not park in time, for example while an apply is stuck on
     /// an unreachable Redis, and with [`Error::WorkerStopped`] after a stop.
     pub async fn pause(&self, timeout: Duration) -> Result<PauseGuard> {
-        let id = PauseId(self.shared.next_pause.fetch_add(1, Relaxed) + 1);
         let mut epoch = 0;
         self.shared.control.send_modify(|c| {
-            c.pauses.insert(id);
+            c.pauses += 1;
             c.epoch += 1;
             epoch = c.epoch;
         });
+        // From here on, the guard withdraws this pause whatever happens.
+        let guard = PauseGuard {
+            handle: self.clone(),
+        };
         let mut status = self.shared.status.subscribe();
         let parked = status.wait_for(|s| {
             s.state == WorkerState::Stopped
                 || (s.state == WorkerState::Paused && s.parked_epoch >= epoch)
         });
-        let outcome = match tokio::time::timeout(timeout, parked).await {
-            Ok(Ok(s)) if s.state != WorkerState::Stopped => Ok(()),
+        match tokio::time::timeout(timeout, parked).await {
+            Ok(Ok(s)) if s.state != WorkerState::Stopped => Ok(guard),
             Ok(_) => Err(Error::WorkerStopped),
             Err(_) => Err(Error::PauseTimeout(timeout)),
-        };
-        match outcome {
-            Ok(()) => Ok(PauseGuard {
-                handle: self.clone(),
-                id,
-                released: false,
-            }),
-            Err(e) => {
-                self.resume(id);
-                Err(e)
-            }
         }
     }
 
-    /// Withdraws the pause `id`. Returns `false` when that pause was already
-    /// resumed (a stale resume), which changes nothing. The worker runs again
-    /// once no pause is outstanding.
-    pub fn resume(&self, id: PauseId) -> bool {
-        self.shared.control.send_if_modified(|c| {
-            let removed = c.pauses.remove(&id);
-            if removed {
-                c.epoch += 1;
-            }
-            removed
-        })
+    fn release(&self) {
+        self.shared.control.send_modify(|c| {
+            c.pauses = c.pauses.saturating_sub(1);
+            c.epoch += 1;
+        });
     }
 
-    /// Stops the worker: it finishes the apply in flight, applies what is
-    /// still queued (retrying until the deadline), and ends. Overrides any
-    /// pause. Returns [`Error::StopTimeout`] if the task had to be cancelled.
+    /// Stops the worker: it finishes the apply in flight, applies what the
+    /// source still has ready (retrying until the deadline), and ends.
+    /// Overrides any pause. Returns [`Error::StopTimeout`] if the task had to
+    /// be cancelled.
     pub async fn stop(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         self.shared.control.send_modify(|c| {
@@ -251,14 +213,14 @@ impl SyncHandle {
         }
     }
 
-    /// Waits until every event up to primary sequence number `seq` has been
-    /// applied (or skipped as malformed).
-    pub async fn wait_applied(&self, seq: u64, timeout: Duration) -> Result<()> {
+    /// Waits until every transaction up to position `upto` is durable in
+    /// Redis.
+    pub async fn wait_applied(&self, upto: Version, timeout: Duration) -> Result<()> {
         let mut status = self.shared.status.subscribe();
         let caught_up =
-            status.wait_for(|s| s.applied_seq >= seq || s.state == WorkerState::Stopped);
+            status.wait_for(|s| s.applied >= Some(upto) || s.state == WorkerState::Stopped);
         match tokio::time::timeout(timeout, caught_up).await {
-            Ok(Ok(s)) if s.applied_seq >= seq => Ok(()),
+            Ok(Ok(s)) if s.applied >= Some(upto) => Ok(()),
             Ok(_) => Err(Error::WorkerStopped),
             Err(_) => Err(Error::SettleTimeout(timeout)),
         }
@@ -269,9 +231,26 @@ impl SyncHandle {
         self.shared.status.borrow().state
     }
 
-    /// Highest primary sequence number applied so far.
-    pub fn applied_seq(&self) -> u64 {
-        self.shared.status.borrow().applied_seq
+    /// Position of the newest transaction the worker made durable in Redis.
+    pub fn applied(&self) -> Option<Version> {
+        self.shared.status.borrow().applied
+    }
+
+    /// Commit time of that transaction at the source.
+    pub fn applied_commit(&self) -> Option<SystemTime> {
+        self.shared.status.borrow().applied_commit
+    }
+
+    /// Records that everything up to `position` is in Redis by other means
+    /// (a snapshot load), so waiting for it succeeds.
+    pub(crate) fn mark_applied(&self, position: Version) {
+        self.shared.status.send_if_modified(|s| {
+            let advanced = s.applied < Some(position);
+            if advanced {
+                s.applied = Some(position);
+            }
+            advanced
+        });
     }
 }
 
@@ -281,55 +260,46 @@ impl SyncHandle {
 #[derive(Debug)]
 pub struct PauseGuard {
     handle: SyncHandle,
-    id: PauseId,
-    released: bool,
 }
 
 impl PauseGuard {
-    /// This pause's id.
-    pub fn id(&self) -> PauseId {
-        self.id
-    }
-
-    /// Withdraws this pause.
-    pub fn resume(mut self) {
-        self.released = true;
-        self.handle.resume(self.id);
-    }
+    /// Withdraws this pause (the same as dropping the guard).
+    pub fn resume(self) {}
 }
 
 impl Drop for PauseGuard {
     fn drop(&mut self) {
-        if !self.released {
-            self.handle.resume(self.id);
-        }
+        self.handle.release();
     }
 }
 
-struct Task<C> {
+struct Task<C, S: ?Sized> {
     cache: PrefetchCache<C>,
-    feed: ChangeFeed,
+    source: Arc<S>,
     config: SyncConfig,
     events: EventBus,
+    lost: Arc<Notify>,
     shared: Arc<Shared>,
-    /// Taken from the feed but not yet applied (kept across retries).
-    batch: Vec<Change>,
+    /// Pulled from the source but not yet durable in Redis (kept across
+    /// retries).
+    batch: Vec<Arc<Transaction>>,
 }
 
-impl<C> Task<C>
+impl<C, S> Task<C, S>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
+    S: Source + ?Sized,
 {
     async fn run(mut self) {
         let mut control = self.shared.control.subscribe();
         let mut attempt = 0u32;
-        let mut feed_open = true;
+        let mut source_open = true;
         let deadline = loop {
             let ctl = control.borrow_and_update().clone();
             if let Some(deadline) = ctl.stop_deadline {
                 break deadline;
             }
-            if !ctl.pauses.is_empty() {
+            if ctl.pauses > 0 {
                 self.set_state(WorkerState::Paused, Some(ctl.epoch));
                 if control.changed().await.is_err() {
                     return;
@@ -337,20 +307,32 @@ where
                 continue;
             }
             if self.batch.is_empty() {
-                self.set_state(WorkerState::Running, None);
+                if attempt == 0 {
+                    self.set_state(WorkerState::Running, None);
+                }
                 let max = self.config.max_batch.max(1);
-                tokio::select! {
+                let pulled = tokio::select! {
                     biased;
                     changed = control.changed() => {
                         if changed.is_err() { return; }
                         continue;
                     }
-                    n = self.feed.rx.recv_many(&mut self.batch, max), if feed_open => {
-                        if n == 0 {
-                            // The primary is gone: nothing more will come.
-                            feed_open = false;
-                            continue;
+                    pulled = self.source.pull(max), if source_open => pulled,
+                };
+                match pulled {
+                    Ok(txs) if txs.is_empty() => {
+                        // The source has ended: nothing more will come.
+                        source_open = false;
+                        continue;
+                    }
+                    Ok(txs) => self.batch = txs,
+                    Err(e) => {
+                        attempt = attempt.saturating_add(1);
+                        tracing::warn!(error = %e, attempt, "cannot pull from the source; will retry");
+                        if !self.back_off(attempt, &mut control).await {
+                            return;
                         }
+                        continue;
                     }
                 }
             }
@@ -358,20 +340,18 @@ where
                 Ok(()) => attempt = 0,
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
-                    self.cache.count_retry();
+                    self.cache.counters().retries.fetch_add(1, Relaxed);
+                    if matches!(e, Error::StateLost) {
+                        self.lost.notify_one();
+                    }
                     tracing::warn!(
                         error = %e,
                         attempt,
-                        events = self.batch.len(),
+                        transactions = self.batch.len(),
                         "sync apply failed; will retry"
                     );
-                    self.set_state(WorkerState::Retrying { attempt }, None);
-                    let delay = self.backoff(attempt);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        changed = control.changed() => {
-                            if changed.is_err() { return; }
-                        }
+                    if !self.back_off(attempt, &mut control).await {
+                        return;
                     }
                 }
             }
@@ -380,27 +360,59 @@ where
         self.set_state(WorkerState::Stopped, None);
     }
 
-    /// Applies the pending batch; on success clears it and reports it.
+    /// Waits out the retry delay (or a control change). False: shut down.
+    async fn back_off(&self, attempt: u32, control: &mut watch::Receiver<Control>) -> bool {
+        self.set_state(WorkerState::Retrying { attempt }, None);
+        let delay = self.backoff(attempt);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            changed = control.changed() => changed.is_ok(),
+        }
+    }
+
+    /// Applies the pending batch, acknowledges it, reports it.
     async fn apply(&mut self) -> Result<()> {
-        let outcome = self.cache.apply_batch(&self.batch).await?;
-        self.report(&outcome);
+        let Some(position) = self.batch.iter().map(|tx| tx.position).max() else {
+            return Ok(());
+        };
+        let changes: Vec<&Change> = self.batch.iter().flat_map(|tx| &tx.changes).collect();
+        let outcome = self.cache.apply_changes(&changes, Some(position)).await?;
+        let visible = SystemTime::now();
+        let lags: Vec<Duration> = self
+            .batch
+            .iter()
+            .flat_map(|tx| {
+                let lag = visible.duration_since(tx.committed_at).unwrap_or_default();
+                std::iter::repeat_n(lag, tx.changes.len())
+            })
+            .collect();
+        for (change, lag) in changes.iter().zip(&lags) {
+            if !change.is_malformed() {
+                self.cache.counters().lag.record(*lag);
+            }
+        }
+        let newest_commit = self.batch.iter().map(|tx| tx.committed_at).max();
+        if let Err(e) = self.source.ack(position).await {
+            // The next acknowledgement covers this one too.
+            tracing::warn!(error = %e, %position, "cannot acknowledge to the source");
+        }
+        self.report(position, newest_commit, &changes, &lags, &outcome, visible);
         self.batch.clear();
         Ok(())
     }
 
-    /// At stop: applies what is pending and queued, retrying until `deadline`.
+    /// At stop: applies what is pending and ready, retrying until `deadline`.
     async fn drain(&mut self, deadline: Instant) {
         let max = self.config.max_batch.max(1);
         let mut attempt = 0;
         loop {
-            while self.batch.len() < max {
-                match self.feed.rx.try_recv() {
-                    Ok(change) => self.batch.push(change),
-                    Err(_) => break,
-                }
-            }
             if self.batch.is_empty() {
-                return;
+                // Only what the source has ready now: a short wait, no more.
+                let wait = (Instant::now() + Duration::from_millis(5)).min(deadline);
+                match tokio::time::timeout_at(wait, self.source.pull(max)).await {
+                    Ok(Ok(txs)) if !txs.is_empty() => self.batch = txs,
+                    _ => return,
+                }
             }
             match tokio::time::timeout_at(deadline, self.apply()).await {
                 Ok(Ok(())) => attempt = 0,
@@ -422,11 +434,11 @@ where
     }
 
     fn warn_unapplied(&self, why: &str) {
-        let left = self.batch.len() + self.feed.len();
+        let left = self.source.status().backlog;
         tracing::warn!(
-            events = left,
+            changes = left,
             why,
-            "sync worker stopped with events unapplied"
+            "sync worker stopped with changes unapplied (the source keeps them)"
         );
     }
 
@@ -438,36 +450,46 @@ where
             .min(self.config.retry_max)
     }
 
-    fn report(&self, outcome: &BatchOutcome) {
-        let applied_seq = self.batch.iter().map(|c| c.seq).max().unwrap_or(0);
+    fn report(
+        &self,
+        position: Version,
+        newest_commit: Option<SystemTime>,
+        changes: &[&Change],
+        lags: &[Duration],
+        outcome: &BatchOutcome,
+        at: SystemTime,
+    ) {
         self.shared.status.send_if_modified(|s| {
-            let advanced = applied_seq > s.applied_seq;
+            let advanced = s.applied < Some(position);
             if advanced {
-                s.applied_seq = applied_seq;
+                s.applied = Some(position);
+                s.applied_commit = newest_commit.or(s.applied_commit);
             }
             advanced
         });
+        if outcome.written.is_empty() && outcome.skipped == 0 {
+            return; // a heartbeat
+        }
         self.events.publish(|| {
-            let now = std::time::Instant::now();
             let writes = outcome
                 .written
                 .iter()
-                .map(|&i| {
-                    let change = &self.batch[i];
+                .map(|&(i, outcome)| {
+                    let change = changes[i];
                     AppliedWrite {
                         id: change.id.clone(),
-                        seq: change.seq,
-                        fields: match &change.kind {
-                            ChangeKind::Upsert(fields) => Some(fields.clone()),
-                            ChangeKind::Delete => None,
-                        },
-                        lag: now.saturating_duration_since(change.emitted_at),
+                        version: change.version,
+                        fields: change.kind.fields().cloned(),
+                        lag: lags[i],
+                        at,
+                        outcome,
                     }
                 })
                 .collect();
             Event::SyncApplied {
                 writes,
                 applied: outcome.applied,
+                stale: outcome.stale,
                 skipped: outcome.skipped,
             }
         });
@@ -491,4 +513,13 @@ where
             self.events.publish(|| Event::Worker(state));
         }
     }
+}
+
+/// How far behind the source Redis is: the age of the newest commit that is
+/// in Redis, or zero when nothing is waiting.
+pub(crate) fn behind(handle: &SyncHandle, head: Option<Version>) -> Duration {
+    if head <= handle.applied() {
+        return Duration::ZERO;
+    }
+    handle.applied_commit().map(age).unwrap_or_default()
 }

@@ -1,20 +1,22 @@
 //! Test support (feature `test-support`): a real `redis-server` per test on
-//! a free loopback port, a round-trip counter, and convergence checks.
+//! a free loopback port, a round-trip counter, a mock-backed engine, and
+//! convergence checks.
 //!
 //! Set `REDIS_URL` to run against an existing server instead (each test still
 //! uses its own key prefix, so tests never see each other's keys); drills
 //! that kill and restart Redis always start a server of their own.
-#![allow(clippy::missing_panics_doc)]
+#![allow(clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{Engine, Fields};
+use crate::launcher::{RedisOptions, RedisServer};
+use crate::{
+    CacheConfig, Engine, EngineConfig, EventBus, Fields, MockPrimary, PrefetchReport, Primary,
+    Record,
+};
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
@@ -28,16 +30,13 @@ pub fn prefix(test: &str) -> String {
     format!("t:{test}:{}:{n}:", std::process::id())
 }
 
-/// A redis-server for one test; killed (and its files removed) on drop.
+/// A redis-server for one test (or `REDIS_URL`); killed on drop.
 pub struct TestRedis {
     /// `redis://127.0.0.1:{port}/`.
     pub url: String,
     /// The port (0 under `REDIS_URL`).
     pub port: u16,
-    child: Option<Child>,
-    dir: Option<PathBuf>,
-    persistent: bool,
-    extra: Vec<String>,
+    server: Option<RedisServer>,
 }
 
 impl TestRedis {
@@ -47,10 +46,7 @@ impl TestRedis {
             return Self {
                 url,
                 port: 0,
-                child: None,
-                dir: None,
-                persistent: false,
-                extra: Vec::new(),
+                server: None,
             };
         }
         Self::spawn_own(false)
@@ -67,85 +63,43 @@ impl TestRedis {
     /// arguments (for example `--rename-command CONFIG ""` to play a
     /// managed Redis that refuses `CONFIG`).
     pub fn spawn_with(persistent: bool, extra: &[&str]) -> Self {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("prefetch-redis-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        for _ in 0..5 {
-            let port = free_port();
-            let mut this = Self {
-                url: format!("redis://127.0.0.1:{port}/"),
-                port,
-                child: None,
-                dir: Some(dir.clone()),
-                persistent,
-                extra: extra.iter().map(|a| (*a).to_owned()).collect(),
-            };
-            if this.launch() {
-                return this;
-            }
-        }
-        panic!("could not start redis-server (is it installed?)");
+        Self::spawn_options(RedisOptions {
+            persistent,
+            args: extra.iter().map(|a| (*a).to_owned()).collect(),
+            die_with_parent: true,
+            env: Vec::new(),
+        })
     }
 
-    fn launch(&mut self) -> bool {
-        let dir = self.dir.clone().expect("own server has a dir");
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let mut cmd = Command::new(bin);
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .args(["--notify-keyspace-events", ""]);
-        if self.persistent {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
+    /// A server of this test's own, started with `options`.
+    pub fn spawn_options(options: RedisOptions) -> Self {
+        let server = RedisServer::start(options).expect("start redis-server (is it installed?)");
+        Self {
+            url: server.url(),
+            port: server.port(),
+            server: Some(server),
         }
-        cmd.args(&self.extra);
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                self.child = None;
-                return false; // exited: port taken?
-            }
-            if ping(self.port) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
     }
 
     /// Whether this is a server of the test's own.
     pub fn owns_server(&self) -> bool {
-        self.dir.is_some()
+        self.server.is_some()
     }
 
     /// SIGKILL the server (no shutdown, no save).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(server) = self.server.as_mut() {
+            server.kill();
         }
     }
 
     /// Start it again on the same port (and, if persistent, the same data).
     pub fn restart(&mut self) {
-        self.kill();
-        assert!(
-            self.launch(),
-            "redis-server did not come back on port {}",
-            self.port
-        );
+        if let Some(server) = self.server.as_mut() {
+            server
+                .restart()
+                .expect("redis-server comes back on its port");
+        }
     }
 
     /// A client for it.
@@ -181,31 +135,48 @@ impl TestRedis {
     }
 }
 
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.kill();
-        if let Some(dir) = self.dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
+/// An engine over a [`MockPrimary`] holding `records` (the seed categories
+/// when `None`), with no read latency, on its own prefix.
+pub async fn mock_engine<C>(
+    conn: C,
+    test: &str,
+    records: Option<Vec<Record>>,
+) -> (Engine<MockPrimary, C>, PrefetchReport)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    mock_engine_with(conn, engine_config(test), records, Duration::ZERO).await
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind :0");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn ping(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
-        return false;
+/// An engine over a [`MockPrimary`] with the given configuration.
+pub async fn mock_engine_with<C>(
+    conn: C,
+    config: EngineConfig,
+    records: Option<Vec<Record>>,
+    read_latency: Duration,
+) -> (Engine<MockPrimary, C>, PrefetchReport)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let events = EventBus::default();
+    let primary = match records {
+        Some(records) => MockPrimary::with_records(records, read_latency, events.clone()),
+        None => MockPrimary::new(read_latency, events.clone()),
     };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
+    Engine::start(conn, Arc::new(primary), events, config)
+        .await
+        .expect("engine starts")
+}
+
+/// An engine configuration on a fresh prefix for `test`.
+pub fn engine_config(test: &str) -> EngineConfig {
+    EngineConfig {
+        cache: CacheConfig {
+            prefix: prefix(test),
+            ..CacheConfig::default()
+        },
+        ..EngineConfig::default()
     }
-    let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
 /// Wraps a connection and counts the requests made through it, and how many
@@ -287,15 +258,18 @@ impl<C: ConnectionLike + Send> ConnectionLike for Counting<C> {
 }
 
 /// Primary and cache contents by id.
-pub async fn both_sides<C>(
-    engine: &Engine<C>,
+pub async fn both_sides<S, C>(
+    engine: &Engine<S, C>,
 ) -> (BTreeMap<String, Fields>, BTreeMap<String, Fields>)
 where
+    S: Primary + ?Sized,
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let snap = engine.snapshot().await.expect("snapshot");
-    let primary = snap
-        .primary
+    let primary = engine
+        .source()
+        .records()
+        .await
+        .expect("primary records")
         .into_iter()
         .map(|r| {
             (
@@ -304,13 +278,20 @@ where
             )
         })
         .collect();
-    let cache = snap.cache.into_iter().map(|e| (e.id, e.fields)).collect();
+    let cache = engine
+        .entries()
+        .await
+        .expect("cache entries")
+        .into_iter()
+        .map(|e| (e.id, e.fields))
+        .collect();
     (primary, cache)
 }
 
 /// Asserts the cache holds exactly the primary's records.
-pub async fn assert_converged<C>(engine: &Engine<C>)
+pub async fn assert_converged<S, C>(engine: &Engine<S, C>)
 where
+    S: Primary + ?Sized,
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     engine

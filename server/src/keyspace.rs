@@ -7,16 +7,39 @@ use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Flags this feature needs: keyspace channel (K), generic commands (g:
 /// DEL, EXPIRE, RENAME…), strings ($), hashes (h), expired (x), evicted (e).
 const NEEDED: &str = "Kg$hxe";
 
+/// What happened to a key, as far as the live feed cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOp {
+    /// Its TTL ran out.
+    Expired,
+    /// Redis evicted it under `maxmemory`.
+    Evicted,
+    /// Anything else (`del`, `hset`, `expire`, `rename_to`, …): re-read it.
+    Touched,
+}
+
+impl KeyOp {
+    /// The notification payload's meaning.
+    pub fn of(event: &str) -> Self {
+        match event {
+            "expired" => KeyOp::Expired,
+            "evicted" => KeyOp::Evicted,
+            _ => KeyOp::Touched,
+        }
+    }
+}
+
 /// Something happened to a key under the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyEvent {
-    /// `id` was touched by `event` (`del`, `hset`, `expired`, …).
-    Key { id: String, event: String },
+    /// `id` was touched.
+    Key { id: String, op: KeyOp },
     /// Events may have been missed (reconnect, overflow): resynchronise.
     Resync,
 }
@@ -60,7 +83,9 @@ pub async fn enable(conn: &mut ConnectionManager) -> bool {
 }
 
 /// Listens on `__keyspace@{db}__:{prefix}*` and forwards key events, until
-/// `shutdown`. Reconnects (and re-enables the flags, which a restarted Redis
+/// `shutdown`.
+///
+/// Reconnects (and re-enables the flags, which a restarted Redis
 /// forgets) with a short backoff; each (re)connect asks for a resync.
 pub fn spawn_listener(
     client: redis::Client,
@@ -72,56 +97,60 @@ pub fn spawn_listener(
     let db = client.get_connection_info().redis_settings().db();
     let channel_prefix = format!("__keyspace@{db}__:");
     let pattern = format!("{channel_prefix}{}*", prefetch::escape_glob(&prefix));
-    tokio::spawn(async move {
-        let mut connected_before = false;
-        loop {
-            let subscribed = async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.psubscribe(&pattern).await?;
-                redis::RedisResult::Ok(pubsub)
-            };
-            let pubsub = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = subscribed => r,
-            };
-            match pubsub {
-                Ok(mut pubsub) => {
-                    enable(&mut conn).await;
-                    if connected_before {
-                        let _ = tx.send(KeyEvent::Resync).await;
-                    }
-                    connected_before = true;
-                    let mut messages = pubsub.on_message();
-                    loop {
-                        let msg = tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            m = messages.next() => m,
-                        };
-                        let Some(msg) = msg else { break };
-                        let id = msg
-                            .get_channel_name()
-                            .strip_prefix(channel_prefix.as_str())
-                            .and_then(|key| key.strip_prefix(prefix.as_str()));
-                        let (Some(id), Ok(event)) = (id, msg.get_payload::<String>()) else {
-                            continue;
-                        };
-                        let event = KeyEvent::Key {
-                            id: id.to_owned(),
-                            event,
-                        };
-                        if tx.try_send(event).is_err() {
-                            // The hub is behind: coalesce everything into one resync.
+    let span = tracing::info_span!("keyspace_listener", pattern = %pattern);
+    tokio::spawn(
+        async move {
+            let mut connected_before = false;
+            loop {
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.psubscribe(&pattern).await?;
+                    redis::RedisResult::Ok(pubsub)
+                };
+                let pubsub = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = subscribed => r,
+                };
+                match pubsub {
+                    Ok(mut pubsub) => {
+                        enable(&mut conn).await;
+                        if connected_before {
                             let _ = tx.send(KeyEvent::Resync).await;
                         }
+                        connected_before = true;
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            let msg = tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                m = messages.next() => m,
+                            };
+                            let Some(msg) = msg else { break };
+                            let id = msg
+                                .get_channel_name()
+                                .strip_prefix(channel_prefix.as_str())
+                                .and_then(|key| key.strip_prefix(prefix.as_str()));
+                            let (Some(id), Ok(event)) = (id, msg.get_payload::<String>()) else {
+                                continue;
+                            };
+                            let event = KeyEvent::Key {
+                                id: id.to_owned(),
+                                op: KeyOp::of(&event),
+                            };
+                            if tx.try_send(event).is_err() {
+                                // The hub is behind: coalesce everything into one resync.
+                                let _ = tx.send(KeyEvent::Resync).await;
+                            }
+                        }
+                        tracing::warn!("keyspace subscription ended; reconnecting");
                     }
-                    tracing::warn!("keyspace subscription ended; reconnecting");
+                    Err(e) => tracing::debug!(error = %e, "keyspace subscribe failed; retrying"),
                 }
-                Err(e) => tracing::debug!(error = %e, "keyspace subscribe failed; retrying"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
             }
         }
-    })
+        .instrument(span),
+    )
 }

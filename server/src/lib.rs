@@ -3,23 +3,30 @@
 //! and shutdown. `main.rs` only parses flags and calls [`run`]; tests call
 //! [`start`] with a listener on port 0.
 
+// Modules, bottom up: each uses only the ones listed before it.
 pub mod config;
-pub mod feed;
-pub mod keyspace;
-pub mod redis_embedded;
-pub mod routes;
-pub mod security;
-pub mod sse;
-pub mod state;
+pub mod error;
 pub mod telemetry;
 
+pub mod keyspace;
+pub mod redis_embedded;
+
+pub mod hub;
+pub mod state;
+
+pub mod security;
+pub mod sse;
+
+pub mod routes;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use app::api::ServerContext;
 use axum::serve::ListenerExt;
 use leptos::prelude::LeptosOptions;
-use prefetch::{CacheConfig, Engine, EngineConfig};
+use prefetch::{CacheConfig, Engine, EngineConfig, EventBus, MockPrimary, Primary};
 use redis::aio::ConnectionManagerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -27,40 +34,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use error::Error;
 use redis_embedded::EmbeddedRedis;
 use state::AppState;
-
-/// Why the server could not start.
-#[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The given Redis did not answer.
-    #[error("cannot reach Redis at {url}: {source}")]
-    RedisUnreachable {
-        url: String,
-        #[source]
-        source: redis::RedisError,
-    },
-    /// The embedded redis-server could not be started.
-    #[error("cannot start the embedded Redis: {0}")]
-    Embedded(String),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The initial prefetch failed.
-    #[error("initial prefetch failed: {0}")]
-    Prefetch(#[from] prefetch::Error),
-    /// The HTTP server failed.
-    #[error("http server: {0}")]
-    Serve(#[source] std::io::Error),
-    /// The configuration would expose the admin endpoints.
-    #[error("{0}")]
-    Insecure(String),
-}
 
 /// Total time shutdown may take before the process gives up waiting.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
@@ -72,7 +48,7 @@ pub struct Running {
     /// The Redis URL in use.
     pub redis_url: String,
     /// The engine (for tests and embedding).
-    pub engine: Engine,
+    pub engine: Engine<dyn Primary>,
     shutdown: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
@@ -92,7 +68,7 @@ impl std::fmt::Debug for Running {
 /// sync worker and the live feed, and serves HTTP on `listener` (or on
 /// `--host:--port` when `None`).
 pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Running, Error> {
-    let admin_token = config.admin_token().map_err(Error::Insecure)?;
+    let admin_token = config.admin_token().map_err(Error::Config)?;
     let (redis_url, embedded) = match config.given_redis_url() {
         Some(url) => (url, None),
         None if !config.embedded_redis && redis_embedded::ping(6379).await => {
@@ -106,14 +82,15 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 "No Redis given and none on localhost:6379"
             };
             tracing::info!(
-                "{why}: started a private redis-server at {} (no persistence; stopped on exit)",
-                embedded.url()
+                reason = why,
+                url = %embedded.url(),
+                "started a private redis-server (no persistence; stopped on exit)"
             );
             (embedded.url(), Some(embedded))
         }
     };
     let unreachable = |source| Error::RedisUnreachable {
-        url: redis_url.clone(),
+        url: redacted(&redis_url),
         source,
     };
     let client = redis::Client::open(redis_url.as_str()).map_err(unreachable)?;
@@ -132,11 +109,16 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         cache: CacheConfig {
             prefix: config.cache_prefix.clone(),
             ttl: Duration::from_secs(config.ttl_seconds),
+            ..CacheConfig::default()
         },
-        primary_read_latency: Duration::from_millis(config.primary_latency_ms),
         ..EngineConfig::default()
     };
-    let (engine, report) = Engine::start(conn.clone(), engine_config).await?;
+    let events = EventBus::default();
+    let primary: Arc<dyn Primary> = Arc::new(MockPrimary::new(
+        Duration::from_millis(config.primary_latency_ms),
+        events.clone(),
+    ));
+    let (engine, report) = Engine::start(conn.clone(), primary, events, engine_config).await?;
 
     let shutdown = CancellationToken::new();
     let mut background = Vec::new();
@@ -156,9 +138,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     };
     let ctx = ServerContext {
         engine: engine.clone(),
-        external: feed::watch_mode(keyspace),
+        external: hub::watch_mode(keyspace),
     };
-    let (hub, hub_task) = feed::LiveHub::start(ctx.clone(), keys, shutdown.clone());
+    let (hub, hub_task) = hub::LiveHub::start(ctx.clone(), keys, shutdown.clone());
     background.push(hub_task);
 
     let listener = match listener {
@@ -193,18 +175,29 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             .await
     });
 
-    tracing::info!("Redis prefetch-cache demo listening on http://{addr}");
+    tracing::info!(url = %format!("http://{addr}"), "Redis prefetch-cache demo listening on http://{addr}");
     tracing::info!(
+        redis = %redacted(&redis_url),
+        prefix = %config.cache_prefix,
+        ttl_s = config.ttl_seconds,
         "Using Redis at {} with cache prefix '{}' and TTL {}s",
         redacted(&redis_url),
         config.cache_prefix,
         config.ttl_seconds
     );
-    tracing::info!(
-        "Prefetched {} records in {:.1} ms; sync worker running",
-        report.loaded,
-        report.elapsed.as_secs_f64() * 1000.0
-    );
+    let elapsed_ms = report.elapsed.as_secs_f64() * 1000.0;
+    match report.version {
+        Some(_) => tracing::info!(
+            records = report.loaded,
+            elapsed_ms,
+            "Prefetched {} records in {:.1} ms; sync worker running",
+            report.loaded,
+            elapsed_ms
+        ),
+        None => tracing::info!(
+            "Resumed from the position Redis holds (0 records reloaded); sync worker running"
+        ),
+    }
 
     Ok(Running {
         addr,
@@ -241,48 +234,85 @@ impl Running {
         if let Some(embedded) = self.embedded {
             embedded.stop().await;
         }
-        tracing::info!(
-            "Stopped in {:.0} ms",
-            started.elapsed().as_secs_f64() * 1000.0
-        );
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(elapsed_ms, "Stopped in {elapsed_ms:.0} ms");
     }
 }
 
 /// Runs until SIGINT or SIGTERM, then shuts down.
 pub async fn run(config: Config) -> Result<(), Error> {
+    // Listen before starting: a signal that arrives while the server starts
+    // (or right after it said so) must not kill it with the default action.
+    let signals = Signals::listen();
     let running = start(config, None).await?;
-    shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("Shutting down");
     running.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT and SIGTERM, listened to from the moment this is made.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+                tracing::warn!(error = %e, "cannot listen for {name}");
+                None
+            }
+        };
+        Self {
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn listen() -> Self {
+        Self {}
+    }
+
+    /// Waits for either signal.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.interrupt) => {},
+                _ = next(&mut self.terminate) => {},
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
+
+/// Where `cargo leptos build` puts the site for this build's profile:
+/// debug and release builds keep separate sites, so the demo (release) and
+/// the tests (debug) can run side by side in one checkout.
+pub const DEFAULT_SITE_ROOT: &str = if cfg!(debug_assertions) {
+    "target/site"
+} else {
+    "target/site-release"
+};
 
 /// Site options: cargo-leptos's environment when present, else the
 /// workspace defaults (so the binary also runs on its own).
@@ -290,7 +320,7 @@ fn leptos_options(addr: SocketAddr) -> LeptosOptions {
     let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_owned());
     LeptosOptions::builder()
         .output_name(env("LEPTOS_OUTPUT_NAME", app::OUTPUT_NAME))
-        .site_root(env("LEPTOS_SITE_ROOT", "target/site"))
+        .site_root(env("LEPTOS_SITE_ROOT", DEFAULT_SITE_ROOT))
         .site_pkg_dir(env("LEPTOS_SITE_PKG_DIR", "pkg"))
         .site_addr(addr)
         .build()

@@ -4,25 +4,23 @@
 use app::api::dashboard_state;
 use app::error::AppError;
 use app::{FormError, shell};
-use axum::Json;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::handler::HandlerWithoutStateExt;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{StatusCode, Uri, header};
+use http::{Method, StatusCode, Uri, header};
 use leptos::prelude::provide_context;
 use leptos::server_fn::error::ServerFnUrlError;
 use leptos_axum::LeptosRoutes;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
 
+use crate::error::ApiError;
+use crate::security::{self, BODY_LIMIT};
+use crate::sse;
 use crate::state::AppState;
-use crate::{security, sse};
-
-/// Largest request body accepted; larger ones get 413.
-pub const BODY_LIMIT: usize = 128 * 1024;
 
 /// Builds the application router.
 pub fn router(state: AppState) -> Router {
@@ -31,7 +29,7 @@ pub fn router(state: AppState) -> Router {
     let files = ServeDir::new(options.site_root.as_ref())
         .call_fallback_on_method_not_allowed(true)
         .not_found_service(not_found.into_service());
-    Router::new()
+    let router = Router::new()
         .route("/", get(page))
         .route("/index.html", get(page))
         .route("/events", get(sse::events))
@@ -48,12 +46,31 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             security::guard_api,
         ))
+        // Extractors refuse bodies over the limit too (413, made JSON below).
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         // Around everything above, so it also sees the errors they produce.
         .layer(axum::middleware::map_response(json_errors))
-        .layer(axum::middleware::from_fn(security::headers))
+        .layer(axum::middleware::from_fn(head_as_get));
+    security::header_layers()
+        .into_iter()
+        .fold(router, |router, layer| router.layer(layer))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let path = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or(req.uri().path(), MatchedPath::as_str);
+            tracing::debug_span!("request", method = %req.method(), path)
+        }))
         .with_state(state)
+}
+
+/// `HEAD` answers like `GET` on every path, without a body: the request is
+/// served as a `GET`, and hyper, which saw the `HEAD`, sends no body.
+async fn head_as_get(mut req: Request, next: Next) -> Response {
+    if req.method() == Method::HEAD {
+        *req.method_mut() = Method::GET;
+    }
+    next.run(req).await
 }
 
 /// The dashboard: reads the state first, then renders the page with it, so
@@ -100,8 +117,7 @@ const FORM_ERROR_MAX_CHARS: usize = 300;
 /// The error a server function put into the URL when it redirected a form
 /// posted without JavaScript back to the page (`?__path=…&__err=…`).
 fn form_error(query: Option<&str>) -> Option<FormError> {
-    let encoded = url::form_urlencoded::parse(query?.as_bytes())
-        .find_map(|(key, value)| (key == "__err").then_some(value))?;
+    let encoded = security::query_values(query, "__err").next()?;
     let message = ServerFnUrlError::<AppError>::decode_err(&encoded).error;
     Some(FormError(
         message.chars().take(FORM_ERROR_MAX_CHARS).collect(),
@@ -109,12 +125,7 @@ fn form_error(query: Option<&str>) -> Option<FormError> {
 }
 
 async fn not_found(uri: Uri) -> Response {
-    json_error(StatusCode::NOT_FOUND, format!("Not found: {}", uri.path()))
-}
-
-/// `{"error": message}` with `status`.
-pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(AppError::new(message))).into_response()
+    ApiError::new(StatusCode::NOT_FOUND, format!("Not found: {}", uri.path())).into_response()
 }
 
 /// Every error answer is JSON: framework-made errors (405 from a route with
@@ -145,25 +156,16 @@ async fn json_errors(mut res: Response) -> Response {
     {
         return res;
     }
-    let (status, message) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => (status, "Method not allowed.".to_owned()),
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            status,
-            format!("Request body too large (limit {BODY_LIMIT} bytes)."),
-        ),
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(status, "Method not allowed."),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(BODY_LIMIT),
         StatusCode::UNPROCESSABLE_ENTITY | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            (StatusCode::BAD_REQUEST, "Malformed request.".to_owned())
+            ApiError::bad_request("Malformed request.")
         }
-        other => (
-            other,
-            other
-                .canonical_reason()
-                .unwrap_or("Request failed.")
-                .to_owned(),
-        ),
+        other => ApiError::new(other, other.canonical_reason().unwrap_or("Request failed.")),
     };
     let allow = res.headers().get(header::ALLOW).cloned();
-    let mut out = json_error(status, message);
+    let mut out = error.into_response();
     if let Some(allow) = allow {
         out.headers_mut().insert(header::ALLOW, allow);
     }

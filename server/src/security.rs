@@ -1,5 +1,5 @@
-//! Exposure controls: the admin token, strict request bodies, and the
-//! security headers every response carries.
+//! Exposure controls: the admin token, strict request bodies and queries,
+//! and the security headers every response carries.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -7,10 +7,14 @@ use std::sync::OnceLock;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::routes::json_error;
+use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Largest request body accepted; larger ones get 413.
+pub const BODY_LIMIT: usize = 128 * 1024;
 
 /// Cookie that carries the admin token for the browser UI.
 pub const ADMIN_COOKIE: &str = "prefetch_admin";
@@ -57,10 +61,22 @@ pub fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
-/// True when every key and value of a query string or form body decodes
-/// to UTF-8. The decoder downstream would otherwise replace bad bytes with
-/// U+FFFD and act on an id or value the client never sent.
+/// True when a query string or form body is well-formed: every `%` starts
+/// a two-hex-digit escape, and every key and value decodes to UTF-8. The
+/// decoder downstream would otherwise keep a stray `%` literally or replace
+/// bad bytes with U+FFFD, and act on an id or value the client never sent.
+/// Queries and bodies are held to the same rule.
 fn decodes_cleanly(raw: &[u8]) -> bool {
+    let escapes_ok = raw.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || (raw.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && raw.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    escapes_ok && strictly_utf8(raw)
+}
+
+/// Whether every percent-decoded key and value is valid UTF-8.
+fn strictly_utf8(raw: &[u8]) -> bool {
     raw.split(|&b| b == b'&').all(|pair| {
         let pair: Vec<u8> = pair
             .iter()
@@ -73,15 +89,23 @@ fn decodes_cleanly(raw: &[u8]) -> bool {
 }
 
 fn malformed() -> Response {
-    json_error(
-        StatusCode::BAD_REQUEST,
-        "Malformed request: percent-encoding that does not decode to UTF-8.",
-    )
+    ApiError::bad_request("Malformed request: percent-encoding must be %XX and decode to UTF-8.")
+        .into_response()
 }
 
-/// Guards the API. Queries and form bodies must decode to UTF-8 (400). On
-/// the POST endpoints a body must be a form (415 otherwise), and when an
-/// admin token is set the request must present it (401 otherwise).
+/// The values of `key` in a query string, decoded.
+pub fn query_values<'q>(query: Option<&'q str>, key: &'q str) -> impl Iterator<Item = String> + 'q {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(move |(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Guards the API.
+///
+/// Queries and form bodies must be well-formed percent-encoding of UTF-8
+/// (400). On the POST endpoints that change something, the admin token
+/// must be presented when one is set (401); endpoints that take no input
+/// ignore their body; the others take only a form (415).
 pub async fn guard_api(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if req
         .uri()
@@ -91,6 +115,25 @@ pub async fn guard_api(State(state): State<AppState>, req: Request, next: Next) 
         return malformed();
     }
     if req.method() == Method::POST && mutating_paths().contains(req.uri().path()) {
+        if !authorized(&state, req.headers()) {
+            let mut res = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "This server requires its admin token: send `Authorization: Bearer <token>`, or open the page once as /?token=<token>.",
+            )
+            .into_response();
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return res;
+        }
+        if app::api::NO_INPUT_ENDPOINTS.contains(&req.uri().path()) {
+            // Takes nothing: whatever was sent is not looked at.
+            let (mut parts, _) = req.into_parts();
+            parts.headers.remove(header::CONTENT_TYPE);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return next
+                .run(Request::from_parts(parts, axum::body::Body::empty()))
+                .await;
+        }
         let ctype = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -100,27 +143,18 @@ pub async fn guard_api(State(state): State<AppState>, req: Request, next: Next) 
             .to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
         {
-            return json_error(
+            return ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Send the body as application/x-www-form-urlencoded.",
-            );
+            )
+            .into_response();
         }
-        if !authorized(&state, req.headers()) {
-            let mut res = json_error(
-                StatusCode::UNAUTHORIZED,
-                "This server requires its admin token: send `Authorization: Bearer <token>`, or open the page once as /?token=<token>.",
-            );
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return res;
-        }
-        // Bodies are small (the limit layer ran first): check the encoding.
+        // The guard reads the body to check its encoding, and this read is
+        // where the size limit is enforced (the one place that answers 413).
         let (parts, body) = req.into_parts();
-        let bytes = match axum::body::to_bytes(body, crate::routes::BODY_LIMIT).await {
+        let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
             Ok(bytes) => bytes,
-            Err(_) => {
-                return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large.");
-            }
+            Err(_) => return ApiError::too_large(BODY_LIMIT).into_response(),
         };
         if !decodes_cleanly(&bytes) {
             return malformed();
@@ -132,38 +166,36 @@ pub async fn guard_api(State(state): State<AppState>, req: Request, next: Next) 
     next.run(req).await
 }
 
-/// Headers on every response. The page adds its own Content-Security-Policy
-/// (it needs the per-render script nonce); see `app::content_security_policy`.
-pub async fn headers(req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
-    let h = res.headers_mut();
-    for (name, value) in [
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
+/// The headers every response carries, as layers. The page adds its own
+/// Content-Security-Policy (it needs the per-render script nonce); see
+/// `app::shell`.
+pub fn header_layers() -> [SetResponseHeaderLayer<HeaderValue>; 5] {
+    let set = |name: HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+    };
+    [
+        set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        set(header::X_FRAME_OPTIONS, "DENY"),
         // Same-origin keeps the Referer that no-JS form posts redirect back to.
-        (header::REFERRER_POLICY, "same-origin"),
-        (
-            http::HeaderName::from_static("cross-origin-opener-policy"),
+        set(header::REFERRER_POLICY, "same-origin"),
+        set(
+            HeaderName::from_static("cross-origin-opener-policy"),
             "same-origin",
         ),
-        (
-            http::HeaderName::from_static("cross-origin-resource-policy"),
+        set(
+            HeaderName::from_static("cross-origin-resource-policy"),
             "same-origin",
         ),
-    ] {
-        h.insert(name, HeaderValue::from_static(value));
-    }
-    res
+    ]
 }
 
 /// `/?token=…`: when it is the admin token, store it in an HttpOnly,
 /// SameSite=Strict cookie and send the browser back to a clean URL.
 pub fn token_login(state: &AppState, query: Option<&str>) -> Option<Response> {
     let expected = state.admin_token.as_deref()?;
-    let given = query?.split('&').find_map(|kv| kv.strip_prefix("token="))?;
-    let given = percent_decode(given);
+    let given = query_values(query, "token").next()?;
     if !same_secret(given.as_bytes(), expected.as_bytes()) {
-        return Some(json_error(StatusCode::UNAUTHORIZED, "Wrong admin token."));
+        return Some(ApiError::new(StatusCode::UNAUTHORIZED, "Wrong admin token.").into_response());
     }
     let cookie = format!("{ADMIN_COOKIE}={expected}; Path=/; HttpOnly; SameSite=Strict");
     let mut res = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
@@ -173,13 +205,6 @@ pub fn token_login(state: &AppState, query: Option<&str>) -> Option<Response> {
     Some(res)
 }
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("t={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,12 +212,16 @@ mod tests {
     #[test]
     fn only_percent_encoding_that_decodes_to_utf8_passes() {
         assert!(decodes_cleanly(b"id=caf%C3%A9&name=a+b"));
-        assert!(
-            decodes_cleanly(b"id=%ZZ"),
-            "not an escape at all: kept literally"
-        );
-        assert!(!decodes_cleanly(b"id=%FF"));
-        assert!(!decodes_cleanly(b"name=ok&id=%C3"));
+        assert!(decodes_cleanly(b"id=100%25"));
+        for bad in [
+            &b"id=%ZZ"[..],
+            b"id=%",
+            b"id=%4",
+            b"id=%FF",
+            b"name=ok&id=%C3",
+        ] {
+            assert!(!decodes_cleanly(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -6,12 +6,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::Stream;
 use futures::StreamExt;
-use tokio::sync::broadcast;
+use http::StatusCode;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::feed::{Frame, LiveHub};
-use crate::routes::json_error;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Streams a snapshot, then every live event. A client that falls behind is
@@ -25,47 +25,34 @@ pub async fn events(State(state): State<AppState>) -> Response {
         Ok(frame) => frame,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build live-feed snapshot");
-            return json_error(
-                http::StatusCode::SERVICE_UNAVAILABLE,
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
                 "Redis is unavailable; the live feed will retry.",
-            );
+            )
+            .into_response();
         }
     };
-    let stream = frames(state.hub.clone(), rx, first)
-        .map(|(frame, first)| {
-            let event = Event::default().data(&*frame.0);
-            Ok::<_, Infallible>(if first {
-                event.retry(Duration::from_secs(1))
-            } else {
-                event
-            })
-        })
+    let hub = state.hub.clone();
+    let rest = BroadcastStream::new(rx).filter_map(move |item| {
+        let hub = hub.clone();
+        async move {
+            match item {
+                Ok(frame) => Some(frame),
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "slow live-feed client; resyncing it");
+                    hub.snapshot().await.ok()
+                }
+            }
+        }
+    });
+    let opening = Event::default()
+        .data(&*first.0)
+        .retry(Duration::from_secs(1));
+    let stream = futures::stream::once(async move { opening })
+        .chain(rest.map(|frame| Event::default().data(&*frame.0)))
+        .map(Ok::<_, Infallible>)
         .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
-}
-
-fn frames(
-    hub: LiveHub,
-    rx: broadcast::Receiver<Frame>,
-    first: Frame,
-) -> impl Stream<Item = (Frame, bool)> {
-    futures::stream::unfold((hub, rx, Some(first)), |(hub, mut rx, first)| async move {
-        if let Some(first) = first {
-            return Some(((first, true), (hub, rx, None)));
-        }
-        loop {
-            match rx.recv().await {
-                Ok(frame) => return Some(((frame, false), (hub, rx, None))),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, "slow live-feed client; resyncing it");
-                    if let Ok(frame) = hub.snapshot().await {
-                        return Some(((frame, false), (hub, rx, None)));
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
 }

@@ -8,7 +8,7 @@ use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::feed::LiveHub;
+use crate::hub::LiveHub;
 
 /// Shared by every handler. One `Arc`: leptos clones the state into the
 /// context of every server-function call, so a clone must be cheap.

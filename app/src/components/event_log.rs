@@ -25,10 +25,10 @@ pub fn EventLog(state: LiveState) -> impl IntoView {
                     </thead>
                     <tbody>
                         <For each=move || state.log.get() key=|e| e.n let:e>
-                            <tr data-source=e.source.clone() data-op=e.op.clone() data-id=e.id.clone()>
+                            <tr data-source=e.source data-op=e.op data-id=e.id.clone()>
                                 <td class="muted">{clock(e.at_ms)}</td>
-                                <td><span class=format!("src {}", e.source)>{e.source.clone()}</span></td>
-                                <td>{e.op.clone()}</td>
+                                <td><span class=format!("src {}", e.source)>{e.source}</span></td>
+                                <td>{e.op}</td>
                                 <td><code>{e.id.clone()}</code></td>
                                 <td class="muted">{e.detail.clone()}</td>
                             </tr>

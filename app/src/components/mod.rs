@@ -61,8 +61,9 @@ where
     });
 }
 
-/// The submit handler of a form that posts to the server function `S`:
-/// with WASM it decodes the form and dispatches `action` (the page stays);
+/// The submit handler of a form that posts to the server function `S`.
+///
+/// With WASM it decodes the form and dispatches `action` (the page stays);
 /// without, the browser posts the form to `S::url()` and the server redirects
 /// back. What `ActionForm` does, minus its boxed `Children`, which cost
 /// noticeable WASM per form.

@@ -137,9 +137,10 @@ pub fn BreakPanel(state: LiveState) -> impl IntoView {
     });
     report(reprefetch, |r| {
         format!(
-            "Re-prefetched {} records in {} ms (one primary read).",
+            "Re-prefetched {} records in {} ms (one primary read, no pause); {} stale keys swept.",
             r.loaded,
-            fixed(r.elapsed_ms, 1)
+            fixed(r.elapsed_ms, 1),
+            r.swept
         )
     });
     let cached = move || state.cache.with(|c| c.keys().cloned().collect::<Vec<_>>());
@@ -147,7 +148,7 @@ pub fn BreakPanel(state: LiveState) -> impl IntoView {
     view! {
         <section class="panel" id="break-panel">
             <h2>"Break the cache"</h2>
-            <p class="muted">"Simulate a broken sync pipeline, then recover from the primary."</p>
+            <p class="muted">"Simulate a broken sync pipeline, then recover from the primary: re-prefetch writes through the version guard while the worker keeps running, so no read misses meanwhile."</p>
             <div id="invalidate-form">
                 <form action=InvalidateCategory::url() method="post" on:submit=on_submit(invalidate)>
                     <label for="invalidate-id">"Cached key"</label>

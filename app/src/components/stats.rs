@@ -45,6 +45,13 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
                 ),
                 ("sync_backlog", "Backlog", s.sync_backlog.to_string()),
                 (
+                    "sync_events_stale",
+                    "Refused as stale",
+                    s.sync_events_stale.to_string(),
+                ),
+                ("reprefetches", "Re-prefetches", s.reprefetches.to_string()),
+                ("self_heals", "Self-heals", s.self_heals.to_string()),
+                (
                     "primary_reads_total",
                     "Primary reads",
                     s.primary_reads_total.to_string(),

@@ -1,17 +1,15 @@
 //! `GET /events` with a real SSE client: the snapshot on connect, then each
 //! kind of change as it happens, including changes made outside the app.
 
-mod common;
-
 use std::time::Duration;
 
-use app::model::{LiveEvent, Source};
-use common::TestServer;
+use crate::common::TestServer;
+use app::model::{LiveEvent, WriteOrigin};
 use redis::AsyncCommands;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn is_cache(ev: &LiveEvent, want_id: &str, want_source: Source, present: bool) -> bool {
+fn is_cache(ev: &LiveEvent, want_id: &str, want_source: WriteOrigin, present: bool) -> bool {
     matches!(ev, LiveEvent::Cache { id, source, fields, .. }
         if id == want_id && *source == want_source && fields.is_some() == present)
 }
@@ -34,7 +32,7 @@ async fn the_feed_opens_with_a_snapshot_of_both_sides() {
     assert_eq!(state.ttl_seconds, 3600);
     assert_eq!(state.external, app::model::ExternalWatch::Keyspace);
     assert!(state.cache.iter().all(|e| e.expires_at_ms.is_some()));
-    assert_eq!(state.stats.worker, "running");
+    assert_eq!(state.stats.worker, app::model::WorkerStateDto::Running);
 }
 
 #[tokio::test]
@@ -49,7 +47,7 @@ async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_secon
         .expect(
             SECOND,
             "primary upsert",
-            |e| matches!(e, LiveEvent::Primary { id, op, .. } if id == "cat-001" && op == "upsert"),
+            |e| matches!(e, LiveEvent::Primary { id, op, .. } if id == "cat-001" && op.as_str() == "upsert"),
         )
         .await;
     let LiveEvent::Primary {
@@ -62,7 +60,7 @@ async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_secon
     assert_eq!(fields["name"], "Drinks");
     let ev = feed
         .expect(SECOND, "sync write", |e| {
-            is_cache(e, "cat-001", Source::Sync, true)
+            is_cache(e, "cat-001", WriteOrigin::Sync, true)
         })
         .await;
     let LiveEvent::Cache {
@@ -78,24 +76,24 @@ async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_secon
 
     srv.post("/delete", "id=cat-004").await;
     feed.expect(SECOND, "primary delete", |e| {
-        matches!(e, LiveEvent::Primary { id, op, fields: None, .. } if id == "cat-004" && op == "delete")
+        matches!(e, LiveEvent::Primary { id, op, fields: None, .. } if id == "cat-004" && op.as_str() == "delete")
     })
     .await;
     feed.expect(SECOND, "sync delete", |e| {
-        is_cache(e, "cat-004", Source::Sync, false)
+        is_cache(e, "cat-004", WriteOrigin::Sync, false)
     })
     .await;
 
     srv.post("/invalidate", "id=cat-002").await;
     feed.expect(SECOND, "admin invalidate", |e| {
-        is_cache(e, "cat-002", Source::Admin, false)
+        is_cache(e, "cat-002", WriteOrigin::Admin, false)
     })
     .await;
 
     let mut conn = srv.redis.conn().await;
     let _: () = conn.del(format!("{}cat-003", srv.prefix)).await.unwrap();
     feed.expect(SECOND, "external DEL", |e| {
-        is_cache(e, "cat-003", Source::External, false)
+        is_cache(e, "cat-003", WriteOrigin::External, false)
     })
     .await;
 }
@@ -111,7 +109,7 @@ async fn outside_writes_and_ttl_expiry_show_up_too() {
     let _: () = conn.hset(&key, "name", "Edited by hand").await.unwrap();
     let ev = feed
         .expect(SECOND, "external HSET", |e| {
-            is_cache(e, "cat-005", Source::External, true)
+            is_cache(e, "cat-005", WriteOrigin::External, true)
         })
         .await;
     let LiveEvent::Cache {
@@ -125,8 +123,8 @@ async fn outside_writes_and_ttl_expiry_show_up_too() {
 
     let _: () = conn.pexpire(&key, 50).await.unwrap();
     feed.expect(Duration::from_secs(3), "expiry", |e| {
-        is_cache(e, "cat-005", Source::Expired, false)
-            || is_cache(e, "cat-005", Source::External, false)
+        is_cache(e, "cat-005", WriteOrigin::Expired, false)
+            || is_cache(e, "cat-005", WriteOrigin::External, false)
     })
     .await;
 }
@@ -180,14 +178,14 @@ async fn stats_and_worker_state_are_pushed() {
     feed.expect(
         SECOND,
         "worker paused",
-        |e| matches!(e, LiveEvent::Worker { state } if state == "paused"),
+        |e| matches!(e, LiveEvent::Worker { state } if state.as_str() == "paused"),
     )
     .await;
     pause.resume();
     feed.expect(
         SECOND,
         "worker running",
-        |e| matches!(e, LiveEvent::Worker { state } if state == "running"),
+        |e| matches!(e, LiveEvent::Worker { state } if state.as_str() == "running"),
     )
     .await;
 }
@@ -228,21 +226,21 @@ async fn where_config_is_refused_outside_changes_are_polled_instead() {
     let _: () = conn.del(format!("{}cat-004", srv.prefix)).await.unwrap();
     // The poll runs every second.
     feed.expect(Duration::from_secs(3), "polled external DEL", |e| {
-        is_cache(e, "cat-004", Source::External, false)
+        is_cache(e, "cat-004", WriteOrigin::External, false)
     })
     .await;
     // The app's own writes are not misreported as outside changes.
     srv.post("/update", "id=cat-001&field=name&value=Mine")
         .await;
     feed.expect(SECOND, "sync write", |e| {
-        is_cache(e, "cat-001", Source::Sync, true)
+        is_cache(e, "cat-001", WriteOrigin::Sync, true)
     })
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
     while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
         match feed.next(left).await {
             Some(ev) => assert!(
-                !is_cache(&ev, "cat-001", Source::External, true),
+                !is_cache(&ev, "cat-001", WriteOrigin::External, true),
                 "own write reported as external: {ev:?}"
             ),
             None => break,

@@ -1,8 +1,6 @@
 //! Test support: the real server, in process, on 127.0.0.1:0 against a real
 //! redis-server, with small HTTP and SSE clients.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,7 +53,7 @@ impl TestServer {
         }
     }
 
-    pub fn engine(&self) -> &prefetch::Engine {
+    pub fn engine(&self) -> &prefetch::Engine<dyn prefetch::Primary> {
         &self.running.as_ref().expect("running").engine
     }
 
@@ -132,15 +130,19 @@ pub async fn json_of(res: reqwest::Response) -> (u16, Value) {
     (status, value)
 }
 
-/// A minimal SSE client over reqwest: yields the `data:` of each event.
+/// An SSE client over reqwest, parsed by `eventsource-stream`: yields the
+/// `data:` of each event as a [`LiveEvent`].
 pub struct SseClient {
-    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
+    stream: futures::stream::BoxStream<
+        'static,
+        Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+    >,
     pub content_type: String,
 }
 
 impl SseClient {
     pub async fn connect(url: &str) -> Self {
+        use eventsource_stream::Eventsource;
         let res = reqwest::Client::new()
             .get(url)
             .send()
@@ -154,8 +156,7 @@ impl SseClient {
             .unwrap_or("")
             .to_owned();
         Self {
-            stream: res.bytes_stream().boxed(),
-            buf: String::new(),
+            stream: res.bytes_stream().eventsource().boxed(),
             content_type,
         }
     }
@@ -164,21 +165,12 @@ impl SseClient {
     pub async fn next(&mut self, timeout: Duration) -> Option<LiveEvent> {
         let deadline = Instant::now() + timeout;
         loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let data: Vec<&str> = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect();
-                if !data.is_empty() {
-                    let json = data.join("\n");
-                    return Some(serde_json::from_str(&json).expect("LiveEvent JSON"));
-                }
-            }
             let left = deadline.checked_duration_since(Instant::now())?;
             match tokio::time::timeout(left, self.stream.next()).await {
-                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(Ok(event))) if event.data.is_empty() => continue,
+                Ok(Some(Ok(event))) => {
+                    return Some(serde_json::from_str(&event.data).expect("LiveEvent JSON"));
+                }
                 _ => return None,
             }
         }
@@ -205,11 +197,7 @@ impl SseClient {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
+    prefetch::launcher::free_port().expect("a free loopback port")
 }
 
 /// Runs the real server binary against `redis_url` on `port` and returns
@@ -256,4 +244,12 @@ pub fn sides(state: &Value) -> (Vec<&Value>, Vec<&Value>) {
         .map(|e| &e["fields"])
         .collect();
     (primary, cache)
+}
+
+/// Sends SIGTERM to a child process of this test.
+pub fn sigterm(pid: u32) {
+    let pid = i32::try_from(pid).expect("a pid fits an i32");
+    // SAFETY: kill(2) with a valid signal number; the pid is our own child.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM to {pid}");
 }

@@ -15,7 +15,7 @@
 //! | 8 | `GET /read?id=a*b` | 200 miss for `a*b` |
 //! | 9 | `GET /read?id=a%3Fb` (`a?b`) | 200 miss for `a?b` |
 //! | 10 | `GET /read?id=a[b` | 200 miss for `a[b` |
-//! | 11 | `GET /read?id=%ZZ` (malformed escape) | 200 miss for `%ZZ` (kept literally) |
+//! | 11 | `GET /read?id=%ZZ` (malformed escape) | 400, as in a body |
 //! | 12 | `GET /read?id=%FF` (not UTF-8) | 400 malformed request |
 //! | 57 | `POST /add` id `%FF` (not UTF-8) | 400 malformed request |
 //! | 13 | `GET /read?id=a&id=b` (repeated key) | 400 malformed request |
@@ -61,14 +61,15 @@
 //! | 53 | `GET /nope` | 404 Not found |
 //! | 54 | `POST /nope` | 404 Not found |
 //! | 55 | `GET /read/extra` | 404 Not found |
-//! | 56 | `POST /reset` with `Content-Type: multipart/form-data` | 415 form-urlencoded |
-
-mod common;
+//! | 56 | `POST /update` with `Content-Type: multipart/form-data` | 415 form-urlencoded |
+//! | 58 | `GET /read?id=%` (a lone `%`) | 400, as in a body |
+//! | 59 | `POST /update` value `100%` unescaped | 400 percent-encoding |
+//! | 60 | `POST /reset` with a JSON body (takes no input) | 200, body ignored |
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, json_of};
+use crate::common::{TestServer, json_of};
 use serde_json::Value;
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -159,7 +160,7 @@ fn cases() -> Vec<Case> {
         get(8, "/read?id=a*b", Ok),
         get(9, "/read?id=a%3Fb", Ok),
         get(10, "/read?id=a[b", Ok),
-        get(11, "/read?id=%ZZ", Ok),
+        get(11, "/read?id=%ZZ", Reject(400, "percent-encoding")),
         get(12, "/read?id=%FF", Reject(400, "Malformed request")),
         post(
             57,
@@ -401,10 +402,25 @@ fn cases() -> Vec<Case> {
         Case {
             n: 56,
             method: "POST",
-            path: "/reset".into(),
+            path: "/update".into(),
             content_type: Some("multipart/form-data; boundary=x"),
             body: "--x--".into(),
             expect: Reject(415, "application/x-www-form-urlencoded"),
+        },
+        get(58, "/read?id=%", Reject(400, "percent-encoding")),
+        post(
+            59,
+            "/update",
+            "id=cat-001&field=name&value=100%".into(),
+            Reject(400, "percent-encoding"),
+        ),
+        Case {
+            n: 60,
+            method: "POST",
+            path: "/reset".into(),
+            content_type: Some("application/json"),
+            body: r#"{"anything": true}"#.into(),
+            expect: Ok,
         },
     ]
 }

@@ -9,16 +9,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use app::api::{ServerContext, dashboard_state, now_ms};
-use app::model::{ExternalWatch, Fields, LiveEvent, Source, StatsDto, expires_at};
-use prefetch::Event;
+use app::model::{
+    ExternalWatch, Fields, LiveEvent, SourceDto, StatsDto, WriteOrigin, epoch_ms, expires_at,
+    millis,
+};
+use prefetch::{Event, WriteOutcome};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::keyspace::KeyEvent;
+use crate::keyspace::{KeyEvent, KeyOp};
 
 /// Frames buffered per SSE client before it is resynchronised.
 const CLIENT_BUFFER: usize = 1024;
@@ -37,15 +41,21 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Frame(pub Arc<str>);
 
 impl Frame {
-    pub fn of(event: &LiveEvent) -> Option<Self> {
-        match serde_json::to_string(event) {
-            Ok(json) => Some(Self(json.into())),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialise live event");
-                None
-            }
-        }
+    /// The event as one JSON frame.
+    pub fn of(event: &LiveEvent) -> Result<Self, serde_json::Error> {
+        Ok(Self(serde_json::to_string(event)?.into()))
     }
+}
+
+/// Why a snapshot frame could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Redis or the primary could not be read.
+    #[error(transparent)]
+    Engine(#[from] prefetch::Error),
+    /// The state could not be serialised (a bug).
+    #[error("cannot serialise the snapshot: {0}")]
+    Serialise(#[from] serde_json::Error),
 }
 
 /// Handle to the hub. Cheap to clone.
@@ -73,8 +83,12 @@ impl LiveHub {
             pending: BTreeSet::new(),
             expired: BTreeSet::new(),
             last_stats: None,
+            last_source: None,
         };
-        let join = tokio::spawn(task.run(shutdown));
+        let join = tokio::spawn(
+            task.run(shutdown)
+                .instrument(tracing::info_span!("live_hub")),
+        );
         (hub, join)
     }
 
@@ -84,17 +98,20 @@ impl LiveHub {
     }
 
     /// A snapshot frame of the current state.
-    pub async fn snapshot(&self) -> Result<Frame, prefetch::Error> {
+    pub async fn snapshot(&self) -> Result<Frame, SnapshotError> {
         let state = dashboard_state(&self.ctx).await?;
-        Frame::of(&LiveEvent::Snapshot(state))
-            .ok_or_else(|| prefetch::Error::InvalidField("unserialisable snapshot".into()))
+        Ok(Frame::of(&LiveEvent::Snapshot(state))?)
     }
 
     fn send(&self, event: &LiveEvent) {
-        if self.tx.receiver_count() > 0
-            && let Some(frame) = Frame::of(event)
-        {
-            let _ = self.tx.send(frame);
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        match Frame::of(event) {
+            Ok(frame) => {
+                let _ = self.tx.send(frame);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serialise live event"),
         }
     }
 }
@@ -114,6 +131,7 @@ struct Task {
     pending: BTreeSet<String>,
     expired: BTreeSet<String>,
     last_stats: Option<StatsDto>,
+    last_source: Option<SourceDto>,
 }
 
 impl Task {
@@ -147,8 +165,8 @@ impl Task {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 key = key_event => match key {
-                    Some(KeyEvent::Key { id, event }) => {
-                        if event == "expired" {
+                    Some(KeyEvent::Key { id, op }) => {
+                        if op == KeyOp::Expired {
                             self.expired.insert(id.clone());
                         }
                         self.pending.insert(id);
@@ -169,39 +187,33 @@ impl Task {
 
     async fn on_engine(&mut self, event: Event) {
         match event {
-            Event::Primary(change) => {
-                let at_ms = change
-                    .timestamp
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    .unwrap_or(0);
-                let op = change.op().to_owned();
-                let fields = match change.kind {
-                    prefetch::ChangeKind::Upsert(fields) => Some(fields),
-                    prefetch::ChangeKind::Delete => None,
-                };
-                self.hub.send(&LiveEvent::Primary {
-                    seq: change.seq,
-                    op,
-                    id: change.id,
-                    fields,
-                    at_ms,
-                });
+            Event::Primary(tx) => {
+                let at_ms = epoch_ms(tx.committed_at);
+                for change in &tx.changes {
+                    self.hub.send(&LiveEvent::Primary {
+                        version: change.version.to_string(),
+                        op: change.op().into(),
+                        id: change.id.clone(),
+                        fields: change.kind.fields().map(|f| (**f).clone()),
+                        at_ms,
+                    });
+                }
             }
             Event::SyncApplied { writes, .. } => {
                 let ttl = self.hub.ctx.engine.cache().ttl_config();
-                let now = now_ms();
-                for w in writes.iter() {
-                    let expires = w.fields.as_ref().map(|_| {
-                        expires_at(prefetch::Ttl::Seconds(ttl.as_secs()), now).unwrap_or(now)
-                    });
-                    self.set_mirror(&w.id, w.fields.clone(), expires);
+                let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+                for w in writes.iter().filter(|w| w.outcome == WriteOutcome::Applied) {
+                    let fields = w.fields.as_ref().map(|f| (**f).clone());
+                    let expires = fields
+                        .as_ref()
+                        .map(|_| epoch_ms(w.at).saturating_add(ttl_ms));
+                    self.set_mirror(&w.id, fields.clone(), expires);
                     self.hub.send(&LiveEvent::Cache {
                         id: w.id.clone(),
-                        fields: w.fields.clone(),
+                        fields,
                         expires_at_ms: expires,
-                        source: Source::Sync,
-                        lag_ms: Some(w.lag.as_secs_f64() * 1000.0),
+                        source: WriteOrigin::Sync,
+                        lag_ms: Some(millis(w.lag)),
                     });
                 }
             }
@@ -211,7 +223,7 @@ impl Task {
                     id,
                     fields: None,
                     expires_at_ms: None,
-                    source: Source::Admin,
+                    source: WriteOrigin::Admin,
                     lag_ms: None,
                 });
             }
@@ -219,15 +231,25 @@ impl Task {
                 self.mirror.clear();
                 self.hub.send(&LiveEvent::Cleared { deleted });
             }
-            Event::Prefetched { loaded, elapsed } => {
+            Event::StateLost { reason } => {
+                self.hub.send(&LiveEvent::StateLost { reason });
+            }
+            Event::Prefetched {
+                loaded,
+                swept,
+                elapsed,
+                reason,
+            } => {
                 self.hub.send(&LiveEvent::Prefetched {
                     loaded,
-                    elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+                    swept,
+                    elapsed_ms: millis(elapsed),
+                    reason: reason.into(),
                 });
                 self.resync().await;
             }
             Event::Worker(state) => self.hub.send(&LiveEvent::Worker {
-                state: state.as_str().to_owned(),
+                state: state.into(),
             }),
             Event::StatsReset => self.stats(true),
             _ => {}
@@ -290,15 +312,15 @@ impl Task {
                 fields: e.fields,
             });
             let source = if expired.contains(&id) {
-                Source::Expired
+                WriteOrigin::Expired
             } else {
-                Source::External
+                WriteOrigin::External
             };
             self.report_if_changed(&id, actual, source);
         }
     }
 
-    fn report_if_changed(&mut self, id: &str, actual: Option<Mirrored>, source: Source) {
+    fn report_if_changed(&mut self, id: &str, actual: Option<Mirrored>, source: WriteOrigin) {
         let known = self.mirror.get(id);
         let same = match (known, &actual) {
             (None, None) => true,
@@ -348,7 +370,7 @@ impl Task {
                 expires_at_ms: expires_at(e.ttl, now),
                 fields: e.fields,
             };
-            self.report_if_changed(&e.id, Some(actual), Source::External);
+            self.report_if_changed(&e.id, Some(actual), WriteOrigin::External);
         }
         let gone: Vec<String> = self
             .mirror
@@ -357,7 +379,7 @@ impl Task {
             .cloned()
             .collect();
         for id in gone {
-            self.report_if_changed(&id, None, Source::External);
+            self.report_if_changed(&id, None, WriteOrigin::External);
         }
     }
 
@@ -379,6 +401,7 @@ impl Task {
                     })
                     .collect();
                 self.last_stats = Some(state.stats.clone());
+                self.last_source = Some(state.source.clone());
                 self.hub.send(&LiveEvent::Snapshot(state));
             }
             Err(e) => tracing::warn!(error = %e, "live feed resync failed"),
@@ -386,7 +409,15 @@ impl Task {
     }
 
     fn stats(&mut self, force: bool) {
-        let stats = StatsDto::from(self.hub.ctx.engine.stats());
+        let engine = &self.hub.ctx.engine;
+        let stats = engine.stats();
+        let source = SourceDto::from(&stats.source);
+        if self.last_source.as_ref() != Some(&source) {
+            self.hub.send(&LiveEvent::Source(source.clone()));
+            self.last_source = Some(source);
+        }
+        let primary = engine.source();
+        let stats = StatsDto::new(stats, primary.reads(), primary.read_latency());
         if force || self.last_stats.as_ref() != Some(&stats) {
             self.hub.send(&LiveEvent::Stats(stats.clone()));
             self.last_stats = Some(stats);

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use prefetch::testing::TestRedis;
 
-mod common;
-use common::free_port;
+use crate::common::free_port;
 
 fn server(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
@@ -51,9 +50,7 @@ fn wait_for_line(child: &mut Child, needle: &str, timeout: Duration) -> Vec<Stri
 
 fn sigterm_and_wait(child: &mut Child) -> (std::process::ExitStatus, Duration) {
     let started = Instant::now();
-    let pid = i32::try_from(child.id()).unwrap();
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    crate::common::sigterm(child.id());
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return (status, started.elapsed());
@@ -152,7 +149,7 @@ fn the_embedded_redis_starts_with_the_server_and_stops_with_it() {
     let lines = wait_for_line(&mut child, "sync worker running", Duration::from_secs(20));
     let text = lines.join("\n");
     let at = text
-        .find("started a private redis-server at redis://127.0.0.1:")
+        .find("started a private redis-server")
         .unwrap_or_else(|| panic!("{text}"));
     let redis_port: u16 = text[at..]
         .split("127.0.0.1:")

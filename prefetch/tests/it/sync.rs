@@ -3,24 +3,17 @@
 
 use std::time::Duration;
 
-use prefetch::testing::{TestRedis, assert_converged, both_sides, prefix};
+use prefetch::testing::{
+    TestRedis, assert_converged, both_sides, engine_config, mock_engine, mock_engine_with,
+};
 use prefetch::{
-    CacheConfig, ChangeKind, Engine, EngineConfig, Error, Event, Fields, Record, WorkerState,
+    ChangeKind, Engine, Error, Event, Fields, MockPrimary, Record, Version, WorkerState,
 };
 use redis::aio::ConnectionLike;
 
-fn engine_config(test: &str) -> EngineConfig {
-    EngineConfig {
-        cache: CacheConfig {
-            prefix: prefix(test),
-            ttl: Duration::from_secs(3600),
-        },
-        primary_read_latency: Duration::ZERO,
-        ..EngineConfig::default()
-    }
-}
+use crate::Lcg;
 
-async fn cached_field<C>(engine: &Engine<C>, id: &str, field: &str) -> Option<String>
+async fn cached_field<C>(engine: &Engine<MockPrimary, C>, id: &str, field: &str) -> Option<String>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
@@ -28,28 +21,10 @@ where
     lookup.record.and_then(|r| r.get(field).map(str::to_owned))
 }
 
-/// A tiny deterministic generator, so failures replay.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// One random mutation on ids `m-000..m-{space}`; returns whether it changed
 /// the primary (an update/delete of a missing id or an add of an existing
 /// one is refused, as it should be).
-fn random_mutation<C>(engine: &Engine<C>, rng: &mut Lcg, space: u64, tag: u64) -> bool
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
+pub fn random_mutation(primary: &MockPrimary, rng: &mut Lcg, space: u64, tag: u64) -> bool {
     let id = format!("m-{:03}", rng.below(space));
     let result = match rng.below(4) {
         0 => {
@@ -60,10 +35,10 @@ where
             ]
             .into_iter()
             .collect();
-            engine.add(rec).map(drop)
+            primary.add(rec).map(drop)
         }
-        1 => engine.delete(&id).map(drop),
-        _ => engine
+        1 => primary.delete(&id).map(drop),
+        _ => primary
             .update_field(&id, "name", &format!("v{tag}"))
             .map(drop),
     };
@@ -77,10 +52,11 @@ where
 #[tokio::test]
 async fn the_worker_applies_a_mutation_without_being_asked() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("basic"))
-        .await
+    let (engine, _) = mock_engine(redis.conn().await, "basic", None).await;
+    engine
+        .source()
+        .update_field("cat-001", "name", "Drinks")
         .unwrap();
-    engine.update_field("cat-001", "name", "Drinks").unwrap();
     engine.settle(Duration::from_secs(2)).await.unwrap();
     assert_eq!(
         cached_field(&engine, "cat-001", "name").await.as_deref(),
@@ -89,34 +65,34 @@ async fn the_worker_applies_a_mutation_without_being_asked() {
     let stats = engine.stats();
     assert_eq!(stats.cache.sync_events_applied, 1);
     assert_eq!(stats.backlog, 0);
-    assert!(stats.cache.sync_lag_ms_avg > 0.0);
-    assert!(stats.cache.sync_lag_ms_p99 >= stats.cache.sync_lag_ms_p50);
+    assert_eq!(stats.applied, Some(Version::new(1, 0)));
+    assert!(stats.cache.sync_lag.count == 1 && stats.cache.sync_lag.mean > Duration::ZERO);
+    assert!(stats.cache.sync_lag.p99 >= stats.cache.sync_lag.p50);
     engine.shutdown(Duration::from_secs(1)).await.unwrap();
 }
 
 #[tokio::test]
 async fn paused_worker_applies_nothing_until_resume_then_everything_in_order() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("pause"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "pause", None).await;
     let pause = engine.sync().pause(Duration::from_secs(1)).await.unwrap();
     assert_eq!(engine.sync().state(), WorkerState::Paused);
+    let primary = engine.source();
 
     for i in 0..200 {
-        engine
+        primary
             .update_field("cat-002", "name", &format!("v{i}"))
             .unwrap();
     }
-    engine.delete("cat-004").unwrap();
-    engine
+    primary.delete("cat-004").unwrap();
+    primary
         .add(
             [("id", "cat-006"), ("name", "Seasonal")]
                 .into_iter()
                 .collect(),
         )
         .unwrap();
-    engine
+    primary
         .update_field("cat-006", "name", "Seasonal 2")
         .unwrap();
 
@@ -126,8 +102,8 @@ async fn paused_worker_applies_nothing_until_resume_then_everything_in_order() {
         cached_field(&engine, "cat-002", "name").await.as_deref(),
         Some("Bakery")
     );
-    assert!(engine.cache().get("cat-004").await.unwrap().hit);
-    assert!(!engine.cache().get("cat-006").await.unwrap().hit);
+    assert!(engine.cache().get("cat-004").await.unwrap().hit());
+    assert!(!engine.cache().get("cat-006").await.unwrap().hit());
     assert_eq!(engine.stats().cache.sync_events_applied, 0);
     assert_eq!(engine.stats().backlog, 203);
 
@@ -145,38 +121,25 @@ async fn paused_worker_applies_nothing_until_resume_then_everything_in_order() {
 }
 
 #[tokio::test]
-async fn a_stale_resume_cannot_release_a_later_pause() {
+async fn the_worker_runs_again_only_once_every_pause_is_gone() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("stale"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "overlap", None).await;
     let sync = engine.sync().clone();
 
     let first = sync.pause(Duration::from_secs(1)).await.unwrap();
-    let first_id = first.id();
-    first.resume();
     let second = sync.pause(Duration::from_secs(1)).await.unwrap();
-
-    assert!(
-        !sync.resume(first_id),
-        "the first pause was already resumed"
-    );
     engine
+        .source()
         .update_field("cat-001", "name", "while paused")
         .unwrap();
+    first.resume();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(sync.state(), WorkerState::Paused);
+    assert_eq!(sync.state(), WorkerState::Paused, "one pause is still out");
     assert_eq!(
         cached_field(&engine, "cat-001", "name").await.as_deref(),
         Some("Beverages")
     );
-
-    // Two overlapping pauses: the worker runs only when both are gone.
-    let third = sync.pause(Duration::from_secs(1)).await.unwrap();
-    second.resume();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(sync.state(), WorkerState::Paused);
-    drop(third); // dropping a guard resumes
+    drop(second); // dropping a guard resumes
     engine.settle(Duration::from_secs(2)).await.unwrap();
     assert_eq!(
         cached_field(&engine, "cat-001", "name").await.as_deref(),
@@ -187,9 +150,7 @@ async fn a_stale_resume_cannot_release_a_later_pause() {
 #[tokio::test]
 async fn pause_times_out_while_an_apply_is_in_flight_and_withdraws_itself() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("stuck"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "stuck", None).await;
     let mut admin = redis.conn().await;
 
     // Writes block inside Redis for 800 ms, so the next apply hangs in flight.
@@ -200,7 +161,10 @@ async fn pause_times_out_while_an_apply_is_in_flight_and_withdraws_itself() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    engine.update_field("cat-003", "name", "slow").unwrap();
+    engine
+        .source()
+        .update_field("cat-003", "name", "slow")
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let err = engine
@@ -225,13 +189,12 @@ async fn pause_times_out_while_an_apply_is_in_flight_and_withdraws_itself() {
 #[tokio::test]
 async fn a_burst_queued_while_paused_is_applied_in_one_round_trip() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("burst"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "burst", None).await;
     let pause = engine.sync().pause(Duration::from_secs(1)).await.unwrap();
     for i in 0..1000 {
         let id = format!("cat-00{}", i % 5 + 1);
         engine
+            .source()
             .update_field(&id, "display_order", &i.to_string())
             .unwrap();
     }
@@ -244,16 +207,16 @@ async fn a_burst_queued_while_paused_is_applied_in_one_round_trip() {
 }
 
 #[tokio::test]
-async fn malformed_events_from_the_feed_are_skipped_and_counted_not_fatal() {
+async fn malformed_changes_from_the_source_are_skipped_and_counted_not_fatal() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("badfeed"))
-        .await
-        .unwrap();
-    engine
-        .primary()
-        .emit_raw("cat-001", ChangeKind::Upsert(Fields::new()));
-    engine.primary().emit_raw("", ChangeKind::Delete);
-    engine.update_field("cat-001", "name", "after").unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "badfeed", None).await;
+    let primary = engine.source();
+    primary.emit_raw(
+        "cat-001",
+        ChangeKind::Upsert(std::sync::Arc::new(Fields::new())),
+    );
+    primary.emit_raw("", ChangeKind::Delete);
+    primary.update_field("cat-001", "name", "after").unwrap();
     engine.settle(Duration::from_secs(2)).await.unwrap();
     let stats = engine.stats();
     assert_eq!(stats.cache.sync_events_skipped, 2);
@@ -268,12 +231,11 @@ async fn malformed_events_from_the_feed_are_skipped_and_counted_not_fatal() {
 #[tokio::test]
 async fn stop_applies_what_is_queued_overriding_a_pause_and_joins() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("stop"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "stop", None).await;
     let pause = engine.sync().pause(Duration::from_secs(1)).await.unwrap();
     for i in 0..50 {
         engine
+            .source()
             .update_field("cat-005", "name", &format!("s{i}"))
             .unwrap();
     }
@@ -297,9 +259,7 @@ async fn stop_applies_what_is_queued_overriding_a_pause_and_joins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_concurrent_mutations_end_with_the_cache_equal_to_the_primary() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("10k"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "10k", None).await;
     let tasks: Vec<_> = (0..8u64)
         .map(|t| {
             let engine = engine.clone();
@@ -309,7 +269,7 @@ async fn ten_thousand_concurrent_mutations_end_with_the_cache_equal_to_the_prima
                 let mut tag = 0;
                 while done < 1250 {
                     tag += 1;
-                    if random_mutation(&engine, &mut rng, 300, t * 1_000_000 + tag) {
+                    if random_mutation(engine.source(), &mut rng, 300, t * 1_000_000 + tag) {
                         done += 1;
                     }
                     if tag % 64 == 0 {
@@ -322,24 +282,23 @@ async fn ten_thousand_concurrent_mutations_end_with_the_cache_equal_to_the_prima
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(engine.primary().last_seq(), 10_000);
+    assert_eq!(engine.source().head(), Some(Version::new(10_000, 0)));
     assert_converged(&engine).await;
     assert_eq!(engine.stats().cache.sync_events_applied, 10_000);
+    assert_eq!(engine.stats().cache.sync_events_stale, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reprefetch_under_concurrent_mutations_ends_equal() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("reprefetch"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "reprefetch", None).await;
     let mutators: Vec<_> = (0..4u64)
         .map(|t| {
             let engine = engine.clone();
             tokio::spawn(async move {
                 let mut rng = Lcg(100 + t);
                 for tag in 0..1500 {
-                    random_mutation(&engine, &mut rng, 100, tag);
+                    random_mutation(engine.source(), &mut rng, 100, tag);
                     if tag % 16 == 0 {
                         tokio::task::yield_now().await;
                     }
@@ -366,15 +325,16 @@ async fn reprefetch_under_concurrent_mutations_ends_equal() {
     }
     assert_converged(&engine).await;
     assert_eq!(
-        engine.primary().reads(),
+        engine.source().reads(),
         1 + 10,
         "one primary read per prefetch"
     );
+    assert_eq!(engine.stats().cache.reprefetches, 10);
 }
 
-/// The window re-prefetch's pause exists for: a change made after the
-/// primary took its snapshot (while its reply travels, half the read
-/// latency) but applied before the bulk load lands would be overwritten by
+/// The window the version guard closes without a pause: a change made after
+/// the primary took its snapshot (while its reply travels, half the read
+/// latency) but applied before the snapshot lands would be overwritten by
 /// the older snapshot. Every record here changes exactly once, so nothing
 /// later can repair such a loss, and changes keep coming while
 /// re-prefetches run back to back.
@@ -385,16 +345,18 @@ async fn a_change_made_during_reprefetch_is_not_overwritten_by_the_snapshot() {
 
     const RECORDS: usize = 5_000;
     let redis = TestRedis::start();
-    let config = EngineConfig {
-        primary_read_latency: Duration::from_millis(40),
-        ..engine_config("reprefetch-window")
-    };
-    let (engine, _) = Engine::start(redis.conn().await, config).await.unwrap();
+    let (engine, _) = mock_engine_with(
+        redis.conn().await,
+        engine_config("reprefetch-window"),
+        None,
+        Duration::from_millis(40),
+    )
+    .await;
     for i in 0..RECORDS {
         let rec: Record = [("id", format!("w-{i:05}")), ("name", "before".to_owned())]
             .into_iter()
             .collect();
-        engine.add(rec).unwrap();
+        engine.source().add(rec).unwrap();
     }
     assert_converged(&engine).await;
 
@@ -408,7 +370,7 @@ async fn a_change_made_during_reprefetch_is_not_overwritten_by_the_snapshot() {
                 // an order spread over the whole id range (and so over
                 // every bulk-load chunk).
                 let id = format!("w-{:05}", i * 7919 % RECORDS);
-                engine.update_field(&id, "name", "after").unwrap();
+                engine.source().update_field(&id, "name", "after").unwrap();
                 changed.store(i + 1, Ordering::SeqCst);
                 if i % 25 == 24 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -434,17 +396,15 @@ async fn redis_restarted_mid_stream_the_worker_retries_and_converges_with_nothin
     // A server of our own that fsyncs every write, so a kill -9 loses only
     // what was never acknowledged, which the worker must then retry.
     let mut redis = TestRedis::spawn_own(true);
-    let (engine, _) = Engine::start(redis.manager().await, engine_config("restart"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.manager().await, "restart", None).await;
     let mut rng = Lcg(7);
 
     for tag in 0..1000 {
-        random_mutation(&engine, &mut rng, 200, tag);
+        random_mutation(engine.source(), &mut rng, 200, tag);
     }
     redis.kill();
     for tag in 1000..2000 {
-        random_mutation(&engine, &mut rng, 200, tag);
+        random_mutation(engine.source(), &mut rng, 200, tag);
         if tag % 100 == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -457,7 +417,7 @@ async fn redis_restarted_mid_stream_the_worker_retries_and_converges_with_nothin
     ));
     redis.restart();
     for tag in 2000..3000 {
-        random_mutation(&engine, &mut rng, 200, tag);
+        random_mutation(engine.source(), &mut rng, 200, tag);
     }
     assert_converged(&engine).await;
     assert_eq!(engine.sync().state(), WorkerState::Running);
@@ -468,11 +428,12 @@ async fn redis_restarted_mid_stream_the_worker_retries_and_converges_with_nothin
 #[tokio::test]
 async fn the_event_feed_reports_primary_changes_sync_writes_and_admin_actions() {
     let redis = TestRedis::start();
-    let (engine, _) = Engine::start(redis.conn().await, engine_config("feed"))
-        .await
-        .unwrap();
+    let (engine, _) = mock_engine(redis.conn().await, "feed", None).await;
     let mut feed = engine.subscribe();
-    engine.update_field("cat-002", "featured", "false").unwrap();
+    engine
+        .source()
+        .update_field("cat-002", "featured", "false")
+        .unwrap();
     engine.settle(Duration::from_secs(1)).await.unwrap();
     engine.invalidate("cat-002").await.unwrap();
 
@@ -483,8 +444,12 @@ async fn the_event_feed_reports_primary_changes_sync_writes_and_admin_actions() 
             .expect("event within 1 s")
             .expect("feed open");
         match ev {
-            Event::Primary(c) => {
-                assert_eq!((c.id.as_str(), c.op(), c.seq), ("cat-002", "upsert", 1));
+            Event::Primary(tx) => {
+                let c = &tx.changes[0];
+                assert_eq!(
+                    (c.id.as_str(), c.op().as_str(), c.version),
+                    ("cat-002", "upsert", Version::new(1, 0))
+                );
                 seen.push("primary");
             }
             Event::SyncApplied {
@@ -492,6 +457,7 @@ async fn the_event_feed_reports_primary_changes_sync_writes_and_admin_actions() 
             } => {
                 assert_eq!(applied, 1);
                 assert_eq!(writes[0].id, "cat-002");
+                assert_eq!(writes[0].outcome, prefetch::WriteOutcome::Applied);
                 let fields = writes[0].fields.as_ref().unwrap();
                 assert_eq!(fields.get("featured").map(String::as_str), Some("false"));
                 seen.push("sync");

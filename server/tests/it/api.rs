@@ -1,11 +1,9 @@
 //! The reference-compatible JSON API over HTTP: every path, its success
 //! shape, and each documented error status, against a real redis-server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, json_of};
+use crate::common::{TestServer, json_of};
 use prefetch::testing::TestRedis;
 use serde_json::{Value, json};
 
@@ -94,7 +92,7 @@ async fn read_answers_hits_misses_and_bad_ids() {
     let (status, body) = srv.get("/read?id=a%0Ab").await;
     assert_error(status, &body, 400, "control characters");
     assert_eq!(
-        srv.engine().primary().reads(),
+        srv.engine().source().reads(),
         1,
         "reads never reach the primary"
     );
@@ -296,6 +294,75 @@ async fn wrong_methods_get_405_json() {
 }
 
 #[tokio::test]
+async fn head_answers_like_get_without_a_body_on_every_get_path() {
+    let srv = TestServer::start().await;
+    let http = reqwest::Client::new();
+    for path in [
+        "/",
+        "/index.html",
+        "/categories",
+        "/read?id=cat-001",
+        "/stats",
+        "/state",
+        "/favicon.svg",
+        "/nope",
+    ] {
+        let get = http.get(srv.url(path)).send().await.unwrap();
+        let head = http.head(srv.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), get.status(), "HEAD {path}");
+        assert_eq!(
+            head.headers().get("content-type"),
+            get.headers().get("content-type"),
+            "HEAD {path}"
+        );
+        assert!(
+            head.bytes().await.unwrap().is_empty(),
+            "HEAD {path} has no body"
+        );
+    }
+}
+
+#[tokio::test]
+async fn endpoints_that_take_no_input_ignore_any_body() {
+    let srv = TestServer::start().await;
+    let http = reqwest::Client::new();
+    for path in ["/reset", "/reprefetch", "/clear"] {
+        let res = http
+            .post(srv.url(path))
+            .header("content-type", "application/json")
+            .body(r#"{"ignored": [1, 2, 3]}"#)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // Those that do take input still insist on a form.
+    let res = http
+        .post(srv.url("/invalidate"))
+        .header("content-type", "application/json")
+        .body(r#"{"id": "cat-001"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+}
+
+#[tokio::test]
+async fn malformed_percent_encoding_is_refused_alike_in_query_and_body() {
+    let srv = TestServer::start().await;
+    for bad in ["%", "%ZZ", "%FF", "a%2"] {
+        let (status, body) = srv.get(&format!("/read?id={bad}")).await;
+        assert_error(status, &body, 400, "percent-encoding");
+        let (status, body) = srv.post("/invalidate", &format!("id={bad}")).await;
+        assert_error(status, &body, 400, "percent-encoding");
+    }
+    let (status, body) = srv.get("/read?id=100%25").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], "100%");
+}
+
+#[tokio::test]
 async fn oversized_bodies_get_413_json_and_change_nothing() {
     let srv = TestServer::start().await;
     let big = format!("id=cat-001&field=name&value={}", "x".repeat(1024 * 1024));
@@ -437,7 +504,11 @@ async fn a_form_posted_without_javascript_is_redirected_back_with_its_error() {
     assert_eq!(res.status(), 303, "a redirect the browser follows");
     let location = res.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&page) && location.contains("__err="));
-    assert_eq!(srv.engine().primary().inspect().0.len(), 5, "nothing added");
+    assert_eq!(
+        srv.engine().source().records().await.unwrap().len(),
+        5,
+        "nothing added"
+    );
 
     let html = http
         .get(&location)

@@ -1,9 +1,7 @@
 //! Exposure: admin token, loopback default, strict bodies, security headers
 //! and the page's Content-Security-Policy.
 
-mod common;
-
-use common::{TestServer, json_of};
+use crate::common::{TestServer, json_of};
 use prefetch::testing::TestRedis;
 
 const TOKEN: &str = "s3cret-token-for-tests";

@@ -1,0 +1,181 @@
+#!lua name=prefetch_v1
+-- Version-guarded writes for the prefetch cache (loaded by prefetch/src/apply.rs).
+--
+-- A version is "hi:lo:ord": the commit position's high and low 32 bits and
+-- the change's place in its transaction. It is compared as three numbers,
+-- never as a string: Lua numbers are doubles (exact only below 2^53), and
+-- Lua compares strings by the server's locale.
+--
+-- Keys of one write come in pairs: the record's hash and its tombstone key
+-- (the record's key again when the tombstone lives inside the hash).
+-- KEYS[1] is always the cache's state hash (source, pos, floor, loading);
+-- every call first checks that it still names the caller's source, so a
+-- Redis that lost its data is noticed by the first write ("PFLOST").
+
+local function parse(s)
+  if type(s) ~= 'string' then return nil end
+  local a, b, c = string.match(s, '^(%d+):(%d+):(%d+)$')
+  if not a then return nil end
+  return { tonumber(a), tonumber(b), tonumber(c) }
+end
+
+-- x > y; nothing (nil) is older than everything.
+local function newer(x, y)
+  if y == nil then return true end
+  if x[1] ~= y[1] then return x[1] > y[1] end
+  if x[2] ~= y[2] then return x[2] > y[2] end
+  return x[3] > y[3]
+end
+
+-- A hash field, or nil when the key is missing or not a hash (someone
+-- wrote it outside the pipeline: it has no version and is replaced).
+local function hget(key, field)
+  local r = redis.pcall('HGET', key, field)
+  if type(r) ~= 'string' then return nil end
+  return r
+end
+
+-- The newest version stored for a record: its hash's, or its tombstone's.
+local function stored(data, tomb)
+  local v = parse(hget(data, '__v'))
+  if tomb ~= data then
+    local t = redis.pcall('GET', tomb)
+    if type(t) == 'string' then
+      local tv = parse(t)
+      if tv and newer(tv, v) then v = tv end
+    end
+  end
+  return v
+end
+
+-- The floor (no write older than it applies) when the state hash names
+-- `source`; nil when the state is gone or belongs to another source.
+local function floor_of(meta, source)
+  local s = redis.call('HMGET', meta, 'source', 'floor')
+  if s[1] ~= source then return nil end
+  return parse(s[2]) or { 0, 0, 0 }
+end
+
+local function advance(meta, field, vs)
+  local v = parse(vs)
+  if v and newer(v, parse(redis.call('HGET', meta, field))) then
+    redis.call('HSET', meta, field, vs)
+  end
+end
+
+local function lost()
+  return redis.error_reply('PFLOST the cache state for this source is gone')
+end
+
+local function bury(data, tomb, vs, tomb_ttl)
+  redis.call('DEL', data)
+  if tomb ~= data then
+    redis.call('SET', tomb, vs, 'PX', tomb_ttl)
+  else
+    redis.call('HSET', data, '__v', vs, '__del', '1')
+    redis.call('PEXPIRE', data, tomb_ttl)
+  end
+end
+
+-- ARGV: source, mode ('live' | 'snapshot'), ttl s, tombstone ttl ms,
+-- position ('' for none), then per write: op ('u' | 'd'), version, content
+-- hash, field count n, then n name/value pairs. Returns 1 (applied) or 0
+-- (stale) per write. A live write must be newer than what is stored; a
+-- snapshot write may also rewrite its own version (repairing a hash
+-- changed outside the pipeline). Nothing older than the floor applies.
+local function apply(keys, args)
+  local floor = floor_of(keys[1], args[1])
+  if floor == nil then return lost() end
+  local snapshot = args[2] == 'snapshot'
+  local ttl = tonumber(args[3])
+  local tomb_ttl = tonumber(args[4])
+  local out = {}
+  local a, k = 6, 2
+  while a <= #args do
+    local op, vs, h, n = args[a], args[a + 1], args[a + 2], tonumber(args[a + 3])
+    local data, tomb = keys[k], keys[k + 1]
+    local v = parse(vs)
+    local ok = 0
+    if v and not newer(floor, v) then
+      local cur = stored(data, tomb)
+      if newer(v, cur) or (snapshot and not newer(cur, v)) then
+        ok = 1
+        if op == 'u' then
+          redis.call('DEL', data)
+          local f = {}
+          for i = 1, 2 * n do f[i] = args[a + 3 + i] end
+          f[2 * n + 1], f[2 * n + 2] = '__v', vs
+          f[2 * n + 3], f[2 * n + 4] = '__h', h
+          -- unpack has a stack limit: at most 500 pairs per HSET.
+          local total, i = #f, 1
+          while i <= total do
+            local j = math.min(i + 999, total)
+            redis.call('HSET', data, unpack(f, i, j))
+            i = j + 1
+          end
+          redis.call('EXPIRE', data, ttl)
+          if tomb ~= data then redis.call('DEL', tomb) end
+        else
+          bury(data, tomb, vs, tomb_ttl)
+        end
+      end
+    end
+    out[#out + 1] = ok
+    a = a + 4 + 2 * n
+    k = k + 2
+  end
+  if args[5] ~= '' then advance(keys[1], 'pos', args[5]) end
+  return out
+end
+
+-- ARGV: source, snapshot version, tombstone ttl ms. Removes each listed
+-- record whose version is older than the snapshot (so the snapshot did not
+-- contain it), leaving a tombstone at the snapshot's version.
+local function sweep(keys, args)
+  if floor_of(keys[1], args[1]) == nil then return lost() end
+  local c = parse(args[2])
+  local tomb_ttl = tonumber(args[3])
+  local swept = 0
+  for k = 2, #keys, 2 do
+    local data, tomb = keys[k], keys[k + 1]
+    if redis.call('EXISTS', data) == 1 and hget(data, '__del') == nil then
+      local v = parse(hget(data, '__v'))
+      if v == nil or newer(c, v) then
+        bury(data, tomb, args[2], tomb_ttl)
+        swept = swept + 1
+      end
+    end
+  end
+  return swept
+end
+
+-- ARGV: source, snapshot version. Starts a load: claims the state for
+-- `source` (starting afresh if it named another), raises the floor to the
+-- snapshot and marks the load as under way.
+local function begin(keys, args)
+  local meta = keys[1]
+  if redis.call('HGET', meta, 'source') ~= args[1] then
+    redis.call('DEL', meta)
+    redis.call('HSET', meta, 'source', args[1])
+  end
+  advance(meta, 'floor', args[2])
+  redis.call('HSET', meta, 'loading', args[2])
+  return 1
+end
+
+-- ARGV: source, snapshot version. Ends a load: the position reaches the
+-- snapshot and the load mark goes.
+local function finish(keys, args)
+  local meta = keys[1]
+  if floor_of(meta, args[1]) == nil then return lost() end
+  advance(meta, 'pos', args[2])
+  if redis.call('HGET', meta, 'loading') == args[2] then
+    redis.call('HDEL', meta, 'loading')
+  end
+  return 1
+end
+
+redis.register_function('pf1_apply', apply)
+redis.register_function('pf1_sweep', sweep)
+redis.register_function('pf1_begin', begin)
+redis.register_function('pf1_finish', finish)

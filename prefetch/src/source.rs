@@ -1,0 +1,204 @@
+//! The seam to the source of truth: [`Source`], what the engine needs from
+//! any primary (a consistent snapshot with its version, committed
+//! transactions in order, acknowledgements, a status), and [`Primary`], what
+//! the demo's API and dashboard need on top (inspecting and editing it).
+//!
+//! The methods return boxed futures so that a source can be used behind
+//! `dyn Source` (the server picks one at run time) as well as statically.
+//!
+//! # A source of your own
+//!
+//! A change-data-capture adapter pushes transactions into a
+//! [`ChangeSender`](crate::ChangeSender) from wherever it reads them, and
+//! lets the engine pull them from the matching
+//! [`ChangeFeed`](crate::ChangeFeed):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use futures::FutureExt;
+//! use prefetch::{
+//!     BoxFuture, ChangeFeed, ChangeSender, Engine, EngineConfig, EventBus, Record, Result,
+//!     Source, SourceSnapshot, SourceStatus, Transaction, Version, feed,
+//! };
+//!
+//! /// Reference data from a file, with changes pushed by a watcher.
+//! struct FileSource {
+//!     records: Vec<Record>,
+//!     version: Version,
+//!     feed: ChangeFeed,
+//! }
+//!
+//! impl Source for FileSource {
+//!     fn id(&self) -> String {
+//!         "file:/etc/categories.json".into()
+//!     }
+//!     fn open(&self, applied: Option<Version>) -> BoxFuture<'_, Result<bool>> {
+//!         // Resume right after `applied` when the feed still has it.
+//!         let resumed = applied.is_some() && self.feed.rewind(applied);
+//!         async move { Ok(resumed) }.boxed()
+//!     }
+//!     fn snapshot(&self) -> BoxFuture<'_, Result<SourceSnapshot>> {
+//!         let snap = SourceSnapshot::from_records(self.version, self.records.clone());
+//!         async move { Ok(snap) }.boxed()
+//!     }
+//!     fn pull(&self, max: usize) -> BoxFuture<'_, Result<Vec<Arc<Transaction>>>> {
+//!         async move { Ok(self.feed.pull(max).await) }.boxed()
+//!     }
+//!     fn ack(&self, upto: Version) -> BoxFuture<'_, Result<()>> {
+//!         self.feed.ack(upto);
+//!         async { Ok(()) }.boxed()
+//!     }
+//!     fn status(&self) -> SourceStatus {
+//!         SourceStatus::connected("file", self.feed.head(), self.feed.backlog())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let events = EventBus::default();
+//! let (sender, feed): (ChangeSender, ChangeFeed) = feed::channel(events.clone());
+//! let source = Arc::new(FileSource { records: vec![], version: Version::new(1, 0), feed });
+//! let conn = redis::Client::open("redis://127.0.0.1/")?.get_connection_manager().await?;
+//! let (engine, _report) = Engine::start(conn, source, events, EngineConfig::default()).await?;
+//! // …the watcher calls `sender.send(Transaction::new(…))` on every change.
+//! # drop((engine, sender)); Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+pub use futures::future::BoxFuture;
+pub use futures::stream::BoxStream;
+
+use crate::error::Result;
+use crate::model::{Record, Transaction, Version};
+
+/// A consistent snapshot of every record, as of `version`, read in chunks
+/// so that a large table never has to fit in memory at once.
+pub struct SourceSnapshot {
+    /// Every change up to this version is in the snapshot, none after it.
+    pub version: Version,
+    /// The records, chunk by chunk.
+    pub chunks: BoxStream<'static, Result<Vec<Record>>>,
+}
+
+impl SourceSnapshot {
+    /// A snapshot of records already in memory.
+    pub fn from_records(version: Version, records: Vec<Record>) -> Self {
+        Self {
+            version,
+            chunks: futures::stream::iter([Ok(records)]).boxed(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SourceSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSnapshot")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a source is doing, for stats, metrics and the dashboard header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// What kind of source this is (`mock`, `postgres`, …).
+    pub kind: String,
+    /// Whether the source is reachable right now.
+    pub connected: bool,
+    /// The newest position the source has produced.
+    pub head: Option<Version>,
+    /// Changes produced but not yet acknowledged.
+    pub backlog: usize,
+    /// Labelled facts worth showing (server version, slot, confirmed position…).
+    pub details: Vec<(String, String)>,
+}
+
+impl SourceStatus {
+    /// A connected source of `kind`.
+    pub fn connected(kind: &str, head: Option<Version>, backlog: usize) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            connected: true,
+            head,
+            backlog,
+            details: Vec::new(),
+        }
+    }
+}
+
+/// A source of truth the cache mirrors.
+///
+/// The engine calls [`open`](Self::open) once at start, [`snapshot`](Self::snapshot)
+/// whenever it (re-)prefetches, and [`pull`](Self::pull) / [`ack`](Self::ack)
+/// from its sync worker: pull, apply to Redis, acknowledge. Every
+/// transaction pulled after the engine stored position `p` in Redis must
+/// have a position above `p` or be harmless to apply again: writes are
+/// version-guarded, so duplicates and replays change nothing.
+pub trait Source: Send + Sync + 'static {
+    /// Identifies the history the versions belong to (a database and its
+    /// replication slot, a stream, a mock instance). Redis state written for
+    /// another id is discarded at start, because versions from two
+    /// histories cannot be compared.
+    fn id(&self) -> String;
+
+    /// Prepares the change stream. `applied` is the position Redis holds for
+    /// this source, if any: returns `true` when the stream will deliver
+    /// every transaction after it (no snapshot needed), `false` when the
+    /// engine must load a snapshot.
+    fn open(&self, applied: Option<Version>) -> BoxFuture<'_, Result<bool>>;
+
+    /// A consistent snapshot. Changes after its version will still be
+    /// pulled; changes up to it may be pulled too (they are then refused as
+    /// stale).
+    fn snapshot(&self) -> BoxFuture<'_, Result<SourceSnapshot>>;
+
+    /// Waits for at least one committed transaction and returns up to about
+    /// `max_changes` changes of them, whole transactions, in commit order.
+    /// An empty list means the source has ended. Must be cancel-safe.
+    fn pull(&self, max_changes: usize) -> BoxFuture<'_, Result<Vec<Arc<Transaction>>>>;
+
+    /// Everything up to `upto` is durable in Redis; the source may forget it.
+    fn ack(&self, upto: Version) -> BoxFuture<'_, Result<()>>;
+
+    /// The source's current status.
+    fn status(&self) -> SourceStatus;
+}
+
+/// A source the demo can inspect and edit: what the reference API's
+/// mutations and the dashboard's primary column need.
+pub trait Primary: Source {
+    /// Every record, sorted by id: the dashboard's view of the source
+    /// (not counted as a primary read).
+    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>>;
+
+    /// Sets one field of an existing record; returns its new state.
+    fn update_field<'a>(
+        &'a self,
+        id: &'a str,
+        field: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Record>>;
+
+    /// Inserts a new record; returns it as stored.
+    fn add(&self, record: Record) -> BoxFuture<'_, Result<Record>>;
+
+    /// Removes a record; returns its (trimmed) id.
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<String>>;
+
+    /// Counted reads (snapshots) since the last reset.
+    fn reads(&self) -> u64;
+
+    /// Zeroes the read counter.
+    fn reset_reads(&self);
+
+    /// How long a read of the source takes (configured for the mock,
+    /// measured for a database).
+    fn read_latency(&self) -> Duration;
+}
+
+/// When a transaction or heartbeat committed, in milliseconds behind now.
+pub(crate) fn age(at: SystemTime) -> Duration {
+    SystemTime::now().duration_since(at).unwrap_or_default()
+}

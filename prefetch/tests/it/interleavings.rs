@@ -1,0 +1,327 @@
+//! Random interleavings of every engine operation from several tasks, against
+//! a real redis-server. After the tasks finish and the worker catches up:
+//!
+//! - no cached key holds anything but its primary record (nothing stale),
+//! - no key is cached for a record the primary no longer has (no orphans),
+//! - the counters add up: every primary change either applied or refused
+//!   as stale exactly once, every read counted once, one primary read per
+//!   (re-)prefetch,
+//! - one more re-prefetch makes the cache equal to the primary exactly.
+//!
+//! Keys may be *missing* (an invalidate or clear after a record's last
+//! change is a legitimate way to lose a key); they may never be wrong.
+//!
+//! A second property adds competing appliers that replay random old changes
+//! (duplicates, reorders, replays) beside the worker and re-prefetches: the
+//! version guard must end with Redis equal to the source, exactly.
+//!
+//! `PROPTEST_CASES` overrides the number of cases (default 100 and 200).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prefetch::testing::{TestRedis, both_sides, mock_engine};
+use prefetch::{Change, Engine, Error, MockPrimary, Record};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+const IDS: u8 = 12;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Update(u8, u16),
+    Add(u8),
+    Delete(u8),
+    Read(u8),
+    Invalidate(u8),
+    Clear,
+    Reprefetch,
+    /// Pause the worker for this many milliseconds, then resume.
+    Pause(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..IDS, any::<u16>()).prop_map(|(i, v)| Op::Update(i, v)),
+        2 => (0..IDS).prop_map(Op::Add),
+        2 => (0..IDS).prop_map(Op::Delete),
+        2 => (0..IDS).prop_map(Op::Read),
+        2 => (0..IDS).prop_map(Op::Invalidate),
+        1 => Just(Op::Clear),
+        1 => Just(Op::Reprefetch),
+        1 => (0u8..20).prop_map(Op::Pause),
+    ]
+}
+
+fn id(i: u8) -> String {
+    format!("p-{i:03}")
+}
+
+fn record(i: u8, v: u16) -> Record {
+    [
+        ("id", id(i)),
+        ("name", format!("v{v}")),
+        ("display_order", i.to_string()),
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[derive(Default)]
+struct Tally {
+    reads: AtomicU64,
+    prefetches: AtomicU64,
+}
+
+type TestEngine = Engine<MockPrimary, redis::aio::MultiplexedConnection>;
+
+fn ok_or_expected(r: Result<Change, Error>) -> Option<Change> {
+    match r {
+        Ok(c) => Some(c),
+        Err(Error::NotFound(_) | Error::AlreadyExists(_)) => None,
+        Err(e) => panic!("mutation failed: {e}"),
+    }
+}
+
+async fn run_task(engine: TestEngine, ops: Vec<Op>, tally: Arc<Tally>) {
+    let primary = engine.source().clone();
+    for op in ops {
+        match op {
+            Op::Update(i, v) => {
+                ok_or_expected(primary.update_field(&id(i), "name", &format!("u{v}")));
+            }
+            Op::Add(i) => {
+                ok_or_expected(primary.add(record(i, 0)));
+            }
+            Op::Delete(i) => {
+                ok_or_expected(primary.delete(&id(i)));
+            }
+            Op::Read(i) => {
+                engine.read(&id(i)).await.expect("read");
+                tally.reads.fetch_add(1, Ordering::SeqCst);
+            }
+            Op::Invalidate(i) => {
+                engine.invalidate(&id(i)).await.expect("invalidate");
+            }
+            Op::Clear => {
+                engine.clear().await.expect("clear");
+            }
+            Op::Reprefetch => {
+                engine.reprefetch().await.expect("reprefetch");
+                tally.prefetches.fetch_add(1, Ordering::SeqCst);
+            }
+            Op::Pause(ms) => {
+                let guard = engine
+                    .sync()
+                    .pause(Duration::from_secs(2))
+                    .await
+                    .expect("pause");
+                tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                guard.resume();
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn check(redis: &TestRedis, tasks: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
+    let seed: Vec<Record> = (0..IDS / 2).map(|i| record(i, 1)).collect();
+    let (engine, _) = mock_engine(redis.conn().await, "prop", Some(seed)).await;
+    let tally = Arc::new(Tally::default());
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|ops| tokio::spawn(run_task(engine.clone(), ops, tally.clone())))
+        .collect();
+    for h in handles {
+        h.await
+            .map_err(|e| TestCaseError::fail(format!("task failed: {e}")))?;
+    }
+    engine
+        .settle(Duration::from_secs(10))
+        .await
+        .expect("worker catches up");
+
+    let (primary, cache) = both_sides(&engine).await;
+    for (key, fields) in &cache {
+        let Some(truth) = primary.get(key) else {
+            return Err(TestCaseError::fail(format!("orphan {key} in the cache")));
+        };
+        prop_assert_eq!(fields, truth, "stale {}", key);
+    }
+    let stats = engine.stats();
+    let committed = engine.source().head().map_or(0, |v| v.commit);
+    let handled = stats.cache.sync_events_applied + stats.cache.sync_events_stale;
+    if tally.prefetches.load(Ordering::SeqCst) == 0 {
+        prop_assert_eq!(handled, committed);
+    } else {
+        // A snapshot covers the changes before it that were still queued:
+        // acknowledging it lets the source forget them unapplied.
+        prop_assert!(handled <= committed);
+    }
+    prop_assert_eq!(stats.cache.sync_events_skipped, 0);
+    prop_assert_eq!(
+        stats.cache.hits + stats.cache.misses,
+        tally.reads.load(Ordering::SeqCst)
+    );
+    prop_assert_eq!(
+        engine.source().reads(),
+        1 + tally.prefetches.load(Ordering::SeqCst)
+    );
+    prop_assert_eq!(stats.backlog, 0);
+
+    engine.reprefetch().await.expect("final reprefetch");
+    let (primary, cache) = both_sides(&engine).await;
+    prop_assert_eq!(primary, cache);
+    engine
+        .shutdown(Duration::from_secs(2))
+        .await
+        .expect("stops");
+    Ok(())
+}
+
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn random_interleavings_never_leave_a_wrong_key_and_the_counters_add_up() {
+    let cases = cases(100);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = TestRedis::start();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = proptest::collection::vec(proptest::collection::vec(op(), 0..25), 2..5);
+    let result = runner.run(&strategy, |tasks| runtime.block_on(check(&redis, tasks)));
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// What a competing-applier task does.
+#[derive(Clone, Debug)]
+enum Race {
+    /// A real change at the source (update, add or delete of one id).
+    Mutate(u8, u8, u16),
+    /// Apply this many changes picked from everything committed so far
+    /// (old ones, duplicates, in a shuffled order) beside the worker.
+    Replay(u16, u8),
+    Reprefetch,
+}
+
+fn race() -> impl Strategy<Value = Race> {
+    prop_oneof![
+        6 => (0..IDS, 0u8..4, any::<u16>()).prop_map(|(i, k, v)| Race::Mutate(i, k, v)),
+        3 => (any::<u16>(), 1u8..12).prop_map(|(s, n)| Race::Replay(s, n)),
+        1 => Just(Race::Reprefetch),
+    ]
+}
+
+/// Picks `n` changes from `history` (with repeats), in a scrambled order.
+fn pick(history: &[Change], seed: u16, n: u8) -> Vec<Change> {
+    let mut rng = crate::Lcg(u64::from(seed) + 1);
+    (0..n)
+        .filter_map(|_| {
+            let len = history.len() as u64;
+            (len > 0).then(|| history[rng.below(len) as usize].clone())
+        })
+        .collect()
+}
+
+async fn race_task(engine: TestEngine, ops: Vec<Race>, history: Arc<Mutex<Vec<Change>>>) {
+    let primary = engine.source().clone();
+    for op in ops {
+        match op {
+            Race::Mutate(i, kind, v) => {
+                let change = match kind {
+                    0 => ok_or_expected(primary.add(record(i, v))),
+                    1 => ok_or_expected(primary.delete(&id(i))),
+                    _ => ok_or_expected(primary.update_field(&id(i), "name", &format!("r{v}"))),
+                };
+                if let Some(change) = change {
+                    history.lock().unwrap().push(change);
+                }
+            }
+            Race::Replay(seed, n) => {
+                let picked = pick(&history.lock().unwrap(), seed, n);
+                engine
+                    .cache()
+                    .apply_batch(&picked, None)
+                    .await
+                    .expect("replay applies");
+            }
+            Race::Reprefetch => {
+                engine.reprefetch().await.expect("reprefetch");
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn check_race(redis: &TestRedis, tasks: Vec<Vec<Race>>) -> Result<(), TestCaseError> {
+    let seed: Vec<Record> = (0..IDS / 2).map(|i| record(i, 1)).collect();
+    let (engine, _) = mock_engine(redis.conn().await, "race", Some(seed)).await;
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|ops| tokio::spawn(race_task(engine.clone(), ops, history.clone())))
+        .collect();
+    for h in handles {
+        h.await
+            .map_err(|e| TestCaseError::fail(format!("task failed: {e}")))?;
+    }
+    engine
+        .settle(Duration::from_secs(10))
+        .await
+        .expect("worker catches up");
+    // Last, the whole history again, newest first, one change per call (a
+    // batch would send only the newest per id): nothing may move back.
+    let all = history.lock().unwrap().clone();
+    for change in all.iter().rev() {
+        engine
+            .cache()
+            .apply_batch(std::slice::from_ref(change), None)
+            .await
+            .expect("replay");
+    }
+    let (primary, cache) = both_sides(&engine).await;
+    prop_assert_eq!(primary, cache);
+    engine
+        .shutdown(Duration::from_secs(2))
+        .await
+        .expect("stops");
+    Ok(())
+}
+
+#[test]
+fn duplicates_reorders_replays_and_reprefetches_end_with_redis_equal_to_the_source() {
+    let cases = cases(200);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = TestRedis::start();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = proptest::collection::vec(proptest::collection::vec(race(), 0..30), 2..5);
+    let result = runner.run(&strategy, |tasks| {
+        runtime.block_on(check_race(&redis, tasks))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

@@ -1,0 +1,127 @@
+//! Re-prefetch without a pause: the snapshot goes through the version
+//! guard while the worker runs, and a sweep removes what it no longer has.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prefetch::testing::{TestRedis, assert_converged, mock_engine};
+use prefetch::{Record, WorkerState};
+use redis::AsyncCommands;
+
+#[tokio::test]
+async fn reprefetch_does_not_pause_the_worker_and_sweeps_orphans_and_outside_writes() {
+    let redis = TestRedis::start();
+    let (engine, _) = mock_engine(redis.conn().await, "sweep", None).await;
+    let mut conn = redis.conn().await;
+    // An orphan (a key the primary never had) and a hash edited by hand.
+    let _: () = conn
+        .hset_multiple(
+            engine.cache().key("ghost"),
+            &[("id", "ghost"), ("name", "boo")],
+        )
+        .await
+        .unwrap();
+    let _: () = conn
+        .hset(engine.cache().key("cat-002"), "name", "vandalised")
+        .await
+        .unwrap();
+    let mut events = engine.subscribe();
+    let report = engine.reprefetch().await.unwrap();
+    assert_eq!(report.loaded, 5);
+    assert_eq!(report.swept, 1, "the orphan");
+    assert_converged(&engine).await;
+    // The worker never parked.
+    while let Ok(ev) = events.try_recv() {
+        assert!(
+            !matches!(ev, prefetch::Event::Worker(WorkerState::Paused)),
+            "re-prefetch paused the worker"
+        );
+    }
+}
+
+/// Readers hammer every id while re-prefetches run back to back and the
+/// primary keeps changing: an id that exists throughout is never a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_no_miss_during_a_hundred_reprefetches() {
+    let redis = TestRedis::start();
+    let stable: Vec<Record> = (0..200)
+        .map(|i| {
+            [("id", format!("s-{i:03}")), ("name", format!("stable {i}"))]
+                .into_iter()
+                .collect()
+        })
+        .collect();
+    let ids: Vec<String> = stable.iter().map(|r| r.id().unwrap().to_owned()).collect();
+    let (engine, _) = mock_engine(redis.conn().await, "nomiss", Some(stable)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let misses = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..6)
+        .map(|r| {
+            let (engine, ids, stop, misses, reads) = (
+                engine.clone(),
+                ids.clone(),
+                stop.clone(),
+                misses.clone(),
+                reads.clone(),
+            );
+            tokio::spawn(async move {
+                let mut i = r * 31;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = &ids[i % ids.len()];
+                    if !engine.cache().get(id).await.unwrap().hit() {
+                        misses.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    i += 7;
+                }
+            })
+        })
+        .collect();
+    let mutator = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("s-{:03}", n % 200);
+                engine
+                    .source()
+                    .update_field(&id, "name", &format!("changed {n}"))
+                    .unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+    };
+    for _ in 0..100 {
+        engine.reprefetch().await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    mutator.await.unwrap();
+    assert!(reads.load(Ordering::Relaxed) > 1000, "the readers ran");
+    assert_eq!(misses.load(Ordering::Relaxed), 0, "a reader saw a miss");
+    assert_eq!(engine.stats().cache.misses, 0);
+    assert_converged(&engine).await;
+}
+
+#[tokio::test]
+async fn a_record_deleted_before_the_snapshot_is_swept_and_stays_gone() {
+    let redis = TestRedis::start();
+    let (engine, _) = mock_engine(redis.conn().await, "gone", None).await;
+    let pause = engine.sync().pause(Duration::from_secs(1)).await.unwrap();
+    engine.source().delete("cat-003").unwrap();
+    // The worker has not applied the delete: the key is still cached.
+    assert!(engine.cache().get("cat-003").await.unwrap().hit());
+    let report = engine.reprefetch().await.unwrap();
+    assert_eq!(report.swept, 1);
+    assert!(!engine.cache().get("cat-003").await.unwrap().hit());
+    drop(pause);
+    // The queued delete is covered by the snapshot: acknowledged with it.
+    assert_converged(&engine).await;
+    assert_eq!(engine.stats().backlog, 0);
+}

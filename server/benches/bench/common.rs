@@ -1,0 +1,62 @@
+//! Records, raw RESP files and Redis helpers shared by the sections.
+
+use super::*;
+
+pub fn records(n: usize) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            [
+                ("id", format!("rec-{i:07}")),
+                ("name", format!("Category number {i}")),
+                ("display_order", i.to_string()),
+                ("featured", (i % 3 == 0).to_string()),
+                (
+                    "parent_id",
+                    if i % 5 == 0 {
+                        String::new()
+                    } else {
+                        format!("rec-{:07}", i / 5)
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect()
+        })
+        .collect()
+}
+
+pub async fn flushall(conn: &mut MultiplexedConnection) -> Result<()> {
+    redis::cmd("FLUSHALL").query_async::<()>(conn).await?;
+    Ok(())
+}
+
+pub fn resp(args: &[&str], out: &mut Vec<u8>) {
+    let _ = write!(out, "*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(out, "${}\r\n{}\r\n", a.len(), a);
+    }
+}
+
+/// The same DEL + HSET + EXPIRE per record as `bulk_load` (the HSET with
+/// the same version and content-hash fields), as raw RESP for
+/// `redis-cli --pipe`.
+pub fn pipe_file(records: &[Record], prefix: &str, ttl: u64, path: &Path) -> Result<()> {
+    let mut buf = Vec::with_capacity(records.len() * 240);
+    let ttl = ttl.to_string();
+    let version = prefetch::Version::ZERO.to_string();
+    for r in records {
+        let key = format!("{prefix}{}", r.id().unwrap_or_default());
+        resp(&["DEL", &key], &mut buf);
+        let hash = format!("{:016x}", prefetch::content_hash(r.fields()));
+        let mut hset = vec!["HSET", key.as_str()];
+        for (k, v) in r.fields() {
+            hset.push(k);
+            hset.push(v);
+        }
+        hset.extend(["__v", version.as_str(), "__h", hash.as_str()]);
+        resp(&hset, &mut buf);
+        resp(&["EXPIRE", &key, &ttl], &mut buf);
+    }
+    std::fs::write(path, buf)?;
+    Ok(())
+}

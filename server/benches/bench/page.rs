@@ -1,0 +1,92 @@
+//! Page weight and the UI latency from the browser run.
+
+use super::*;
+
+pub fn gzip_len(path: &Path) -> Option<u64> {
+    let out = Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(path)
+        .output()
+        .ok()?;
+    Some(out.stdout.len() as u64)
+}
+
+pub fn page_weight(report: &mut Report) -> Result<()> {
+    println!("\n== page weight");
+    let pkg =
+        PathBuf::from(std::env::var("LEPTOS_SITE_ROOT").unwrap_or_else(|_| "target/site".into()))
+            .join("pkg");
+    let mut total_raw = 0;
+    let mut total_gz = 0;
+    for ext in ["wasm", "js", "css"] {
+        let path = pkg.join(format!("{}.{ext}", app::OUTPUT_NAME));
+        let raw = std::fs::metadata(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        let gz = gzip_len(&path).unwrap_or(0);
+        total_raw += raw;
+        total_gz += gz;
+        report.row(
+            "page",
+            format!("{}.{ext}", app::OUTPUT_NAME),
+            format!(
+                "{:.1} KB raw, {:.1} KB gzip",
+                raw as f64 / 1000.0,
+                gz as f64 / 1000.0
+            ),
+            "–",
+            None,
+            "–",
+            None,
+        );
+    }
+    report.row(
+        "page",
+        "total loaded by the page (wasm + js + css)",
+        format!(
+            "{:.1} KB raw, {:.1} KB gzip",
+            total_raw as f64 / 1000.0,
+            total_gz as f64 / 1000.0
+        ),
+        "–",
+        None,
+        "≤ 250 KB gzip",
+        Some(total_gz <= 250_000),
+    );
+    report.data(
+        "page_weight",
+        serde_json::json!({"raw": total_raw, "gzip": total_gz}),
+    );
+    Ok(())
+}
+
+pub fn ui_latency(report: &mut Report) {
+    let path = PathBuf::from("end2end/test-results/ui-latency.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let ms = |side: &str, q: &str| v[side][q].as_f64().unwrap_or(f64::NAN);
+    let ratio = ms("cache_column_ms", "p50") / ms("fetch_round_trip_ms", "p50");
+    report.row(
+        "ui",
+        "mutation request → DOM, cache column (Playwright in Chromium, release build, 50 updates)",
+        format!(
+            "p50 {} ms, p95 {} ms (primary column p50 {} ms)",
+            fmt_num(ms("cache_column_ms", "p50")),
+            fmt_num(ms("cache_column_ms", "p95")),
+            fmt_num(ms("primary_column_ms", "p50"))
+        ),
+        format!(
+            "bare fetch round trip in the same page: p50 {} ms, p95 {} ms",
+            fmt_num(ms("fetch_round_trip_ms", "p50")),
+            fmt_num(ms("fetch_round_trip_ms", "p95"))
+        ),
+        Some(ratio),
+        "–",
+        None,
+    );
+    report.data("ui_latency", v);
+}
