@@ -4,6 +4,8 @@ import { defineConfig } from "@playwright/test";
 // so tests are isolated; one worker keeps a 2-core machine responsive.
 export default defineConfig({
   testDir: "./tests",
+  // Measurements for docs/benchmarks.md run from scripts/bench.sh only.
+  testIgnore: process.env.PF_BENCH ? [] : ["**/apply-cost.spec.ts"],
   outputDir: "./test-results",
   globalSetup: "./global-setup.ts",
   timeout: 45_000,

@@ -6,11 +6,14 @@
 #   WITH_BROWSER=1   also Debian's chromium + the Playwright npm packages
 #   WITH_WASM_OPT=1  also wasm-opt (binaryen 116, needed by --release builds)
 #   WITH_BENCH=1     also wrk (HTTP load generator)
+#   WITH_LINT=1      also cargo-machete (the unused-dependency gate in CI)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="$HOME/.cargo/bin:$PATH"
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+# shellcheck source=scripts/toolchain.sh
+source "$ROOT/scripts/toolchain.sh"
 
 # --- Debian packages -------------------------------------------------------
 # Never binaryen: Debian's wasm-opt 108 silently breaks release wasm.
@@ -21,6 +24,8 @@ command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 command -v cc >/dev/null || pkgs+=(build-essential)
 command -v pkg-config >/dev/null || pkgs+=(pkg-config)
+# A locale that collates unlike C, for the version guard's locale test.
+command -v localedef >/dev/null || pkgs+=(locales)
 if [ "${WITH_BROWSER:-0}" = 1 ]; then
   command -v chromium >/dev/null || pkgs+=(chromium)
 fi
@@ -34,6 +39,13 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   log "apt-get install ${pkgs[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+if ! locale -a 2>/dev/null | grep -qix 'en_US.utf8'; then
+  log "localedef en_US.UTF-8"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO localedef -i en_US -f UTF-8 en_US.UTF-8 || log "could not generate en_US.UTF-8 (the locale test falls back to C.UTF-8)"
 fi
 
 # --- Rust targets and tools ------------------------------------------------
@@ -60,6 +72,11 @@ fi
 if [ "${WITH_WASM_OPT:-0}" = 1 ] && ! "$HOME/.cargo/bin/wasm-opt" --version 2>/dev/null | grep -q 'version 116'; then
   log "cargo install wasm-opt 0.116.1 (binaryen 116, about 6 min)"
   cargo install wasm-opt --version 0.116.1 --locked
+fi
+
+if [ "${WITH_LINT:-0}" = 1 ] && ! cargo machete --version >/dev/null 2>&1; then
+  log "cargo install cargo-machete (about 2 min)"
+  cargo install cargo-machete --locked
 fi
 
 # --- npm packages for the browser tests ------------------------------------
