@@ -160,11 +160,12 @@ impl LiveState {
                 self.push_log("feed", "snapshot", "", format!("{keys} keys cached"));
             }
             LiveEvent::Primary { op, id, fields, .. } => {
-                self.primary.update(|p| match fields {
-                    Some(f) => {
+                self.primary.update(|p| match (op, fields) {
+                    (OpDto::Truncate, _) => p.clear(),
+                    (_, Some(f)) => {
                         p.insert(id.clone(), f);
                     }
-                    None => {
+                    (_, None) => {
                         p.remove(&id);
                     }
                 });

@@ -68,12 +68,13 @@ impl WorkerStateDto {
     }
 }
 
-/// Upsert or delete.
+/// Upsert, delete, or truncate (every record gone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpDto {
     Upsert,
     Delete,
+    Truncate,
 }
 
 impl OpDto {
@@ -81,6 +82,7 @@ impl OpDto {
         match self {
             OpDto::Upsert => "upsert",
             OpDto::Delete => "delete",
+            OpDto::Truncate => "truncate",
         }
     }
 }
@@ -394,6 +396,7 @@ mod ssr {
             match op {
                 Op::Upsert => OpDto::Upsert,
                 Op::Delete => OpDto::Delete,
+                Op::Truncate => OpDto::Truncate,
             }
         }
     }

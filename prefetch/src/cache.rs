@@ -403,6 +403,23 @@ where
         changes: &[&Change],
         position: Option<Version>,
     ) -> Result<BatchOutcome> {
+        if let Some(at) = changes.iter().position(|c| c.kind == ChangeKind::Truncate) {
+            // Everything before a truncate, then the truncate (a sweep at
+            // its version), then the rest, in order.
+            let mut outcome = Box::pin(self.apply_changes(&changes[..at], None)).await?;
+            let swept = self.sweep(changes[at].version).await?;
+            tracing::debug!(swept, version = %changes[at].version, "truncate applied");
+            outcome.applied += 1;
+            self.inner.counters.applied.fetch_add(1, Relaxed);
+            let rest = Box::pin(self.apply_changes(&changes[at + 1..], position)).await?;
+            outcome.applied += rest.applied;
+            outcome.stale += rest.stale;
+            outcome.skipped += rest.skipped;
+            outcome
+                .written
+                .extend(rest.written.into_iter().map(|(i, o)| (i + at + 1, o)));
+            return Ok(outcome);
+        }
         let mut outcome = BatchOutcome::default();
         let mut newest: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
         for (i, change) in changes.iter().enumerate() {
@@ -434,7 +451,7 @@ where
                     version: c.version,
                     fields: match &c.kind {
                         ChangeKind::Upsert(f) => Some(f.as_ref()),
-                        ChangeKind::Delete => None,
+                        ChangeKind::Delete | ChangeKind::Truncate => None,
                     },
                 }
             })

@@ -462,6 +462,10 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let every = every.max(Duration::from_millis(10));
+    let mut resyncs_seen = match engine.upgrade() {
+        Some(inner) => inner.source.status().resync_requests,
+        None => return,
+    };
     loop {
         tokio::select! {
             _ = lost.notified() => {}
@@ -471,6 +475,16 @@ where
             return;
         };
         let engine = Engine { inner };
+        let asked = engine.inner.source.status().resync_requests;
+        if asked > resyncs_seen {
+            tracing::info!("the source asked for a fresh snapshot; re-prefetching");
+            match engine.reprefetch().await {
+                Ok(_) => resyncs_seen = asked,
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-prefetch the source asked for failed; will retry")
+                }
+            }
+        }
         match engine.heal().await {
             Ok(_) => {}
             // Redis unreachable: the worker's retries say so already.

@@ -234,14 +234,17 @@ pub enum Op {
     Upsert,
     /// The record no longer exists.
     Delete,
+    /// Every record is gone.
+    Truncate,
 }
 
 impl Op {
-    /// `"upsert"` or `"delete"`.
+    /// `"upsert"`, `"delete"` or `"truncate"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Upsert => "upsert",
             Op::Delete => "delete",
+            Op::Truncate => "truncate",
         }
     }
 }
@@ -254,14 +257,18 @@ pub enum ChangeKind {
     Upsert(Arc<Fields>),
     /// The record no longer exists.
     Delete,
+    /// Every record older than this change is gone (a `TRUNCATE` of the
+    /// source table); the change's id is not used.
+    Truncate,
 }
 
 impl ChangeKind {
-    /// Upsert or delete.
+    /// Upsert, delete or truncate.
     pub fn op(&self) -> Op {
         match self {
             ChangeKind::Upsert(_) => Op::Upsert,
             ChangeKind::Delete => Op::Delete,
+            ChangeKind::Truncate => Op::Truncate,
         }
     }
 
@@ -269,7 +276,7 @@ impl ChangeKind {
     pub fn fields(&self) -> Option<&Arc<Fields>> {
         match self {
             ChangeKind::Upsert(f) => Some(f),
-            ChangeKind::Delete => None,
+            ChangeKind::Delete | ChangeKind::Truncate => None,
         }
     }
 }
@@ -307,6 +314,15 @@ impl Change {
         }
     }
 
+    /// The removal of every record, at `version`.
+    pub fn truncate(version: Version) -> Self {
+        Self {
+            id: String::new(),
+            kind: ChangeKind::Truncate,
+            version,
+        }
+    }
+
     /// Upsert or delete.
     pub fn op(&self) -> Op {
         self.kind.op()
@@ -315,9 +331,15 @@ impl Change {
     /// True when the change cannot be applied: no id, an upsert without
     /// fields (`HSET` needs at least one), or a field name the cache reserves.
     pub fn is_malformed(&self) -> bool {
-        self.id.is_empty()
-            || matches!(&self.kind, ChangeKind::Upsert(f)
-                if f.is_empty() || f.keys().any(|k| k.starts_with(RESERVED_FIELD_PREFIX)))
+        match &self.kind {
+            ChangeKind::Truncate => false,
+            ChangeKind::Delete => self.id.is_empty(),
+            ChangeKind::Upsert(f) => {
+                self.id.is_empty()
+                    || f.is_empty()
+                    || f.keys().any(|k| k.starts_with(RESERVED_FIELD_PREFIX))
+            }
+        }
     }
 }
 

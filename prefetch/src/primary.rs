@@ -411,6 +411,6 @@ impl Primary for MockPrimary {
 fn record_of(change: Change) -> Record {
     match change.kind {
         ChangeKind::Upsert(fields) => Record::new(Arc::unwrap_or_clone(fields)),
-        ChangeKind::Delete => Record::default(),
+        ChangeKind::Delete | ChangeKind::Truncate => Record::default(),
     }
 }

@@ -113,6 +113,10 @@ pub struct SourceStatus {
     pub backlog: usize,
     /// Labelled facts worth showing (server version, slot, confirmed position…).
     pub details: Vec<(String, String)>,
+    /// How often the source asked for a fresh snapshot (its schema changed,
+    /// its stream restarted somewhere the engine cannot follow). The engine
+    /// re-prefetches whenever this grows.
+    pub resync_requests: u64,
 }
 
 impl SourceStatus {
@@ -124,6 +128,7 @@ impl SourceStatus {
             head,
             backlog,
             details: Vec::new(),
+            resync_requests: 0,
         }
     }
 }

@@ -1,0 +1,63 @@
+//! PostgreSQL as the source of truth of a [`prefetch`] cache: a table kept
+//! in Redis by logical replication, with the built-in `pgoutput` plugin.
+//!
+//! [`PgSource`] implements [`prefetch::Source`] (and [`prefetch::Primary`],
+//! so the demo's API and dashboard can inspect and edit the table):
+//!
+//! - **Initial load** from the replication slot's own snapshot: the slot is
+//!   created with `USE_SNAPSHOT` inside a `REPEATABLE READ` transaction, so
+//!   the table is read exactly as of the slot's consistent point and the
+//!   stream starts right after it.
+//! - **Versions**: a change is versioned by its transaction's commit LSN and
+//!   its place in the transaction; a snapshot by its consistent point.
+//! - **Acknowledged after the write**: the slot's confirmed position moves
+//!   only once Redis holds the transaction, so after any crash PostgreSQL
+//!   resends from what Redis has (duplicates are refused by the guard).
+//! - **Heartbeats** (`pg_logical_emit_message`) every second keep the slot
+//!   moving on an idle table and measure lag.
+//! - **Edge cases**: `TRUNCATE` (a sweep at its version), NULLs (absent
+//!   fields), composite keys (ids joined with `:`), unchanged TOAST values
+//!   (read back), added or dropped columns (a fresh snapshot), a dropped
+//!   slot (recreated, then a fresh snapshot), a long transaction blocking
+//!   slot creation (a bounded wait and an error naming it).
+//!
+//! Replication goes through [`pg_walstream`] with its `libpq` backend (the
+//! crate's default TLS stack does not resolve against every registry), the
+//! rest through `tokio-postgres`. The `launcher` feature adds a private
+//! PostgreSQL for demos and tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use prefetch::{Engine, EngineConfig, EventBus};
+//! use prefetch_pg::{PgConfig, PgSource};
+//!
+//! let events = EventBus::default();
+//! let source = PgSource::connect(
+//!     PgConfig::new("postgres://postgres@127.0.0.1:5432/shop", "categories"),
+//!     events.clone(),
+//! )
+//! .await?;
+//! let conn = redis::Client::open("redis://127.0.0.1/")?.get_connection_manager().await?;
+//! let (engine, report) = Engine::start(conn, source, events, EngineConfig::default()).await?;
+//! println!("loaded {} rows", report.loaded);
+//! # drop(engine); Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod table;
+
+mod snapshot;
+mod sql;
+
+mod stream;
+
+mod source;
+
+#[cfg(feature = "launcher")]
+pub mod launcher;
+
+pub use error::PgError;
+pub use source::{PgConfig, PgSource};
+pub use stream::HEARTBEAT_PREFIX;
