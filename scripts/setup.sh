@@ -26,6 +26,10 @@ command -v cc >/dev/null || pkgs+=(build-essential)
 command -v pkg-config >/dev/null || pkgs+=(pkg-config)
 # A locale that collates unlike C, for the version guard's locale test.
 command -v localedef >/dev/null || pkgs+=(locales)
+# PostgreSQL: libpq to build the replication source against, the server
+# binaries for `--primary postgres` and the tests' private databases.
+pkg-config --exists libpq 2>/dev/null || pkgs+=(libpq-dev)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
 if [ "${WITH_BROWSER:-0}" = 1 ]; then
   command -v chromium >/dev/null || pkgs+=(chromium)
 fi

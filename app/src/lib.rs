@@ -15,7 +15,7 @@ use leptos::prelude::*;
 
 use components::*;
 use live::{LiveState, use_live_state};
-use model::{DashboardState, ExternalWatch};
+use model::{DashboardState, ExternalWatch, fixed};
 
 /// Name of the site bundle: `/pkg/{OUTPUT_NAME}.js|.wasm|.css`, as
 /// cargo-leptos (or `.cargo/config.toml`) set it at compile time.
@@ -236,6 +236,7 @@ fn Header(state: LiveState) -> impl IntoView {
                         }
                         text
                     })}
+                    " · lag " {move || state.stats.with(|s| fixed(s.source_behind_ms, 1))} " ms"
                 </span>
                 <span id="external" class="pill muted">{external}</span>
             </div>

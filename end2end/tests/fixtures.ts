@@ -82,12 +82,23 @@ export class Server {
   private proc?: ChildProcess;
   output = "";
 
-  constructor(readonly redis: Redis, readonly port: number) {}
+  constructor(
+    readonly redis: Redis,
+    readonly port: number,
+    readonly extraArgs: string[] = [],
+  ) {}
 
-  static async start(redis: Redis): Promise<Server> {
-    const server = new Server(redis, await freePort());
+  static async start(redis: Redis, extraArgs: string[] = []): Promise<Server> {
+    const server = new Server(redis, await freePort(), extraArgs);
     await server.launch();
     return server;
+  }
+
+  /** The URL of the private PostgreSQL a `--primary postgres` server started. */
+  get postgresUrl(): string {
+    const m = /started a private PostgreSQL at (postgres:\/\/\S+)/.exec(this.output);
+    if (!m) throw new Error(`no private PostgreSQL in the server output: ${this.output}`);
+    return m[1];
   }
 
   get url() {
@@ -98,7 +109,7 @@ export class Server {
     this.output = "";
     const proc = spawn(
       serverBinary(),
-      ["--redis-url", this.redis.url, "--port", `${this.port}`, "--primary-latency-ms", "80"],
+      ["--redis-url", this.redis.url, "--port", `${this.port}`, "--primary-latency-ms", "80", ...this.extraArgs],
       {
         env: {
           ...process.env,
@@ -131,7 +142,7 @@ export class Server {
 
 export type Guard = { allowStatus: number[]; allowConsole: RegExp[] };
 
-type Fixtures = { redis: Redis; server: Server; guard: Guard };
+type Fixtures = { redis: Redis; server: Server; guard: Guard; serverArgs: string[] };
 
 export const test = base.extend<Fixtures>({
   redis: async ({}, use) => {
@@ -139,8 +150,9 @@ export const test = base.extend<Fixtures>({
     await use(redis);
     await redis.stop();
   },
-  server: async ({ redis }, use) => {
-    const server = await Server.start(redis);
+  serverArgs: [[], { option: true }],
+  server: async ({ redis, serverArgs }, use) => {
+    const server = await Server.start(redis, serverArgs);
     await use(server);
     await server.stop();
   },

@@ -40,6 +40,20 @@ pub struct Config {
     /// prefetches pay it; reads never touch the primary).
     #[arg(long, env = "PREFETCH_PRIMARY_LATENCY_MS", default_value_t = 80)]
     pub primary_latency_ms: u64,
+    /// The source of truth: `mock` (the embedded demo table), `postgres` (a
+    /// private PostgreSQL started for this run), or a `postgres://` URL.
+    #[arg(long, env = "PREFETCH_PRIMARY", default_value = "mock")]
+    pub primary: String,
+    /// The PostgreSQL table to mirror (`table` or `schema.table`); created
+    /// as the demo's categories table, with its five rows, when missing.
+    #[arg(long, env = "PREFETCH_PG_TABLE", default_value = "categories")]
+    pub pg_table: String,
+    /// The replication slot (default `prefetch_<database>_<schema>_<table>`).
+    #[arg(long, env = "PREFETCH_PG_SLOT")]
+    pub pg_slot: Option<String>,
+    /// The publication (default `prefetch_<schema>_<table>`).
+    #[arg(long, env = "PREFETCH_PG_PUBLICATION")]
+    pub pg_publication: Option<String>,
     /// Token required by the admin and mutation endpoints (`Authorization:
     /// Bearer <token>`, or a cookie set by opening `/?token=<token>`).
     /// Mandatory when --host is not a loopback address.
@@ -63,6 +77,21 @@ impl Config {
         }
     }
 
+    /// Which primary `--primary` names.
+    pub fn primary_kind(&self) -> Result<PrimaryKind, String> {
+        let p = self.primary.trim();
+        match p {
+            "mock" => Ok(PrimaryKind::Mock),
+            "postgres" | "postgresql" => Ok(PrimaryKind::EmbeddedPostgres),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(PrimaryKind::Postgres(url.to_owned()))
+            }
+            other => Err(format!(
+                "--primary must be mock, postgres or a postgres:// URL, not '{other}'"
+            )),
+        }
+    }
+
     /// The Redis URL to use, if one was given in any form.
     pub fn given_redis_url(&self) -> Option<String> {
         if let Some(url) = &self.redis_url {
@@ -80,6 +109,17 @@ impl Config {
         };
         Some(format!("redis://{host}:{port}/"))
     }
+}
+
+/// The source of truth the server mirrors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrimaryKind {
+    /// The embedded mock table.
+    Mock,
+    /// A private PostgreSQL started for this run.
+    EmbeddedPostgres,
+    /// The PostgreSQL at this URL.
+    Postgres(String),
 }
 
 #[cfg(test)]
@@ -122,6 +162,21 @@ mod tests {
         assert_eq!(c.admin_token().unwrap(), None);
         let c = Config::try_parse_from(["server", "--admin-token", " "]).unwrap();
         assert!(c.admin_token().is_err());
+    }
+
+    #[test]
+    fn the_primary_is_the_mock_unless_postgres_is_named() {
+        let c = Config::try_parse_from(["server"]).unwrap();
+        assert_eq!(c.primary_kind().unwrap(), PrimaryKind::Mock);
+        let c = Config::try_parse_from(["server", "--primary", "postgres"]).unwrap();
+        assert_eq!(c.primary_kind().unwrap(), PrimaryKind::EmbeddedPostgres);
+        let c = Config::try_parse_from(["server", "--primary", "postgres://u@h/db"]).unwrap();
+        assert_eq!(
+            c.primary_kind().unwrap(),
+            PrimaryKind::Postgres("postgres://u@h/db".into())
+        );
+        let c = Config::try_parse_from(["server", "--primary", "mysql://x"]).unwrap();
+        assert!(c.primary_kind().is_err());
     }
 
     #[test]

@@ -24,6 +24,18 @@ pub enum Error {
     /// The embedded redis-server could not be started.
     #[error("cannot start the embedded Redis: {0}")]
     Embedded(#[source] std::io::Error),
+    /// The embedded PostgreSQL could not be started.
+    #[error("cannot start the embedded PostgreSQL: {0}")]
+    EmbeddedPostgres(#[source] std::io::Error),
+    /// PostgreSQL could not be reached or the table cannot be mirrored.
+    #[error("PostgreSQL at {url}: {source}")]
+    Postgres {
+        /// The URL (password redacted).
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: prefetch_pg::PgError,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

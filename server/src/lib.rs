@@ -27,13 +27,15 @@ use app::api::ServerContext;
 use axum::serve::ListenerExt;
 use leptos::prelude::LeptosOptions;
 use prefetch::{CacheConfig, Engine, EngineConfig, EventBus, MockPrimary, Primary};
+use prefetch_pg::launcher::PostgresServer;
+use prefetch_pg::{PgConfig, PgSource};
 use redis::aio::ConnectionManagerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Config, PrimaryKind};
 pub use error::Error;
 use redis_embedded::EmbeddedRedis;
 use state::AppState;
@@ -53,6 +55,8 @@ pub struct Running {
     http: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
     embedded: Option<EmbeddedRedis>,
+    pg_source: Option<Arc<PgSource>>,
+    embedded_pg: Option<PostgresServer>,
 }
 
 impl std::fmt::Debug for Running {
@@ -69,6 +73,7 @@ impl std::fmt::Debug for Running {
 /// `--host:--port` when `None`).
 pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Running, Error> {
     let admin_token = config.admin_token().map_err(Error::Config)?;
+    let primary_kind = config.primary_kind().map_err(Error::Config)?;
     let (redis_url, embedded) = match config.given_redis_url() {
         Some(url) => (url, None),
         None if !config.embedded_redis && redis_embedded::ping(6379).await => {
@@ -114,10 +119,52 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         ..EngineConfig::default()
     };
     let events = EventBus::default();
-    let primary: Arc<dyn Primary> = Arc::new(MockPrimary::new(
-        Duration::from_millis(config.primary_latency_ms),
-        events.clone(),
-    ));
+    let mut embedded_pg = None;
+    let mut pg_source = None;
+    let primary: Arc<dyn Primary> = match primary_kind {
+        PrimaryKind::Mock => Arc::new(MockPrimary::new(
+            Duration::from_millis(config.primary_latency_ms),
+            events.clone(),
+        )),
+        kind => {
+            let url = match kind {
+                PrimaryKind::Postgres(url) => url,
+                _ => {
+                    let pg = tokio::task::spawn_blocking(PostgresServer::start)
+                        .await
+                        .map_err(|e| Error::EmbeddedPostgres(std::io::Error::other(e)))?
+                        .map_err(Error::EmbeddedPostgres)?;
+                    let url = pg.url("postgres");
+                    tracing::info!(
+                        url = %url,
+                        "started a private PostgreSQL at {url} (temporary data directory, wal_level=logical; stopped on exit)"
+                    );
+                    embedded_pg = Some(pg);
+                    url
+                }
+            };
+            let mut pg_config = PgConfig::new(&url, &config.pg_table);
+            pg_config.slot = config.pg_slot.clone();
+            pg_config.publication = config.pg_publication.clone();
+            let source = PgSource::connect(pg_config, events.clone())
+                .await
+                .map_err(|source| Error::Postgres {
+                    url: redacted(&url),
+                    source,
+                })?;
+            tracing::info!(
+                primary = %redacted(&url),
+                table = %config.pg_table,
+                slot = %source.slot(),
+                "Using PostgreSQL at {} as the primary: table {}, replication slot {}",
+                redacted(&url),
+                config.pg_table,
+                source.slot()
+            );
+            pg_source = Some(Arc::clone(&source));
+            source
+        }
+    };
     let (engine, report) = Engine::start(conn.clone(), primary, events, engine_config).await?;
 
     let shutdown = CancellationToken::new();
@@ -207,6 +254,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         http,
         background,
         embedded,
+        pg_source,
+        embedded_pg,
     })
 }
 
@@ -230,6 +279,13 @@ impl Running {
         }
         for task in self.background {
             task.abort();
+        }
+        if let Some(source) = &self.pg_source {
+            source.close();
+        }
+        if let Some(pg) = self.embedded_pg {
+            // A private server's data is thrown away: immediate shutdown.
+            let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
         }
         if let Some(embedded) = self.embedded {
             embedded.stop().await;
@@ -327,7 +383,7 @@ fn leptos_options(addr: SocketAddr) -> LeptosOptions {
 }
 
 /// A URL with any password replaced, for logs.
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -203,6 +203,11 @@ pub fn free_port() -> u16 {
 /// Runs the real server binary against `redis_url` on `port` and returns
 /// once it has prefetched (its stdout is drained in the background).
 pub fn spawn_binary(redis_url: &str, port: u16) -> Child {
+    spawn_binary_with(redis_url, port, &[])
+}
+
+/// [`spawn_binary`] with extra flags.
+pub fn spawn_binary_with(redis_url: &str, port: u16, extra: &[&str]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
         .args([
             "--redis-url",
@@ -212,6 +217,7 @@ pub fn spawn_binary(redis_url: &str, port: u16) -> Child {
             "--primary-latency-ms",
             "0",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn,server=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -252,4 +258,40 @@ pub fn sigterm(pid: u32) {
     // SAFETY: kill(2) with a valid signal number; the pid is our own child.
     let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
     assert_eq!(sent, 0, "SIGTERM to {pid}");
+}
+
+static POSTGRES: std::sync::OnceLock<std::sync::Mutex<prefetch_pg::launcher::PostgresServer>> =
+    std::sync::OnceLock::new();
+static DATABASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A fresh database on this test binary's PostgreSQL (started on first
+/// use); its URL.
+pub async fn postgres_database(test: &str) -> String {
+    let server = POSTGRES.get_or_init(|| {
+        std::sync::Mutex::new(
+            prefetch_pg::launcher::PostgresServer::start().expect("a private PostgreSQL"),
+        )
+    });
+    let url = |db: &str| server.lock().unwrap_or_else(|p| p.into_inner()).url(db);
+    let name = format!(
+        "s_{test}_{}",
+        DATABASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let admin = postgres_client(&url("postgres")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    url(&name)
+}
+
+/// A plain SQL client.
+pub async fn postgres_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
 }

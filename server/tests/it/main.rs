@@ -13,4 +13,5 @@ mod cli;
 mod events;
 mod faults;
 mod load;
+mod postgres;
 mod security;

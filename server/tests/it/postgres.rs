@@ -1,0 +1,257 @@
+//! The server on a PostgreSQL primary: the reference API answers exactly as
+//! with the mock, changes made with SQL reach the live feed, and a server
+//! killed with SIGKILL mid-stream converges after a restart with nothing
+//! lost and no key ever moving back to an older version.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use app::model::{LiveEvent, WriteOrigin};
+use prefetch::Version;
+use prefetch::testing::TestRedis;
+use serde_json::{Value, json};
+
+use crate::common::{
+    TestServer, free_port, postgres_client, postgres_database, sides, spawn_binary_with,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn the_reference_api_answers_exactly_as_with_the_mock() {
+    let url = postgres_database("api").await;
+    let srv = TestServer::start_on(TestRedis::start(), &["--primary", &url]).await;
+    let mock = TestServer::start().await;
+
+    // Same reads, field for field, from both primaries.
+    for path in ["/categories", "/read?id=cat-005", "/read?id=cat-404"] {
+        let (s1, mut pg) = srv.get(path).await;
+        let (s2, mut m) = mock.get(path).await;
+        assert_eq!((s1, s2), (200, 200), "{path}");
+        for v in [&mut pg, &mut m] {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("stats");
+                o.remove("redis_latency_ms");
+                o.remove("ttl_remaining");
+            }
+        }
+        assert_eq!(pg, m, "{path}");
+    }
+    let (_, read) = srv.get("/read?id=cat-001").await;
+    assert_eq!(read["record"]["featured"], "true", "booleans as true/false");
+
+    // Mutations are SQL, with the same answers and errors.
+    let (status, body) = srv
+        .post("/update", "id=cat-002&field=name&value=Bread")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["value"], "Bread");
+    let (status, body) = srv
+        .post("/update", "id=cat-002&field=display_order&value=ten")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = srv
+        .post("/update", "id=cat-002&field=colour&value=red")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("unknown column"));
+    let (status, _) = srv.post("/update", "id=cat-404&field=name&value=x").await;
+    assert_eq!(status, 404);
+    let (status, body) = srv.post("/add", "id=cat-006&name=Seasonal").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["record"],
+        json!({"id": "cat-006", "name": "Seasonal", "display_order": "99", "featured": "false", "parent_id": ""})
+    );
+    let (status, _) = srv.post("/add", "id=cat-006&name=Again").await;
+    assert_eq!(status, 409);
+    let (status, _) = srv.post("/delete", "id=cat-003").await;
+    assert_eq!(status, 200);
+    let (status, _) = srv.post("/delete", "id=cat-003").await;
+    assert_eq!(status, 404);
+
+    // The worker carries it all into Redis.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, state) = srv.get("/state").await;
+        let (primary, cache) = sides(&state);
+        if primary == cache {
+            assert_eq!(primary.len(), 5);
+            break;
+        }
+        assert!(Instant::now() < deadline, "cache never matched the table");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, stats) = srv.get("/stats").await;
+    assert_eq!(stats["primary_reads_total"], 1, "one snapshot read");
+    let (_, state) = srv.get("/state").await;
+    assert_eq!(state["source"]["kind"], "postgres");
+    let details: Vec<&str> = state["source"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d[0].as_str())
+        .collect();
+    assert!(
+        details.contains(&"PostgreSQL") && details.contains(&"slot"),
+        "{details:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_change_made_with_sql_reaches_both_columns_of_the_live_feed_within_a_second() {
+    let url = postgres_database("feed").await;
+    let srv = TestServer::start_on(TestRedis::start(), &["--primary", &url]).await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    let sql = postgres_client(&url).await;
+    sql.batch_execute(
+        "BEGIN; UPDATE categories SET name = 'From psql' WHERE id = 'cat-004'; \
+         INSERT INTO categories (id, name) VALUES ('cat-077', 'Outside'); COMMIT",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    feed.expect(SECOND, "primary update", |e| {
+        matches!(e, LiveEvent::Primary { id, fields: Some(f), .. } if id == "cat-004" && f["name"] == "From psql")
+    })
+    .await;
+    feed.expect(SECOND, "cache write", |e| {
+        matches!(e, LiveEvent::Cache { id, fields: Some(f), source: WriteOrigin::Sync, .. }
+            if id == "cat-077" && f["name"] == "Outside")
+    })
+    .await;
+    assert!(started.elapsed() < SECOND);
+    sql.batch_execute("TRUNCATE categories").await.unwrap();
+    feed.expect(
+        SECOND,
+        "truncate",
+        |e| matches!(e, LiveEvent::Primary { op, .. } if op.as_str() == "truncate"),
+    )
+    .await;
+    feed.expect(SECOND, "cache emptied", |e| {
+        matches!(
+            e,
+            LiveEvent::Cache { fields: None, .. } | LiveEvent::Snapshot(_)
+        )
+    })
+    .await;
+}
+
+/// Every record's version, straight from Redis.
+async fn versions(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> HashMap<String, Version> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    let mut out = HashMap::new();
+    for key in keys {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("__v")
+            .query_async(conn)
+            .await
+            .unwrap_or(None);
+        if let Some(v) = v.and_then(|v| v.parse().ok()) {
+            out.insert(key, v);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_killed_mid_stream_restarts_and_converges_with_no_key_moving_back() {
+    let url = postgres_database("kill9").await;
+    let redis = TestRedis::spawn_own(true);
+    let flags = ["--primary", url.as_str(), "--cache-prefix", "kill9:"];
+    let port = free_port();
+    let mut server = spawn_binary_with(&redis.url, port, &flags);
+
+    // Writers keep changing rows; a watcher checks versions never go back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let sql = postgres_client(&url).await;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("k-{:02}", n % 40);
+                sql.execute(
+                    "INSERT INTO categories (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                    &[&id, &format!("v{n}")],
+                )
+                .await
+                .unwrap();
+                if n.is_multiple_of(7) {
+                    sql.execute("DELETE FROM categories WHERE id = $1", &[&id])
+                        .await
+                        .unwrap();
+                }
+            }
+            n
+        })
+    };
+    let watcher = {
+        let (stop, redis_url) = (stop.clone(), redis.url.clone());
+        tokio::spawn(async move {
+            let mut conn = redis::Client::open(redis_url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let mut seen: HashMap<String, Version> = HashMap::new();
+            let mut checks = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for (key, v) in versions(&mut conn, "kill9:").await {
+                    if let Some(before) = seen.insert(key.clone(), v) {
+                        assert!(v >= before, "{key} moved back from {before} to {v}");
+                    }
+                }
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            checks
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    // Changes while the server is down wait in the replication slot.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut server = spawn_binary_with(&redis.url, port, &flags);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(writes > 50, "{writes} writes");
+    assert!(watcher.await.unwrap() > 10);
+
+    // Converged: the table and the cache are equal.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = http
+            .get(format!("http://127.0.0.1:{port}/state"))
+            .send()
+            .await
+            .unwrap();
+        let (_, state): (u16, Value) = crate::common::json_of(res).await;
+        let (primary, cache) = sides(&state);
+        if primary == cache {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never converged after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crate::common::sigterm(server.id());
+    let _ = server.wait();
+}
