@@ -215,6 +215,116 @@ pub async fn dashboard() -> Result<DashboardState, AppError> {
     dashboard_state(&ctx).await.map_err(ssr::engine_error)
 }
 
+/// `POST /reconcile` (`repair`=`true` to fix): a fresh snapshot of the
+/// primary against Redis, every difference classified; repairs go through
+/// the version guard, so they are safe while the worker runs.
+#[server(prefix = "", endpoint = "reconcile", name = Reconcile)]
+pub async fn reconcile(repair: Option<String>) -> Result<ReconcileResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let repair = match repair.as_deref().map(str::trim) {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return ssr::fail(
+                ssr::BAD_REQUEST,
+                format!("'repair' must be 'true' or 'false', got '{other}'."),
+            );
+        }
+    };
+    let report = ctx
+        .engine
+        .reconcile(repair)
+        .await
+        .map_err(ssr::engine_error)?;
+    Ok(ReconcileResponse::new(
+        &report,
+        std::time::SystemTime::now(),
+    ))
+}
+
+/// `POST /fault` (`kind` = drop | duplicate | reorder | delay | outage,
+/// `count` = 1, `ms` = 1000): breaks the pipeline on purpose, for drills.
+/// Enabled on loopback, or with `--faults` elsewhere.
+#[server(prefix = "", endpoint = "fault", name = InjectFault)]
+pub async fn inject_fault(
+    kind: Option<String>,
+    count: Option<String>,
+    ms: Option<String>,
+) -> Result<FaultResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    if !ctx.faults {
+        return ssr::fail(
+            http::StatusCode::FORBIDDEN,
+            "Fault injection is off on this server (start it with --faults).",
+        );
+    }
+    let number = |v: Option<String>, default: u64, name: &str, max: u64| -> Result<u64, AppError> {
+        match v.as_deref().map(str::trim) {
+            None | Some("") => Ok(default),
+            Some(t) => match t.parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => ssr::fail(
+                    ssr::BAD_REQUEST,
+                    format!("'{name}' must be a whole number from 1 to {max}, got '{t}'."),
+                ),
+            },
+        }
+    };
+    let count = u32::try_from(number(count, 1, "count", 10_000)?).unwrap_or(1);
+    let ms = std::time::Duration::from_millis(number(ms, 1000, "ms", 60_000)?);
+    let kind = ssr::required(kind, "Missing 'kind'.")?;
+    let fault = match kind.trim() {
+        "drop" => prefetch::Fault::Drop(count),
+        "duplicate" => prefetch::Fault::Duplicate(count),
+        "reorder" => prefetch::Fault::Reorder(count),
+        "delay" => prefetch::Fault::Delay(count, ms),
+        "outage" => prefetch::Fault::Outage(ms),
+        other => {
+            return ssr::fail(
+                ssr::BAD_REQUEST,
+                format!("'kind' must be drop, duplicate, reorder, delay or outage, got '{other}'."),
+            );
+        }
+    };
+    ctx.engine.sync().inject(fault);
+    Ok(FaultResponse {
+        kind: kind.trim().to_owned(),
+        pending: ctx.engine.sync().pending_faults().into(),
+    })
+}
+
+/// `POST /worker` (`action` = pause | resume): stops and starts the sync
+/// worker; changes wait at the source meanwhile.
+#[server(prefix = "", endpoint = "worker", name = WorkerControl)]
+pub async fn worker_control(action: Option<String>) -> Result<WorkerResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let action = ssr::required(action, "Missing 'action'.")?;
+    match action.trim() {
+        "pause" => {
+            let guard = ctx
+                .engine
+                .sync()
+                .pause(std::time::Duration::from_secs(2))
+                .await
+                .map_err(ssr::engine_error)?;
+            // Held until resumed (a second pause replaces the first).
+            *ctx.paused.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+        }
+        "resume" => {
+            ctx.paused.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+        other => {
+            return ssr::fail(
+                ssr::BAD_REQUEST,
+                format!("'action' must be pause or resume, got '{other}'."),
+            );
+        }
+    }
+    Ok(WorkerResponse {
+        worker: ctx.engine.sync().state().into(),
+    })
+}
+
 #[cfg(feature = "ssr")]
 pub use ssr::{ServerContext, dashboard_state, now_ms};
 
@@ -241,6 +351,10 @@ mod ssr {
         pub engine: prefetch::Engine<dyn prefetch::Primary>,
         /// How changes made outside the app are noticed.
         pub external: ExternalWatch,
+        /// Whether `/fault` is enabled.
+        pub faults: bool,
+        /// The pause `/worker` holds, if any.
+        pub paused: std::sync::Arc<std::sync::Mutex<Option<prefetch::PauseGuard>>>,
     }
 
     pub fn ctx() -> Result<ServerContext, AppError> {
@@ -294,6 +408,11 @@ mod ssr {
             ttl_seconds,
             external: ctx.external,
             server_time_ms: now,
+            reconcile: ctx
+                .engine
+                .last_reconcile()
+                .map(|(at, r)| crate::model::ReconcileResponse::new(&r, at)),
+            faults: ctx.faults,
         })
     }
 }

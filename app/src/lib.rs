@@ -194,7 +194,10 @@ fn Dashboard(snapshot: DashboardState) -> impl IntoView {
                 <AddPanel/>
                 <DeletePanel state=state/>
                 <BreakPanel state=state/>
+                <FaultPanel state=state/>
+                <DriftPanel state=state/>
                 <StatsPanel state=state/>
+                <ChartPanel state=state/>
                 <EventLog state=state/>
             </div>
         </main>

@@ -87,6 +87,21 @@ impl RowStatus {
     }
 }
 
+/// One point of the live chart (one per second, the last minute kept).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Sync lag p50 and p99, read latency p99 (ms).
+    pub lag_p50: f64,
+    pub lag_p99: f64,
+    pub read_p99: f64,
+    /// Changes applied per second since the previous sample.
+    pub applied_per_s: f64,
+    applied_total: u64,
+}
+
+/// Samples kept for the chart.
+pub const CHART_POINTS: usize = 60;
+
 /// The live dashboard state. `Copy`: every field is an arena signal.
 #[derive(Clone, Copy)]
 pub struct LiveState {
@@ -100,6 +115,12 @@ pub struct LiveState {
     pub ttl_seconds: RwSignal<u64>,
     pub connection: RwSignal<Connection>,
     pub log: RwSignal<VecDeque<LogEntry>>,
+    /// The last reconciliation.
+    pub reconcile: RwSignal<Option<ReconcileResponse>>,
+    /// Whether fault injection is enabled on this server.
+    pub faults: RwSignal<bool>,
+    /// The chart's points, oldest first.
+    pub samples: RwSignal<VecDeque<Sample>>,
     /// Per-id change counters; a row flashes whenever its counter moves.
     pub changes: RwSignal<BTreeMap<String, u32>>,
     /// The server's clock as the browser estimates it, ticking.
@@ -124,6 +145,9 @@ impl LiveState {
             ttl_seconds: RwSignal::new(0),
             connection: RwSignal::new(Connection::Connecting),
             log: RwSignal::new(VecDeque::new()),
+            reconcile: RwSignal::new(None),
+            faults: RwSignal::new(false),
+            samples: RwSignal::new(VecDeque::new()),
             changes: RwSignal::new(BTreeMap::new()),
             now_ms: RwSignal::new(snapshot.server_time_ms),
             clock_offset_ms: RwSignal::new(0),
@@ -148,6 +172,28 @@ impl LiveState {
         self.external.set(s.external);
         self.prefix.set(s.prefix);
         self.ttl_seconds.set(s.ttl_seconds);
+        self.reconcile.set(s.reconcile);
+        self.faults.set(s.faults);
+    }
+
+    /// Adds a chart point from the current counters.
+    pub fn sample(&self) {
+        let stats = self.stats.get_untracked();
+        self.samples.update(|points| {
+            let previous = points
+                .back()
+                .map_or(stats.sync_events_applied, |p| p.applied_total);
+            points.push_back(Sample {
+                lag_p50: stats.sync_lag_ms_p50,
+                lag_p99: stats.sync_lag_ms_p99,
+                read_p99: stats.read_latency_ms_p99,
+                applied_per_s: stats.sync_events_applied.saturating_sub(previous) as f64,
+                applied_total: stats.sync_events_applied,
+            });
+            while points.len() > CHART_POINTS {
+                points.pop_front();
+            }
+        });
     }
 
     /// Applies one feed event.
@@ -156,7 +202,7 @@ impl LiveState {
             LiveEvent::Snapshot(s) => {
                 let keys = s.cache.len();
                 self.sync_clock(s.server_time_ms);
-                self.load(s);
+                self.load(*s);
                 self.push_log("feed", "snapshot", "", format!("{keys} keys cached"));
             }
             LiveEvent::Primary { op, id, fields, .. } => {
@@ -239,6 +285,39 @@ impl LiveState {
                 self.stats.set(stats);
             }
             LiveEvent::Source(source) => self.source.set(source),
+            LiveEvent::Reconciled(report) => {
+                let found = report.missing.len()
+                    + report.orphaned.len()
+                    + report.stale.len()
+                    + report.changed_outside.len();
+                self.push_log(
+                    "reconcile",
+                    if report.repaired > 0 {
+                        "repair"
+                    } else {
+                        "check"
+                    },
+                    "",
+                    format!(
+                        "{} checked, {found} drifted, {} repaired",
+                        report.checked, report.repaired
+                    ),
+                );
+                self.reconcile.set(Some(report));
+            }
+            LiveEvent::Fault { kind, id, outcome } => {
+                let detail = match outcome.as_deref() {
+                    Some("stale") => "refused by the version guard".to_owned(),
+                    Some(o) => o.to_owned(),
+                    None => "never applied".to_owned(),
+                };
+                let op = match kind.as_str() {
+                    "dropped" => "dropped",
+                    "duplicated" => "duplicated",
+                    _ => "reordered",
+                };
+                self.push_log("fault", op, &id, detail);
+            }
             LiveEvent::Worker { state } => {
                 self.push_log("sync", state.as_str(), "", "worker state".into());
                 self.worker.set(state);
@@ -386,11 +465,17 @@ mod browser {
         set_timeout(move || connect(state), Duration::from_secs(1));
     }
 
-    /// Advances the estimated server clock so TTLs count down.
+    /// Advances the estimated server clock so TTLs count down, and takes a
+    /// chart point every second.
     pub fn start_clock(state: LiveState) {
+        let ticks = std::cell::Cell::new(0u32);
         let tick = move || {
             let offset = state.clock_offset_ms.get_untracked();
             state.now_ms.set(js_sys::Date::now() as i64 + offset);
+            ticks.set(ticks.get().wrapping_add(1));
+            if ticks.get().is_multiple_of(2) {
+                state.sample();
+            }
         };
         tick();
         if let Ok(handle) = set_interval_with_handle(tick, Duration::from_millis(500)) {

@@ -43,6 +43,14 @@ pub struct StatsDto {
     pub source_connected: bool,
     /// How far Redis is behind the source (0 when nothing waits).
     pub source_behind_ms: f64,
+    /// Apply attempts Redis refused at `maxmemory` (each retried).
+    pub sync_oom_retries: u64,
+    /// Redis latency of reads through the cache, p50 and p99.
+    pub read_latency_ms_p50: f64,
+    pub read_latency_ms_p99: f64,
+    /// Redis `used_memory`, and the cache's budget (0: no limit).
+    pub memory_used_bytes: u64,
+    pub memory_budget_bytes: u64,
     pub worker: WorkerStateDto,
 }
 
@@ -104,6 +112,45 @@ pub struct SourceDto {
     pub connected: bool,
     /// Labelled facts (server version, slot, confirmed position, …).
     pub details: Vec<(String, String)>,
+}
+
+/// `POST /reconcile` and the drift panel: what the last reconciliation
+/// found, ids sorted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileResponse {
+    pub checked: usize,
+    pub missing: Vec<String>,
+    pub orphaned: Vec<String>,
+    pub stale: Vec<String>,
+    pub changed_outside: Vec<String>,
+    pub in_flight: Vec<String>,
+    pub repaired: usize,
+    pub elapsed_ms: f64,
+    /// When it finished (server clock, ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// `POST /fault`: what is now queued for the sync worker.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FaultResponse {
+    pub kind: String,
+    pub pending: PendingFaultsDto,
+}
+
+/// Faults still to come.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PendingFaultsDto {
+    pub drop: u32,
+    pub duplicate: u32,
+    pub reorder: u32,
+    pub delay: u32,
+    pub outage_ms: u64,
+}
+
+/// `POST /worker`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerResponse {
+    pub worker: WorkerStateDto,
 }
 
 /// `GET /categories`.
@@ -233,6 +280,10 @@ pub struct DashboardState {
     pub external: ExternalWatch,
     /// Server wall-clock time of the snapshot (ms since the epoch).
     pub server_time_ms: i64,
+    /// The last reconciliation, if any.
+    pub reconcile: Option<ReconcileResponse>,
+    /// Whether the fault-injection endpoints are enabled.
+    pub faults: bool,
 }
 
 /// One message of the live feed (`GET /events`), shared by the server and
@@ -246,7 +297,7 @@ pub struct DashboardState {
 pub enum LiveEvent {
     /// The full current state: sent on connect and whenever a client must
     /// resynchronise (it fell behind, or the whole cache was reloaded).
-    Snapshot(DashboardState),
+    Snapshot(Box<DashboardState>),
     /// A primary mutation, in commit order.
     Primary {
         /// The change's version (`hi:lo:ord`).
@@ -283,6 +334,16 @@ pub enum LiveEvent {
     Stats(StatsDto),
     /// The source's status changed.
     Source(SourceDto),
+    /// A reconciliation finished.
+    Reconciled(ReconcileResponse),
+    /// An injected fault did something to one change: `kind` is dropped,
+    /// duplicated or reordered; `outcome` what the version guard did
+    /// (`applied`, `stale`, or `None`: never applied).
+    Fault {
+        kind: String,
+        id: String,
+        outcome: Option<String>,
+    },
     /// The sync worker changed state.
     Worker { state: WorkerStateDto },
 }
@@ -375,6 +436,11 @@ mod ssr {
                 self_heals: c.self_heals,
                 source_connected: s.source.connected,
                 source_behind_ms: millis(s.behind),
+                sync_oom_retries: c.sync_oom_retries,
+                read_latency_ms_p50: ms2(c.read_latency.p50),
+                read_latency_ms_p99: ms2(c.read_latency.p99),
+                memory_used_bytes: s.memory.as_ref().map_or(0, |m| m.used),
+                memory_budget_bytes: s.memory.as_ref().map_or(0, |m| m.budget),
                 worker: s.worker.into(),
             }
         }
@@ -417,6 +483,35 @@ mod ssr {
                 kind: s.kind.clone(),
                 connected: s.connected,
                 details: s.details.clone(),
+            }
+        }
+    }
+
+    impl ReconcileResponse {
+        /// The wire form of a report that finished at `at`.
+        pub fn new(r: &prefetch::ReconcileReport, at: SystemTime) -> Self {
+            Self {
+                checked: r.checked,
+                missing: r.missing.clone(),
+                orphaned: r.orphaned.clone(),
+                stale: r.stale.clone(),
+                changed_outside: r.changed_outside.clone(),
+                in_flight: r.in_flight.clone(),
+                repaired: r.repaired,
+                elapsed_ms: millis(r.elapsed),
+                at_ms: epoch_ms(at),
+            }
+        }
+    }
+
+    impl From<prefetch::PendingFaults> for PendingFaultsDto {
+        fn from(p: prefetch::PendingFaults) -> Self {
+            Self {
+                drop: p.drop,
+                duplicate: p.duplicate,
+                reorder: p.reorder,
+                delay: p.delay,
+                outage_ms: u64::try_from(p.outage.as_millis()).unwrap_or(u64::MAX),
             }
         }
     }

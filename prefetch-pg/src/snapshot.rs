@@ -30,6 +30,8 @@ pub struct SlotSnapshot {
     /// The slot's consistent point: the snapshot shows exactly every
     /// transaction committed before it.
     pub consistent_point: u64,
+    /// Rows in the table as of the consistent point.
+    pub rows: u64,
     table: Arc<TableInfo>,
 }
 
@@ -100,6 +102,13 @@ impl SlotSnapshot {
                 PgError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into())
             })?
             .value();
+        let count = conn
+            .exec_async(&format!("SELECT count(*) FROM {}", table.qualified()))
+            .await?;
+        let rows = count
+            .get_value(0, 0)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         conn.exec_async(&format!(
             "DECLARE prefetch_snapshot NO SCROLL CURSOR FOR {}",
             table.select_text()
@@ -108,6 +117,7 @@ impl SlotSnapshot {
         Ok(Self {
             conn: Some(conn),
             consistent_point,
+            rows,
             table,
         })
     }

@@ -281,6 +281,7 @@ impl PgSource {
             Relaxed,
         );
         let version = Version::new(snap.consistent_point, 0);
+        let rows = Some(snap.rows);
         let chunks = futures::stream::try_unfold(snap, |mut snap| async move {
             match snap.next_chunk().await {
                 Ok(Some(rows)) => Ok(Some((rows.into_iter().map(Record::new).collect(), snap))),
@@ -290,6 +291,7 @@ impl PgSource {
         });
         Ok(SourceSnapshot {
             version,
+            rows,
             chunks: Box::pin(chunks),
         })
     }

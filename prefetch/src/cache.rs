@@ -140,6 +140,27 @@ pub struct CacheState {
     pub loading: Option<Version>,
 }
 
+/// What Redis says about its memory (`INFO memory`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryInfo {
+    /// `used_memory`, in bytes.
+    pub used: u64,
+    /// `maxmemory`, in bytes (0: no limit).
+    pub max: u64,
+    /// `maxmemory_policy` (`noeviction`, `allkeys-lru`, …).
+    pub policy: String,
+}
+
+impl MemoryInfo {
+    /// Whether Redis may evict this cache's keys on its own (any policy but
+    /// `noeviction`: the keys carry a TTL, so `volatile-*` can pick them
+    /// too). A prefetch cache never falls back to the source, so an evicted
+    /// key is a silent miss.
+    pub fn may_evict(&self) -> bool {
+        self.policy != "noeviction"
+    }
+}
+
 /// What [`PrefetchCache::apply_batch`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -362,6 +383,7 @@ where
     }
 
     fn count_lookup(&self, raw: Fields, redis_latency: Duration) -> Lookup {
+        self.inner.counters.reads.record(redis_latency);
         let record = Stored::split(raw).into_record_fields().map(Record::new);
         let counter = if record.is_some() {
             &self.inner.counters.hits
@@ -473,6 +495,10 @@ where
         self.count_outcome(&outcome);
         if !sent.is_empty() {
             self.inner.counters.batches.fetch_add(1, Relaxed);
+            self.inner
+                .counters
+                .batch
+                .record(Duration::from_micros(changes.len() as u64));
         }
         Ok(outcome)
     }
@@ -545,6 +571,18 @@ where
             }
             cursor = next;
         }
+    }
+
+    /// Removes the records at `data_keys` that are older than `version`
+    /// (tombstoned at it). Returns how many.
+    pub async fn sweep_keys(&self, version: Version, data_keys: &[String]) -> Result<usize> {
+        let mut swept = 0;
+        for part in data_keys.chunks(SCAN_COUNT) {
+            let cmd = self.guard().sweep(version, part);
+            let n: usize = apply::fcall(&mut self.conn.clone(), &cmd).await?;
+            swept += n;
+        }
+        Ok(swept)
     }
 
     /// Ends the load of the snapshot at `version`: the stored position
@@ -685,6 +723,31 @@ where
     /// The counters since the last reset.
     pub fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
+    }
+
+    /// `INFO memory`: used, maximum and eviction policy.
+    pub async fn memory(&self) -> Result<MemoryInfo> {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        Ok(MemoryInfo {
+            used: field("used_memory")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            max: field("maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0),
+            policy: field("maxmemory_policy").unwrap_or("").to_owned(),
+        })
+    }
+
+    /// The latency and batch-size distributions, for metrics.
+    pub fn histograms(&self) -> crate::stats::Histograms {
+        self.inner.counters.histograms()
     }
 
     /// Zeroes every counter.

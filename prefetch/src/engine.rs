@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::cache::{CacheConfig, CacheState, CachedEntry, Lookup, PrefetchCache, Ttl};
 use crate::error::Result;
 use crate::events::{Event, EventBus, PrefetchReason};
-use crate::model::{Version, WorkerState, validate_id};
+use crate::model::{ReconcileReport, Version, WorkerState, validate_id};
 use crate::source::{Source, SourceStatus};
 use crate::stats::Stats;
 use crate::sync::{SyncConfig, SyncHandle, behind};
@@ -32,6 +32,33 @@ pub struct EngineConfig {
     /// How often the engine checks, without any request, that Redis still
     /// holds its state (a write finds out at once anyway).
     pub heal_interval: Duration,
+    /// What a (re-)prefetch does when the working set would not fit in
+    /// Redis's memory budget.
+    pub memory_check: MemoryCheck,
+    /// The share of `maxmemory` kept free (0.1: the budget is 90 %).
+    pub memory_headroom: f64,
+}
+
+/// What a (re-)prefetch does when the working set would not fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryCheck {
+    /// Refuse, writing nothing ([`Error::MemoryBudget`](crate::Error::MemoryBudget)).
+    #[default]
+    Refuse,
+    /// Log a warning and load anyway.
+    Warn,
+}
+
+/// Redis memory against the cache's budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStatus {
+    /// Bytes Redis uses now.
+    pub used: u64,
+    /// Bytes the cache may let Redis reach (`maxmemory` less the headroom;
+    /// 0: no limit).
+    pub budget: u64,
+    /// The eviction policy.
+    pub policy: String,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +68,8 @@ impl Default for EngineConfig {
             sync: SyncConfig::default(),
             pause_timeout: Duration::from_secs(2),
             heal_interval: Duration::from_millis(500),
+            memory_check: MemoryCheck::Refuse,
+            memory_headroom: 0.1,
         }
     }
 }
@@ -85,6 +114,8 @@ pub struct EngineStats {
     pub applied: Option<Version>,
     /// The source's own status.
     pub source: SourceStatus,
+    /// Redis memory against the budget, as last checked.
+    pub memory: Option<MemoryStatus>,
 }
 
 /// A running prefetch cache: [`PrefetchCache`], a [`Source`] and the sync
@@ -106,6 +137,12 @@ struct Inner<S: ?Sized, C> {
     admin: tokio::sync::Mutex<()>,
     pause_timeout: Duration,
     healer: Mutex<Option<JoinHandle<()>>>,
+    last_reconcile: Mutex<Option<(SystemTime, ReconcileReport)>>,
+    memory: Mutex<Option<MemoryStatus>>,
+    /// Records the last load wrote (what a re-prefetch overwrites).
+    last_loaded: std::sync::atomic::AtomicU64,
+    memory_check: MemoryCheck,
+    memory_headroom: f64,
     source: Arc<S>,
 }
 
@@ -156,6 +193,13 @@ where
         keys.validate()?;
         let cache = PrefetchCache::new(conn, config.cache, source.id());
         cache.load_library().await?;
+        let memory = cache.memory().await?;
+        if memory.may_evict() {
+            tracing::warn!(
+                policy = %memory.policy,
+                "Redis's maxmemory-policy may evict cache keys, and an evicted key is a silent miss until the next re-prefetch; use noeviction (writes then wait and retry when memory is full)"
+            );
+        }
         let state = cache.state().await?;
         let ours = state.source.as_deref() == Some(cache.source_id());
         let resumed = ours
@@ -178,6 +222,11 @@ where
                 admin: tokio::sync::Mutex::new(()),
                 pause_timeout: config.pause_timeout,
                 healer: Mutex::new(None),
+                last_reconcile: Mutex::new(None),
+                memory: Mutex::new(None),
+                last_loaded: std::sync::atomic::AtomicU64::new(0),
+                memory_check: config.memory_check,
+                memory_headroom: config.memory_headroom.clamp(0.0, 0.9),
                 source,
             }),
         };
@@ -306,11 +355,25 @@ where
         let cache = &self.inner.cache;
         let snapshot = self.inner.source.snapshot().await?;
         let version = snapshot.version;
+        let mut chunks = snapshot.chunks;
+        // The first chunk tells what a record weighs: check the budget
+        // before writing anything.
+        let first = chunks.next().await.transpose()?;
+        if let Some(first) = &first {
+            let rows = snapshot.rows.unwrap_or(first.len() as u64);
+            self.check_memory(first, rows, mode).await?;
+        }
         cache.begin_load(version).await?;
         let mut loaded = 0;
-        let mut chunks = snapshot.chunks;
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
+        let mut pending = first;
+        loop {
+            let chunk = match pending.take() {
+                Some(chunk) => chunk,
+                None => match chunks.next().await {
+                    Some(chunk) => chunk?,
+                    None => break,
+                },
+            };
             loaded += match mode {
                 LoadMode::Fresh => cache.bulk_load(&chunk, version).await?,
                 LoadMode::Guarded => cache.write_snapshot(&chunk, version).await?,
@@ -321,6 +384,9 @@ where
             LoadMode::Guarded => cache.sweep(version).await?,
         };
         cache.finish_load(version).await?;
+        self.inner
+            .last_loaded
+            .store(loaded as u64, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.inner.source.ack(version).await {
             tracing::warn!(error = %e, "cannot acknowledge the snapshot to the source");
         }
@@ -341,6 +407,82 @@ where
             reason,
         });
         Ok(report)
+    }
+
+    /// Refuses (or warns) when writing `rows` records like `sample` would
+    /// take Redis past its budget.
+    async fn check_memory(
+        &self,
+        sample: &[crate::model::Record],
+        rows: u64,
+        mode: LoadMode,
+    ) -> Result<()> {
+        let info = self.inner.cache.memory().await?;
+        if info.max == 0 || sample.is_empty() {
+            return Ok(());
+        }
+        // Field bytes, the key, the version and hash fields, and Redis's
+        // own overhead per small hash with a TTL (about 100 bytes on 7.0).
+        let prefix = self.inner.cache.prefix().len() as u64;
+        let bytes: u64 = sample
+            .iter()
+            .map(|r| {
+                r.fields()
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>()
+                    + r.id().map_or(0, |id| id.len() as u64)
+                    + prefix
+                    + 150
+            })
+            .sum();
+        let per_record = bytes / sample.len() as u64;
+        let overwritten = match mode {
+            LoadMode::Fresh => 0,
+            LoadMode::Guarded => self
+                .inner
+                .last_loaded
+                .load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let needed = info.used + rows.saturating_sub(overwritten) * per_record;
+        let headroom = self.inner.memory_headroom;
+        let budget = (info.max as f64 * (1.0 - headroom)) as u64;
+        if needed <= budget {
+            return Ok(());
+        }
+        let err = crate::Error::MemoryBudget {
+            needed,
+            budget,
+            max: info.max,
+            headroom_pct: (headroom * 100.0).round() as u64,
+        };
+        match self.inner.memory_check {
+            MemoryCheck::Refuse => Err(err),
+            MemoryCheck::Warn => {
+                tracing::warn!(error = %err, "loading anyway (--memory-check warn)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Redis memory against the budget, as last checked (every heal tick).
+    pub fn memory(&self) -> Option<MemoryStatus> {
+        self.inner
+            .memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn refresh_memory(&self) {
+        if let Ok(info) = self.inner.cache.memory().await {
+            let budget = (info.max as f64 * (1.0 - self.inner.memory_headroom)) as u64;
+            *self.inner.memory.lock().unwrap_or_else(|p| p.into_inner()) = Some(MemoryStatus {
+                used: info.used,
+                budget,
+                policy: info.policy,
+            });
+        }
     }
 
     /// Checks that Redis still holds this cache's state, and refills it when
@@ -378,6 +520,54 @@ where
         Ok(Some(reason))
     }
 
+    /// Compares a fresh snapshot of the source with Redis and classifies
+    /// every difference; with `repair`, writes the fixes through the version
+    /// guard (safe while the worker runs). Keys found correct get their TTL
+    /// refreshed. See [`ReconcileReport`].
+    pub async fn reconcile(&self, repair: bool) -> Result<ReconcileReport> {
+        let sync = self.inner.sync.clone();
+        let source = self.inner.source.clone();
+        let report = crate::reconcile::reconcile(
+            &self.inner.cache,
+            self.inner.source.as_ref(),
+            repair,
+            |at| async move {
+                // Changes the source had already sent get up to 5 s to land:
+                // everything up to the snapshot's version, or up to the
+                // newest sent if that is older (a source's positions need not
+                // reach its snapshot versions). A paused worker lands nothing.
+                let Some(head) = source.status().head else {
+                    return;
+                };
+                if sync.state() == WorkerState::Paused {
+                    return;
+                }
+                let _ = sync
+                    .wait_applied(at.min(head), Duration::from_secs(5))
+                    .await;
+            },
+        )
+        .await?;
+        *self
+            .inner
+            .last_reconcile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((SystemTime::now(), report.clone()));
+        self.inner
+            .events
+            .publish(|| Event::Reconciled(Arc::new(report.clone())));
+        Ok(report)
+    }
+
+    /// The last reconciliation's report, and when it finished.
+    pub fn last_reconcile(&self) -> Option<(SystemTime, ReconcileReport)> {
+        self.inner
+            .last_reconcile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Cached ids, sorted.
     pub async fn ids(&self) -> Result<Vec<String>> {
         self.inner.cache.ids().await
@@ -403,6 +593,7 @@ where
             behind: behind(&self.inner.sync, source.head),
             applied: self.inner.sync.applied(),
             source,
+            memory: self.memory(),
         }
     }
 
@@ -475,6 +666,7 @@ where
             return;
         };
         let engine = Engine { inner };
+        engine.refresh_memory().await;
         let asked = engine.inner.source.status().resync_requests;
         if asked > resyncs_seen {
             tracing::info!("the source asked for a fresh snapshot; re-prefetching");

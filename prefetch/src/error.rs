@@ -39,6 +39,22 @@ pub enum Error {
     /// The configuration cannot work (for example a reserved key prefix).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// Loading the working set would take Redis past its memory budget
+    /// (`maxmemory` less the headroom); nothing was written.
+    #[error(
+        "the working set needs about {} MB of Redis memory, the budget is {} MB (maxmemory {} MB less {}% headroom); raise maxmemory or start with --memory-check warn",
+        .needed / 1_000_000, .budget / 1_000_000, .max / 1_000_000, .headroom_pct
+    )]
+    MemoryBudget {
+        /// Bytes Redis would use after the load (estimate).
+        needed: u64,
+        /// Bytes allowed.
+        budget: u64,
+        /// `maxmemory`.
+        max: u64,
+        /// The headroom kept free, in percent.
+        headroom_pct: u64,
+    },
     /// Redis no longer holds the cache's state (restarted empty, flushed,
     /// failed over to a replica that was behind, or taken over by another
     /// source): nothing was written; the engine re-prefetches by itself.
@@ -73,6 +89,12 @@ impl Error {
             Error::SourceUnavailable(_) | Error::StateLost => true,
             _ => false,
         }
+    }
+
+    /// True when Redis refused a write because it is at `maxmemory` (with
+    /// `noeviction`): the write is retried until memory is freed.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Error::Redis(e) if e.code() == Some("OOM"))
     }
 
     /// Wraps a failure of the source of truth.

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::model::{Fields, Transaction, Version, WorkerState};
+use crate::model::{Fields, ReconcileReport, Transaction, Version, WorkerState};
 
 /// What the version guard did with one write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +95,19 @@ pub enum Event {
         /// Why it ran.
         reason: PrefetchReason,
     },
+    /// An injected fault did something to one change.
+    Fault {
+        /// What.
+        kind: crate::faults::FaultKind,
+        /// The record id.
+        id: String,
+        /// The change's version.
+        version: Version,
+        /// What the version guard did with it (`None`: never applied).
+        outcome: Option<WriteOutcome>,
+    },
+    /// A reconciliation finished.
+    Reconciled(Arc<ReconcileReport>),
     /// The sync worker changed state.
     Worker(WorkerState),
     /// The counters were zeroed.

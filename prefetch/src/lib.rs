@@ -40,6 +40,7 @@
 //! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
 //! | `cache` | [`PrefetchCache`]: bulk load, get, guarded apply, sweep, clear |
 //! | `sync` | the sync worker's [`SyncHandle`] (pause, resume, stop) |
+//! | `reconcile` | source against Redis, differences classified and repaired |
 //! | `primary` | [`MockPrimary`], the embedded source of truth (feature `mock`) |
 //! | `engine` | [`Engine`]: all of the above plus re-prefetch and self-healing |
 //!
@@ -87,8 +88,12 @@ mod source;
 mod apply;
 mod stats;
 
+mod faults;
+
 mod cache;
 mod sync;
+
+mod reconcile;
 
 #[cfg(feature = "mock")]
 mod primary;
@@ -103,20 +108,23 @@ pub mod testing;
 pub use apply::content_hash;
 pub use cache::{
     BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
-    DEFAULT_TTL, Lookup, PrefetchCache, Ttl,
+    DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, Ttl,
 };
-pub use engine::{Engine, EngineConfig, EngineStats, PrefetchReport, ReadResult};
+pub use engine::{
+    Engine, EngineConfig, EngineStats, MemoryCheck, MemoryStatus, PrefetchReport, ReadResult,
+};
 pub use error::{BoxError, Error, Result};
 pub use events::{AppliedWrite, Event, EventBus, PrefetchReason, WriteOutcome};
+pub use faults::{Fault, FaultKind, PendingFaults};
 pub use feed::{ChangeFeed, ChangeSender};
 pub use keys::{KeySpace, RESERVED_KEY_PREFIX, Tombstone, escape_glob, hash_tag};
 pub use model::{
     Change, ChangeKind, Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN, Op,
-    ParseVersionError, RESERVED_FIELD_PREFIX, Record, Transaction, Version, WorkerState,
-    validate_field, validate_id,
+    ParseVersionError, RESERVED_FIELD_PREFIX, ReconcileReport, Record, Transaction, Version,
+    WorkerState, validate_field, validate_id,
 };
 #[cfg(feature = "mock")]
 pub use primary::{DEFAULT_READ_LATENCY, MockPrimary, Mutation, seed_records};
 pub use source::{BoxFuture, BoxStream, Primary, Source, SourceSnapshot, SourceStatus};
-pub use stats::{LagSummary, Stats};
+pub use stats::{HistogramSnapshot, Histograms, LagSummary, Stats};
 pub use sync::{PauseGuard, SyncConfig, SyncHandle};

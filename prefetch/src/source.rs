@@ -78,6 +78,9 @@ use crate::model::{Record, Transaction, Version};
 pub struct SourceSnapshot {
     /// Every change up to this version is in the snapshot, none after it.
     pub version: Version,
+    /// How many records it holds, when the source knows before sending them
+    /// (the engine checks them against Redis's memory budget first).
+    pub rows: Option<u64>,
     /// The records, chunk by chunk.
     pub chunks: BoxStream<'static, Result<Vec<Record>>>,
 }
@@ -87,6 +90,7 @@ impl SourceSnapshot {
     pub fn from_records(version: Version, records: Vec<Record>) -> Self {
         Self {
             version,
+            rows: Some(records.len() as u64),
             chunks: futures::stream::iter([Ok(records)]).boxed(),
         }
     }

@@ -32,10 +32,15 @@ pub struct Stats {
     pub sync_retries: u64,
     /// Time from a source commit to its write being visible in Redis.
     pub sync_lag: LagSummary,
+    /// Redis latency of reads through the cache.
+    pub read_latency: LagSummary,
     /// Re-prefetches (requested or self-healing) since the last reset.
     pub reprefetches: u64,
     /// Times the engine found Redis without its state and refilled it.
     pub self_heals: u64,
+    /// Apply attempts Redis refused for lack of memory (`OOM`); each is
+    /// retried, nothing is dropped.
+    pub sync_oom_retries: u64,
 }
 
 impl Stats {
@@ -77,7 +82,12 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) reprefetches: AtomicU64,
     pub(crate) self_heals: AtomicU64,
+    pub(crate) oom: AtomicU64,
     pub(crate) lag: LagHistogram,
+    /// Redis latency of reads, in microseconds.
+    pub(crate) reads: LagHistogram,
+    /// Changes per applied batch (the unit is one change, not a µs).
+    pub(crate) batch: LagHistogram,
 }
 
 impl Counters {
@@ -92,8 +102,25 @@ impl Counters {
             sync_batches: self.batches.load(Relaxed),
             sync_retries: self.retries.load(Relaxed),
             sync_lag: self.lag.summary(),
+            read_latency: self.reads.summary(),
             reprefetches: self.reprefetches.load(Relaxed),
             self_heals: self.self_heals.load(Relaxed),
+            sync_oom_retries: self.oom.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn histograms(&self) -> Histograms {
+        const SECONDS: [f64; 14] = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            5.0,
+        ];
+        const SIZES: [f64; 10] = [
+            1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 4096.0,
+        ];
+        Histograms {
+            sync_lag_seconds: self.lag.export(&SECONDS, 1e-6),
+            read_seconds: self.reads.export(&SECONDS, 1e-6),
+            batch_size: self.batch.export(&SIZES, 1.0),
         }
     }
 
@@ -109,11 +136,37 @@ impl Counters {
             &self.retries,
             &self.reprefetches,
             &self.self_heals,
+            &self.oom,
         ] {
             c.store(0, Relaxed);
         }
         self.lag.reset();
+        self.reads.reset();
+        self.batch.reset();
     }
+}
+
+/// A distribution read out for export: cumulative counts at upper bounds
+/// (the last bound is `+Inf`'s neighbour; the total is `count`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Values recorded.
+    pub count: u64,
+    /// Their sum, in the exported unit.
+    pub sum: f64,
+    /// `(upper bound, values at or below it)`, ascending.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// The cache's distributions, for metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histograms {
+    /// Source commit to visible in Redis, in seconds.
+    pub sync_lag_seconds: HistogramSnapshot,
+    /// Redis latency of reads, in seconds.
+    pub read_seconds: HistogramSnapshot,
+    /// Changes per applied batch.
+    pub batch_size: HistogramSnapshot,
 }
 
 /// Sub-buckets per power of two: percentiles are exact below 16 µs and within
@@ -172,6 +225,29 @@ impl LagHistogram {
         self.count.fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
         self.max_us.fetch_max(us, Relaxed);
+    }
+
+    /// Cumulative counts at `bounds` (in the exported unit; a recorded value
+    /// is `raw * scale` in it), to the precision of the buckets (6.25 %).
+    pub(crate) fn export(&self, bounds: &[f64], scale: f64) -> HistogramSnapshot {
+        let mut buckets: Vec<(f64, u64)> = bounds.iter().map(|&b| (b, 0)).collect();
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            let c = bucket.load(Relaxed);
+            if c == 0 {
+                continue;
+            }
+            let value = bucket_mid(i) * scale;
+            for (bound, total) in buckets.iter_mut() {
+                if value <= *bound {
+                    *total += c;
+                }
+            }
+        }
+        HistogramSnapshot {
+            count: self.count.load(Relaxed),
+            sum: self.sum_us.load(Relaxed) as f64 * scale,
+            buckets,
+        }
     }
 
     /// Count, mean, p50, p99 and max in one pass.

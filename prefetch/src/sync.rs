@@ -79,6 +79,7 @@ struct Shared {
     control: watch::Sender<Control>,
     status: watch::Sender<Status>,
     join: Mutex<Option<JoinHandle<()>>>,
+    faults: crate::faults::Faults,
 }
 
 /// Controls a running sync worker. Cheap to clone.
@@ -121,6 +122,7 @@ impl SyncHandle {
             control,
             status,
             join: Mutex::new(None),
+            faults: crate::faults::Faults::default(),
         });
         let span = tracing::info_span!("sync_worker", prefix = cache.prefix());
         let task = Task {
@@ -241,6 +243,16 @@ impl SyncHandle {
         self.shared.status.borrow().applied_commit
     }
 
+    /// Injects a fault into the worker (see [`Fault`](crate::Fault)).
+    pub fn inject(&self, fault: crate::faults::Fault) {
+        self.shared.faults.inject(fault);
+    }
+
+    /// The faults still to come.
+    pub fn pending_faults(&self) -> crate::faults::PendingFaults {
+        self.shared.faults.pending()
+    }
+
     /// Records that everything up to `position` is in Redis by other means
     /// (a snapshot load), so waiting for it succeeds.
     pub(crate) fn mark_applied(&self, position: Version) {
@@ -344,6 +356,9 @@ where
                     if matches!(e, Error::StateLost) {
                         self.lost.notify_one();
                     }
+                    if e.is_out_of_memory() {
+                        self.cache.counters().oom.fetch_add(1, Relaxed);
+                    }
                     tracing::warn!(
                         error = %e,
                         attempt,
@@ -376,7 +391,21 @@ where
             return Ok(());
         };
         let changes: Vec<&Change> = self.batch.iter().flat_map(|tx| &tx.changes).collect();
-        let outcome = self.cache.apply_changes(&changes, Some(position)).await?;
+        let plan = self.shared.faults.plan(changes.len());
+        if plan.outage {
+            return Err(Error::Redis(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "fault injection: the sync worker's Redis connection is cut",
+            ))));
+        }
+        if let Some(delay) = plan.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let outcome = if plan.each.is_empty() {
+            self.cache.apply_changes(&changes, Some(position)).await?
+        } else {
+            self.apply_with_faults(&changes, &plan, position).await?
+        };
         let visible = SystemTime::now();
         let lags: Vec<Duration> = self
             .batch
@@ -399,6 +428,73 @@ where
         self.report(position, newest_commit, &changes, &lags, &outcome, visible);
         self.batch.clear();
         Ok(())
+    }
+
+    /// Applies `changes` as `plan` says: dropped ones are skipped (but the
+    /// position still moves past them), reordered ones go after the rest,
+    /// newest first, duplicated ones go again, each in a call of its own so
+    /// that the guard, not the batching, decides what happens to them.
+    async fn apply_with_faults(
+        &self,
+        changes: &[&Change],
+        plan: &crate::faults::Plan,
+        position: Version,
+    ) -> Result<BatchOutcome> {
+        use crate::faults::FaultKind;
+        let fate = |i: usize| plan.each.get(i).copied().flatten();
+        let kept: Vec<&Change> = changes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !matches!(fate(*i), Some(FaultKind::Dropped | FaultKind::Reordered)))
+            .map(|(_, c)| *c)
+            .collect();
+        let mut outcome = self.cache.apply_changes(&kept, Some(position)).await?;
+        // `written` indexes into `kept`; the report indexes into `changes`.
+        let index: Vec<usize> = changes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !matches!(fate(*i), Some(FaultKind::Dropped | FaultKind::Reordered)))
+            .map(|(i, _)| i)
+            .collect();
+        for w in &mut outcome.written {
+            w.0 = index[w.0];
+        }
+        let late: Vec<usize> = (0..changes.len())
+            .rev()
+            .filter(|&i| fate(i) == Some(FaultKind::Reordered))
+            .collect();
+        let again: Vec<usize> = (0..changes.len())
+            .filter(|&i| fate(i) == Some(FaultKind::Duplicated))
+            .collect();
+        for i in (0..changes.len()).filter(|&i| fate(i) == Some(FaultKind::Dropped)) {
+            self.publish_fault(FaultKind::Dropped, changes[i], None);
+        }
+        for (kind, list) in [(FaultKind::Reordered, late), (FaultKind::Duplicated, again)] {
+            for i in list {
+                let one = self
+                    .cache
+                    .apply_changes(std::slice::from_ref(&changes[i]), None)
+                    .await?;
+                let result = one.written.first().map(|w| w.1);
+                self.publish_fault(kind, changes[i], result);
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn publish_fault(
+        &self,
+        kind: crate::faults::FaultKind,
+        change: &Change,
+        outcome: Option<crate::events::WriteOutcome>,
+    ) {
+        tracing::info!(fault = kind.as_str(), id = %change.id, version = %change.version, ?outcome, "fault injected");
+        self.events.publish(|| Event::Fault {
+            kind,
+            id: change.id.clone(),
+            version: change.version,
+            outcome,
+        });
     }
 
     /// At stop: applies what is pending and ready, retrying until `deadline`.

@@ -54,6 +54,20 @@ pub struct Config {
     /// The publication (default `prefetch_<schema>_<table>`).
     #[arg(long, env = "PREFETCH_PG_PUBLICATION")]
     pub pg_publication: Option<String>,
+    /// Reconcile the cache against the primary every this many seconds
+    /// (report, and refresh the TTL of keys found correct); 0: only on
+    /// demand (`POST /reconcile`).
+    #[arg(long, env = "PREFETCH_RECONCILE_EVERY", default_value_t = 0)]
+    pub reconcile_every: u64,
+    /// When a (re-)prefetch would take Redis past maxmemory less 10 %:
+    /// `refuse` (nothing written) or `warn` (load anyway).
+    #[arg(long, env = "PREFETCH_MEMORY_CHECK", default_value = "refuse",
+          value_parser = ["refuse", "warn"])]
+    pub memory_check: String,
+    /// Enable `POST /fault` (fault injection) on a non-loopback address; on
+    /// loopback it is always on.
+    #[arg(long, env = "PREFETCH_FAULTS")]
+    pub faults: bool,
     /// Token required by the admin and mutation endpoints (`Authorization:
     /// Bearer <token>`, or a cookie set by opening `/?token=<token>`).
     /// Mandatory when --host is not a loopback address.

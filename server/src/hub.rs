@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use app::api::{ServerContext, dashboard_state, now_ms};
 use app::model::{
-    ExternalWatch, Fields, LiveEvent, SourceDto, StatsDto, WriteOrigin, epoch_ms, expires_at,
-    millis,
+    ExternalWatch, Fields, LiveEvent, ReconcileResponse, SourceDto, StatsDto, WriteOrigin,
+    epoch_ms, expires_at, millis,
 };
 use prefetch::{Event, WriteOutcome};
 use tokio::sync::{broadcast, mpsc};
@@ -100,7 +100,7 @@ impl LiveHub {
     /// A snapshot frame of the current state.
     pub async fn snapshot(&self) -> Result<Frame, SnapshotError> {
         let state = dashboard_state(&self.ctx).await?;
-        Ok(Frame::of(&LiveEvent::Snapshot(state))?)
+        Ok(Frame::of(&LiveEvent::Snapshot(Box::new(state)))?)
     }
 
     fn send(&self, event: &LiveEvent) {
@@ -248,6 +248,25 @@ impl Task {
                 });
                 self.resync().await;
             }
+            Event::Reconciled(report) => {
+                self.hub.send(&LiveEvent::Reconciled(ReconcileResponse::new(
+                    &report,
+                    std::time::SystemTime::now(),
+                )));
+            }
+            Event::Fault {
+                kind, id, outcome, ..
+            } => self.hub.send(&LiveEvent::Fault {
+                kind: kind.as_str().to_owned(),
+                id,
+                outcome: outcome.map(|o| {
+                    match o {
+                        WriteOutcome::Applied => "applied",
+                        WriteOutcome::Stale => "stale",
+                    }
+                    .to_owned()
+                }),
+            }),
             Event::Worker(state) => self.hub.send(&LiveEvent::Worker {
                 state: state.into(),
             }),
@@ -402,7 +421,7 @@ impl Task {
                     .collect();
                 self.last_stats = Some(state.stats.clone());
                 self.last_source = Some(state.source.clone());
-                self.hub.send(&LiveEvent::Snapshot(state));
+                self.hub.send(&LiveEvent::Snapshot(Box::new(state)));
             }
             Err(e) => tracing::warn!(error = %e, "live feed resync failed"),
         }

@@ -12,6 +12,7 @@ pub mod keyspace;
 pub mod redis_embedded;
 
 pub mod hub;
+pub mod metrics;
 pub mod state;
 
 pub mod security;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use app::api::ServerContext;
 use axum::serve::ListenerExt;
 use leptos::prelude::LeptosOptions;
-use prefetch::{CacheConfig, Engine, EngineConfig, EventBus, MockPrimary, Primary};
+use prefetch::{CacheConfig, Engine, EngineConfig, EventBus, MemoryCheck, MockPrimary, Primary};
 use prefetch_pg::launcher::PostgresServer;
 use prefetch_pg::{PgConfig, PgSource};
 use redis::aio::ConnectionManagerConfig;
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use config::{Config, PrimaryKind};
 pub use error::Error;
@@ -116,6 +118,11 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             ttl: Duration::from_secs(config.ttl_seconds),
             ..CacheConfig::default()
         },
+        memory_check: if config.memory_check == "warn" {
+            MemoryCheck::Warn
+        } else {
+            MemoryCheck::Refuse
+        },
         ..EngineConfig::default()
     };
     let events = EventBus::default();
@@ -186,7 +193,19 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let ctx = ServerContext {
         engine: engine.clone(),
         external: hub::watch_mode(keyspace),
+        faults: config.faults || config.host.is_loopback(),
+        paused: Default::default(),
     };
+    if config.reconcile_every > 0 {
+        background.push(tokio::spawn(
+            reconcile_loop(
+                engine.clone(),
+                Duration::from_secs(config.reconcile_every),
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("reconcile")),
+        ));
+    }
     let (hub, hub_task) = hub::LiveHub::start(ctx.clone(), keys, shutdown.clone());
     background.push(hub_task);
 
@@ -202,6 +221,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let addr = listener.local_addr().map_err(Error::Serve)?;
     let state = AppState::new(state::Shared {
         leptos_options: leptos_options(addr),
+        metrics: metrics::registry(ctx.clone()),
         ctx,
         hub,
         shutdown: shutdown.clone(),
@@ -292,6 +312,36 @@ impl Running {
         }
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(elapsed_ms, "Stopped in {elapsed_ms:.0} ms");
+    }
+}
+
+/// Reconciles every `every` (report only; keys found correct get their TTL
+/// refreshed), until shutdown.
+async fn reconcile_loop(engine: Engine<dyn Primary>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match engine.reconcile(false).await {
+            Ok(r) if r.is_clean() => tracing::debug!(
+                checked = r.checked,
+                elapsed_ms = r.elapsed.as_secs_f64() * 1000.0,
+                "reconciled: no drift"
+            ),
+            Ok(r) => tracing::warn!(
+                checked = r.checked,
+                missing = r.missing.len(),
+                orphaned = r.orphaned.len(),
+                stale = r.stale.len(),
+                changed_outside = r.changed_outside.len(),
+                "reconciliation found drift (POST /reconcile with repair=true fixes it)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+        }
     }
 }
 

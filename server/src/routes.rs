@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(page))
         .route("/index.html", get(page))
         .route("/events", get(sse::events))
+        .route("/metrics", get(crate::metrics::metrics))
         // Registers every server function (the API) at its fixed path; the
         // page itself is served by `page` above.
         .leptos_routes_with_context(

@@ -19,6 +19,8 @@ pub struct AppState(Arc<Shared>);
 #[derive(Debug)]
 pub struct Shared {
     pub leptos_options: LeptosOptions,
+    /// The Prometheus registry behind `GET /metrics`.
+    pub metrics: prometheus_client::registry::Registry,
     pub ctx: ServerContext,
     pub hub: LiveHub,
     /// Cancelled at shutdown; live streams end on it.

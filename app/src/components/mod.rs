@@ -3,12 +3,14 @@
 mod cache_table;
 mod event_log;
 mod mutate_panels;
+mod operations;
 mod read_panel;
 mod stats;
 
 pub use cache_table::CacheTable;
 pub use event_log::EventLog;
 pub use mutate_panels::{AddPanel, BreakPanel, DeletePanel, UpdatePanel};
+pub use operations::{ChartPanel, DriftPanel, FaultPanel};
 pub use read_panel::ReadPanel;
 pub use stats::StatsPanel;
 

@@ -52,6 +52,27 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
                 ("reprefetches", "Re-prefetches", s.reprefetches.to_string()),
                 ("self_heals", "Self-heals", s.self_heals.to_string()),
                 (
+                    "memory",
+                    "Redis memory used / budget",
+                    if s.memory_budget_bytes == 0 {
+                        format!(
+                            "{} MB / no limit",
+                            fixed(s.memory_used_bytes as f64 / 1e6, 1)
+                        )
+                    } else {
+                        format!(
+                            "{} / {} MB",
+                            fixed(s.memory_used_bytes as f64 / 1e6, 1),
+                            fixed(s.memory_budget_bytes as f64 / 1e6, 1)
+                        )
+                    },
+                ),
+                (
+                    "sync_oom_retries",
+                    "OOM retries",
+                    s.sync_oom_retries.to_string(),
+                ),
+                (
                     "primary_reads_total",
                     "Primary reads",
                     s.primary_reads_total.to_string(),

@@ -286,3 +286,58 @@ async fn the_demo_mutations_become_sql_with_clear_errors() {
     let sql = connect(&url).await;
     assert_mirrors(&engine, &sql).await;
 }
+
+#[tokio::test]
+async fn reconciliation_against_postgresql_names_each_drift_and_repair_converges() {
+    use prefetch::Fault;
+    use redis::AsyncCommands;
+
+    let url = database("drift").await;
+    let redis = TestRedis::start();
+    let (engine, _) = engine(&redis, &url, "categories", "drift").await;
+    let sql = connect(&url).await;
+    let mut conn = redis.conn().await;
+    let key = |id: &str| engine.cache().key(id);
+    // stale: the worker loses one change on the way.
+    engine.sync().inject(Fault::Drop(1));
+    sql.batch_execute("UPDATE categories SET name = 'Bread' WHERE id = 'cat-002'")
+        .await
+        .unwrap();
+    crate::caught_up(&engine, &sql).await;
+    // missing, orphaned and changed outside: written to Redis behind its back.
+    let _: () = conn.del(key("cat-001")).await.unwrap();
+    let _: () = conn.hset(key("ghost"), "id", "ghost").await.unwrap();
+    let _: () = conn.hset(key("cat-003"), "name", "vandal").await.unwrap();
+
+    let report = engine.reconcile(false).await.unwrap();
+    assert_eq!(report.missing, ["cat-001"]);
+    assert_eq!(report.orphaned, ["ghost"]);
+    assert_eq!(report.stale, ["cat-002"]);
+    assert_eq!(report.changed_outside, ["cat-003"]);
+    assert!(report.in_flight.is_empty(), "{report:?}");
+    assert!(
+        report.elapsed < Duration::from_secs(5),
+        "{:?}",
+        report.elapsed
+    );
+
+    // Repair while PostgreSQL keeps changing: the guard orders both.
+    let writes = {
+        let sql = connect(&url).await;
+        tokio::spawn(async move {
+            for i in 0..50i32 {
+                sql.execute(
+                    "UPDATE categories SET display_order = $1 WHERE id = 'cat-004'",
+                    &[&i],
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let repaired = engine.reconcile(true).await.unwrap();
+    assert_eq!(repaired.repaired, 4, "{repaired:?}");
+    writes.await.unwrap();
+    assert_mirrors(&engine, &sql).await;
+    assert!(engine.reconcile(false).await.unwrap().is_clean());
+}

@@ -8,6 +8,7 @@ mod cache;
 mod guard;
 mod heal;
 mod interleavings;
+mod ops;
 mod primary;
 mod reprefetch;
 mod sync;

@@ -13,5 +13,6 @@ mod cli;
 mod events;
 mod faults;
 mod load;
+mod operations;
 mod postgres;
 mod security;

@@ -1,0 +1,249 @@
+//! `GET /metrics`: the engine's counters in the Prometheus/OpenMetrics text
+//! format, read from the engine at scrape time (nothing is counted twice).
+//!
+//! Names are prefixed `prefetch_`, in base units, and mirror RDI's where
+//! they have a twin: `prefetch_source_connected` (RDI `Connected`),
+//! `prefetch_source_behind_seconds` (`MilliSecondsBehindSource`),
+//! `prefetch_sync_lag_seconds` (`rdi_stream_event_latency_ms`),
+//! `prefetch_sync_events_applied_total` / `…_rejected_total`
+//! (`processed_records_total` / `rejected_records_total`),
+//! `prefetch_sync_batch_size` (`rdi_processor_batch_size`).
+
+use std::time::UNIX_EPOCH;
+
+use app::api::ServerContext;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use prefetch::HistogramSnapshot;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Reads the engine on every scrape.
+#[derive(Debug)]
+pub struct EngineCollector {
+    ctx: ServerContext,
+}
+
+/// A registry holding the engine's collector.
+pub fn registry(ctx: ServerContext) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(EngineCollector { ctx }));
+    registry
+}
+
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let m = ConstCounter::new(v);
+    m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: f64) -> std::fmt::Result {
+    let m = ConstGauge::new(v);
+    m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+fn histogram(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &HistogramSnapshot,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &h.buckets, None)
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let engine = &self.ctx.engine;
+        let s = engine.stats();
+        let c = &s.cache;
+        let h = engine.cache().histograms();
+        let e = &mut enc;
+        counter(
+            e,
+            "prefetch_cache_hits",
+            "Reads that found the key.",
+            c.hits,
+        )?;
+        counter(e, "prefetch_cache_misses", "Reads that did not.", c.misses)?;
+        counter(
+            e,
+            "prefetch_sync_events_applied",
+            "Changes applied to Redis.",
+            c.sync_events_applied,
+        )?;
+        counter(
+            e,
+            "prefetch_sync_events_stale",
+            "Changes the version guard refused: Redis held the same or a newer version.",
+            c.sync_events_stale,
+        )?;
+        counter(
+            e,
+            "prefetch_sync_events_rejected",
+            "Malformed changes skipped (no id, an upsert with no fields).",
+            c.sync_events_skipped,
+        )?;
+        counter(
+            e,
+            "prefetch_sync_batches",
+            "Atomic calls that applied changes.",
+            c.sync_batches,
+        )?;
+        counter(
+            e,
+            "prefetch_sync_retries",
+            "Failed apply attempts, each retried.",
+            c.sync_retries,
+        )?;
+        counter(
+            e,
+            "prefetch_sync_oom_retries",
+            "Apply attempts Redis refused at maxmemory, each retried.",
+            c.sync_oom_retries,
+        )?;
+        histogram(
+            e,
+            "prefetch_sync_lag_seconds",
+            "Source commit to visible in Redis.",
+            &h.sync_lag_seconds,
+        )?;
+        histogram(
+            e,
+            "prefetch_sync_batch_size",
+            "Changes per applied batch.",
+            &h.batch_size,
+        )?;
+        histogram(
+            e,
+            "prefetch_read_seconds",
+            "Redis latency of reads through the cache.",
+            &h.read_seconds,
+        )?;
+        gauge(
+            e,
+            "prefetch_sync_backlog",
+            "Changes the source produced that are not yet in Redis.",
+            s.backlog as f64,
+        )?;
+        gauge(
+            e,
+            "prefetch_source_behind_seconds",
+            "How far Redis is behind the source (0 when nothing waits).",
+            s.behind.as_secs_f64(),
+        )?;
+        gauge(
+            e,
+            "prefetch_source_connected",
+            "1 when the source is reachable.",
+            if s.source.connected { 1.0 } else { 0.0 },
+        )?;
+        counter(
+            e,
+            "prefetch_source_reads",
+            "Snapshots read from the source.",
+            engine.source().reads(),
+        )?;
+        gauge(
+            e,
+            "prefetch_worker_running",
+            "1 while the sync worker applies changes (0: paused, retrying or stopped).",
+            if s.worker == prefetch::WorkerState::Running {
+                1.0
+            } else {
+                0.0
+            },
+        )?;
+        counter(
+            e,
+            "prefetch_reprefetches",
+            "Re-prefetches (requested or self-healing).",
+            c.reprefetches,
+        )?;
+        counter(
+            e,
+            "prefetch_self_heals",
+            "Times Redis had lost the cache's state and it was refilled.",
+            c.self_heals,
+        )?;
+        let memory = s.memory.clone().unwrap_or_default();
+        gauge(
+            e,
+            "prefetch_redis_memory_used_bytes",
+            "Redis used_memory.",
+            memory.used as f64,
+        )?;
+        gauge(
+            e,
+            "prefetch_redis_memory_budget_bytes",
+            "maxmemory less the headroom (0: no limit).",
+            memory.budget as f64,
+        )?;
+        let last = engine.last_reconcile();
+        let mut drift = e.encode_descriptor(
+            "prefetch_drift_keys",
+            "Differences the last reconciliation found, by kind.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, n) in last.as_ref().map(|(_, r)| r.counts()).unwrap_or([
+            ("missing", 0),
+            ("orphaned", 0),
+            ("stale", 0),
+            ("changed_outside", 0),
+            ("in_flight", 0),
+        ]) {
+            let labels = [("kind", kind)];
+            ConstGauge::new(n as f64).encode(drift.encode_family(&labels)?)?;
+        }
+        let (at, took) = last
+            .map(|(at, r)| {
+                (
+                    at.duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0),
+                    r.elapsed.as_secs_f64(),
+                )
+            })
+            .unwrap_or((0.0, 0.0));
+        gauge(
+            e,
+            "prefetch_reconcile_last_timestamp_seconds",
+            "When the last reconciliation finished (0: never).",
+            at,
+        )?;
+        gauge(
+            e,
+            "prefetch_reconcile_duration_seconds",
+            "How long the last reconciliation took.",
+            took,
+        )?;
+        Ok(())
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
+        tracing::error!(error = %e, "cannot encode metrics");
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot encode the metrics.",
+        )
+        .into_response();
+    }
+    let mut res = body.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    res
+}
