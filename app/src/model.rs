@@ -125,6 +125,8 @@ pub struct ReconcileResponse {
     pub changed_outside: Vec<String>,
     pub in_flight: Vec<String>,
     pub repaired: usize,
+    /// Keys found correct (their TTL was refreshed).
+    pub verified: usize,
     pub elapsed_ms: f64,
     /// When it finished (server clock, ms since the epoch).
     pub at_ms: i64,
@@ -498,6 +500,7 @@ mod ssr {
                 changed_outside: r.changed_outside.clone(),
                 in_flight: r.in_flight.clone(),
                 repaired: r.repaired,
+                verified: r.verified,
                 elapsed_ms: millis(r.elapsed),
                 at_ms: epoch_ms(at),
             }

@@ -94,6 +94,7 @@ async fn reconcile_reports_drift_and_repair_fixes_it_live() {
     assert_eq!(body["changed_outside"], serde_json::json!(["cat-005"]));
     assert_eq!(body["checked"], 5);
     assert_eq!(body["repaired"], 0);
+    assert_eq!(body["verified"], 3, "the three untouched keys");
     for key in ["orphaned", "stale", "in_flight", "elapsed_ms"] {
         assert!(body.get(key).is_some(), "{key} in {body}");
     }
