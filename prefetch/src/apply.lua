@@ -35,17 +35,19 @@ local function hget(key, field)
   return r
 end
 
--- The newest version stored for a record: its hash's, or its tombstone's.
+-- What a record holds: the newest version stored for it (its hash's, or
+-- its tombstone's), the hash's `__h`, and whether a tombstone key exists.
+-- A hash with a version is always newer than any tombstone beside it
+-- (a delete removes the hash; a write over a tombstone removes it), so the
+-- tombstone is read only when the hash has no version.
 local function stored(data, tomb)
-  local v = parse(hget(data, '__v'))
-  if tomb ~= data then
-    local t = redis.pcall('GET', tomb)
-    if type(t) == 'string' then
-      local tv = parse(t)
-      if tv and newer(tv, v) then v = tv end
-    end
-  end
-  return v
+  local r = redis.pcall('HMGET', data, '__v', '__h')
+  if type(r) ~= 'table' then return nil, nil, false end
+  local v = parse(r[1])
+  if v ~= nil or tomb == data then return v, r[2], false end
+  local t = redis.pcall('GET', tomb)
+  if type(t) ~= 'string' then return nil, nil, false end
+  return parse(t), nil, true
 end
 
 -- The floor (no write older than it applies) when the state hash names
@@ -77,18 +79,31 @@ local function bury(data, tomb, vs, tomb_ttl)
   end
 end
 
+-- The field names' part of a `__h` value (after the 16-digit content hash).
+local function names(h)
+  if type(h) ~= 'string' then return nil end
+  return string.sub(h, 17)
+end
+
 -- ARGV: source, mode ('live' | 'snapshot'), ttl s, tombstone ttl ms,
--- position ('' for none), then per write: op ('u' | 'd'), version, content
--- hash, field count n, then n name/value pairs. Returns 1 (applied) or 0
--- (stale) per write. A live write must be newer than what is stored; a
--- snapshot write may also rewrite its own version (repairing a hash
+-- position ('' for none), then per write: op ('u' | 'd'), version, `__h`
+-- (content hash, then field-names hash), pair count n, then n name/value
+-- pairs, the last two being `__v` and `__h` themselves. Returns 1 (applied)
+-- or 0 (stale) per write. A live write must be newer than what is stored;
+-- a snapshot write may also rewrite its own version (repairing a hash
 -- changed outside the pipeline). Nothing older than the floor applies.
+--
+-- Every redis.call costs about as much as the command itself, so a live
+-- update of a record with the same field names is three: HMGET, HSET
+-- (which replaces every field) and EXPIRE. A changed set of names needs
+-- the DEL first, and so does a snapshot write, which also removes fields
+-- someone else added to the hash.
 local function apply(keys, args)
   local floor = floor_of(keys[1], args[1])
   if floor == nil then return lost() end
   local snapshot = args[2] == 'snapshot'
-  local ttl = tonumber(args[3])
-  local tomb_ttl = tonumber(args[4])
+  local ttl = args[3]
+  local tomb_ttl = args[4]
   local out = {}
   local a, k = 6, 2
   while a <= #args do
@@ -97,24 +112,22 @@ local function apply(keys, args)
     local v = parse(vs)
     local ok = 0
     if v and not newer(floor, v) then
-      local cur = stored(data, tomb)
+      local cur, cur_h, tombed = stored(data, tomb)
       if newer(v, cur) or (snapshot and not newer(cur, v)) then
         ok = 1
         if op == 'u' then
-          redis.call('DEL', data)
-          local f = {}
-          for i = 1, 2 * n do f[i] = args[a + 3 + i] end
-          f[2 * n + 1], f[2 * n + 2] = '__v', vs
-          f[2 * n + 3], f[2 * n + 4] = '__h', h
+          if snapshot or cur == nil or names(cur_h) ~= names(h) then
+            redis.call('DEL', data)
+          end
           -- unpack has a stack limit: at most 500 pairs per HSET.
-          local total, i = #f, 1
-          while i <= total do
-            local j = math.min(i + 999, total)
-            redis.call('HSET', data, unpack(f, i, j))
+          local i, last = a + 4, a + 3 + 2 * n
+          while i <= last do
+            local j = math.min(i + 999, last)
+            redis.call('HSET', data, unpack(args, i, j))
             i = j + 1
           end
           redis.call('EXPIRE', data, ttl)
-          if tomb ~= data then redis.call('DEL', tomb) end
+          if tombed then redis.call('DEL', tomb) end
         else
           bury(data, tomb, vs, tomb_ttl)
         end
@@ -134,7 +147,7 @@ end
 local function sweep(keys, args)
   if floor_of(keys[1], args[1]) == nil then return lost() end
   local c = parse(args[2])
-  local tomb_ttl = tonumber(args[3])
+  local tomb_ttl = args[3]
   local swept = 0
   for k = 2, #keys, 2 do
     local data, tomb = keys[k], keys[k + 1]

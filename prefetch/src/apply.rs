@@ -63,7 +63,7 @@ impl Stored {
         let version = raw.remove(VERSION_FIELD).and_then(|v| v.parse().ok());
         let hash = raw
             .remove(HASH_FIELD)
-            .and_then(|h| u64::from_str_radix(&h, 16).ok());
+            .and_then(|h| u64::from_str_radix(h.get(..16)?, 16).ok());
         let deleted = raw.remove(DELETED_FIELD).is_some();
         raw.retain(|k, _| !k.starts_with(crate::model::RESERVED_FIELD_PREFIX));
         Self {
@@ -110,9 +110,36 @@ pub fn content_hash(fields: &Fields) -> u64 {
     h
 }
 
-/// The hex form stored in `__h`.
-pub(crate) fn hash_text(fields: &Fields) -> String {
-    format!("{:016x}", content_hash(fields))
+/// A 64-bit FNV-1a hash of the field names alone (length-prefixed, in
+/// order): two records with the same names can overwrite each other's hash
+/// field by field, without a `DEL` first.
+fn names_hash(fields: &Fields) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for k in fields.keys() {
+        for b in (k.len() as u64).to_le_bytes().iter().chain(k.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    h
+}
+
+/// The text stored in a record's `__h` field.
+///
+/// Its [`content_hash`] (16 hex digits), then a hash of its field names
+/// alone (16 more): the apply function compares the names part to skip the
+/// `DEL` before an update that keeps the same fields.
+///
+/// ```
+/// let fields = [("id".to_owned(), "a".to_owned())].into();
+/// let h = prefetch::hash_text(&fields);
+/// assert_eq!(h.len(), 32);
+/// assert_eq!(h[..16], format!("{:016x}", prefetch::content_hash(&fields)));
+/// ```
+pub fn hash_text(fields: &Fields) -> String {
+    format!("{:016x}{:016x}", content_hash(fields), names_hash(fields))
 }
 
 /// The tombstone key to pass beside `data_key` (the data key itself when
@@ -154,11 +181,16 @@ impl Guard<'_> {
         for w in writes {
             match w.fields {
                 Some(fields) => {
+                    let (version, hash) = (w.version.to_string(), hash_text(fields));
                     cmd.arg("u")
-                        .arg(w.version.to_string())
-                        .arg(hash_text(fields))
-                        .arg(fields.len())
-                        .arg(fields);
+                        .arg(&version)
+                        .arg(&hash)
+                        .arg(fields.len() + 2)
+                        .arg(fields)
+                        .arg(VERSION_FIELD)
+                        .arg(version)
+                        .arg(HASH_FIELD)
+                        .arg(hash);
                 }
                 None => {
                     cmd.arg("d").arg(w.version.to_string()).arg("").arg(0);
@@ -261,7 +293,7 @@ mod tests {
             ("id", "a"),
             ("n", "1"),
             ("__v", "0:7:2"),
-            ("__h", "00000000000000ff"),
+            ("__h", "00000000000000ff000000000badf00d"),
             ("__x", "future"),
         ]
         .into_iter()
@@ -285,6 +317,11 @@ mod tests {
         let a: Fields = [("ab".to_owned(), "c".to_owned())].into();
         let b: Fields = [("a".to_owned(), "bc".to_owned())].into();
         assert_ne!(content_hash(&a), content_hash(&b));
-        assert_eq!(hash_text(&a).len(), 16);
+        assert_eq!(hash_text(&a).len(), 32);
+        // The names part: equal for equal names, whatever the values.
+        let c: Fields = [("ab".to_owned(), "zzz".to_owned())].into();
+        assert_eq!(hash_text(&a)[16..], hash_text(&c)[16..]);
+        assert_ne!(hash_text(&a)[..16], hash_text(&c)[..16]);
+        assert_ne!(hash_text(&a)[16..], hash_text(&b)[16..]);
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! | key | what |
 //! |---|---|
-//! | `{prefix}{id}` | the record: a hash of its fields plus `__v` (version) and `__h` (content hash) |
+//! | `{prefix}{id}` | the record: a hash of its fields plus `__v` (version) and `__h` (content hash, then field-names hash) |
 //! | `__pf:t:{data key}` | tombstone of a deleted record whose key carries a `{hash tag}` |
 //! | `__pf:u:{{data key}}` | tombstone of a deleted record whose key carries none |
 //! | `__pf:m:{prefix}` | the cache's state: source id, applied position, version floor |

@@ -105,7 +105,7 @@ pub mod launcher;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use apply::content_hash;
+pub use apply::{content_hash, hash_text};
 pub use cache::{
     BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
     DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, Ttl,

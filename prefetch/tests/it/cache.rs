@@ -44,7 +44,7 @@ async fn bulk_load_writes_every_record_with_its_version_and_ttl_pipelined_withou
         let mut stored: Fields = conn.hgetall(&key).await.unwrap();
         assert_eq!(stored.remove("__v").as_deref(), Some("0:42:7"));
         let hash = stored.remove("__h").expect("content hash stored");
-        assert_eq!(hash, format!("{:016x}", prefetch::content_hash(r.fields())));
+        assert_eq!(hash, prefetch::hash_text(r.fields()));
         assert_eq!(&stored, r.fields());
         let ttl: i64 = conn.ttl(&key).await.unwrap();
         assert!((1230..=1234).contains(&ttl), "ttl {ttl}");
