@@ -187,7 +187,11 @@ pub struct BatchOutcome {
 /// `C` is any async redis connection: [`ConnectionManager`] (reconnects by
 /// itself) in production, or a `MultiplexedConnection`.
 pub struct PrefetchCache<C = ConnectionManager> {
+    /// Reads.
     conn: C,
+    /// Writes (the same connection unless [`with_writer`](Self::with_writer)
+    /// gave another).
+    writer: C,
     inner: Arc<Inner>,
 }
 
@@ -203,6 +207,7 @@ impl<C: Clone> Clone for PrefetchCache<C> {
     fn clone(&self) -> Self {
         Self {
             conn: self.conn.clone(),
+            writer: self.writer.clone(),
             inner: Arc::clone(&self.inner),
         }
     }
@@ -226,6 +231,7 @@ where
     /// source identified by `source` (see [`Source::id`](crate::Source::id)).
     pub fn new(conn: C, config: CacheConfig, source: impl Into<String>) -> Self {
         Self {
+            writer: conn.clone(),
             conn,
             inner: Arc::new(Inner {
                 keys: KeySpace::new(config.prefix),
@@ -237,6 +243,18 @@ where
                 counters: Counters::default(),
             }),
         }
+    }
+
+    /// The same cache writing through its own connection: loads, applies,
+    /// sweeps and clears go to `writer`, reads stay on the first one. Redis
+    /// answers one connection's commands in order, so on a single
+    /// connection a read waits behind every write queued before it (a
+    /// re-prefetch queues many); on two it waits at most for the command
+    /// Redis is running.
+    #[must_use]
+    pub fn with_writer(mut self, writer: C) -> Self {
+        self.writer = writer;
+        self
     }
 
     /// The key prefix.
@@ -276,7 +294,7 @@ where
     /// Loads the cache's Redis function library (also done by itself when
     /// a call finds it missing).
     pub async fn load_library(&self) -> Result<()> {
-        apply::load_library(&mut self.conn.clone()).await
+        apply::load_library(&mut self.writer.clone()).await
     }
 
     /// What Redis holds about this cache's state.
@@ -328,7 +346,7 @@ where
             for (id, fields) in chunk {
                 self.push_fresh(&mut pipe, id, fields, &version);
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.writer.clone();
             sends.push(Box::pin(async move { pipe.exec_async(&mut conn).await }));
         }
         futures::future::try_join_all(sends).await?;
@@ -479,7 +497,7 @@ where
             })
             .collect();
         let cmd = self.guard().apply(Mode::Live, position, &writes);
-        let results: Vec<i64> = apply::fcall(&mut self.conn.clone(), &cmd).await?;
+        let results: Vec<i64> = apply::fcall(&mut self.writer.clone(), &cmd).await?;
         let superseded = changes.len() - outcome.skipped - sent.len();
         outcome.applied = superseded;
         for (&i, r) in sent.iter().zip(results) {
@@ -515,7 +533,7 @@ where
     /// snapshot applies from now on.
     pub async fn begin_load(&self, version: Version) -> Result<()> {
         let cmd = self.guard().begin(version);
-        apply::fcall::<_, i64>(&mut self.conn.clone(), &cmd).await?;
+        apply::fcall::<_, i64>(&mut self.writer.clone(), &cmd).await?;
         Ok(())
     }
 
@@ -536,7 +554,7 @@ where
                 })
                 .collect();
             let cmd = self.guard().apply(Mode::Snapshot, None, &writes);
-            let mut conn = self.conn.clone();
+            let mut conn = self.writer.clone();
             calls.push(Box::pin(async move {
                 let results: Vec<i64> = apply::fcall(&mut conn, &cmd).await?;
                 Ok(results.iter().filter(|&&r| r == 1).count())
@@ -556,7 +574,7 @@ where
     /// Removes every record older than the snapshot at `version` (so the
     /// snapshot did not contain it), leaving tombstones. Returns how many.
     pub async fn sweep(&self, version: Version) -> Result<usize> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.writer.clone();
         let mut cursor = 0u64;
         let mut swept = 0usize;
         loop {
@@ -579,7 +597,7 @@ where
         let mut swept = 0;
         for part in data_keys.chunks(SCAN_COUNT) {
             let cmd = self.guard().sweep(version, part);
-            let n: usize = apply::fcall(&mut self.conn.clone(), &cmd).await?;
+            let n: usize = apply::fcall(&mut self.writer.clone(), &cmd).await?;
             swept += n;
         }
         Ok(swept)
@@ -589,7 +607,7 @@ where
     /// reaches it.
     pub async fn finish_load(&self, version: Version) -> Result<()> {
         let cmd = self.guard().finish(version);
-        apply::fcall::<_, i64>(&mut self.conn.clone(), &cmd).await?;
+        apply::fcall::<_, i64>(&mut self.writer.clone(), &cmd).await?;
         Ok(())
     }
 
@@ -598,7 +616,7 @@ where
     /// the same prefix; returns how many records were deleted.
     pub async fn reset(&self) -> Result<usize> {
         let deleted = self.clear().await?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.writer.clone();
         for pattern in self.inner.keys.tombstone_patterns() {
             delete_matching(&mut conn, &pattern).await?;
         }
@@ -614,7 +632,7 @@ where
     pub async fn invalidate(&self, id: &str) -> Result<bool> {
         let n: u64 = redis::cmd("DEL")
             .arg(self.key(id))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.writer.clone())
             .await?;
         Ok(n > 0)
     }
@@ -624,7 +642,7 @@ where
     /// Tombstones and the cache's state stay. Returns how many keys were
     /// deleted.
     pub async fn clear(&self) -> Result<usize> {
-        delete_matching(&mut self.conn.clone(), self.inner.keys.scan_pattern()).await
+        delete_matching(&mut self.writer.clone(), self.inner.keys.scan_pattern()).await
     }
 
     /// Every id currently cached, sorted, each once.
@@ -759,9 +777,16 @@ where
         &self.inner.counters
     }
 
-    /// A clone of the connection, for callers that add commands of their own.
+    /// A clone of the reads' connection, for callers that add commands of
+    /// their own.
     pub fn connection(&self) -> C {
         self.conn.clone()
+    }
+
+    /// A clone of the writes' connection (also for background bulk reads,
+    /// which should not queue ahead of a user's read).
+    pub(crate) fn writer(&self) -> C {
+        self.writer.clone()
     }
 }
 

@@ -189,9 +189,23 @@ where
         events: EventBus,
         config: EngineConfig,
     ) -> Result<(Self, PrefetchReport)> {
+        Self::start_with_writer(conn.clone(), conn, source, events, config).await
+    }
+
+    /// [`start`](Self::start) with a connection of its own for writes
+    /// (loads, applies, sweeps, reconciliation), so that a user's read
+    /// never queues behind a batch of writes: see
+    /// [`PrefetchCache::with_writer`].
+    pub async fn start_with_writer(
+        reads: C,
+        writes: C,
+        source: Arc<S>,
+        events: EventBus,
+        config: EngineConfig,
+    ) -> Result<(Self, PrefetchReport)> {
         let keys = crate::keys::KeySpace::new(config.cache.prefix.clone());
         keys.validate()?;
-        let cache = PrefetchCache::new(conn, config.cache, source.id());
+        let cache = PrefetchCache::new(reads, config.cache, source.id()).with_writer(writes);
         cache.load_library().await?;
         let memory = cache.memory().await?;
         if memory.may_evict() {

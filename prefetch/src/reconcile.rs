@@ -81,7 +81,7 @@ where
             pipe.cmd("GET").arg(tomb);
         }
     }
-    let values: Vec<Value> = pipe.query_async(&mut cache.connection()).await?;
+    let values: Vec<Value> = pipe.query_async(&mut cache.writer()).await?;
     let mut out = Vec::with_capacity(ids.len());
     for pair in values.chunks(2) {
         let [hash, tomb] = pair else { continue };
@@ -191,7 +191,7 @@ where
         for id in part {
             pipe.cmd("EXPIRE").arg(cache.key(id)).arg(ttl).ignore();
         }
-        pipe.query_async::<()>(&mut cache.connection()).await?;
+        pipe.query_async::<()>(&mut cache.writer()).await?;
     }
     report.verified = verified.len();
     if repair {

@@ -108,6 +108,12 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(5)));
     let conn = client
+        .get_connection_manager_with_config(manager_config.clone())
+        .await
+        .map_err(unreachable)?;
+    // Writes get a connection of their own: a read never queues behind a
+    // re-prefetch's batches.
+    let writes = client
         .get_connection_manager_with_config(manager_config)
         .await
         .map_err(unreachable)?;
@@ -172,7 +178,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             source
         }
     };
-    let (engine, report) = Engine::start(conn.clone(), primary, events, engine_config).await?;
+    let (engine, report) =
+        Engine::start_with_writer(conn.clone(), writes, primary, events, engine_config).await?;
 
     let shutdown = CancellationToken::new();
     let mut background = Vec::new();

@@ -125,3 +125,73 @@ async fn a_record_deleted_before_the_snapshot_is_swept_and_stays_gone() {
     assert_converged(&engine).await;
     assert_eq!(engine.stats().backlog, 0);
 }
+
+#[tokio::test]
+async fn given_a_writer_connection_every_write_goes_there_and_reads_stay_apart() {
+    use prefetch::testing::{Counting, engine_config};
+    use prefetch::{Engine, EventBus, MockPrimary};
+
+    let redis = TestRedis::start();
+    let reads = Counting::new(redis.conn().await);
+    let writes = Counting::new(redis.conn().await);
+    let events = EventBus::default();
+    let primary = Arc::new(MockPrimary::with_records(
+        crate::records(3000),
+        Duration::ZERO,
+        events.clone(),
+    ));
+    let (engine, report) = Engine::start_with_writer(
+        reads.clone(),
+        writes.clone(),
+        Arc::clone(&primary),
+        events,
+        engine_config("split"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.loaded, 3000);
+
+    // A re-prefetch writes 3,000 records in guarded chunks and sweeps: all
+    // of it on the writer; the reads' connection sees no write.
+    let (r0, w0) = (reads.count(), writes.count());
+    engine.reprefetch().await.unwrap();
+    let (r1, w1) = (reads.count(), writes.count());
+    assert!(
+        w1 - w0 >= 3000 / 256,
+        "writes went elsewhere: {} requests",
+        w1 - w0
+    );
+    assert!(
+        r1 - r0 <= 2,
+        "a re-prefetch sent {} requests on the reads' connection",
+        r1 - r0
+    );
+
+    // A change from the source: applied on the writer, visible to a read
+    // on the other connection as soon as it is acknowledged.
+    primary
+        .update_field("rec-000007", "name", "Renamed")
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = engine.cache().get("rec-000007").await.unwrap();
+        if got
+            .record
+            .and_then(|r| r.get("name").map(str::to_owned))
+            .as_deref()
+            == Some("Renamed")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        writes.count() > w1,
+        "the update was not written on the writer"
+    );
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// The site the release server serves (`bench.sh` sets `LEPTOS_SITE_ROOT`
+/// to the release site; `target/site` otherwise).
+pub fn site_root() -> PathBuf {
+    PathBuf::from(std::env::var("LEPTOS_SITE_ROOT").unwrap_or_else(|_| "target/site".into()))
+}
+
 pub fn records(n: usize) -> Vec<Record> {
     (0..n)
         .map(|i| {
@@ -47,7 +53,7 @@ pub fn pipe_file(records: &[Record], prefix: &str, ttl: u64, path: &Path) -> Res
     for r in records {
         let key = format!("{prefix}{}", r.id().unwrap_or_default());
         resp(&["DEL", &key], &mut buf);
-        let hash = format!("{:016x}", prefetch::content_hash(r.fields()));
+        let hash = prefetch::hash_text(r.fields());
         let mut hset = vec!["HSET", key.as_str()];
         for (k, v) in r.fields() {
             hset.push(k);

@@ -31,7 +31,7 @@ pub fn start_server(redis: &TestRedis) -> Result<ServerProc> {
         ])
         .args(["--cache-prefix", "bench:http:"])
         .env("RUST_LOG", "warn")
-        .env("LEPTOS_SITE_ROOT", "target/site")
+        .env("LEPTOS_SITE_ROOT", super::common::site_root())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

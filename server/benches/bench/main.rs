@@ -5,7 +5,7 @@
 //! in the same run, as a ratio, over several repetitions (median, min, max).
 //! Prints a markdown table and writes `target/bench/report.{md,json}`.
 //!
-//! `BENCH_ONLY=bulk,read,sync,reprefetch,memory,http,page,ui` runs only some sections.
+//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,page,ui` runs only some sections.
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run; figures are then
 //! not comparable with a full run).
 
@@ -31,6 +31,7 @@ mod common;
 mod http;
 mod memory;
 mod page;
+mod postgres;
 mod read;
 mod report;
 mod sync;
@@ -65,7 +66,7 @@ impl Settings {
                 reads: 100_000,
                 http_secs: 10,
                 sustain_secs: 10,
-                sustain_rates: vec![25_000, 50_000, 75_000, 100_000, 150_000, 200_000],
+                sustain_rates: vec![25_000, 35_000, 50_000, 75_000, 100_000, 150_000],
             }
         }
     }
@@ -151,6 +152,9 @@ fn main() -> Result<()> {
         }
         if wanted("memory") {
             memory::memory(&redis, &mut report).await?;
+        }
+        if wanted("postgres") {
+            postgres::postgres(&redis, &s, &mut report).await?;
         }
         if wanted("http") {
             http::http(&redis, &s, &mut report).await?;

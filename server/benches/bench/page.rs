@@ -13,9 +13,7 @@ pub fn gzip_len(path: &Path) -> Option<u64> {
 
 pub fn page_weight(report: &mut Report) -> Result<()> {
     println!("\n== page weight");
-    let pkg =
-        PathBuf::from(std::env::var("LEPTOS_SITE_ROOT").unwrap_or_else(|_| "target/site".into()))
-            .join("pkg");
+    let pkg = super::common::site_root().join("pkg");
     let mut total_raw = 0;
     let mut total_gz = 0;
     for ext in ["wasm", "js", "css"] {
