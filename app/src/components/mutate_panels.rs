@@ -2,7 +2,7 @@ use leptos::prelude::*;
 
 use leptos::server_fn::ServerFn;
 
-use super::{id_options, on_submit, report};
+use super::{FormPost, id_options, on_submit, report};
 use crate::api::{
     AddCategory, ClearCache, DeleteCategory, InvalidateCategory, Reprefetch, UpdateField,
 };
@@ -12,7 +12,7 @@ use crate::model::{UPDATABLE_FIELDS, fixed};
 /// Change one field in the primary; the sync worker rewrites the hash.
 #[component]
 pub fn UpdatePanel(state: LiveState) -> impl IntoView {
-    let update = ServerAction::<UpdateField>::new();
+    let update = FormPost::<UpdateField>::new();
     report(update, |r| {
         format!(
             "Primary updated: {}.{} = \"{}\". The sync worker applies it to Redis.",
@@ -46,7 +46,7 @@ pub fn UpdatePanel(state: LiveState) -> impl IntoView {
 /// Insert a category into the primary.
 #[component]
 pub fn AddPanel() -> impl IntoView {
-    let add = ServerAction::<AddCategory>::new();
+    let add = FormPost::<AddCategory>::new();
     report(add, |r| {
         format!("Added {} to the primary; the sync worker caches it.", r.id)
     });
@@ -89,7 +89,7 @@ pub fn AddPanel() -> impl IntoView {
 /// Remove a category from the primary.
 #[component]
 pub fn DeletePanel(state: LiveState) -> impl IntoView {
-    let delete = ServerAction::<DeleteCategory>::new();
+    let delete = FormPost::<DeleteCategory>::new();
     report(delete, |r| {
         format!(
             "Deleted {} from the primary; the sync worker removes its key.",
@@ -119,9 +119,9 @@ pub fn DeletePanel(state: LiveState) -> impl IntoView {
 /// Simulate sync failures and recover: invalidate one, clear all, re-prefetch.
 #[component]
 pub fn BreakPanel(state: LiveState) -> impl IntoView {
-    let invalidate = ServerAction::<InvalidateCategory>::new();
-    let clear = ServerAction::<ClearCache>::new();
-    let reprefetch = ServerAction::<Reprefetch>::new();
+    let invalidate = FormPost::<InvalidateCategory>::new();
+    let clear = FormPost::<ClearCache>::new();
+    let reprefetch = FormPost::<Reprefetch>::new();
     report(invalidate, |r| {
         if r.deleted {
             format!("Cache entry for {} deleted; reads of it now miss.", r.id)

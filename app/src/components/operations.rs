@@ -1,7 +1,8 @@
+use leptos::either::Either;
 use leptos::prelude::*;
 use leptos::server_fn::ServerFn;
 
-use super::{on_submit, report};
+use super::{FormPost, on_submit, report};
 use crate::api::{InjectFault, Reconcile, WorkerControl};
 use crate::live::{CHART_POINTS, LiveState};
 use crate::model::fixed;
@@ -9,7 +10,7 @@ use crate::model::fixed;
 /// The last reconciliation, live, with one-click checks and repairs.
 #[component]
 pub fn DriftPanel(state: LiveState) -> impl IntoView {
-    let check = ServerAction::<Reconcile>::new();
+    let check = FormPost::<Reconcile>::new();
     report(check, |r| {
         let drift = r.missing.len() + r.orphaned.len() + r.stale.len() + r.changed_outside.len();
         if r.repaired > 0 {
@@ -23,7 +24,7 @@ pub fn DriftPanel(state: LiveState) -> impl IntoView {
     let kinds = move || {
         state.reconcile.with(|r| {
             let Some(r) = r else {
-                return view! { <p class="muted">"Not reconciled yet."</p> }.into_any();
+                return Either::Left(view! { <p class="muted">"Not reconciled yet."</p> });
             };
             let rows = [
                 ("missing", "missing", &r.missing),
@@ -46,13 +47,12 @@ pub fn DriftPanel(state: LiveState) -> impl IntoView {
                 }
             })
             .collect_view();
-            view! {
+            Either::Right(view! {
                 <p class="muted" id="drift-summary">
                     {r.checked} " checked in " {fixed(r.elapsed_ms, 1)} " ms; " {r.repaired} " repaired"
                 </p>
                 <dl id="drift">{rows}</dl>
-            }
-            .into_any()
+            })
         })
     };
     view! {
@@ -76,8 +76,8 @@ pub fn DriftPanel(state: LiveState) -> impl IntoView {
 /// Faults on purpose: what the version guard and reconciliation do with them.
 #[component]
 pub fn FaultPanel(state: LiveState) -> impl IntoView {
-    let fault = ServerAction::<InjectFault>::new();
-    let worker = ServerAction::<WorkerControl>::new();
+    let fault = FormPost::<InjectFault>::new();
+    let worker = FormPost::<WorkerControl>::new();
     report(fault, |r| {
         format!(
             "Fault queued: {}. The next changes show what it does.",

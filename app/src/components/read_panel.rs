@@ -3,7 +3,7 @@ use leptos::prelude::*;
 
 use leptos::server_fn::ServerFn;
 
-use super::{id_options, on_submit, report};
+use super::{FormPost, id_options, on_submit, report};
 use crate::api::ReadCategory;
 use crate::live::LiveState;
 use crate::model::{CATEGORY_FIELDS, fixed};
@@ -12,7 +12,7 @@ use crate::model::{CATEGORY_FIELDS, fixed};
 /// client makes. Without WASM the form still works (it shows the JSON).
 #[component]
 pub fn ReadPanel(state: LiveState) -> impl IntoView {
-    let read = ServerAction::<ReadCategory>::new();
+    let read = FormPost::<ReadCategory>::new();
     report(read, |r| {
         if r.hit {
             format!(

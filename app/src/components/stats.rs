@@ -2,7 +2,7 @@ use leptos::prelude::*;
 
 use leptos::server_fn::ServerFn;
 
-use super::{on_submit, report};
+use super::{FormPost, on_submit, report};
 use crate::api::ResetStats;
 use crate::live::LiveState;
 use crate::model::fixed;
@@ -10,7 +10,7 @@ use crate::model::fixed;
 /// The counters, live, with a reset.
 #[component]
 pub fn StatsPanel(state: LiveState) -> impl IntoView {
-    let reset = ServerAction::<ResetStats>::new();
+    let reset = FormPost::<ResetStats>::new();
     report(reset, |_| "Counters reset.".to_owned());
     // One reactive boundary for the whole list keeps the WASM small.
     let rows = move || {
