@@ -166,6 +166,7 @@ fn main() -> Result<()> {
     }
     if wanted("ui") {
         page::ui_latency(&mut report);
+        page::apply_cost(&mut report);
     }
 
     let header = format!(

@@ -88,3 +88,37 @@ pub fn ui_latency(report: &mut Report) {
     );
     report.data("ui_latency", v);
 }
+
+/// The main-thread time to apply one feed event with 1,000 rows in the
+/// table (end2end/tests/apply-cost.spec.ts, run by scripts/bench.sh).
+pub fn apply_cost(report: &mut Report) {
+    let path = PathBuf::from("end2end/test-results/apply-cost.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let ms = |kind: &str, q: &str| v[kind][q].as_f64().unwrap_or(f64::NAN);
+    report.row(
+        "ui",
+        format!(
+            "main-thread time to apply one feed event, {} rows in the table (release build, {} updates)",
+            v["rows"], v["updates"]
+        ),
+        format!(
+            "cache event p50 {} ms, p95 {} ms; primary event p50 {} ms",
+            fmt_num(ms("cache_event_ms", "p50")),
+            fmt_num(ms("cache_event_ms", "p95")),
+            fmt_num(ms("primary_event_ms", "p50"))
+        ),
+        format!(
+            "a stats event (no row changes) p50 {} ms",
+            fmt_num(ms("stats_event_ms", "p50"))
+        ),
+        None,
+        "–",
+        None,
+    );
+    report.data("ui_apply_cost", v);
+}
