@@ -30,18 +30,7 @@ pub async fn bulk_load(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
             assert_eq!(loaded, n);
 
             flushall(&mut conn).await?;
-            let t = Instant::now();
-            let out = Command::new("redis-cli")
-                .args(["-p", &redis.port.to_string(), "--pipe"])
-                .stdin(std::fs::File::open(&file)?)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()?;
-            pipe.push(t.elapsed().as_secs_f64() * 1000.0);
-            let text = String::from_utf8_lossy(&out.stdout);
-            if !text.contains("errors: 0") {
-                return Err(format!("redis-cli --pipe failed: {text}").into());
-            }
+            pipe.push(redis_cli_pipe(redis, &file)?);
         }
         let (o, p) = (Spread::of(ours), Spread::of(pipe));
         let ratio = o.median / p.median;

@@ -66,3 +66,20 @@ pub fn pipe_file(records: &[Record], prefix: &str, ttl: u64, path: &Path) -> Res
     std::fs::write(path, buf)?;
     Ok(())
 }
+
+/// Feeds `file` to `redis-cli --pipe` against `redis`; the wall time in ms.
+pub fn redis_cli_pipe(redis: &TestRedis, file: &Path) -> Result<f64> {
+    let t = Instant::now();
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--pipe"])
+        .stdin(std::fs::File::open(file)?)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("errors: 0") {
+        return Err(format!("redis-cli --pipe failed: {text}").into());
+    }
+    Ok(ms)
+}

@@ -58,12 +58,14 @@ pub fn page_weight(report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// A JSON file the Playwright run left in end2end/test-results.
+fn browser_result(name: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(PathBuf::from("end2end/test-results").join(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 pub fn ui_latency(report: &mut Report) {
-    let path = PathBuf::from("end2end/test-results/ui-latency.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return;
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+    let Some(v) = browser_result("ui-latency.json") else {
         return;
     };
     let ms = |side: &str, q: &str| v[side][q].as_f64().unwrap_or(f64::NAN);
@@ -92,11 +94,7 @@ pub fn ui_latency(report: &mut Report) {
 /// The main-thread time to apply one feed event with 1,000 rows in the
 /// table (end2end/tests/apply-cost.spec.ts, run by scripts/bench.sh).
 pub fn apply_cost(report: &mut Report) {
-    let path = PathBuf::from("end2end/test-results/apply-cost.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return;
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+    let Some(v) = browser_result("apply-cost.json") else {
         return;
     };
     let ms = |kind: &str, q: &str| v[kind][q].as_f64().unwrap_or(f64::NAN);

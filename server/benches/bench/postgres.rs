@@ -150,17 +150,7 @@ async fn initial_load(
             pipe_file(&recs, "bench:pgpipe:", 3600, &file)?;
         }
         flushall(conn).await?;
-        let t = Instant::now();
-        let out = Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string(), "--pipe"])
-            .stdin(std::fs::File::open(&file)?)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()?;
-        pipe.push(t.elapsed().as_secs_f64() * 1000.0);
-        if !String::from_utf8_lossy(&out.stdout).contains("errors: 0") {
-            return Err("redis-cli --pipe failed".into());
-        }
+        pipe.push(redis_cli_pipe(redis, &file)?);
     }
     let _ = pg;
     let (o, c, p) = (Spread::of(ours), Spread::of(copy), Spread::of(pipe));
