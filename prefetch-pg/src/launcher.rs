@@ -15,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use prefetch::launcher::{Keeper, spawn_tied};
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A running private PostgreSQL; stopped (and its files removed) on drop.
@@ -24,7 +26,7 @@ pub struct PostgresServer {
     dir: PathBuf,
     bin: PathBuf,
     child: Option<Child>,
-    keeper: Option<std::sync::mpsc::Sender<()>>,
+    keeper: Option<Keeper>,
     owner: Option<(u32, u32)>,
 }
 
@@ -182,7 +184,8 @@ impl PostgresServer {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("log"))?);
         as_owner(&mut cmd, self.owner);
-        let (mut child, keeper) = spawn_kept(cmd)?;
+        // SIGQUIT, PostgreSQL's immediate shutdown, if this process dies.
+        let (mut child, keeper) = spawn_tied(cmd, libc::SIGQUIT, "postgres-keeper")?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -194,7 +197,7 @@ impl PostgresServer {
             }
             if self.ready() {
                 self.child = Some(child);
-                self.keeper = keeper;
+                self.keeper = Some(keeper);
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -315,37 +318,4 @@ fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) {
     if let Some((uid, gid)) = owner {
         cmd.uid(uid).gid(gid).env("HOME", "/tmp");
     }
-}
-
-/// Starts `cmd` from a thread of its own that lives until the returned
-/// sender is dropped, with the kernel told to stop the child (`SIGQUIT`,
-/// PostgreSQL's immediate shutdown) when that thread ends: if this process
-/// dies, even by `SIGKILL`, no PostgreSQL is left behind.
-fn spawn_kept(mut cmd: Command) -> std::io::Result<(Child, Option<std::sync::mpsc::Sender<()>>)> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
-        // memory of the parent; it is the only call made between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let (child_tx, child_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new()
-        .name("postgres-keeper".into())
-        .spawn(move || {
-            let _ = child_tx.send(cmd.spawn());
-            let _ = stop_rx.recv();
-        })?;
-    let child = child_rx
-        .recv()
-        .map_err(|_| std::io::Error::other("the postgres keeper thread ended"))??;
-    Ok((child, Some(stop_tx)))
 }

@@ -392,16 +392,11 @@ impl PgSource {
         let value = value.to_owned();
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&value];
         params.extend(key.iter().map(|k| k as &(dyn ToSql + Sync)));
-        let client = self
-            .shared
-            .sql
-            .client()
-            .await
-            .map_err(prefetch::Error::from)?;
+        let client = self.shared.sql.client().await?;
         let row = client
             .query_opt(&query, &params)
             .await
-            .map_err(|e| prefetch::Error::from(PgError::from(e)))?
+            .map_err(PgError::from)?
             .ok_or_else(|| prefetch::Error::NotFound(id.to_owned()))?;
         Self::row_record(&table, &row).ok_or_else(|| prefetch::Error::NotFound(id.to_owned()))
     }
@@ -454,12 +449,7 @@ impl PgSource {
         );
         let params: Vec<&(dyn ToSql + Sync)> =
             values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let client = self
-            .shared
-            .sql
-            .client()
-            .await
-            .map_err(prefetch::Error::from)?;
+        let client = self.shared.sql.client().await?;
         let row = match client.query_one(&query, &params).await {
             Ok(row) => row,
             Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "23505") => {
@@ -490,16 +480,11 @@ impl PgSource {
         );
         let params: Vec<&(dyn ToSql + Sync)> =
             key.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
-        let client = self
-            .shared
-            .sql
-            .client()
-            .await
-            .map_err(prefetch::Error::from)?;
+        let client = self.shared.sql.client().await?;
         let deleted = client
             .execute(&query, &params)
             .await
-            .map_err(|e| prefetch::Error::from(PgError::from(e)))?;
+            .map_err(PgError::from)?;
         if deleted == 0 {
             return Err(prefetch::Error::NotFound(id.to_owned()));
         }

@@ -55,7 +55,7 @@ pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
     /// Dropping it ends the thread that started the child (see `spawn`).
-    keeper: Option<std::sync::mpsc::Sender<()>>,
+    keeper: Option<Keeper>,
     options: RedisOptions,
 }
 
@@ -122,17 +122,12 @@ impl Drop for RedisServer {
     }
 }
 
-/// A child started with `die_with_parent` is stopped by the kernel when the
-/// *thread* that started it ends, so such a child is started from a thread
-/// of its own that lives until the returned sender is dropped.
-type Keeper = Option<std::sync::mpsc::Sender<()>>;
-
 /// Runs the server and waits until it answers `PING`.
 fn launch(
     port: u16,
     dir: &std::path::Path,
     options: &RedisOptions,
-) -> std::io::Result<(Child, Keeper)> {
+) -> std::io::Result<(Child, Option<Keeper>)> {
     let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
     let mut cmd = Command::new(&bin);
     cmd.arg("--port")
@@ -175,36 +170,62 @@ fn launch(
     )))
 }
 
-fn spawn(mut cmd: Command, die_with_parent_too: bool) -> std::io::Result<(Child, Keeper)> {
+fn spawn(mut cmd: Command, die_with_parent_too: bool) -> std::io::Result<(Child, Option<Keeper>)> {
     if !die_with_parent_too {
         return Ok((cmd.spawn()?, None));
     }
-    die_with_parent(&mut cmd);
+    let (child, keeper) = spawn_tied(cmd, libc::SIGTERM, "redis-keeper")?;
+    Ok((child, Some(keeper)))
+}
+
+/// Holds a child started by [`spawn_tied`] to this process.
+///
+/// The kernel signals the child when the *thread* that started it ends,
+/// and that thread lives until this is dropped. Drop it once the child is
+/// stopped.
+#[derive(Debug)]
+pub struct Keeper {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// Starts `cmd` so that it does not outlive this process.
+///
+/// The child is started from a thread of its own (named `thread`), with
+/// the kernel told to send `signal` to the child when that thread ends
+/// (Linux `PR_SET_PDEATHSIG`; elsewhere the child is simply started): if
+/// this process dies, even by `SIGKILL`, the child goes too. Used for the
+/// embedded redis-server (`SIGTERM`) and PostgreSQL (`SIGQUIT`).
+pub fn spawn_tied(
+    mut cmd: Command,
+    signal: libc::c_int,
+    thread: &str,
+) -> std::io::Result<(Child, Keeper)> {
+    die_with_parent(&mut cmd, signal);
     let (child_tx, child_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
-        .name("redis-keeper".into())
+        .name(thread.to_owned())
         .spawn(move || {
             let _ = child_tx.send(cmd.spawn());
-            // Parked until the server is dropped (the sender goes away).
+            // Parked until the keeper is dropped (the sender goes away).
             let _ = stop_rx.recv();
         })?;
     let child = child_rx
         .recv()
-        .map_err(|_| std::io::Error::other("the redis keeper thread ended"))??;
-    Ok((child, Some(stop_tx)))
+        .map_err(|_| std::io::Error::other(format!("the {thread} thread ended")))??;
+    Ok((child, Keeper { _stop: stop_tx }))
 }
 
-/// Asks the kernel to SIGTERM the child if this process dies without
-/// cleaning up (for example on SIGKILL), so no redis-server is orphaned.
+/// Asks the kernel to send `signal` to the child when the thread that
+/// started it ends.
 #[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
+fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
     // memory of the parent; it is the only call made between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -213,4 +234,4 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_cmd: &mut Command) {}
+fn die_with_parent(_cmd: &mut Command, _signal: libc::c_int) {}

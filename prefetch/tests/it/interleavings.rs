@@ -125,13 +125,19 @@ async fn run_task(engine: TestEngine, ops: Vec<Op>, tally: Arc<Tally>) {
     }
 }
 
-async fn check(redis: &TestRedis, tasks: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
-    let seed: Vec<Record> = (0..IDS / 2).map(|i| record(i, 1)).collect();
-    let (engine, _) = mock_engine(redis.conn().await, "prop", Some(seed)).await;
-    let tally = Arc::new(Tally::default());
+/// Runs each task on a tokio task of its own, then waits until the worker
+/// has applied everything.
+async fn run_all<T, Fut>(
+    engine: &TestEngine,
+    tasks: Vec<T>,
+    task: impl Fn(T) -> Fut,
+) -> Result<(), TestCaseError>
+where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let handles: Vec<_> = tasks
         .into_iter()
-        .map(|ops| tokio::spawn(run_task(engine.clone(), ops, tally.clone())))
+        .map(|ops| tokio::spawn(task(ops)))
         .collect();
     for h in handles {
         h.await
@@ -141,6 +147,17 @@ async fn check(redis: &TestRedis, tasks: Vec<Vec<Op>>) -> Result<(), TestCaseErr
         .settle(Duration::from_secs(10))
         .await
         .expect("worker catches up");
+    Ok(())
+}
+
+async fn check(redis: &TestRedis, tasks: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
+    let seed: Vec<Record> = (0..IDS / 2).map(|i| record(i, 1)).collect();
+    let (engine, _) = mock_engine(redis.conn().await, "prop", Some(seed)).await;
+    let tally = Arc::new(Tally::default());
+    run_all(&engine, tasks, |ops| {
+        run_task(engine.clone(), ops, tally.clone())
+    })
+    .await?;
 
     let (primary, cache) = both_sides(&engine).await;
     for (key, fields) in &cache {
@@ -180,27 +197,29 @@ async fn check(redis: &TestRedis, tasks: Vec<Vec<Op>>) -> Result<(), TestCaseErr
     Ok(())
 }
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
+/// A two-thread runtime, a redis-server, and a proptest runner of
+/// `PROPTEST_CASES` (default `default`) cases that persists no failures.
+fn harness(default: u32) -> (tokio::runtime::Runtime, TestRedis, TestRunner) {
+    let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-#[test]
-fn random_interleavings_never_leave_a_wrong_key_and_the_counters_add_up() {
-    let cases = cases(100);
+        .unwrap_or(default);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let redis = TestRedis::start();
-    let mut runner = TestRunner::new(Config {
+    let runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
         ..Config::default()
     });
+    (runtime, TestRedis::start(), runner)
+}
+
+#[test]
+fn random_interleavings_never_leave_a_wrong_key_and_the_counters_add_up() {
+    let (runtime, redis, mut runner) = harness(100);
     let strategy = proptest::collection::vec(proptest::collection::vec(op(), 0..25), 2..5);
     let result = runner.run(&strategy, |tasks| runtime.block_on(check(&redis, tasks)));
     if let Err(e) = result {
@@ -272,18 +291,10 @@ async fn check_race(redis: &TestRedis, tasks: Vec<Vec<Race>>) -> Result<(), Test
     let seed: Vec<Record> = (0..IDS / 2).map(|i| record(i, 1)).collect();
     let (engine, _) = mock_engine(redis.conn().await, "race", Some(seed)).await;
     let history = Arc::new(Mutex::new(Vec::new()));
-    let handles: Vec<_> = tasks
-        .into_iter()
-        .map(|ops| tokio::spawn(race_task(engine.clone(), ops, history.clone())))
-        .collect();
-    for h in handles {
-        h.await
-            .map_err(|e| TestCaseError::fail(format!("task failed: {e}")))?;
-    }
-    engine
-        .settle(Duration::from_secs(10))
-        .await
-        .expect("worker catches up");
+    run_all(&engine, tasks, |ops| {
+        race_task(engine.clone(), ops, history.clone())
+    })
+    .await?;
     // Last, the whole history again, newest first, one change per call (a
     // batch would send only the newest per id): nothing may move back.
     let all = history.lock().unwrap().clone();
@@ -305,18 +316,7 @@ async fn check_race(redis: &TestRedis, tasks: Vec<Vec<Race>>) -> Result<(), Test
 
 #[test]
 fn duplicates_reorders_replays_and_reprefetches_end_with_redis_equal_to_the_source() {
-    let cases = cases(200);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let redis = TestRedis::start();
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let (runtime, redis, mut runner) = harness(200);
     let strategy = proptest::collection::vec(proptest::collection::vec(race(), 0..30), 2..5);
     let result = runner.run(&strategy, |tasks| {
         runtime.block_on(check_race(&redis, tasks))

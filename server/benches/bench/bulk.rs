@@ -16,14 +16,7 @@ pub async fn bulk_load(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
         let mut pipe = Vec::new();
         for _ in 0..s.reps {
             flushall(&mut conn).await?;
-            let cache = PrefetchCache::new(
-                redis.conn().await,
-                CacheConfig {
-                    prefix: prefix.into(),
-                    ..CacheConfig::default()
-                },
-                "bench",
-            );
+            let cache = bench_cache(redis, prefix).await;
             let t = Instant::now();
             let loaded = cache.bulk_load(&recs, prefetch::Version::ZERO).await?;
             ours.push(t.elapsed().as_secs_f64() * 1000.0);

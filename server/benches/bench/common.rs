@@ -83,3 +83,15 @@ pub fn redis_cli_pipe(redis: &TestRedis, file: &Path) -> Result<f64> {
     }
     Ok(ms)
 }
+
+/// A standalone cache on its own connection to `redis`, under `prefix`.
+pub async fn bench_cache(redis: &TestRedis, prefix: &str) -> PrefetchCache<MultiplexedConnection> {
+    PrefetchCache::new(
+        redis.conn().await,
+        CacheConfig {
+            prefix: prefix.into(),
+            ..CacheConfig::default()
+        },
+        "bench",
+    )
+}

@@ -19,14 +19,7 @@ pub async fn memory(redis: &TestRedis, report: &mut Report) -> Result<()> {
             .await?,
     );
     let n = 10_000;
-    let cache = PrefetchCache::new(
-        redis.conn().await,
-        CacheConfig {
-            prefix: "bench:mem:".into(),
-            ..CacheConfig::default()
-        },
-        "bench",
-    );
+    let cache = bench_cache(redis, "bench:mem:").await;
     cache
         .bulk_load(&records(n), prefetch::Version::ZERO)
         .await?;

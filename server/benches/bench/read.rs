@@ -90,14 +90,7 @@ pub fn redis_benchmark(
 pub async fn read_path(redis: &TestRedis, s: &Settings, report: &mut Report) -> Result<()> {
     println!("\n== read path");
     let prefix = "bench:read:";
-    let cache = PrefetchCache::new(
-        redis.conn().await,
-        CacheConfig {
-            prefix: prefix.into(),
-            ..CacheConfig::default()
-        },
-        "bench",
-    );
+    let cache = bench_cache(redis, prefix).await;
     cache
         .bulk_load(&prefetch::seed_records(), prefetch::Version::ZERO)
         .await?;
