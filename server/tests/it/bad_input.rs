@@ -65,6 +65,11 @@
 //! | 58 | `GET /read?id=%` (a lone `%`) | 400, as in a body |
 //! | 59 | `POST /update` value `100%` unescaped | 400 percent-encoding |
 //! | 60 | `POST /reset` with a JSON body (takes no input) | 200, body ignored |
+//! | 61 | `POST /reconcile` repair `maybe` | 400 'true' or 'false' |
+//! | 62 | `POST /fault` kind `explode` | 400 names the kinds |
+//! | 63 | `POST /fault` count `0` | 400 a whole number from 1 |
+//! | 64 | `POST /fault` ms `-5` | 400 a whole number from 1 |
+//! | 65 | `POST /worker` action `explode` | 400 pause or resume |
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -422,6 +427,36 @@ fn cases() -> Vec<Case> {
             body: r#"{"anything": true}"#.into(),
             expect: Ok,
         },
+        post(
+            61,
+            "/reconcile",
+            "repair=maybe".into(),
+            Reject(400, "'repair' must be 'true' or 'false'"),
+        ),
+        post(
+            62,
+            "/fault",
+            "kind=explode".into(),
+            Reject(400, "'kind' must be drop, duplicate"),
+        ),
+        post(
+            63,
+            "/fault",
+            "kind=drop&count=0".into(),
+            Reject(400, "'count' must be a whole number from 1"),
+        ),
+        post(
+            64,
+            "/fault",
+            "kind=delay&ms=-5".into(),
+            Reject(400, "'ms' must be a whole number from 1"),
+        ),
+        post(
+            65,
+            "/worker",
+            "action=explode".into(),
+            Reject(400, "'action' must be pause or resume"),
+        ),
     ]
 }
 
