@@ -335,32 +335,17 @@ use crate::model::millis;
 mod ssr {
     use std::time::SystemTime;
 
-    use leptos::prelude::use_context;
-
     use crate::error::AppError;
-    use crate::model::{
-        CacheEntryDto, DashboardState, ExternalWatch, SourceDto, StatsDto, epoch_ms,
-    };
+    use crate::model::{CacheEntryDto, DashboardState, SourceDto, StatsDto, epoch_ms};
 
     pub use crate::error::ssr::{BAD_REQUEST, engine_error, fail};
 
-    /// What the server hands to every server function and SSR render.
-    #[derive(Clone, Debug)]
-    pub struct ServerContext {
-        /// The running engine, over whichever primary the server was given.
-        pub engine: prefetch::Engine<dyn prefetch::Primary>,
-        /// How changes made outside the app are noticed.
-        pub external: ExternalWatch,
-        /// Whether `/fault` is enabled.
-        pub faults: bool,
-        /// The pause `/worker` holds, if any.
-        pub paused: std::sync::Arc<std::sync::Mutex<Option<prefetch::PauseGuard>>>,
-    }
+    pub use crate::serve::ServerContext;
 
     pub fn ctx() -> Result<ServerContext, AppError> {
-        use_context::<ServerContext>().ok_or_else(|| {
-            tracing::error!("ServerContext missing from the leptos context");
-            crate::error::ssr::set_status(http::StatusCode::INTERNAL_SERVER_ERROR);
+        crate::serve::context().ok_or_else(|| {
+            tracing::error!("ServerContext missing: not called through the dispatch or a render");
+            crate::serve::set_status(http::StatusCode::INTERNAL_SERVER_ERROR);
             AppError::new("Server misconfigured: no engine.")
         })
     }

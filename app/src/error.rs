@@ -65,8 +65,6 @@ impl FromServerFnError for AppError {
 pub(crate) mod ssr {
     use super::AppError;
     use http::StatusCode;
-    use leptos::prelude::use_context;
-    use leptos_axum::ResponseOptions;
     use prefetch::Error;
 
     /// 400, the status of most refusals.
@@ -74,9 +72,7 @@ pub(crate) mod ssr {
 
     /// Sets the HTTP status of the current server-function response.
     pub fn set_status(status: StatusCode) {
-        if let Some(opts) = use_context::<ResponseOptions>() {
-            opts.set_status(status);
-        }
+        crate::serve::set_status(status);
     }
 
     /// Fails the current request with `status` and `message`.

@@ -9,6 +9,8 @@ pub mod components;
 pub mod error;
 pub mod live;
 pub mod model;
+#[cfg(feature = "ssr")]
+pub mod serve;
 
 use leptos::either::Either;
 use leptos::prelude::*;

@@ -9,11 +9,12 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::handler::HandlerWithoutStateExt;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodFilter, get, on};
 use http::{Method, StatusCode, Uri, header};
 use leptos::prelude::provide_context;
+use leptos::server_fn::ServerFn;
+use leptos::server_fn::axum::{AxumServerFnBackend, server_fn_paths};
 use leptos::server_fn::error::ServerFnUrlError;
-use leptos_axum::LeptosRoutes;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
@@ -24,7 +25,9 @@ use crate::state::AppState;
 
 /// Builds the application router.
 pub fn router(state: AppState) -> Router {
-    let ctx = state.ctx.clone();
+    // The page render spawns its async work on Leptos's executor: tokio's.
+    // Already set (a second router in one process) is fine.
+    let _ = any_spawner::Executor::init_tokio();
     let options = state.leptos_options.clone();
     let files = ServeDir::new(options.site_root.as_ref())
         .call_fallback_on_method_not_allowed(true)
@@ -34,14 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/index.html", get(page))
         .route("/events", get(sse::events))
         .route("/metrics", get(crate::metrics::metrics))
-        // Registers every server function (the API) at its fixed path; the
-        // page itself is served by `page` above.
-        .leptos_routes_with_context(
-            &state,
-            Vec::new(),
-            move || provide_context(ctx.clone()),
-            move || shell(options.clone()),
-        )
+        .merge(api())
         .fallback_service(files)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -63,6 +59,48 @@ pub fn router(state: AppState) -> Router {
             tracing::debug_span!("request", method = %req.method(), path)
         }))
         .with_state(state)
+}
+
+/// The reference API: every server function at its fixed path and method,
+/// each run by [`app::serve::dispatch`] (no reactive owner per call).
+fn api() -> Router<AppState> {
+    use app::api::*;
+    let router = Router::new();
+    let router = endpoint::<Categories>(router);
+    let router = endpoint::<ReadCategory>(router);
+    let router = endpoint::<GetStats>(router);
+    let router = endpoint::<UpdateField>(router);
+    let router = endpoint::<AddCategory>(router);
+    let router = endpoint::<DeleteCategory>(router);
+    let router = endpoint::<InvalidateCategory>(router);
+    let router = endpoint::<ClearCache>(router);
+    let router = endpoint::<Reprefetch>(router);
+    let router = endpoint::<ResetStats>(router);
+    let router = endpoint::<GetDashboard>(router);
+    let router = endpoint::<Reconcile>(router);
+    let router = endpoint::<InjectFault>(router);
+    endpoint::<WorkerControl>(router)
+}
+
+/// Routes server function `S` at its path, for the method its codec uses
+/// (as the server-function registry records it).
+fn endpoint<S>(router: Router<AppState>) -> Router<AppState>
+where
+    S: ServerFn<Server = AxumServerFnBackend> + 'static,
+{
+    let method = server_fn_paths()
+        .find(|(path, _)| *path == S::PATH)
+        .and_then(|(_, method)| MethodFilter::try_from(method).ok());
+    let Some(method) = method else {
+        tracing::error!(path = S::PATH, "server function missing from the registry");
+        return router;
+    };
+    router.route(
+        S::PATH,
+        on(method, |State(state): State<AppState>, req: Request| {
+            app::serve::dispatch::<S>(state.ctx.clone(), req)
+        }),
+    )
 }
 
 /// `HEAD` answers like `GET` on every path, without a body: the request is
@@ -139,6 +177,12 @@ async fn json_errors(mut res: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body is never read, so the connection cannot
+        // carry another request: say so, or a client may reuse it.
+        res.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     if res.headers().contains_key(header::LOCATION) {
         // A form posted without JavaScript that failed: the server function
         // redirects it back to the page with the error in the URL, but the
@@ -165,10 +209,11 @@ async fn json_errors(mut res: Response) -> Response {
         }
         other => ApiError::new(other, other.canonical_reason().unwrap_or("Request failed.")),
     };
-    let allow = res.headers().get(header::ALLOW).cloned();
     let mut out = error.into_response();
-    if let Some(allow) = allow {
-        out.headers_mut().insert(header::ALLOW, allow);
+    for name in [header::ALLOW, header::CONNECTION] {
+        if let Some(value) = res.headers().get(&name) {
+            out.headers_mut().insert(name, value.clone());
+        }
     }
     out
 }

@@ -1,0 +1,108 @@
+//! How the server runs a server function for an HTTP request: the one
+//! implementation of each endpoint (the `#[server]` functions in
+//! [`crate::api`]) behind a lean dispatch.
+//!
+//! Leptos's generic handler makes a reactive owner, clones the request's
+//! parts into it, allocates response options and boxes a service from a
+//! locked registry on every call: about a fifth of the CPU a `GET /read`
+//! costs (docs/benchmarks.md). The server functions need none of that; they
+//! need the [`ServerContext`] and a way to set the response status. Both
+//! live in a task-local for the length of one call, and [`dispatch`] runs
+//! the function's own server entry point, which decodes the arguments with
+//! the function's codec, runs its body, encodes the reply and redirects a
+//! form posted without JavaScript, exactly as before.
+//!
+//! The same functions keep working inside a Leptos render (SSR), where the
+//! context comes from the reactive owner: [`context`] and [`set_status`]
+//! look there when no dispatch is running.
+
+use std::cell::Cell;
+
+use axum::body::Body;
+use http::header::{ACCEPT, LOCATION, REFERER};
+use http::{Request, Response, StatusCode};
+use leptos::prelude::use_context;
+use leptos::server_fn::ServerFn;
+use leptos::server_fn::axum::AxumServerFnBackend;
+use leptos_axum::ResponseOptions;
+
+use crate::model::ExternalWatch;
+
+/// What the server hands to every server function and SSR render.
+#[derive(Clone, Debug)]
+pub struct ServerContext {
+    /// The running engine, over whichever primary the server was given.
+    pub engine: prefetch::Engine<dyn prefetch::Primary>,
+    /// How changes made outside the app are noticed.
+    pub external: ExternalWatch,
+    /// Whether `/fault` is enabled.
+    pub faults: bool,
+    /// The pause `/worker` holds, if any.
+    pub paused: std::sync::Arc<std::sync::Mutex<Option<prefetch::PauseGuard>>>,
+}
+
+/// One server-function call in progress.
+struct Call {
+    ctx: ServerContext,
+    status: Cell<Option<StatusCode>>,
+}
+
+tokio::task_local! {
+    static CALL: Call;
+}
+
+/// The context of the server function running on this task: the one
+/// [`dispatch`] set, else the one provided to the Leptos render.
+pub fn context() -> Option<ServerContext> {
+    CALL.try_with(|call| call.ctx.clone())
+        .ok()
+        .or_else(use_context::<ServerContext>)
+}
+
+/// Sets the HTTP status of the current server-function response.
+pub fn set_status(status: StatusCode) {
+    if CALL.try_with(|call| call.status.set(Some(status))).is_ok() {
+        return;
+    }
+    if let Some(opts) = use_context::<ResponseOptions>() {
+        opts.set_status(status);
+    }
+}
+
+/// Runs server function `S` for `req` with `ctx`.
+///
+/// Decodes its arguments (query or form, per its codec), runs its body,
+/// encodes the reply (JSON), applies the status the body set, and sends a
+/// browser's plain form post back to the page it came from.
+pub async fn dispatch<S>(ctx: ServerContext, req: Request<Body>) -> Response<Body>
+where
+    S: ServerFn<Server = AxumServerFnBackend>,
+{
+    let accepts_html = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let referrer = req.headers().get(REFERER).cloned();
+    let call = Call {
+        ctx,
+        status: Cell::new(None),
+    };
+    let (mut res, status) = CALL
+        .scope(call, async {
+            let res = S::run_on_server(req).await;
+            (res, CALL.with(|call| call.status.get()))
+        })
+        .await;
+    if accepts_html
+        && let Some(referrer) = referrer
+        && !res.headers().contains_key(LOCATION)
+    {
+        *res.status_mut() = StatusCode::FOUND;
+        res.headers_mut().insert(LOCATION, referrer);
+    }
+    if let Some(status) = status {
+        *res.status_mut() = status;
+    }
+    res
+}
