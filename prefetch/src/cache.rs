@@ -245,6 +245,18 @@ where
         }
     }
 
+    /// The same cache (same counters, same writer) reading on `conn`: one
+    /// per event loop of a server, so that a read's reply wakes no other
+    /// thread.
+    #[must_use]
+    pub fn with_reader(&self, conn: C) -> Self {
+        Self {
+            conn,
+            writer: self.writer.clone(),
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
     /// The same cache writing through its own connection: loads, applies,
     /// sweeps and clears go to `writer`, reads stay on the first one. Redis
     /// answers one connection's commands in order, so on a single

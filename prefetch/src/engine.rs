@@ -127,6 +127,9 @@ pub struct EngineStats {
 /// concrete source or `dyn Source` / `dyn Primary` chosen at run time.
 pub struct Engine<S: ?Sized = dyn Source, C = ConnectionManager> {
     inner: Arc<Inner<S, C>>,
+    /// This handle's view of the cache: the engine's own, or one that reads
+    /// on another connection ([`Engine::with_reader`]).
+    reads: PrefetchCache<C>,
 }
 
 struct Inner<S: ?Sized, C> {
@@ -146,10 +149,11 @@ struct Inner<S: ?Sized, C> {
     source: Arc<S>,
 }
 
-impl<S: ?Sized, C> Clone for Engine<S, C> {
+impl<S: ?Sized, C: Clone> Clone for Engine<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            reads: self.reads.clone(),
         }
     }
 }
@@ -229,6 +233,7 @@ where
             Arc::clone(&lost),
         );
         let engine = Self {
+            reads: cache.clone(),
             inner: Arc::new(Inner {
                 cache,
                 sync,
@@ -289,9 +294,21 @@ where
         Ok((engine, report))
     }
 
-    /// The cache.
+    /// The cache, as this handle reads it.
     pub fn cache(&self) -> &PrefetchCache<C> {
-        &self.inner.cache
+        &self.reads
+    }
+
+    /// A handle on the same engine whose reads ([`read`](Self::read),
+    /// [`ids`](Self::ids), [`entries`](Self::entries) and
+    /// [`cache`](Self::cache)) go on `conn`; everything else is shared.
+    /// A server that runs several event loops gives each one a connection
+    /// of its own, so a read never wakes another thread.
+    pub fn with_reader(&self, conn: C) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            reads: self.reads.with_reader(conn),
+        }
     }
 
     /// The source.
@@ -318,7 +335,7 @@ where
     /// Never touches the source.
     pub async fn read(&self, id: &str) -> Result<ReadResult> {
         let id = validate_id(id)?;
-        let (lookup, ttl) = self.inner.cache.get_with_ttl(id).await?;
+        let (lookup, ttl) = self.reads.get_with_ttl(id).await?;
         Ok(ReadResult {
             id: id.to_owned(),
             lookup,
@@ -584,12 +601,12 @@ where
 
     /// Cached ids, sorted.
     pub async fn ids(&self) -> Result<Vec<String>> {
-        self.inner.cache.ids().await
+        self.reads.ids().await
     }
 
     /// Every cached record with its TTL, sorted by id.
     pub async fn entries(&self) -> Result<Vec<CachedEntry>> {
-        self.inner.cache.entries().await
+        self.reads.entries().await
     }
 
     /// What Redis holds about the cache's state.
@@ -679,7 +696,10 @@ where
         let Some(inner) = engine.upgrade() else {
             return;
         };
-        let engine = Engine { inner };
+        let engine = Engine {
+            reads: inner.cache.clone(),
+            inner,
+        };
         engine.refresh_memory().await;
         let asked = engine.inner.source.status().resync_requests;
         if asked > resyncs_seen {

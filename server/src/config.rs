@@ -68,6 +68,12 @@ pub struct Config {
     /// loopback it is always on.
     #[arg(long, env = "PREFETCH_FAULTS")]
     pub faults: bool,
+    /// HTTP event loops: each a single-threaded runtime with its own Redis
+    /// connection for reads, all accepting on the one listener. The engine
+    /// (sync worker, live feed, source) runs on a runtime of its own.
+    #[arg(long, env = "PREFETCH_HTTP_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub http_threads: u16,
     /// Token required by the admin and mutation endpoints (`Authorization:
     /// Bearer <token>`, or a cookie set by opening `/?token=<token>`).
     /// Mandatory when --host is not a loopback address.

@@ -32,7 +32,7 @@ use prefetch_pg::launcher::PostgresServer;
 use prefetch_pg::{PgConfig, PgSource};
 use redis::aio::ConnectionManagerConfig;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -54,7 +54,7 @@ pub struct Running {
     /// The engine (for tests and embedding).
     pub engine: Engine<dyn Primary>,
     shutdown: CancellationToken,
-    http: JoinHandle<std::io::Result<()>>,
+    http: Vec<oneshot::Receiver<std::io::Result<()>>>,
     background: Vec<JoinHandle<()>>,
     embedded: Option<EmbeddedRedis>,
     pg_source: Option<Arc<PgSource>>,
@@ -114,7 +114,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     // Writes get a connection of their own: a read never queues behind a
     // re-prefetch's batches.
     let writes = client
-        .get_connection_manager_with_config(manager_config)
+        .get_connection_manager_with_config(manager_config.clone())
         .await
         .map_err(unreachable)?;
 
@@ -226,28 +226,37 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         }
     };
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    let state = AppState::new(state::Shared {
-        leptos_options: leptos_options(addr),
-        metrics: metrics::registry(ctx.clone()),
+    let state = AppState::new(
+        state::Shared {
+            leptos_options: leptos_options(addr),
+            metrics: metrics::registry(ctx.clone()),
+            hub,
+            shutdown: shutdown.clone(),
+            admin_token,
+        },
         ctx,
-        hub,
-        shutdown: shutdown.clone(),
-        admin_token,
-    });
-    let app = routes::router(state);
-    let token = shutdown.clone();
-    // Small writes (SSE frames, short JSON replies) go out at once instead
-    // of waiting up to 40 ms for a delayed ACK (Nagle).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    );
+    let listener = listener.into_std().map_err(Error::Serve)?;
+    let mut http = Vec::new();
+    for i in 0..config.http_threads {
+        let listener = listener.try_clone().map_err(Error::Serve)?;
+        let (client, manager_config) = (client.clone(), manager_config.clone());
+        let conn = move || async move {
+            client
+                .get_connection_manager_with_config(manager_config)
+                .await
+        };
+        let (ready, done) = http_loop(i, listener, state.clone(), conn, shutdown.clone())?;
+        match ready.await {
+            Ok(Ok(())) => http.push(done),
+            Ok(Err(source)) => return Err(unreachable(source)),
+            Err(_) => {
+                return Err(Error::Serve(std::io::Error::other(
+                    "an HTTP loop failed to start",
+                )));
+            }
         }
-    });
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-    });
+    }
 
     tracing::info!(url = %format!("http://{addr}"), "Redis prefetch-cache demo listening on http://{addr}");
     tracing::info!(
@@ -294,10 +303,16 @@ impl Running {
         self.shutdown.cancel();
         let deadline = started + SHUTDOWN_BUDGET;
         let remaining = || deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining(), self.http).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error at shutdown"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
+        match tokio::time::timeout(remaining(), futures::future::join_all(self.http)).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "http server error at shutdown"),
+                        Err(_) => tracing::warn!("an HTTP loop ended without a result"),
+                    }
+                }
+            }
             Err(_) => tracing::warn!("open connections did not close in time; leaving them"),
         }
         let worker_budget = remaining().max(Duration::from_millis(100));
@@ -320,6 +335,76 @@ impl Running {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(elapsed_ms, "Stopped in {elapsed_ms:.0} ms");
     }
+}
+
+/// The oneshot that says an HTTP loop is serving (or why it could not
+/// start), and the one that carries how it ended.
+type LoopSignals = (
+    oneshot::Receiver<redis::RedisResult<()>>,
+    oneshot::Receiver<std::io::Result<()>>,
+);
+
+/// Starts HTTP event loop `i` on a thread of its own: a single-threaded
+/// runtime with its own Redis connection for reads, accepting on
+/// `listener`, until `shutdown`. A request never leaves the thread that
+/// accepted it, so a read wakes no other thread (the multi-threaded
+/// runtime's hand-offs cost more than a `GET /read` itself; see
+/// docs/benchmarks.md).
+fn http_loop<F>(
+    i: u16,
+    listener: std::net::TcpListener,
+    state: AppState,
+    connect: impl FnOnce() -> F + Send + 'static,
+    shutdown: CancellationToken,
+) -> Result<LoopSignals, Error>
+where
+    F: std::future::Future<Output = redis::RedisResult<redis::aio::ConnectionManager>>,
+{
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    let run = move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = done_tx.send(Err(e));
+                return;
+            }
+        };
+        let serve = async move {
+            let conn = match connect().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let listener = TcpListener::from_std(listener)?;
+            // Small writes (SSE frames, short JSON replies) go out at once
+            // instead of waiting up to 40 ms for a delayed ACK (Nagle).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            let app = routes::router(state.with_reader(conn));
+            let _ = ready_tx.send(Ok(()));
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        };
+        let outcome = runtime.block_on(serve.instrument(tracing::info_span!("http", loop_ = i)));
+        // Idle keep-alive connections are abandoned, not awaited.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        let _ = done_tx.send(outcome);
+    };
+    std::thread::Builder::new()
+        .name(format!("http-{i}"))
+        .spawn(run)
+        .map_err(Error::Serve)?;
+    Ok((ready_rx, done_rx))
 }
 
 /// Reconciles every `every` (report only; keys found correct get their TTL

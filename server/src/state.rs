@@ -10,10 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::LiveHub;
 
-/// Shared by every handler. One `Arc`: leptos clones the state into the
-/// context of every server-function call, so a clone must be cheap.
+/// Shared by every handler of one event loop: what all loops share, plus
+/// the context whose engine reads on that loop's own connection. Cheap to
+/// clone (two `Arc`s and the context's handles).
 #[derive(Clone, Debug)]
-pub struct AppState(Arc<Shared>);
+pub struct AppState {
+    shared: Arc<Shared>,
+    /// The engine and settings the server functions run with.
+    pub ctx: ServerContext,
+}
 
 /// What the state holds.
 #[derive(Debug)]
@@ -21,7 +26,6 @@ pub struct Shared {
     pub leptos_options: LeptosOptions,
     /// The Prometheus registry behind `GET /metrics`.
     pub metrics: prometheus_client::registry::Registry,
-    pub ctx: ServerContext,
     pub hub: LiveHub,
     /// Cancelled at shutdown; live streams end on it.
     pub shutdown: CancellationToken,
@@ -30,8 +34,22 @@ pub struct Shared {
 }
 
 impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
+    pub fn new(shared: Shared, ctx: ServerContext) -> Self {
+        Self {
+            shared: Arc::new(shared),
+            ctx,
+        }
+    }
+
+    /// The same state for another event loop, whose engine reads on `conn`.
+    pub fn with_reader(&self, conn: redis::aio::ConnectionManager) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            ctx: ServerContext {
+                engine: self.ctx.engine.with_reader(conn),
+                ..self.ctx.clone()
+            },
+        }
     }
 }
 
@@ -39,7 +57,7 @@ impl Deref for AppState {
     type Target = Shared;
 
     fn deref(&self) -> &Shared {
-        &self.0
+        &self.shared
     }
 }
 
