@@ -298,12 +298,17 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
 impl Running {
     /// Stops accepting, ends live streams, drains the sync worker, stops the
     /// embedded Redis. Bounded by [`SHUTDOWN_BUDGET`].
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let started = Instant::now();
         self.shutdown.cancel();
         let deadline = started + SHUTDOWN_BUDGET;
         let remaining = || deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining(), futures::future::join_all(self.http)).await {
+        match tokio::time::timeout(
+            remaining(),
+            futures::future::join_all(std::mem::take(&mut self.http)),
+        )
+        .await
+        {
             Ok(results) => {
                 for result in results {
                     match result {
@@ -319,21 +324,29 @@ impl Running {
         if let Err(e) = self.engine.shutdown(worker_budget).await {
             tracing::warn!(error = %e, "sync worker stop");
         }
-        for task in self.background {
+        for task in std::mem::take(&mut self.background) {
             task.abort();
         }
         if let Some(source) = &self.pg_source {
             source.close();
         }
-        if let Some(pg) = self.embedded_pg {
+        if let Some(pg) = self.embedded_pg.take() {
             // A private server's data is thrown away: immediate shutdown.
             let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
         }
-        if let Some(embedded) = self.embedded {
+        if let Some(embedded) = self.embedded.take() {
             embedded.stop().await;
         }
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(elapsed_ms, "Stopped in {elapsed_ms:.0} ms");
+    }
+}
+
+/// A server dropped without [`Running::shutdown`] still stops serving: its
+/// HTTP loops run on threads of their own, which nothing else would end.
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

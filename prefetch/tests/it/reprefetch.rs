@@ -195,3 +195,55 @@ async fn given_a_writer_connection_every_write_goes_there_and_reads_stay_apart()
     );
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_handle_with_its_own_reader_reads_there_and_shares_everything_else() {
+    use prefetch::testing::{Counting, engine_config};
+    use prefetch::{Engine, EventBus, MockPrimary};
+
+    let redis = TestRedis::start();
+    let reads = Counting::new(redis.conn().await);
+    let writes = Counting::new(redis.conn().await);
+    let own = Counting::new(redis.conn().await);
+    let events = EventBus::default();
+    let primary = Arc::new(MockPrimary::with_records(
+        crate::records(10),
+        Duration::ZERO,
+        events.clone(),
+    ));
+    let (engine, _) = Engine::start_with_writer(
+        reads.clone(),
+        writes.clone(),
+        Arc::clone(&primary),
+        events,
+        engine_config("view"),
+    )
+    .await
+    .unwrap();
+    let view = engine.with_reader(own.clone());
+
+    // Reads through the view go on its connection, never on the engine's.
+    let (r0, o0) = (reads.count(), own.count());
+    assert!(view.read("rec-000003").await.unwrap().lookup.hit());
+    assert_eq!(view.ids().await.unwrap().len(), 10);
+    assert_eq!(view.entries().await.unwrap().len(), 10);
+    assert!(own.count() - o0 >= 3, "the view's reads went elsewhere");
+    assert_eq!(
+        reads.count(),
+        r0,
+        "the view read on the engine's connection"
+    );
+
+    // Everything else is the same engine: counters, source, worker.
+    assert_eq!(engine.stats().cache.hits, 1);
+    primary.update_field("rec-000003", "name", "Seen").unwrap();
+    view.settle(Duration::from_secs(5)).await.unwrap();
+    let read = view.read("rec-000003").await.unwrap();
+    let name = read
+        .lookup
+        .record
+        .and_then(|r| r.get("name").map(str::to_owned));
+    assert_eq!(name.as_deref(), Some("Seen"));
+    assert_eq!(engine.stats().cache.hits, 2);
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+}

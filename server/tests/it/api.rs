@@ -536,3 +536,91 @@ async fn a_form_posted_without_javascript_is_redirected_back_with_its_error() {
     let back = res.headers()["location"].to_str().unwrap();
     assert_eq!(back.trim_end_matches('?'), page, "the error is gone");
 }
+
+/// Connections the Redis behind `srv` has open.
+async fn redis_clients(srv: &TestServer) -> usize {
+    let mut conn = srv.redis.conn().await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    list.lines().count()
+}
+
+#[tokio::test]
+async fn several_http_loops_each_read_on_their_own_connection_and_serve_everyone() {
+    let one = TestServer::start().await;
+    let three = TestServer::start_on(TestRedis::start(), &["--http-threads", "3"]).await;
+    assert_eq!(
+        redis_clients(&three).await,
+        redis_clients(&one).await + 2,
+        "each HTTP loop opens one Redis connection of its own"
+    );
+    one.stop().await;
+
+    // Many connections at once: the loops share the listener.
+    let reads = (0..60).map(|i| {
+        let url = three.url(&format!("/read?id=cat-00{}", 1 + i % 5));
+        async move {
+            let res = reqwest::Client::new().get(url).send().await.unwrap();
+            json_of(res).await
+        }
+    });
+    for (status, body) in futures::future::join_all(reads).await {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["hit"], true, "{body}");
+    }
+    let (_, stats) = three.get("/stats").await;
+    assert_eq!(stats["hits"], 60, "every loop counts into the same stats");
+
+    // A change posted on one connection reaches a live-feed client on
+    // another, whichever loops serve them.
+    let mut feed = three.events().await;
+    feed.next(Duration::from_secs(1)).await.expect("snapshot");
+    three
+        .post("/update", "id=cat-002&field=name&value=Looped")
+        .await;
+    feed.expect(
+        Duration::from_secs(1),
+        "primary upsert",
+        |e| matches!(e, app::model::LiveEvent::Primary { id, .. } if id == "cat-002"),
+    )
+    .await;
+
+    let started = std::time::Instant::now();
+    three.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "every loop stopped within the shutdown budget"
+    );
+}
+
+#[tokio::test]
+async fn a_server_dropped_without_shutdown_stops_serving() {
+    let redis = TestRedis::start();
+    let prefix = prefetch::testing::prefix("drop");
+    let config = <server::Config as clap::Parser>::try_parse_from([
+        "server",
+        "--redis-url",
+        redis.url.as_str(),
+        "--cache-prefix",
+        prefix.as_str(),
+    ])
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = server::start(config, Some(listener)).await.unwrap();
+    let addr = running.addr;
+    let res = reqwest::get(format!("http://{addr}/stats")).await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    drop(res);
+    drop(running);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HTTP loops kept serving after the server was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
