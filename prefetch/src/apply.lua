@@ -40,28 +40,52 @@ end
 -- A hash with a version is always newer than any tombstone beside it
 -- (a delete removes the hash; a write over a tombstone removes it), so the
 -- tombstone is read only when the hash has no version.
-local function stored(data, tomb)
+local function stored(data, tomb, p)
   local r = redis.pcall('HMGET', data, '__v', '__h')
   if type(r) ~= 'table' then return nil, nil, false end
-  local v = parse(r[1])
+  local v = p(r[1])
   if v ~= nil or tomb == data then return v, r[2], false end
   local t = redis.pcall('GET', tomb)
   if type(t) ~= 'string' then return nil, nil, false end
-  return parse(t), nil, true
+  return p(t), nil, true
 end
 
 -- The floor (no write older than it applies) when the state hash names
--- `source`; nil when the state is gone or belongs to another source.
-local function floor_of(meta, source)
-  local s = redis.call('HMGET', meta, 'source', 'floor')
+-- `source`, and the stored position (a string, or false); nil when the
+-- state is gone or belongs to another source.
+local function floor_of(meta, source, p)
+  local s = redis.call('HMGET', meta, 'source', 'floor', 'pos')
   if s[1] ~= source then return nil end
-  return parse(s[2]) or { 0, 0, 0 }
+  return (p or parse)(s[2]) or { 0, 0, 0 }, s[3]
+end
+
+-- Raises `field` to `vs` if that is newer than `current` (its stored value).
+local function raise(meta, field, vs, current, p)
+  p = p or parse
+  local v = p(vs)
+  if v and newer(v, p(current)) then
+    redis.call('HSET', meta, field, vs)
+  end
 end
 
 local function advance(meta, field, vs)
-  local v = parse(vs)
-  if v and newer(v, parse(redis.call('HGET', meta, field))) then
-    redis.call('HSET', meta, field, vs)
+  raise(meta, field, vs, redis.call('HGET', meta, field))
+end
+
+-- A parse that remembers: within one call the same version string often
+-- comes back (a write's version is also the position; the position stored
+-- is often the version a record holds), and a parse costs about as much
+-- as a redis.call.
+local function memo_parse()
+  local seen = {}
+  return function(s)
+    if type(s) ~= 'string' then return nil end
+    local v = seen[s]
+    if v == nil then
+      v = parse(s) or false
+      seen[s] = v
+    end
+    return v or nil
   end
 end
 
@@ -99,7 +123,8 @@ end
 -- the DEL first, and so does a snapshot write, which also removes fields
 -- someone else added to the hash.
 local function apply(keys, args)
-  local floor = floor_of(keys[1], args[1])
+  local p = memo_parse()
+  local floor, pos = floor_of(keys[1], args[1], p)
   if floor == nil then return lost() end
   local snapshot = args[2] == 'snapshot'
   local ttl = args[3]
@@ -109,10 +134,10 @@ local function apply(keys, args)
   while a <= #args do
     local op, vs, h, n = args[a], args[a + 1], args[a + 2], tonumber(args[a + 3])
     local data, tomb = keys[k], keys[k + 1]
-    local v = parse(vs)
+    local v = p(vs)
     local ok = 0
     if v and not newer(floor, v) then
-      local cur, cur_h, tombed = stored(data, tomb)
+      local cur, cur_h, tombed = stored(data, tomb, p)
       if newer(v, cur) or (snapshot and not newer(cur, v)) then
         ok = 1
         if op == 'u' then
@@ -137,7 +162,7 @@ local function apply(keys, args)
     a = a + 4 + 2 * n
     k = k + 2
   end
-  if args[5] ~= '' then advance(keys[1], 'pos', args[5]) end
+  if args[5] ~= '' then raise(keys[1], 'pos', args[5], pos, p) end
   return out
 end
 
@@ -180,8 +205,9 @@ end
 -- snapshot and the load mark goes.
 local function finish(keys, args)
   local meta = keys[1]
-  if floor_of(meta, args[1]) == nil then return lost() end
-  advance(meta, 'pos', args[2])
+  local floor, pos = floor_of(meta, args[1])
+  if floor == nil then return lost() end
+  raise(meta, 'pos', args[2], pos)
   if redis.call('HGET', meta, 'loading') == args[2] then
     redis.call('HDEL', meta, 'loading')
   end
