@@ -32,25 +32,17 @@ pub fn router(state: AppState) -> Router {
     let files = ServeDir::new(options.site_root.as_ref())
         .call_fallback_on_method_not_allowed(true)
         .not_found_service(not_found.into_service());
-    let router = Router::new()
+    Router::new()
         .route("/", get(page))
         .route("/index.html", get(page))
         .route("/events", get(sse::events))
         .route("/metrics", get(crate::metrics::metrics))
         .merge(api())
         .fallback_service(files)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            security::guard_api,
-        ))
-        // Extractors refuse bodies over the limit too (413, made JSON below).
+        // Extractors refuse bodies over the limit too (413, made JSON in
+        // `edge`).
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // Around everything above, so it also sees the errors they produce.
-        .layer(axum::middleware::map_response(json_errors))
-        .layer(axum::middleware::from_fn(head_as_get));
-    security::header_layers()
-        .into_iter()
-        .fold(router, |router, layer| router.layer(layer))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let path = req
                 .extensions()
@@ -103,13 +95,20 @@ where
     )
 }
 
-/// `HEAD` answers like `GET` on every path, without a body: the request is
-/// served as a `GET`, and hyper, which saw the `HEAD`, sends no body.
-async fn head_as_get(mut req: Request, next: Next) -> Response {
+/// Around every request, in one layer (each layer costs an allocation and
+/// a boxed future per request):
+/// - `HEAD` answers like `GET` on every path, without a body: the request
+///   is served as a `GET`, and hyper, which saw the `HEAD`, sends no body;
+/// - the API guard ([`security::guard_api`]);
+/// - every error answer made JSON ([`json_errors`]);
+/// - the security headers every response carries.
+async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if req.method() == Method::HEAD {
         *req.method_mut() = Method::GET;
     }
-    next.run(req).await
+    let mut res = json_errors(security::guard_api(&state, req, next).await);
+    security::set_headers(res.headers_mut());
+    res
 }
 
 /// The dashboard: reads the state first, then renders the page with it, so
@@ -172,7 +171,7 @@ async fn not_found(uri: Uri) -> Response {
 /// with an empty or plain-text body, which is replaced here. JSON errors from
 /// server functions and HTML pages pass through untouched; a failed form
 /// post's redirect back to the page stays a redirect.
-async fn json_errors(mut res: Response) -> Response {
+fn json_errors(mut res: Response) -> Response {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return res;

@@ -4,11 +4,10 @@
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -106,7 +105,7 @@ pub fn query_values<'q>(query: Option<&'q str>, key: &'q str) -> impl Iterator<I
 /// (400). On the POST endpoints that change something, the admin token
 /// must be presented when one is set (401); endpoints that take no input
 /// ignore their body; the others take only a form (415).
-pub async fn guard_api(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn guard_api(state: &AppState, req: Request, next: Next) -> Response {
     if req
         .uri()
         .query()
@@ -115,7 +114,7 @@ pub async fn guard_api(State(state): State<AppState>, req: Request, next: Next) 
         return malformed();
     }
     if req.method() == Method::POST && mutating_paths().contains(req.uri().path()) {
-        if !authorized(&state, req.headers()) {
+        if !authorized(state, req.headers()) {
             let mut res = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "This server requires its admin token: send `Authorization: Bearer <token>`, or open the page once as /?token=<token>.",
@@ -166,27 +165,27 @@ pub async fn guard_api(State(state): State<AppState>, req: Request, next: Next) 
     next.run(req).await
 }
 
-/// The headers every response carries, as layers. The page adds its own
+/// Sets the headers every response carries. The page adds its own
 /// Content-Security-Policy (it needs the per-render script nonce); see
 /// `app::shell`.
-pub fn header_layers() -> [SetResponseHeaderLayer<HeaderValue>; 5] {
-    let set = |name: HeaderName, value: &'static str| {
-        SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
-    };
-    [
-        set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        set(header::X_FRAME_OPTIONS, "DENY"),
+pub fn set_headers(headers: &mut HeaderMap) {
+    let set = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
         // Same-origin keeps the Referer that no-JS form posts redirect back to.
-        set(header::REFERRER_POLICY, "same-origin"),
-        set(
+        (header::REFERRER_POLICY, "same-origin"),
+        (
             HeaderName::from_static("cross-origin-opener-policy"),
             "same-origin",
         ),
-        set(
+        (
             HeaderName::from_static("cross-origin-resource-policy"),
             "same-origin",
         ),
-    ]
+    ];
+    for (name, value) in set {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
 }
 
 /// `/?token=…`: when it is the admin token, store it in an HttpOnly,
