@@ -213,7 +213,10 @@ async fn sequential_updates(port: u16, s: &Settings, report: &mut Report) -> Res
         "http",
         format!("{n} sequential POST /update, one keep-alive client (reqwest)"),
         format!("{} updates/s", updates.show("")),
-        format!("sequential GET /stats, same client: {} req/s", stats.show("")),
+        format!(
+            "sequential GET /stats, same client: {} req/s",
+            stats.show("")
+        ),
         Some(updates.median / stats.median),
         "≥ the reference demo, same client (measured apart: docs/benchmarks.md)",
         None,
