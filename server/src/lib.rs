@@ -236,27 +236,16 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         },
         ctx,
     );
-    let listener = listener.into_std().map_err(Error::Serve)?;
-    let mut http = Vec::new();
-    for i in 0..config.http_threads {
-        let listener = listener.try_clone().map_err(Error::Serve)?;
-        let (client, manager_config) = (client.clone(), manager_config.clone());
-        let conn = move || async move {
-            client
-                .get_connection_manager_with_config(manager_config)
-                .await
-        };
-        let (ready, done) = http_loop(i, listener, state.clone(), conn, shutdown.clone())?;
-        match ready.await {
-            Ok(Ok(())) => http.push(done),
-            Ok(Err(source)) => return Err(unreachable(source)),
-            Err(_) => {
-                return Err(Error::Serve(std::io::Error::other(
-                    "an HTTP loop failed to start",
-                )));
-            }
+    let loops = (config.http_threads, redis_url.as_str());
+    let http = match start_http(listener, &state, &client, &manager_config, loops, &shutdown).await
+    {
+        Ok(http) => http,
+        Err(e) => {
+            // Loops that did start stop with the token.
+            shutdown.cancel();
+            return Err(e);
         }
-    }
+    };
 
     tracing::info!(url = %format!("http://{addr}"), "Redis prefetch-cache demo listening on http://{addr}");
     tracing::info!(
@@ -348,6 +337,45 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Starts `--http-threads` HTTP loops on `listener`, each with its own
+/// Redis connection, and returns what each will report when it ends.
+async fn start_http(
+    listener: TcpListener,
+    state: &AppState,
+    client: &redis::Client,
+    manager_config: &ConnectionManagerConfig,
+    (threads, redis_url): (u16, &str),
+    shutdown: &CancellationToken,
+) -> Result<Vec<oneshot::Receiver<std::io::Result<()>>>, Error> {
+    let listener = listener.into_std().map_err(Error::Serve)?;
+    let mut http = Vec::new();
+    for i in 0..threads {
+        let listener = listener.try_clone().map_err(Error::Serve)?;
+        let (client, manager_config) = (client.clone(), manager_config.clone());
+        let conn = move || async move {
+            client
+                .get_connection_manager_with_config(manager_config)
+                .await
+        };
+        let (ready, done) = http_loop(i, listener, state.clone(), conn, shutdown.clone())?;
+        match ready.await {
+            Ok(Ok(())) => http.push(done),
+            Ok(Err(source)) => {
+                return Err(Error::RedisUnreachable {
+                    url: redacted(redis_url),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(Error::Serve(std::io::Error::other(
+                    "an HTTP loop failed to start",
+                )));
+            }
+        }
+    }
+    Ok(http)
 }
 
 /// The oneshot that says an HTTP loop is serving (or why it could not
