@@ -19,7 +19,6 @@
 use std::cell::Cell;
 
 use axum::body::Body;
-use http::header::{ACCEPT, LOCATION, REFERER};
 use http::{Request, Response, StatusCode};
 use leptos::prelude::use_context;
 use leptos::server_fn::ServerFn;
@@ -72,18 +71,14 @@ pub fn set_status(status: StatusCode) {
 /// Runs server function `S` for `req` with `ctx`.
 ///
 /// Decodes its arguments (query or form, per its codec), runs its body,
-/// encodes the reply (JSON), applies the status the body set, and sends a
-/// browser's plain form post back to the page it came from.
+/// encodes the reply (JSON), and sends a browser's plain form post back to
+/// the page it came from (all of that is the function's own
+/// `run_on_server`, with server_fn's `form-redirects`), then applies the
+/// status the body set.
 pub async fn dispatch<S>(ctx: ServerContext, req: Request<Body>) -> Response<Body>
 where
     S: ServerFn<Server = AxumServerFnBackend>,
 {
-    let accepts_html = req
-        .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
-    let referrer = req.headers().get(REFERER).cloned();
     let call = Call {
         ctx,
         status: Cell::new(None),
@@ -94,13 +89,6 @@ where
             (res, CALL.with(|call| call.status.get()))
         })
         .await;
-    if accepts_html
-        && let Some(referrer) = referrer
-        && !res.headers().contains_key(LOCATION)
-    {
-        *res.status_mut() = StatusCode::FOUND;
-        res.headers_mut().insert(LOCATION, referrer);
-    }
     if let Some(status) = status {
         *res.status_mut() = status;
     }

@@ -56,23 +56,34 @@ pub fn router(state: AppState) -> Router {
 /// The reference API: every server function at its fixed path and method,
 /// each run by [`app::serve::dispatch`] (no reactive owner per call).
 fn api() -> Router<AppState> {
-    use app::api::*;
-    let router = Router::new();
-    let router = endpoint::<Categories>(router);
-    let router = endpoint::<ReadCategory>(router);
-    let router = endpoint::<GetStats>(router);
-    let router = endpoint::<UpdateField>(router);
-    let router = endpoint::<AddCategory>(router);
-    let router = endpoint::<DeleteCategory>(router);
-    let router = endpoint::<InvalidateCategory>(router);
-    let router = endpoint::<ClearCache>(router);
-    let router = endpoint::<Reprefetch>(router);
-    let router = endpoint::<ResetStats>(router);
-    let router = endpoint::<GetDashboard>(router);
-    let router = endpoint::<Reconcile>(router);
-    let router = endpoint::<InjectFault>(router);
-    endpoint::<WorkerControl>(router)
+    ENDPOINTS
+        .iter()
+        .fold(Router::new(), |router, (_, register)| register(router))
 }
+
+/// Adds one endpoint's route.
+type Register = fn(Router<AppState>) -> Router<AppState>;
+
+/// One entry per server function, by path (a test checks none is missing).
+const ENDPOINTS: [(&str, Register); 14] = {
+    use app::api::*;
+    [
+        (Categories::PATH, endpoint::<Categories>),
+        (ReadCategory::PATH, endpoint::<ReadCategory>),
+        (GetStats::PATH, endpoint::<GetStats>),
+        (UpdateField::PATH, endpoint::<UpdateField>),
+        (AddCategory::PATH, endpoint::<AddCategory>),
+        (DeleteCategory::PATH, endpoint::<DeleteCategory>),
+        (InvalidateCategory::PATH, endpoint::<InvalidateCategory>),
+        (ClearCache::PATH, endpoint::<ClearCache>),
+        (Reprefetch::PATH, endpoint::<Reprefetch>),
+        (ResetStats::PATH, endpoint::<ResetStats>),
+        (GetDashboard::PATH, endpoint::<GetDashboard>),
+        (Reconcile::PATH, endpoint::<Reconcile>),
+        (InjectFault::PATH, endpoint::<InjectFault>),
+        (WorkerControl::PATH, endpoint::<WorkerControl>),
+    ]
+};
 
 /// Routes server function `S` at its path, for the method its codec uses
 /// (as the server-function registry records it).
@@ -215,4 +226,18 @@ fn json_errors(mut res: Response) -> Response {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_server_function_has_a_route() {
+        let routed: std::collections::BTreeSet<&str> = ENDPOINTS.iter().map(|(p, _)| *p).collect();
+        let registered: std::collections::BTreeSet<&str> =
+            server_fn_paths().map(|(p, _)| p).collect();
+        assert_eq!(routed, registered);
+        assert_eq!(routed.len(), ENDPOINTS.len(), "an endpoint is listed twice");
+    }
 }

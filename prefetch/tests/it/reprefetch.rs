@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use prefetch::testing::{TestRedis, assert_converged, mock_engine};
-use prefetch::{Record, WorkerState};
+use prefetch::testing::{Counting, TestRedis, assert_converged, engine_config, mock_engine};
+use prefetch::{Engine, EventBus, MockPrimary, PrefetchReport, Record, WorkerState};
 use redis::AsyncCommands;
 
 #[tokio::test]
@@ -128,27 +128,8 @@ async fn a_record_deleted_before_the_snapshot_is_swept_and_stays_gone() {
 
 #[tokio::test]
 async fn given_a_writer_connection_every_write_goes_there_and_reads_stay_apart() {
-    use prefetch::testing::{Counting, engine_config};
-    use prefetch::{Engine, EventBus, MockPrimary};
-
     let redis = TestRedis::start();
-    let reads = Counting::new(redis.conn().await);
-    let writes = Counting::new(redis.conn().await);
-    let events = EventBus::default();
-    let primary = Arc::new(MockPrimary::with_records(
-        crate::records(3000),
-        Duration::ZERO,
-        events.clone(),
-    ));
-    let (engine, report) = Engine::start_with_writer(
-        reads.clone(),
-        writes.clone(),
-        Arc::clone(&primary),
-        events,
-        engine_config("split"),
-    )
-    .await
-    .unwrap();
+    let (engine, primary, reads, writes, report) = split_engine(&redis, 3000, "split").await;
     assert_eq!(report.loaded, 3000);
 
     // A re-prefetch writes 3,000 records in guarded chunks and sweeps: all
@@ -198,28 +179,9 @@ async fn given_a_writer_connection_every_write_goes_there_and_reads_stay_apart()
 
 #[tokio::test]
 async fn a_handle_with_its_own_reader_reads_there_and_shares_everything_else() {
-    use prefetch::testing::{Counting, engine_config};
-    use prefetch::{Engine, EventBus, MockPrimary};
-
     let redis = TestRedis::start();
-    let reads = Counting::new(redis.conn().await);
-    let writes = Counting::new(redis.conn().await);
+    let (engine, primary, reads, _writes, _) = split_engine(&redis, 10, "view").await;
     let own = Counting::new(redis.conn().await);
-    let events = EventBus::default();
-    let primary = Arc::new(MockPrimary::with_records(
-        crate::records(10),
-        Duration::ZERO,
-        events.clone(),
-    ));
-    let (engine, _) = Engine::start_with_writer(
-        reads.clone(),
-        writes.clone(),
-        Arc::clone(&primary),
-        events,
-        engine_config("view"),
-    )
-    .await
-    .unwrap();
     let view = engine.with_reader(own.clone());
 
     // Reads through the view go on its connection, never on the engine's.
@@ -246,4 +208,39 @@ async fn a_handle_with_its_own_reader_reads_there_and_shares_everything_else() {
     assert_eq!(name.as_deref(), Some("Seen"));
     assert_eq!(engine.stats().cache.hits, 2);
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+type Conn = Counting<redis::aio::MultiplexedConnection>;
+
+/// An engine over `n` mock records whose reads and writes go on two
+/// counted connections of their own.
+async fn split_engine(
+    redis: &TestRedis,
+    n: usize,
+    name: &str,
+) -> (
+    Engine<MockPrimary, Conn>,
+    Arc<MockPrimary>,
+    Conn,
+    Conn,
+    PrefetchReport,
+) {
+    let reads = Counting::new(redis.conn().await);
+    let writes = Counting::new(redis.conn().await);
+    let events = EventBus::default();
+    let primary = Arc::new(MockPrimary::with_records(
+        crate::records(n),
+        Duration::ZERO,
+        events.clone(),
+    ));
+    let (engine, report) = Engine::start_with_writer(
+        reads.clone(),
+        writes.clone(),
+        Arc::clone(&primary),
+        events,
+        engine_config(name),
+    )
+    .await
+    .unwrap();
+    (engine, primary, reads, writes, report)
 }
