@@ -92,6 +92,10 @@ pub(crate) mod ssr {
                 StatusCode::CONFLICT,
                 format!("Category '{id}' already exists."),
             ),
+            Error::ReadOnly(why) => (
+                StatusCode::CONFLICT,
+                format!("The primary cannot be edited here: {why}."),
+            ),
             Error::PauseTimeout(t) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(

@@ -36,6 +36,10 @@ pub enum Error {
     /// The source already holds a record with this id.
     #[error("record '{0}' already exists")]
     AlreadyExists(String),
+    /// The source cannot be edited from here: it follows a database through
+    /// a change stream, and changes belong in that database.
+    #[error("the source is read-only: {0}")]
+    ReadOnly(String),
     /// The configuration cannot work (for example a reserved key prefix).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

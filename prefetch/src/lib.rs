@@ -121,7 +121,7 @@ pub use keys::{KeySpace, RESERVED_KEY_PREFIX, Tombstone, escape_glob, hash_tag};
 pub use model::{
     Change, ChangeKind, Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN, Op,
     ParseVersionError, RESERVED_FIELD_PREFIX, ReconcileReport, Record, Transaction, Version,
-    WorkerState, validate_field, validate_id,
+    WorkerState, decode_key, encode_key, validate_field, validate_id,
 };
 #[cfg(feature = "mock")]
 pub use primary::{DEFAULT_READ_LATENCY, MockPrimary, Mutation, seed_records};

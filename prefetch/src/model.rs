@@ -227,6 +227,56 @@ pub fn validate_field(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// A record id from a key: its one value, or the values joined by `:`
+/// with `\` and `:` escaped (a composite key), so the id decodes back.
+///
+/// ```
+/// use prefetch::{decode_key, encode_key};
+/// assert_eq!(encode_key(&["a:b", "c\\d"]), "a\\:b:c\\\\d");
+/// assert_eq!(decode_key("a\\:b:c\\\\d"), vec!["a:b", "c\\d"]);
+/// assert_eq!(encode_key(&["only:one"]), "only:one");
+/// ```
+pub fn encode_key(parts: &[&str]) -> String {
+    if let [one] = parts {
+        return (*one).to_owned();
+    }
+    let mut out = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        for c in p.chars() {
+            if c == ':' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The parts of a composite-key id (see [`encode_key`]); a single part
+/// when it holds no unescaped `:`.
+pub fn decode_key(id: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut escaped = false;
+    for c in id.chars() {
+        if escaped {
+            if let Some(last) = parts.last_mut() {
+                last.push(c);
+            }
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == ':' {
+            parts.push(String::new());
+        } else if let Some(last) = parts.last_mut() {
+            last.push(c);
+        }
+    }
+    parts
+}
+
 /// Whether a change creates or removes a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -525,6 +575,19 @@ mod tests {
             "+1:0:0",
         ] {
             assert!(bad.parse::<Version>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn composite_keys_round_trip_whatever_they_hold() {
+        for parts in [
+            vec!["a", "b"],
+            vec!["a:b", "c"],
+            vec!["\\", ":"],
+            vec!["", ""],
+            vec!["x\\:y", "z"],
+        ] {
+            assert_eq!(decode_key(&encode_key(&parts)), parts, "{parts:?}");
         }
     }
 }

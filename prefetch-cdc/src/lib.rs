@@ -1,0 +1,38 @@
+//! What real change-data-capture tools write into Redis, as the source of
+//! truth of a [`prefetch`] cache.
+//!
+//! Debezium Server's Redis sink writes one stream per table
+//! (`<topic.prefix>.<schema>.<table>`), one entry per row change; Redis
+//! Data Integration's collector *is* that sink, configured to write
+//! `data:<topic.prefix>.<schema>.<table>`. [`StreamSource`] follows one
+//! such stream and implements [`prefetch::Source`], so the cache mirrors
+//! the table with versioned applies, self-healing and re-prefetch, while
+//! the connector stays exactly as it is deployed. [`decode_entry`] reads
+//! every shape the sink writes (see [`decode`] for the list).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use prefetch::{Engine, EngineConfig, EventBus};
+//! use prefetch_cdc::{StreamConfig, StreamSource};
+//!
+//! let events = EventBus::default();
+//! let redis = redis::Client::open("redis://127.0.0.1/")?;
+//! let source = StreamSource::connect(
+//!     redis.clone(),
+//!     StreamConfig::rdi("shop", "public", "categories"),
+//!     events.clone(),
+//! )
+//! .await?;
+//! let conn = redis.get_connection_manager().await?;
+//! let (engine, report) = Engine::start(conn, source, events, EngineConfig::default()).await?;
+//! println!("folded {} rows out of the stream", report.loaded);
+//! # drop(engine); Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod decode;
+mod source;
+
+pub use decode::{DecodeError, DecodeOptions, Decoded, decode_entry};
+pub use source::{StreamConfig, StreamSource};

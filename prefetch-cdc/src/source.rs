@@ -1,0 +1,570 @@
+//! [`StreamSource`]: a [`Source`] that follows one Redis stream written by
+//! Debezium Server's Redis sink or RDI's collector.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
+use prefetch::{
+    BoxFuture, Change, Error, Event, EventBus, Fields, Primary, Record, Result, Source,
+    SourceSnapshot, SourceStatus, Transaction, Version,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, Value};
+
+use crate::decode::{DecodeOptions, Decoded, decode_entry};
+
+/// Where the stream is and how to read it.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    /// The stream's key.
+    pub stream: String,
+    /// How entries are decoded.
+    pub decode: DecodeOptions,
+    /// How long one blocking read waits before asking again.
+    pub block: Duration,
+    /// Entries per `XRANGE` round trip while folding a snapshot.
+    pub snapshot_chunk: usize,
+    /// Build a snapshot even when entries were trimmed or deleted from the
+    /// stream. Off by default: records whose every entry is gone would be
+    /// missing from the cache with nothing to bring them back.
+    pub allow_incomplete_history: bool,
+}
+
+impl StreamConfig {
+    /// Follows the stream named `stream`.
+    pub fn new(stream: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            decode: DecodeOptions::default(),
+            block: Duration::from_secs(1),
+            snapshot_chunk: 1000,
+            allow_incomplete_history: false,
+        }
+    }
+
+    /// The stream Debezium Server's Redis sink writes for a table:
+    /// `<topic.prefix>.<schema>.<table>`.
+    ///
+    /// ```
+    /// use prefetch_cdc::StreamConfig;
+    /// assert_eq!(StreamConfig::debezium("shop", "public", "categories").stream, "shop.public.categories");
+    /// assert_eq!(StreamConfig::rdi("shop", "public", "categories").stream, "data:shop.public.categories");
+    /// ```
+    pub fn debezium(topic_prefix: &str, schema: &str, table: &str) -> Self {
+        Self::new(format!("{topic_prefix}.{schema}.{table}"))
+    }
+
+    /// The stream RDI's collector writes for a table:
+    /// `data:<topic.prefix>.<schema>.<table>`.
+    pub fn rdi(topic_prefix: &str, schema: &str, table: &str) -> Self {
+        Self::new(format!("data:{topic_prefix}.{schema}.{table}"))
+    }
+}
+
+/// Follows one Redis stream of Debezium change events.
+///
+/// - **Versions** are the stream's entry ids (`<ms>-<seq>`, as
+///   [`Version`]`{commit: ms, ord: seq}`): totally ordered, and the same
+///   every time an entry is read again, so a re-read changes nothing.
+/// - **Snapshot**: the stream folded from its first entry up to its last
+///   (the connector's initial snapshot, `op: r`, is in the stream itself),
+///   as of that last entry. A stream that lost entries to trimming or
+///   `XDEL` is refused unless [`StreamConfig::allow_incomplete_history`].
+/// - **Resume**: the position stored in Redis is an entry id; after a
+///   restart, reading goes on right after it, as long as nothing after it
+///   was trimmed.
+/// - **Read-only**: the stream is read, never written, trimmed or
+///   acknowledged; the demo's mutations answer [`Error::ReadOnly`].
+/// - An entry that cannot be decoded is logged, counted in the status, and
+///   passed over (it stays in the stream for inspection); the position
+///   moves past it.
+///
+/// Each entry is one [`Transaction`]: the sink writes one entry per row
+/// change, without transaction boundaries.
+pub struct StreamSource {
+    config: StreamConfig,
+    /// Short commands (`XINFO`, `XRANGE`).
+    commands: ConnectionManager,
+    /// Blocking `XREAD`s, which would hold up anything queued behind them.
+    blocking: ConnectionManager,
+    events: EventBus,
+    state: Mutex<State>,
+    reads: AtomicU64,
+    read_micros: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The id after which the next read starts; `None` until a snapshot
+    /// (or a resume) says where.
+    cursor: Option<Version>,
+    head: Option<Version>,
+    connected: bool,
+    entries: u64,
+    undecodable: u64,
+    last_undecodable: Option<String>,
+}
+
+impl std::fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSource")
+            .field("stream", &self.config.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamSource {
+    /// Connects to the Redis that holds the stream (it may be the cache's
+    /// own Redis or another one).
+    pub async fn connect(
+        client: redis::Client,
+        config: StreamConfig,
+        events: EventBus,
+    ) -> Result<Arc<Self>> {
+        if config.stream.is_empty() {
+            return Err(Error::InvalidConfig("the stream name is empty".into()));
+        }
+        let commands = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .map_err(unavailable)?;
+        let blocking = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(config.block + Duration::from_secs(5))),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(Arc::new(Self {
+            config,
+            commands,
+            blocking,
+            events,
+            state: Mutex::new(State {
+                connected: true,
+                ..State::default()
+            }),
+            reads: AtomicU64::new(0),
+            read_micros: AtomicU64::new(0),
+        }))
+    }
+
+    /// The stream followed.
+    pub fn stream(&self) -> &str {
+        &self.config.stream
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `XINFO STREAM`: the last id ever added and the highest id removed
+    /// (`0-0` when nothing was), or `None` when the stream does not exist.
+    async fn info(&self) -> Result<Option<StreamInfo>> {
+        let mut conn = self.commands.clone();
+        let reply: redis::RedisResult<Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.config.stream)
+            .query_async(&mut conn)
+            .await;
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) if e.code() == Some("ERR") && e.to_string().contains("no such key") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.failed(e)),
+        };
+        let map: BTreeMap<String, Value> =
+            FromRedisValue::from_redis_value(reply).map_err(Error::source_failed)?;
+        let id = |name: &str| -> Result<Version> {
+            let raw = map
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::source_failed(format!("XINFO STREAM has no {name}")))?;
+            let text: String =
+                FromRedisValue::from_redis_value(raw).map_err(Error::source_failed)?;
+            parse_id(&text)
+        };
+        let count = |name: &str| -> Result<u64> {
+            let raw = map
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Error::source_failed(format!("XINFO STREAM has no {name}")))?;
+            FromRedisValue::from_redis_value(raw).map_err(Error::source_failed)
+        };
+        Ok(Some(StreamInfo {
+            last: id("last-generated-id")?,
+            max_deleted: id("max-deleted-entry-id")?,
+            first: id("recorded-first-entry-id")?,
+            removed: count("entries-added")?.saturating_sub(count("length")?),
+        }))
+    }
+
+    fn failed(&self, e: redis::RedisError) -> Error {
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+        {
+            self.state().connected = false;
+            unavailable(e)
+        } else {
+            Error::source_failed(e)
+        }
+    }
+
+    /// Every record the stream holds up to its last entry, and that entry's id.
+    async fn fold(&self) -> Result<(Version, Vec<Record>)> {
+        let Some(info) = self.info().await? else {
+            return Ok((Version::ZERO, Vec::new()));
+        };
+        if info.removed > 0 && !self.config.allow_incomplete_history {
+            return Err(Error::source_failed(format!(
+                "stream '{}' lost {} entries (trimmed or deleted), so a snapshot folded from it could miss records; re-run the connector's initial snapshot into a fresh stream, or allow an incomplete history",
+                self.config.stream, info.removed
+            )));
+        }
+        let mut rows: BTreeMap<String, Fields> = BTreeMap::new();
+        let mut from = "-".to_owned();
+        let end = id_text(info.last);
+        let mut conn = self.commands.clone();
+        loop {
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(&self.config.stream)
+                .arg(&from)
+                .arg(&end)
+                .arg("COUNT")
+                .arg(self.config.snapshot_chunk.max(1))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let entries = parse_entries(reply)?;
+            let Some((last, _)) = entries.last() else {
+                break;
+            };
+            from = format!("({}", id_text(*last));
+            let n = entries.len();
+            for (id, fields) in entries {
+                match self.decode(id, &fields, false) {
+                    Some(Decoded::Upsert { id, fields }) => {
+                        rows.insert(id, fields);
+                    }
+                    Some(Decoded::Delete { id }) => {
+                        rows.remove(&id);
+                    }
+                    Some(Decoded::Truncate) => rows.clear(),
+                    Some(Decoded::Skip(_)) | None => {}
+                }
+            }
+            if n < self.config.snapshot_chunk.max(1) {
+                break;
+            }
+        }
+        self.state().connected = true;
+        Ok((info.last, rows.into_values().map(Record::new).collect()))
+    }
+
+    /// Decodes one entry; an undecodable one is `None`, and when `count`
+    /// (the live stream, where each entry is read once) logged and counted.
+    fn decode(&self, id: Version, fields: &[(String, Vec<u8>)], count: bool) -> Option<Decoded> {
+        match decode_entry(fields, &self.config.decode) {
+            Ok(d) => Some(d),
+            Err(e) if !count => {
+                tracing::debug!(stream = %self.config.stream, entry = %id_text(id), error = %e, "folding past an entry that cannot be decoded");
+                None
+            }
+            Err(e) => {
+                let entry = id_text(id);
+                tracing::warn!(stream = %self.config.stream, %entry, error = %e, "passing over an entry that cannot be decoded");
+                let mut state = self.state();
+                state.undecodable += 1;
+                state.last_undecodable = Some(format!("{entry}: {e}"));
+                None
+            }
+        }
+    }
+
+    async fn pull_entries(&self, max: usize) -> Result<Vec<Arc<Transaction>>> {
+        let mut conn = self.blocking.clone();
+        loop {
+            let from = self.state().cursor.unwrap_or(Version::ZERO);
+            let reply: Value = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(max.max(1))
+                .arg("BLOCK")
+                .arg(self.config.block.as_millis().max(1) as u64)
+                .arg("STREAMS")
+                .arg(&self.config.stream)
+                .arg(id_text(from))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            // Nil: nothing new within `block`; ask again.
+            let Value::Array(streams) = reply else {
+                self.state().connected = true;
+                continue;
+            };
+            let mut entries = Vec::new();
+            for stream in streams {
+                let (_name, items): (Value, Value) =
+                    FromRedisValue::from_redis_value(stream).map_err(Error::source_failed)?;
+                entries.extend(parse_entries(items)?);
+            }
+            let mut out = Vec::with_capacity(entries.len());
+            for (id, fields) in entries {
+                let change = match self.decode(id, &fields, true) {
+                    Some(Decoded::Upsert { id: key, fields }) => {
+                        Some(Change::upsert(key, fields, id))
+                    }
+                    Some(Decoded::Delete { id: key }) => Some(Change::delete(key, id)),
+                    Some(Decoded::Truncate) => Some(Change::truncate(id)),
+                    Some(Decoded::Skip(_)) | None => None,
+                };
+                let mut tx = Transaction::new(id, change.into_iter().collect());
+                // The entry id's milliseconds are when the sink wrote it.
+                tx.committed_at = UNIX_EPOCH + Duration::from_millis(id.commit);
+                tx.committed_at = tx.committed_at.min(SystemTime::now());
+                let tx = Arc::new(tx);
+                if !tx.changes.is_empty() {
+                    self.events.publish(|| Event::Primary(Arc::clone(&tx)));
+                }
+                out.push(tx);
+            }
+            let mut state = self.state();
+            state.connected = true;
+            if let Some(last) = out.last() {
+                state.cursor = Some(last.position);
+                state.head = Some(state.head.map_or(last.position, |h| h.max(last.position)));
+                state.entries += out.len() as u64;
+                return Ok(out);
+            }
+        }
+    }
+
+    fn read_only(&self) -> Error {
+        Error::ReadOnly(format!(
+            "it follows the change stream '{}'; write to the database behind it",
+            self.config.stream
+        ))
+    }
+}
+
+/// What `XINFO STREAM` says about the stream's history (Redis 7.0+).
+struct StreamInfo {
+    /// The last id ever added.
+    last: Version,
+    /// The highest id removed by `XDEL` (`0-0`: none).
+    max_deleted: Version,
+    /// The first entry still held (`0-0` when empty).
+    first: Version,
+    /// Entries added but no longer held (trimmed or deleted).
+    removed: u64,
+}
+
+impl StreamInfo {
+    /// Whether every entry after `at` is still in the stream: nothing above
+    /// it was deleted, and whatever trimming removed lies at or below it.
+    fn holds_everything_after(&self, at: Version) -> bool {
+        at <= self.last && self.max_deleted <= at && (self.removed == 0 || self.first <= at)
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> Error {
+    Error::source_unavailable(e)
+}
+
+/// `<ms>-<seq>` as a version.
+fn parse_id(text: &str) -> Result<Version> {
+    let bad = || Error::source_failed(format!("'{text}' is not a stream entry id"));
+    let (ms, seq) = text.split_once('-').ok_or_else(bad)?;
+    let ms: u64 = ms.parse().map_err(|_| bad())?;
+    let seq: u64 = seq.parse().map_err(|_| bad())?;
+    let seq = u32::try_from(seq).map_err(|_| {
+        Error::source_failed(format!(
+            "entry id '{text}': sequence numbers above 2^32 within one millisecond are not supported"
+        ))
+    })?;
+    Ok(Version::new(ms, seq))
+}
+
+fn id_text(v: Version) -> String {
+    format!("{}-{}", v.commit, v.ord)
+}
+
+/// One entry: its id and its field/value pairs.
+type Entry = (Version, Vec<(String, Vec<u8>)>);
+
+/// `[[id, [field, value, …]], …]` as entries.
+fn parse_entries(reply: Value) -> Result<Vec<Entry>> {
+    let items: Vec<(String, Vec<Vec<u8>>)> =
+        FromRedisValue::from_redis_value(reply).map_err(Error::source_failed)?;
+    items
+        .into_iter()
+        .map(|(id, flat)| {
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((String::from_utf8_lossy(&k).into_owned(), v));
+            }
+            Ok((parse_id(&id)?, pairs))
+        })
+        .collect()
+}
+
+impl Source for StreamSource {
+    fn id(&self) -> String {
+        format!("redis-stream:{}", self.config.stream)
+    }
+
+    fn open(&self, applied: Option<Version>) -> BoxFuture<'_, Result<bool>> {
+        async move {
+            let resumable = match (applied, self.info().await?) {
+                (Some(at), Some(info)) => info.holds_everything_after(at),
+                _ => false,
+            };
+            self.state().cursor = if resumable { applied } else { None };
+            Ok(resumable)
+        }
+        .boxed()
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<SourceSnapshot>> {
+        async move {
+            let started = Instant::now();
+            let (version, records) = self.fold().await?;
+            self.reads.fetch_add(1, Relaxed);
+            self.read_micros
+                .store(started.elapsed().as_micros() as u64, Relaxed);
+            let mut state = self.state();
+            if state.cursor.is_none() {
+                state.cursor = Some(version);
+            }
+            Ok(SourceSnapshot::from_records(version, records))
+        }
+        .boxed()
+    }
+
+    fn pull(&self, max_changes: usize) -> BoxFuture<'_, Result<Vec<Arc<Transaction>>>> {
+        self.pull_entries(max_changes).boxed()
+    }
+
+    fn ack(&self, _upto: Version) -> BoxFuture<'_, Result<()>> {
+        // The stream belongs to the connector: nothing to trim or confirm.
+        async { Ok(()) }.boxed()
+    }
+
+    fn status(&self) -> SourceStatus {
+        let state = self.state();
+        let mut status = SourceStatus::connected("redis-stream", state.head, 0);
+        status.connected = state.connected;
+        status.details = vec![
+            ("stream".into(), self.config.stream.clone()),
+            (
+                "read up to".into(),
+                state.cursor.map_or_else(|| "-".into(), id_text),
+            ),
+            ("entries read".into(), state.entries.to_string()),
+            ("undecodable".into(), state.undecodable.to_string()),
+        ];
+        if let Some(last) = &state.last_undecodable {
+            status
+                .details
+                .push(("last undecodable".into(), last.clone()));
+        }
+        status
+    }
+}
+
+impl Primary for StreamSource {
+    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>> {
+        async move { Ok(self.fold().await?.1) }.boxed()
+    }
+
+    fn update_field<'a>(
+        &'a self,
+        _id: &'a str,
+        _field: &'a str,
+        _value: &'a str,
+    ) -> BoxFuture<'a, Result<Record>> {
+        let e = self.read_only();
+        async move { Err(e) }.boxed()
+    }
+
+    fn add(&self, _record: Record) -> BoxFuture<'_, Result<Record>> {
+        let e = self.read_only();
+        async move { Err(e) }.boxed()
+    }
+
+    fn delete<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<String>> {
+        let e = self.read_only();
+        async move { Err(e) }.boxed()
+    }
+
+    fn reads(&self) -> u64 {
+        self.reads.load(Relaxed)
+    }
+
+    fn reset_reads(&self) {
+        self.reads.store(0, Relaxed);
+    }
+
+    fn read_latency(&self) -> Duration {
+        Duration::from_micros(self.read_micros.load(Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_resumes_only_when_nothing_after_the_position_is_gone() {
+        let v = |ms| Version::new(ms, 0);
+        let info = |first, removed, max_deleted| StreamInfo {
+            last: v(100),
+            max_deleted: v(max_deleted),
+            first: v(first),
+            removed,
+        };
+        assert!(info(1, 0, 0).holds_everything_after(v(50)));
+        assert!(
+            info(40, 3, 0).holds_everything_after(v(50)),
+            "trimmed below"
+        );
+        assert!(info(40, 3, 0).holds_everything_after(v(40)));
+        assert!(
+            !info(60, 3, 0).holds_everything_after(v(50)),
+            "trimmed past it"
+        );
+        assert!(
+            info(60, 0, 0).holds_everything_after(v(50)),
+            "nothing removed"
+        );
+        assert!(
+            !info(1, 1, 70).holds_everything_after(v(50)),
+            "deleted after it"
+        );
+        assert!(info(1, 1, 30).holds_everything_after(v(50)));
+        assert!(
+            !info(1, 0, 0).holds_everything_after(v(101)),
+            "another history"
+        );
+    }
+
+    #[test]
+    fn entry_ids_are_versions_and_back() {
+        let v = parse_id("1700000000000-7").unwrap();
+        assert_eq!(v, Version::new(1_700_000_000_000, 7));
+        assert_eq!(id_text(v), "1700000000000-7");
+        assert!(parse_id("17").is_err());
+        assert!(parse_id("1-x").is_err());
+        assert!(parse_id("1-4294967296").is_err());
+        assert!(parse_id("0-0").unwrap() < parse_id("0-1").unwrap());
+        assert!(parse_id("1-99").unwrap() < parse_id("2-0").unwrap());
+    }
+}
