@@ -41,7 +41,10 @@ pub struct Config {
     #[arg(long, env = "PREFETCH_PRIMARY_LATENCY_MS", default_value_t = 80)]
     pub primary_latency_ms: u64,
     /// The source of truth: `mock` (the embedded demo table), `postgres` (a
-    /// private PostgreSQL started for this run), or a `postgres://` URL.
+    /// private PostgreSQL started for this run), a `postgres://` URL, or
+    /// `stream:<key>`: a Redis stream written by Debezium Server's Redis
+    /// sink or RDI's collector (for example
+    /// `stream:data:shop.public.categories`), read-only.
     #[arg(long, env = "PREFETCH_PRIMARY", default_value = "mock")]
     pub primary: String,
     /// The PostgreSQL table to mirror (`table` or `schema.table`); created
@@ -54,6 +57,18 @@ pub struct Config {
     /// The publication (default `prefetch_<schema>_<table>`).
     #[arg(long, env = "PREFETCH_PG_PUBLICATION")]
     pub pg_publication: Option<String>,
+    /// The Redis holding the `--primary stream:<key>` stream (default: the
+    /// cache's own Redis).
+    #[arg(long, env = "PREFETCH_STREAM_REDIS_URL")]
+    pub stream_redis_url: Option<String>,
+    /// Name records by these row columns (comma-separated) instead of the
+    /// change events' key (`--primary stream:<key>` only).
+    #[arg(long, env = "PREFETCH_STREAM_ID_COLUMNS", value_delimiter = ',')]
+    pub stream_id_columns: Vec<String>,
+    /// Load a snapshot from the stream even when it lost entries to
+    /// trimming or XDEL (records whose every entry is gone stay missing).
+    #[arg(long, env = "PREFETCH_STREAM_ALLOW_TRIMMED")]
+    pub stream_allow_trimmed: bool,
     /// Reconcile the cache against the primary every this many seconds
     /// (report, and refresh the TTL of keys found correct); 0: only on
     /// demand (`POST /reconcile`).
@@ -106,8 +121,12 @@ impl Config {
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(PrimaryKind::Postgres(url.to_owned()))
             }
+            stream if stream.starts_with("stream:") => match &stream["stream:".len()..] {
+                "" => Err("--primary stream:<key> needs the stream's key".into()),
+                key => Ok(PrimaryKind::Stream(key.to_owned())),
+            },
             other => Err(format!(
-                "--primary must be mock, postgres or a postgres:// URL, not '{other}'"
+                "--primary must be mock, postgres, a postgres:// URL or stream:<key>, not '{other}'"
             )),
         }
     }
@@ -140,6 +159,8 @@ pub enum PrimaryKind {
     EmbeddedPostgres,
     /// The PostgreSQL at this URL.
     Postgres(String),
+    /// A Debezium Server or RDI change stream with this key.
+    Stream(String),
 }
 
 #[cfg(test)]
@@ -196,6 +217,13 @@ mod tests {
             PrimaryKind::Postgres("postgres://u@h/db".into())
         );
         let c = Config::try_parse_from(["server", "--primary", "mysql://x"]).unwrap();
+        assert!(c.primary_kind().is_err());
+        let c = Config::try_parse_from(["server", "--primary", "stream:data:a.b.c"]).unwrap();
+        assert_eq!(
+            c.primary_kind().unwrap(),
+            PrimaryKind::Stream("data:a.b.c".into())
+        );
+        let c = Config::try_parse_from(["server", "--primary", "stream:"]).unwrap();
         assert!(c.primary_kind().is_err());
     }
 

@@ -36,6 +36,15 @@ pub enum Error {
         #[source]
         source: prefetch_pg::PgError,
     },
+    /// The change stream named by `--primary stream:<key>` cannot be followed.
+    #[error("change stream '{stream}': {source}")]
+    Stream {
+        /// The stream's key.
+        stream: String,
+        /// What went wrong.
+        #[source]
+        source: prefetch::Error,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

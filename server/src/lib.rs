@@ -28,6 +28,7 @@ use app::api::ServerContext;
 use axum::serve::ListenerExt;
 use leptos::prelude::LeptosOptions;
 use prefetch::{CacheConfig, Engine, EngineConfig, EventBus, MemoryCheck, MockPrimary, Primary};
+use prefetch_cdc::{StreamConfig, StreamSource};
 use prefetch_pg::launcher::PostgresServer;
 use prefetch_pg::{PgConfig, PgSource};
 use redis::aio::ConnectionManagerConfig;
@@ -139,6 +140,30 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             Duration::from_millis(config.primary_latency_ms),
             events.clone(),
         )),
+        PrimaryKind::Stream(stream) => {
+            let failed = |source| Error::Stream {
+                stream: stream.clone(),
+                source,
+            };
+            let stream_client = match &config.stream_redis_url {
+                Some(url) => redis::Client::open(url.as_str())
+                    .map_err(|e| failed(prefetch::Error::Redis(e)))?,
+                None => client.clone(),
+            };
+            let mut stream_config = StreamConfig::new(&stream);
+            if !config.stream_id_columns.is_empty() {
+                stream_config.decode.id_columns = Some(config.stream_id_columns.clone());
+            }
+            stream_config.allow_incomplete_history = config.stream_allow_trimmed;
+            let source = StreamSource::connect(stream_client, stream_config, events.clone())
+                .await
+                .map_err(failed)?;
+            tracing::info!(
+                %stream,
+                "Following the change stream {stream} (Debezium Server / RDI format) as the primary; it is read-only here"
+            );
+            source
+        }
         kind => {
             let url = match kind {
                 PrimaryKind::Postgres(url) => url,

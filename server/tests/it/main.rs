@@ -16,3 +16,4 @@ mod load;
 mod operations;
 mod postgres;
 mod security;
+mod stream;

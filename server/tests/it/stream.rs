@@ -1,0 +1,151 @@
+//! The server following a change stream written as RDI's collector writes
+//! it: the reference API answers exactly as with the mock, stream entries
+//! reach both columns of the live feed, and the demo's mutations answer a
+//! clear 409 (the stream is read-only here).
+
+use std::time::Duration;
+
+use app::model::{LiveEvent, WriteOrigin};
+use prefetch::testing::TestRedis;
+use serde_json::{Value, json};
+
+use crate::common::TestServer;
+
+const SECOND: Duration = Duration::from_secs(1);
+const STREAM: &str = "data:shop.public.categories";
+
+/// One entry as RDI writes it: `extended`, JSON without schemas; the row as
+/// PostgreSQL types it (a number, a boolean).
+fn rdi_entry(op: &str, id: &str, after: Value) -> Vec<(String, String)> {
+    let value = json!({
+        "before": null,
+        "after": after,
+        "source": {"connector": "postgresql", "name": "shop", "db": "shop", "schema": "public",
+                   "table": "categories", "snapshot": if op == "r" { "true" } else { "false" },
+                   "lsn": 24023128, "txId": 771},
+        "op": op,
+        "ts_ms": 1_732_700_000_000u64,
+    });
+    vec![
+        ("key".into(), json!({ "id": id }).to_string()),
+        ("value".into(), value.to_string()),
+    ]
+}
+
+async fn xadd(redis: &TestRedis, entry: &[(String, String)]) {
+    let mut conn = redis.conn().await;
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(STREAM).arg("*");
+    for (k, v) in entry {
+        cmd.arg(k).arg(v);
+    }
+    let _: String = cmd.query_async(&mut conn).await.unwrap();
+}
+
+/// The mock's seed rows, written into the stream as the collector's
+/// initial snapshot.
+async fn seed(redis: &TestRedis) {
+    for r in prefetch::seed_records() {
+        let f = r.fields();
+        let after = json!({
+            "id": f["id"],
+            "name": f["name"],
+            "display_order": f["display_order"].parse::<i64>().unwrap(),
+            "featured": f["featured"] == "true",
+            "parent_id": f["parent_id"],
+        });
+        xadd(redis, &rdi_entry("r", &f["id"], after)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_on_an_rdi_stream_answers_like_the_mock_and_stays_live() {
+    let redis = TestRedis::start();
+    seed(&redis).await;
+    let primary = format!("stream:{STREAM}");
+    let srv = TestServer::start_on(redis, &["--primary", &primary]).await;
+    let mock = TestServer::start().await;
+
+    for path in ["/categories", "/read?id=cat-005", "/read?id=cat-404"] {
+        let (s1, mut ours) = srv.get(path).await;
+        let (s2, mut m) = mock.get(path).await;
+        assert_eq!((s1, s2), (200, 200), "{path}");
+        for v in [&mut ours, &mut m] {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("stats");
+                o.remove("redis_latency_ms");
+                o.remove("ttl_remaining");
+            }
+        }
+        assert_eq!(ours, m, "{path}");
+    }
+
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    let renamed = json!({"id": "cat-004", "name": "From the stream", "display_order": 4,
+                         "featured": false, "parent_id": ""});
+    xadd(&srv.redis, &rdi_entry("u", "cat-004", renamed)).await;
+    feed.expect(SECOND, "primary update", |e| {
+        matches!(e, LiveEvent::Primary { id, fields: Some(f), .. }
+            if id == "cat-004" && f["name"] == "From the stream")
+    })
+    .await;
+    feed.expect(SECOND, "cache write", |e| {
+        matches!(e, LiveEvent::Cache { id, fields: Some(f), source: WriteOrigin::Sync, .. }
+            if id == "cat-004" && f["name"] == "From the stream")
+    })
+    .await;
+    let (_, read) = srv.get("/read?id=cat-004").await;
+    assert_eq!(read["record"]["name"], "From the stream");
+
+    // The stream is read-only here: a clear 409, nothing changed.
+    for (path, form) in [
+        ("/update", "id=cat-001&field=name&value=x"),
+        ("/add", "id=cat-100&name=New"),
+        ("/delete", "id=cat-001"),
+    ] {
+        let (status, body) = srv.post(path, form).await;
+        assert_eq!(status, 409, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(STREAM),
+            "{path}: {body}"
+        );
+    }
+    let (_, read) = srv.get("/read?id=cat-001").await;
+    assert_eq!(read["record"]["name"], "Beverages");
+    srv.stop().await;
+    mock.stop().await;
+}
+
+#[tokio::test]
+async fn a_trimmed_stream_stops_the_server_with_a_clear_error_unless_allowed() {
+    let redis = TestRedis::start();
+    seed(&redis).await;
+    let mut conn = redis.conn().await;
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(STREAM)
+        .arg("MAXLEN")
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let primary = format!("stream:{STREAM}");
+    let config = <server::Config as clap::Parser>::try_parse_from([
+        "server",
+        "--redis-url",
+        redis.url.as_str(),
+        "--primary",
+        primary.as_str(),
+    ])
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = server::start(config, Some(listener)).await else {
+        panic!("a trimmed stream must not start silently");
+    };
+    assert!(e.to_string().contains("lost 3 entries"), "{e}");
+
+    let srv = TestServer::start_on(redis, &["--primary", &primary, "--stream-allow-trimmed"]).await;
+    let (_, cats) = srv.get("/categories").await;
+    assert_eq!(cats["cache_ids"], json!(["cat-004", "cat-005"]), "{cats}");
+    srv.stop().await;
+}
