@@ -32,7 +32,9 @@
 #![warn(missing_docs)]
 
 pub mod decode;
+pub mod pipeline;
 mod source;
 
 pub use decode::{DecodeError, DecodeOptions, Decoded, decode_entry};
+pub use pipeline::{FeedSource, Lease, PipelineConfig, SourceFactory, publish, run_leader};
 pub use source::{StreamConfig, StreamSource};
