@@ -69,6 +69,22 @@ pub struct Config {
     /// trimming or XDEL (records whose every entry is gone stay missing).
     #[arg(long, env = "PREFETCH_STREAM_ALLOW_TRIMMED")]
     pub stream_allow_trimmed: bool,
+    /// Run as one replica of the pipeline with this name: the replicas share
+    /// one primary and one Redis; one of them (the holder of a lease kept in
+    /// Redis) publishes the primary's transactions into a change feed on
+    /// Redis Streams, and every replica applies from it. Needs a primary
+    /// every replica can reach (PostgreSQL or a stream), not the mock.
+    #[arg(long, env = "PREFETCH_PIPELINE")]
+    pub pipeline: Option<String>,
+    /// This replica's name in the pipeline (unique per replica; keep it
+    /// across restarts to pick up its own unfinished entries). Default:
+    /// `replica-<port>`, or `replica-<pid>` on port 0.
+    #[arg(long, env = "PREFETCH_REPLICA")]
+    pub replica: Option<String>,
+    /// Partition streams of the pipeline's change feed.
+    #[arg(long, env = "PREFETCH_PIPELINE_PARTITIONS", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub pipeline_partitions: u16,
     /// Reconcile the cache against the primary every this many seconds
     /// (report, and refresh the TTL of keys found correct); 0: only on
     /// demand (`POST /reconcile`).
@@ -128,6 +144,15 @@ impl Config {
             other => Err(format!(
                 "--primary must be mock, postgres, a postgres:// URL or stream:<key>, not '{other}'"
             )),
+        }
+    }
+
+    /// This replica's name in the pipeline.
+    pub fn replica_name(&self) -> String {
+        match (&self.replica, self.port) {
+            (Some(name), _) => name.clone(),
+            (None, 0) => format!("replica-{}", std::process::id()),
+            (None, port) => format!("replica-{port}"),
         }
     }
 

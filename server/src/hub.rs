@@ -326,12 +326,21 @@ impl Task {
                     continue;
                 }
             };
+            // New fields that hash to what an applier wrote, with its
+            // version: another replica of the pipeline applied them.
+            let applied_elsewhere = entry.as_ref().is_some_and(|e| {
+                e.version.is_some()
+                    && e.intact
+                    && self.mirror.get(&id).is_none_or(|m| m.fields != e.fields)
+            });
             let actual = entry.map(|e| Mirrored {
                 expires_at_ms: expires_at(e.ttl, now),
                 fields: e.fields,
             });
             let source = if expired.contains(&id) {
                 WriteOrigin::Expired
+            } else if applied_elsewhere {
+                WriteOrigin::Sync
             } else {
                 WriteOrigin::External
             };

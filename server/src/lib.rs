@@ -26,13 +26,18 @@ use std::time::{Duration, Instant};
 
 use app::api::ServerContext;
 use axum::serve::ListenerExt;
+use futures::FutureExt;
 use leptos::prelude::LeptosOptions;
+use prefetch::Source;
 use prefetch::{CacheConfig, Engine, EngineConfig, EventBus, MemoryCheck, MockPrimary, Primary};
-use prefetch_cdc::{StreamConfig, StreamSource};
+use prefetch_cdc::{
+    FeedSource, PipelineConfig, SourceFactory, StreamConfig, StreamSource, run_leader,
+};
 use prefetch_pg::launcher::PostgresServer;
 use prefetch_pg::{PgConfig, PgSource};
 use redis::aio::ConnectionManagerConfig;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -135,6 +140,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let events = EventBus::default();
     let mut embedded_pg = None;
     let mut pg_source = None;
+    let mut publisher_pg = None;
+    let mut publisher_stream = None;
     let primary: Arc<dyn Primary> = match primary_kind {
         PrimaryKind::Mock => Arc::new(MockPrimary::new(
             Duration::from_millis(config.primary_latency_ms),
@@ -155,6 +162,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 stream_config.decode.id_columns = Some(config.stream_id_columns.clone());
             }
             stream_config.allow_incomplete_history = config.stream_allow_trimmed;
+            publisher_stream = Some((stream_client.clone(), stream_config.clone()));
             let source = StreamSource::connect(stream_client, stream_config, events.clone())
                 .await
                 .map_err(failed)?;
@@ -184,6 +192,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             let mut pg_config = PgConfig::new(&url, &config.pg_table);
             pg_config.slot = config.pg_slot.clone();
             pg_config.publication = config.pg_publication.clone();
+            publisher_pg = Some(pg_config.clone());
             let source = PgSource::connect(pg_config, events.clone())
                 .await
                 .map_err(|source| Error::Postgres {
@@ -203,11 +212,78 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             source
         }
     };
+    let shutdown = CancellationToken::new();
+    let mut background = Vec::new();
+    let primary = match &config.pipeline {
+        None => primary,
+        Some(name) => {
+            let factory: SourceFactory = match (publisher_pg, publisher_stream) {
+                (Some(pg), _) => Arc::new(move || {
+                    let pg = pg.clone();
+                    async move {
+                        // A bus nobody reads: every replica announces what
+                        // the feed carries.
+                        let s: Arc<dyn Source> = PgSource::connect(pg, EventBus::default())
+                            .await
+                            .map_err(prefetch::Error::source_failed)?;
+                        Ok(s)
+                    }
+                    .boxed()
+                }),
+                (None, Some((client, stream))) => Arc::new(move || {
+                    let (client, stream) = (client.clone(), stream.clone());
+                    async move {
+                        let s: Arc<dyn Source> =
+                            StreamSource::connect(client, stream, EventBus::default()).await?;
+                        Ok(s)
+                    }
+                    .boxed()
+                }),
+                (None, None) => {
+                    return Err(Error::Config(
+                        "--pipeline needs a primary every replica can reach: postgres, a postgres:// URL or stream:<key>, not the in-process mock".into(),
+                    ));
+                }
+            };
+            let mut pipeline = PipelineConfig::new(name, config.replica_name());
+            pipeline.partitions = config.pipeline_partitions;
+            if config.cache_prefix.starts_with(&pipeline.key_prefix())
+                || pipeline.key_prefix().starts_with(&config.cache_prefix)
+            {
+                return Err(Error::Config(format!(
+                    "--cache-prefix '{}' overlaps the pipeline's keys ('{}…')",
+                    config.cache_prefix,
+                    pipeline.key_prefix()
+                )));
+            }
+            let (leading_tx, leading) = watch::channel(false);
+            background.push(tokio::spawn(
+                run_leader(
+                    conn.clone(),
+                    pipeline.clone(),
+                    factory,
+                    leading_tx,
+                    shutdown.clone(),
+                )
+                .instrument(tracing::info_span!("pipeline_leader", pipeline = %name)),
+            ));
+            let feed =
+                FeedSource::connect(client.clone(), primary, pipeline.clone(), events.clone())
+                    .await?;
+            tracing::info!(
+                pipeline = %name,
+                replica = %pipeline.consumer,
+                partitions = pipeline.partitions,
+                "Running as replica {} of pipeline {name}",
+                pipeline.consumer
+            );
+            wait_for_turn(&conn, &engine_config, &feed.id(), leading).await?;
+            feed
+        }
+    };
     let (engine, report) =
         Engine::start_with_writer(conn.clone(), writes, primary, events, engine_config).await?;
 
-    let shutdown = CancellationToken::new();
-    let mut background = Vec::new();
     let keyspace = keyspace::enable(&mut conn.clone()).await;
     let keys = if keyspace {
         let (tx, rx) = mpsc::channel(1024);
@@ -475,6 +551,34 @@ where
 
 /// Reconciles every `every` (report only; keys found correct get their TTL
 /// refreshed), until shutdown.
+/// A replica loads the cache only when it holds the pipeline's lease or
+/// the cache already has a state (loaded by the holder): two replicas
+/// loading an empty Redis at once could each wipe what the other applied.
+async fn wait_for_turn(
+    conn: &redis::aio::ConnectionManager,
+    engine: &EngineConfig,
+    source: &str,
+    mut leading: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    const PATIENCE: Duration = Duration::from_secs(60);
+    let cache = prefetch::PrefetchCache::new(conn.clone(), engine.cache.clone(), source);
+    let started = Instant::now();
+    loop {
+        if *leading.borrow() {
+            return Ok(());
+        }
+        if cache.state().await?.source.as_deref() == Some(source) {
+            return Ok(());
+        }
+        if started.elapsed() > PATIENCE {
+            return Err(Error::Config(format!(
+                "no replica took the pipeline's lease and loaded the cache within {PATIENCE:?}"
+            )));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), leading.changed()).await;
+    }
+}
+
 async fn reconcile_loop(engine: Engine<dyn Primary>, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -15,5 +15,6 @@ mod faults;
 mod load;
 mod operations;
 mod postgres;
+mod replicas;
 mod security;
 mod stream;

@@ -141,7 +141,7 @@ async fn a_change_made_with_sql_reaches_both_columns_of_the_live_feed_within_a_s
 }
 
 /// Every record's version, straight from Redis.
-async fn versions(
+pub(crate) async fn versions(
     conn: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
 ) -> HashMap<String, Version> {

@@ -1,0 +1,212 @@
+//! Three server processes as replicas of one pipeline, on one PostgreSQL and
+//! one Redis: the lease holder is killed with SIGKILL mid-stream, another
+//! takes over within seconds, Redis ends equal to the table, no key ever
+//! moves back to an older version, and the live feed of every surviving
+//! replica carried every change, whichever replica applied it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use app::model::LiveEvent;
+use prefetch::Version;
+use prefetch::testing::TestRedis;
+use serde_json::Value;
+
+use crate::common::{
+    SseClient, free_port, json_of, postgres_client, postgres_database, sides, sigterm,
+    spawn_binary_with,
+};
+use crate::postgres::versions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_live() {
+    let url = postgres_database("replicas").await;
+    let redis = TestRedis::spawn_own(false);
+    let names = ["r1", "r2", "r3"];
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let mut servers = Vec::new();
+    for (name, port) in names.iter().zip(&ports) {
+        let flags = [
+            "--primary",
+            url.as_str(),
+            "--cache-prefix",
+            "rep:",
+            "--pipeline",
+            "drill",
+            "--replica",
+            name,
+            "--pipeline-partitions",
+            "3",
+        ];
+        servers.push(Some(spawn_binary_with(&redis.url, *port, &flags)));
+    }
+    let mut raw = redis.conn().await;
+    let leader: String = redis::cmd("GET")
+        .arg("prefetch:drill:leader")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let dead = names
+        .iter()
+        .position(|n| *n == leader)
+        .expect("a replica leads");
+
+    // Every replica's live feed, collected in the background until `done`.
+    let done = Arc::new(AtomicBool::new(false));
+    let mut feeds = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        if i == dead {
+            continue;
+        }
+        let mut sse = SseClient::connect(&format!("http://127.0.0.1:{port}/events")).await;
+        let done = done.clone();
+        feeds.push(tokio::spawn(async move {
+            let mut seen = BTreeSet::new();
+            let mut applied_elsewhere = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                let Some(ev) = sse.next(Duration::from_millis(200)).await else {
+                    continue;
+                };
+                match ev {
+                    LiveEvent::Primary {
+                        id,
+                        fields: Some(f),
+                        ..
+                    } => {
+                        seen.insert((id, f["name"].clone()));
+                    }
+                    LiveEvent::Cache { .. } => applied_elsewhere += 1,
+                    _ => {}
+                }
+            }
+            (seen, applied_elsewhere)
+        }));
+    }
+
+    // Writers change rows; a watcher checks that no version goes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let sql = postgres_client(&url).await;
+            let mut written = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("k-{:02}", n % 30);
+                let name = format!("v{n}");
+                sql.execute(
+                    "INSERT INTO categories (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                    &[&id, &name],
+                )
+                .await
+                .unwrap();
+                written.push((id, name));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            written
+        })
+    };
+    let watcher = {
+        let (stop, redis_url) = (stop.clone(), redis.url.clone());
+        tokio::spawn(async move {
+            let mut conn = redis::Client::open(redis_url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let mut seen: HashMap<String, Version> = HashMap::new();
+            let mut checks = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for (key, v) in versions(&mut conn, "rep:").await {
+                    if let Some(before) = seen.insert(key.clone(), v) {
+                        assert!(v >= before, "{key} moved back from {before} to {v}");
+                    }
+                }
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            checks
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut killed = servers[dead].take().unwrap();
+    killed.kill().unwrap(); // SIGKILL: no goodbye, the lease runs out
+    killed.wait().unwrap();
+    let killed_at = Instant::now();
+    let took_over = loop {
+        let holder: Option<String> = redis::cmd("GET")
+            .arg("prefetch:drill:leader")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if holder.as_deref().is_some_and(|h| h != leader) {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "nobody took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    assert!(written.len() > 100, "{} writes", written.len());
+    assert!(watcher.await.unwrap() > 10);
+    assert!(
+        took_over < Duration::from_secs(6),
+        "takeover took {took_over:?}"
+    );
+    println!("{} writes; takeover after {took_over:?}", written.len());
+
+    // Every surviving replica converges: its cache equals the table.
+    let http = reqwest::Client::new();
+    for (i, port) in ports.iter().enumerate() {
+        if i == dead {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let res = http
+                .get(format!("http://127.0.0.1:{port}/state"))
+                .send()
+                .await
+                .unwrap();
+            let (_, state): (u16, Value) = json_of(res).await;
+            let (primary, cache) = sides(&state);
+            if primary == cache {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {} never converged: {} rows, {} cached, {} differ",
+                names[i],
+                primary.len(),
+                cache.len(),
+                primary.iter().zip(&cache).filter(|(p, c)| p != c).count()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Every change reached every surviving replica's live feed.
+    println!("converged {:?} after the kill", killed_at.elapsed());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.store(true, Ordering::Relaxed);
+    for feed in feeds {
+        let (seen, cache_events) = feed.await.unwrap();
+        let missing: Vec<_> = written
+            .iter()
+            .filter(|(id, name)| !seen.contains(&(id.clone(), name.clone())))
+            .take(5)
+            .collect();
+        assert!(missing.is_empty(), "changes never announced: {missing:?}");
+        assert!(cache_events > 0);
+    }
+    for s in servers.iter_mut().flatten() {
+        sigterm(s.id());
+        let _ = s.wait();
+    }
+}
