@@ -18,7 +18,8 @@ use crate::model::*;
 
 /// The POST endpoints that take no input: any body sent to them is ignored
 /// (the server drops it before the function decodes anything).
-pub const NO_INPUT_ENDPOINTS: [&str; 3] = ["/clear", "/reprefetch", "/reset"];
+pub const NO_INPUT_ENDPOINTS: [&str; 4] =
+    ["/clear", "/reprefetch", "/reset", "/dead-letters/replay"];
 
 /// `GET /categories`: cached ids and primary ids, both sorted.
 #[server(prefix = "", endpoint = "categories", input = GetUrl, name = Categories)]
@@ -240,6 +241,44 @@ pub async fn reconcile(repair: Option<String>) -> Result<ReconcileResponse, AppE
         &report,
         std::time::SystemTime::now(),
     ))
+}
+
+/// `GET /dead-letters`: the change feed's dead letters (a replica of a
+/// pipeline only; otherwise `enabled` is false).
+#[server(prefix = "", endpoint = "dead-letters", input = GetUrl, name = GetDeadLetters)]
+pub async fn dead_letters() -> Result<DeadLettersResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let Some(dlq) = &ctx.dead_letters else {
+        return Ok(DeadLettersResponse::default());
+    };
+    let count = dlq.count().await.map_err(ssr::engine_error)?;
+    let letters = dlq
+        .list(100)
+        .await
+        .map_err(ssr::engine_error)?
+        .into_iter()
+        .map(|(id, reason)| DeadLetterDto { id, reason })
+        .collect();
+    Ok(DeadLettersResponse {
+        enabled: true,
+        count,
+        letters,
+    })
+}
+
+/// `POST /dead-letters/replay`: puts the dead letters back into the change
+/// feed. Safe at any time: a transaction applies only where it is newer.
+#[server(prefix = "", endpoint = "dead-letters/replay", name = ReplayDeadLetters)]
+pub async fn replay_dead_letters() -> Result<ReplayResponse, AppError> {
+    let ctx = ssr::ctx()?;
+    let Some(dlq) = &ctx.dead_letters else {
+        return ssr::fail(
+            http::StatusCode::CONFLICT,
+            "This server has no change feed (start replicas with --pipeline NAME).",
+        );
+    };
+    let replayed = dlq.replay(10_000).await.map_err(ssr::engine_error)?;
+    Ok(ReplayResponse { replayed })
 }
 
 /// `POST /fault` (`kind` = drop | duplicate | reorder | delay | outage,

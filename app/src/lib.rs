@@ -198,6 +198,7 @@ fn Dashboard(snapshot: DashboardState) -> impl IntoView {
                 <BreakPanel state=state/>
                 <FaultPanel state=state/>
                 <DriftPanel state=state/>
+                <DeadLetterPanel state=state/>
                 <StatsPanel state=state/>
                 <ChartPanel state=state/>
                 <EventLog state=state/>

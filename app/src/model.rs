@@ -114,6 +114,33 @@ pub struct SourceDto {
     pub details: Vec<(String, String)>,
 }
 
+/// `GET /dead-letters`: the change feed's dead letters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeadLettersResponse {
+    /// Whether this server is a replica of a pipeline (`--pipeline`).
+    pub enabled: bool,
+    /// How many dead letters the feed holds.
+    pub count: u64,
+    /// The oldest of them (up to 100): entry id and reason.
+    pub letters: Vec<DeadLetterDto>,
+}
+
+/// One dead letter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterDto {
+    /// Its id in the dead-letter stream.
+    pub id: String,
+    /// Why it could not be applied.
+    pub reason: String,
+}
+
+/// `POST /dead-letters/replay`: how many entries went back into the feed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplayResponse {
+    /// Entries put back (each applies only where it is newer).
+    pub replayed: usize,
+}
+
 /// `POST /reconcile` and the drift panel: what the last reconciliation
 /// found, ids sorted.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

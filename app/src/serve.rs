@@ -38,6 +38,20 @@ pub struct ServerContext {
     pub faults: bool,
     /// The pause `/worker` holds, if any.
     pub paused: std::sync::Arc<std::sync::Mutex<Option<prefetch::PauseGuard>>>,
+    /// The change feed's dead letters, when the server is a replica of a
+    /// pipeline (`--pipeline`).
+    pub dead_letters: Option<std::sync::Arc<dyn DeadLetters>>,
+}
+
+/// The dead-letter stream of a change feed: entries that could not be
+/// applied, kept with their reason until someone replays them.
+pub trait DeadLetters: Send + Sync + std::fmt::Debug {
+    /// Up to `max` of them, oldest first: entry id and reason.
+    fn list(&self, max: usize) -> prefetch::BoxFuture<'_, prefetch::Result<Vec<(String, String)>>>;
+    /// How many there are.
+    fn count(&self) -> prefetch::BoxFuture<'_, prefetch::Result<u64>>;
+    /// Puts up to `max` back into the feed; returns how many.
+    fn replay(&self, max: usize) -> prefetch::BoxFuture<'_, prefetch::Result<usize>>;
 }
 
 /// One server-function call in progress.

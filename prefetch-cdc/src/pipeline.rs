@@ -28,7 +28,6 @@
 //! apply what a Debezium sink writes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -457,14 +456,14 @@ async fn publish_term(
     if !resumed {
         // The source starts from a snapshot of its own: take it (a
         // replication slot holds it until read) and tell every replica
-        // that the feed does not reach back past it.
+        // that the feed does not reach back past it. Also on the very first
+        // start: a replica's snapshot taken before this point would miss
+        // what committed in between.
         drop(source.snapshot().await?);
-        if published.is_some() {
-            let _: i64 = redis::cmd("INCR")
-                .arg(config.resync_key())
-                .query_async(&mut conn)
-                .await?;
-        }
+        let _: i64 = redis::cmd("INCR")
+            .arg(config.resync_key())
+            .query_async(&mut conn)
+            .await?;
     }
     tracing::info!(pipeline = %config.name, ?published, resumed, "publishing");
     let mut resyncs = source.status().resync_requests;
@@ -633,7 +632,6 @@ pub struct FeedSource<P: ?Sized> {
     state: Mutex<FeedState>,
     debezium: DecodeOptions,
     tail: tokio::task::JoinHandle<()>,
-    dead_letters: AtomicU64,
 }
 
 #[derive(Default)]
@@ -646,6 +644,8 @@ struct FeedState {
     head: Option<Version>,
     resync: u64,
     connected: bool,
+    /// Entries in the dead-letter stream (as last read, plus our own since).
+    dead_letters: u64,
     last_dead: Option<String>,
 }
 
@@ -717,7 +717,6 @@ impl<P: Source + ?Sized> FeedSource<P> {
             }),
             debezium,
             tail,
-            dead_letters: AtomicU64::new(0),
         }))
     }
 
@@ -896,8 +895,9 @@ impl<P: Source + ?Sized> FeedSource<P> {
             .arg(&entry)
             .ignore();
         let () = pipe.query_async(&mut conn).await?;
-        self.dead_letters.fetch_add(1, Relaxed);
-        self.state().last_dead = Some(format!("{entry}: {why}"));
+        let mut state = self.state();
+        state.dead_letters += 1;
+        state.last_dead = Some(format!("{entry}: {why}"));
         Ok(())
     }
 
@@ -956,15 +956,21 @@ impl<P: Source + ?Sized> FeedSource<P> {
         }
     }
 
-    /// Re-reads the resync counter (cheap; once per claim round).
+    /// Re-reads the resync counter and the dead-letter count (cheap; once
+    /// per claim round).
     async fn refresh(&self) {
         let mut conn = self.commands.clone();
-        let r: redis::RedisResult<Option<u64>> = redis::cmd("GET")
+        let r: redis::RedisResult<(Option<u64>, u64)> = redis::pipe()
+            .cmd("GET")
             .arg(self.config.resync_key())
+            .cmd("XLEN")
+            .arg(self.config.dlq_key())
             .query_async(&mut conn)
             .await;
-        if let Ok(n) = r {
-            self.state().resync = n.unwrap_or(0);
+        if let Ok((resync, dead)) = r {
+            let mut state = self.state();
+            state.resync = resync.unwrap_or(0);
+            state.dead_letters = dead;
         }
     }
 
@@ -1192,7 +1198,15 @@ impl<P: Source + ?Sized> Source for FeedSource<P> {
     fn open(&self, applied: Option<Version>) -> BoxFuture<'_, Result<bool>> {
         async move {
             let existed = self.ensure_group().await?;
+            // Resync requests made before now are covered by the snapshot
+            // the engine takes next (or took before this replica's state).
+            let mut conn = self.commands.clone();
+            let resync: Option<u64> = redis::cmd("GET")
+                .arg(self.config.resync_key())
+                .query_async(&mut conn)
+                .await?;
             let mut state = self.state();
+            state.resync = resync.unwrap_or(0);
             state.pending_first = true;
             state.in_flight.clear();
             Ok(existed && applied.is_some())
@@ -1223,10 +1237,7 @@ impl<P: Source + ?Sized> Source for FeedSource<P> {
             ("pipeline".to_owned(), self.config.name.clone()),
             ("replica".to_owned(), self.config.consumer.clone()),
             ("partitions".to_owned(), self.streams.len().to_string()),
-            (
-                "dead letters".to_owned(),
-                self.dead_letters.load(Relaxed).to_string(),
-            ),
+            ("dead letters".to_owned(), state.dead_letters.to_string()),
         ]);
         if let Some(last) = &state.last_dead {
             status

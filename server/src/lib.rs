@@ -214,6 +214,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     };
     let shutdown = CancellationToken::new();
     let mut background = Vec::new();
+    let mut dead_letters: Option<Arc<dyn app::serve::DeadLetters>> = None;
     let primary = match &config.pipeline {
         None => primary,
         Some(name) => {
@@ -278,6 +279,10 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 pipeline.consumer
             );
             wait_for_turn(&conn, &engine_config, &feed.id(), leading).await?;
+            dead_letters = Some(Arc::new(FeedDeadLetters {
+                conn: conn.clone(),
+                config: pipeline,
+            }));
             feed
         }
     };
@@ -303,6 +308,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         external: hub::watch_mode(keyspace),
         faults: config.faults || config.host.is_loopback(),
         paused: Default::default(),
+        dead_letters,
     };
     if config.reconcile_every > 0 {
         background.push(tokio::spawn(
@@ -551,6 +557,34 @@ where
 
 /// Reconciles every `every` (report only; keys found correct get their TTL
 /// refreshed), until shutdown.
+/// The dead-letter stream of this replica's pipeline.
+#[derive(Debug)]
+struct FeedDeadLetters {
+    conn: redis::aio::ConnectionManager,
+    config: PipelineConfig,
+}
+
+impl app::serve::DeadLetters for FeedDeadLetters {
+    fn list(&self, max: usize) -> prefetch::BoxFuture<'_, prefetch::Result<Vec<(String, String)>>> {
+        prefetch_cdc::pipeline::dead_letters(self.conn.clone(), &self.config, max).boxed()
+    }
+
+    fn count(&self) -> prefetch::BoxFuture<'_, prefetch::Result<u64>> {
+        async move {
+            let mut conn = self.conn.clone();
+            Ok(redis::cmd("XLEN")
+                .arg(self.config.dlq_key())
+                .query_async(&mut conn)
+                .await?)
+        }
+        .boxed()
+    }
+
+    fn replay(&self, max: usize) -> prefetch::BoxFuture<'_, prefetch::Result<usize>> {
+        prefetch_cdc::pipeline::replay_dead_letters(self.conn.clone(), &self.config, max).boxed()
+    }
+}
+
 /// A replica loads the cache only when it holds the pipeline's lease or
 /// the cache already has a state (loaded by the holder): two replicas
 /// loading an empty Redis at once could each wipe what the other applied.

@@ -65,7 +65,7 @@ fn api() -> Router<AppState> {
 type Register = fn(Router<AppState>) -> Router<AppState>;
 
 /// One entry per server function, by path (a test checks none is missing).
-const ENDPOINTS: [(&str, Register); 14] = {
+const ENDPOINTS: [(&str, Register); 16] = {
     use app::api::*;
     [
         (Categories::PATH, endpoint::<Categories>),
@@ -82,6 +82,8 @@ const ENDPOINTS: [(&str, Register); 14] = {
         (Reconcile::PATH, endpoint::<Reconcile>),
         (InjectFault::PATH, endpoint::<InjectFault>),
         (WorkerControl::PATH, endpoint::<WorkerControl>),
+        (GetDeadLetters::PATH, endpoint::<GetDeadLetters>),
+        (ReplayDeadLetters::PATH, endpoint::<ReplayDeadLetters>),
     ]
 };
 

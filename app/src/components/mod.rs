@@ -11,7 +11,7 @@ mod stats;
 pub use cache_table::CacheTable;
 pub use event_log::EventLog;
 pub use mutate_panels::{AddPanel, BreakPanel, DeletePanel, UpdatePanel};
-pub use operations::{ChartPanel, DriftPanel, FaultPanel};
+pub use operations::{ChartPanel, DeadLetterPanel, DriftPanel, FaultPanel};
 pub use post::FormPost;
 pub use read_panel::ReadPanel;
 pub use stats::StatsPanel;

@@ -3,7 +3,7 @@ use leptos::prelude::*;
 use leptos::server_fn::ServerFn;
 
 use super::{FormPost, on_submit, report};
-use crate::api::{InjectFault, Reconcile, WorkerControl};
+use crate::api::{InjectFault, Reconcile, ReplayDeadLetters, WorkerControl};
 use crate::live::{CHART_POINTS, LiveState};
 use crate::model::fixed;
 
@@ -69,6 +69,46 @@ pub fn DriftPanel(state: LiveState) -> impl IntoView {
                     <button type="submit" id="repair-button" disabled=move || check.pending().get()>"Repair"</button>
                 </form>
             </div>
+        </section>
+    }
+}
+
+/// The change feed's dead letters (replicas of a pipeline): how many, the
+/// last reason (both in the source details), and a replay.
+#[component]
+pub fn DeadLetterPanel(state: LiveState) -> impl IntoView {
+    let replay = FormPost::<ReplayDeadLetters>::new();
+    report(replay, |r| match r.replayed {
+        0 => "No dead letters to replay.".to_owned(),
+        1 => "Replayed 1 dead letter into the feed.".to_owned(),
+        n => format!("Replayed {n} dead letters into the feed."),
+    });
+    let detail = move |name: &'static str| {
+        move || {
+            state.source.with(|s| {
+                s.details
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+        }
+    };
+    let count = detail("dead letters");
+    let last = detail("last dead letter");
+    view! {
+        <section class="panel" id="dead-letter-panel">
+            <h2>"Dead letters"</h2>
+            <p class="muted">"Feed entries that could not be applied (undecodable, or delivered too often) wait here with their reason. A replay puts them back; each applies only where it is newer."</p>
+            <p id="dead-letter-count">
+                {move || match count() {
+                    Some(n) => format!("{n} in the feed's dead-letter stream."),
+                    None => "No change feed: start replicas with --pipeline.".to_owned(),
+                }}
+            </p>
+            {move || last().map(|l| view! { <p class="muted" id="dead-letter-last">"Last: " {l}</p> })}
+            <form action=ReplayDeadLetters::url() method="post" on:submit=on_submit(replay)>
+                <button type="submit" class="secondary" id="replay-button" disabled=move || replay.pending().get()>"Replay"</button>
+            </form>
         </section>
     }
 }

@@ -149,3 +149,112 @@ async fn a_trimmed_stream_stops_the_server_with_a_clear_error_unless_allowed() {
     assert_eq!(cats["cache_ids"], json!(["cat-004", "cat-005"]), "{cats}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed_from_the_api() {
+    let redis = TestRedis::start();
+    seed(&redis).await;
+    let primary = format!("stream:{STREAM}");
+    let srv = TestServer::start_on(
+        redis,
+        &[
+            "--primary",
+            &primary,
+            "--pipeline",
+            "dlq",
+            "--pipeline-partitions",
+            "1",
+        ],
+    )
+    .await;
+    let (status, body) = srv.get("/dead-letters").await;
+    assert_eq!(
+        (status, &body["enabled"], &body["count"]),
+        (200, &json!(true), &json!(0)),
+        "{body}"
+    );
+
+    // A poison entry in the feed lands in the dead letters with its reason.
+    let mut conn = srv.redis.conn().await;
+    let feed = "prefetch:dlq:cdc:{p00}";
+    let _: String = redis::cmd("XADD")
+        .arg(feed)
+        .arg("*")
+        .arg("v")
+        .arg("0:1:0")
+        .arg("changes")
+        .arg("{broken")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    let body = loop {
+        let (_, body) = srv.get("/dead-letters").await;
+        if body["count"] == 1 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "never buried: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = body["letters"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not the feed's JSON"), "{reason}");
+
+    // A sound transaction buried after too many deliveries replays cleanly.
+    let version = prefetch::Version::new(u64::from(u32::MAX) << 16, 0).to_string();
+    let changes = json!([{"id": "cat-001", "op": "u", "v": version,
+        "after": {"id": "cat-001", "name": "Replayed", "display_order": "1",
+                  "featured": "true", "parent_id": ""}}]);
+    let _: String = redis::cmd("XADD")
+        .arg("prefetch:dlq:dlq")
+        .arg("*")
+        .arg("__reason")
+        .arg("delivered 6 times without being acknowledged")
+        .arg("__stream")
+        .arg(feed)
+        .arg("__id")
+        .arg("1-0")
+        .arg("v")
+        .arg(&version)
+        .arg("changes")
+        .arg(changes.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (status, body) = srv.post("/dead-letters/replay", "").await;
+    assert_eq!((status, &body["replayed"]), (200, &json!(2)), "{body}");
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    loop {
+        let (_, read) = srv.get("/read?id=cat-001").await;
+        if read["record"]["name"] == "Replayed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replay never applied: {read}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The poison comes back to the dead letters; nothing else does.
+    let deadline = std::time::Instant::now() + 5 * SECOND;
+    loop {
+        let (_, body) = srv.get("/dead-letters").await;
+        if body["count"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    srv.stop().await;
+
+    // Without a pipeline there is nothing to replay: a clear 409.
+    let plain = TestServer::start().await;
+    let (status, body) = plain.post("/dead-letters/replay", "").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("--pipeline"),
+        "{body}"
+    );
+    let (_, body) = plain.get("/dead-letters").await;
+    assert_eq!(body["enabled"], false);
+    plain.stop().await;
+}
