@@ -267,7 +267,8 @@ pub async fn dead_letters() -> Result<DeadLettersResponse, AppError> {
 }
 
 /// `POST /dead-letters/replay`: puts the dead letters back into the change
-/// feed. Safe at any time: a transaction applies only where it is newer.
+/// feed with their original versions, so each applies only where it is
+/// newer (within the tombstone TTL of a delete; see the README).
 #[server(prefix = "", endpoint = "dead-letters/replay", name = ReplayDeadLetters)]
 pub async fn replay_dead_letters() -> Result<ReplayResponse, AppError> {
     let ctx = ssr::ctx()?;

@@ -245,8 +245,25 @@ fn decode(
             None => Err(bad("a null value with a null key")),
         };
     };
+    // An envelope is an object with an `op` and nothing but
+    // envelope members; a flattened row is an envelope only if all its
+    // columns happen to be named like them.
+    const MEMBERS: [&str; 9] = [
+        "before",
+        "after",
+        "source",
+        "op",
+        "ts_ms",
+        "ts_us",
+        "ts_ns",
+        "transaction",
+        "message",
+    ];
     let op = payload.get("op").and_then(Value::as_str);
-    let envelope = op.is_some() || payload.get("after").is_some();
+    let envelope = op.is_some()
+        && payload
+            .as_object()
+            .is_some_and(|m| m.keys().all(|k| MEMBERS.contains(&k.as_str())));
     if !envelope {
         // A flattened row (ExtractNewRecordState).
         let deleted = matches!(payload.get("__deleted"), Some(Value::Bool(true)))
@@ -296,8 +313,11 @@ fn key_id(
     options: &DecodeOptions,
 ) -> Result<Option<String>, DecodeError> {
     if let Some(cols) = &options.id_columns {
+        // A tombstone, or a delete whose `before` lacks the columns (replica
+        // identity DEFAULT keeps only the primary key): name it by the key.
+        let row = row.filter(|r| cols.iter().all(|c| r.get(c).is_some_and(|v| !v.is_null())));
         let Some(row) = row else {
-            return Ok(None);
+            return key_id(key, None, &DecodeOptions::default());
         };
         let parts = cols
             .iter()
@@ -580,6 +600,36 @@ mod tests {
             panic!()
         };
         assert_eq!((id.as_str(), fields["id"].as_str()), ("X-1", "X-1"));
+    }
+
+    #[test]
+    fn a_flattened_row_with_a_column_called_op_is_still_a_row() {
+        let e = compact(r#"{"id":"a"}"#, r#"{"id":"a","op":"buy","after":"noon"}"#);
+        let Decoded::Upsert { fields, .. } = decode_entry(&e, &opts()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(fields["op"], "buy");
+    }
+
+    #[test]
+    fn with_id_columns_tombstones_and_bare_deletes_fall_back_to_the_key() {
+        let o = DecodeOptions {
+            id_columns: Some(vec!["sku".into()]),
+            ..opts()
+        };
+        let tomb = compact(r#"{"sku":"X-1"}"#, "default");
+        assert_eq!(
+            decode_entry(&tomb, &o).unwrap(),
+            Decoded::Delete { id: "X-1".into() }
+        );
+        let del = compact(
+            r#"{"sku":"X-1"}"#,
+            r#"{"before":{"id":7},"after":null,"op":"d"}"#,
+        );
+        assert_eq!(
+            decode_entry(&del, &o).unwrap(),
+            Decoded::Delete { id: "X-1".into() }
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | `prefetch:<p>:leader` | the publishing lease: the holder's name, with a TTL |
 //! | `prefetch:<p>:published` | the position of the last transaction published |
 //! | `prefetch:<p>:resync` | how often the publisher asked every replica for a fresh snapshot |
+//! | `prefetch:<p>:resync:covered` | the count the last snapshot (of any replica) covered |
 //! | `prefetch:<p>:dlq` | dead letters (capped), each with its reason and origin |
 //!
 //! # Entry format
@@ -62,8 +63,8 @@ pub struct PipelineConfig {
     pub claim_idle: Duration,
     /// How often a consumer looks for entries to claim.
     pub claim_every: Duration,
-    /// An entry delivered this many times without being acknowledged goes
-    /// to the dead-letter stream.
+    /// An entry already delivered this many times without being
+    /// acknowledged goes to the dead-letter stream when claimed again.
     pub max_deliveries: u64,
     /// The dead-letter stream's approximate cap.
     pub dlq_max_len: u64,
@@ -108,10 +109,19 @@ impl PipelineConfig {
             .collect()
     }
 
-    /// The partition a transaction goes to.
+    /// The partition a transaction goes to: its position's bits mixed
+    /// (splitmix64), since positions such as PostgreSQL LSNs are aligned
+    /// and would all land on one partition under a plain modulo.
     pub fn partition_of(&self, position: Version) -> u16 {
         let n = u64::from(self.partitions.max(1));
-        ((position.commit ^ u64::from(position.ord)) % n) as u16
+        let mut z = position
+            .commit
+            .wrapping_add(u64::from(position.ord).rotate_left(32))
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z % n) as u16
     }
 
     /// The lease key.
@@ -127,6 +137,11 @@ impl PipelineConfig {
     /// The resync counter.
     pub fn resync_key(&self) -> String {
         format!("prefetch:{}:resync", self.name)
+    }
+
+    /// The resync counter's value the last snapshot covered.
+    pub fn covered_key(&self) -> String {
+        format!("prefetch:{}:resync:covered", self.name)
     }
 
     /// The dead-letter stream.
@@ -206,6 +221,21 @@ pub fn decode_tx(
 ) -> Result<Transaction, DecodeError> {
     let field = |name: &str| entry.iter().find(|(k, _)| k == name).map(|(_, v)| v);
     let (Some(v), Some(changes)) = (field("v"), field("changes")) else {
+        // A replayed Debezium entry carries its original version as `__v`.
+        let (entry_id, entry) = match field("__v") {
+            Some(v) => (
+                String::from_utf8_lossy(v)
+                    .parse::<Version>()
+                    .map_err(|_| DecodeError("`__v` is not a version".into()))?,
+                entry
+                    .iter()
+                    .filter(|(k, _)| k != "__v")
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+            None => (entry_id, entry.to_vec()),
+        };
+        let entry = entry.as_slice();
         let change = match decode_entry(entry, debezium)? {
             Decoded::Upsert { id, fields } => Some(Change::upsert(id, fields, entry_id)),
             Decoded::Delete { id } => Some(Change::delete(id, entry_id)),
@@ -246,9 +276,12 @@ pub fn decode_tx(
 // ---------------------------------------------------------------------------
 // The lease
 
-/// Who publishes: a key holding the holder's name, with a TTL that the
-/// holder renews. Every publish checks it in the same atomic step, so a
-/// replica that lost the lease cannot publish (fencing).
+/// Who publishes: a key holding the holder's name and a token unique to
+/// this `Lease`, with a TTL that the holder renews.
+///
+/// Two processes started under one name never both hold it. Every publish
+/// checks it in the same atomic step, so a replica that lost the lease
+/// cannot publish (fencing).
 #[derive(Clone)]
 pub struct Lease {
     conn: ConnectionManager,
@@ -271,14 +304,19 @@ const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 impl Lease {
-    /// The lease of `config`'s pipeline, for its consumer.
+    /// The lease of `config`'s pipeline, for its consumer, with a fresh token.
     pub fn new(conn: ConnectionManager, config: &PipelineConfig) -> Self {
         Self {
             conn,
             key: config.leader_key(),
-            me: config.consumer.clone(),
+            me: format!("{}#{:016x}", config.consumer, token()),
             ttl: config.lease_ttl,
         }
+    }
+
+    /// What this lease writes into the key: `<consumer>#<token>`.
+    pub fn holder_id(&self) -> &str {
+        &self.me
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -332,12 +370,39 @@ impl Lease {
     }
 }
 
+/// 64 random bits, from the standard library's per-process hash seed, the
+/// clock and the process id.
+fn token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// The consumer name in a lease value (`<consumer>#<token>`).
+///
+/// ```
+/// assert_eq!(prefetch_cdc::pipeline::holder_name("replica-a#00ff"), "replica-a");
+/// ```
+pub fn holder_name(value: &str) -> &str {
+    value.rsplit_once('#').map_or(value, |(name, _)| name)
+}
+
 // ---------------------------------------------------------------------------
 // Publishing
 
 /// Publishes a batch only while `ARGV[1]` holds the lease (KEYS[1]); sets
 /// the published position (KEYS[2]). KEYS[3..] are the entries' streams;
 /// ARGV: holder, position, then per entry its field count and fields.
+/// `SET KEYS[1] ARGV[1]` unless it already holds a larger number.
+const RAISE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end return 1";
+
 const PUBLISH: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('PFNOTLEADER the publishing lease is held by another replica')
@@ -396,10 +461,9 @@ pub async fn run_leader(
                 if cancel.is_cancelled() {
                     break;
                 }
-                // Let another replica take over after a failure.
-                if outcome.is_err() {
-                    sleep_or_cancel(config.lease_ttl, &cancel).await;
-                }
+                // Let another replica take over after a term ended (a
+                // failure, a lost lease, a source that ended).
+                sleep_or_cancel(config.lease_ttl, &cancel).await;
             }
             Ok(false) => sleep_or_cancel(every, &cancel).await,
             Err(e) => {
@@ -666,6 +730,21 @@ impl<P: ?Sized> Drop for FeedSource<P> {
 
 type Entry = (String, Version, Vec<(String, Vec<u8>)>);
 
+/// Sets "read our own pending entries first" when a pull ends without
+/// handing out what it read.
+struct RereadOwnPending<'a, P: ?Sized>(Option<&'a FeedSource<P>>);
+
+impl<P: ?Sized> Drop for RereadOwnPending<'_, P> {
+    fn drop(&mut self) {
+        if let Some(feed) = self.0 {
+            feed.state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pending_first = true;
+        }
+    }
+}
+
 impl<P: Source + ?Sized> FeedSource<P> {
     /// Joins the pipeline's group on the Redis behind `client`; `inner` is
     /// the source of truth (for snapshots and records), `events` the bus
@@ -763,7 +842,7 @@ impl<P: Source + ?Sized> FeedSource<P> {
             .arg(&self.config.group)
             .arg(&self.config.consumer)
             .arg("COUNT")
-            .arg(max.max(1));
+            .arg(max.div_ceil(self.streams.len().max(1)).max(1));
         if block {
             cmd.arg("BLOCK")
                 .arg(self.config.block.as_millis().max(1) as u64);
@@ -790,7 +869,11 @@ impl<P: Source + ?Sized> FeedSource<P> {
         for s in streams {
             let (name, items): (String, Value) =
                 FromRedisValue::from_redis_value(s).map_err(Error::source_failed)?;
-            for (id, fields) in parse_items(items)? {
+            let (good, bad) = split_ids(parse_raw(items)?);
+            for (raw, fields) in bad {
+                self.bury(&name, &raw, &fields, BAD_ID).await?;
+            }
+            for (id, fields) in good {
                 out.push((name.clone(), id, fields));
             }
         }
@@ -817,7 +900,10 @@ impl<P: Source + ?Sized> FeedSource<P> {
                 Err(e) if e.code() == Some("NOGROUP") => continue,
                 Err(e) => return Err(e.into()),
             };
-            let claimed = parse_items(items)?;
+            let (claimed, bad) = split_ids(parse_raw(items)?);
+            for (raw, fields) in bad {
+                self.bury(stream, &raw, &fields, BAD_ID).await?;
+            }
             if claimed.is_empty() {
                 continue;
             }
@@ -827,7 +913,7 @@ impl<P: Source + ?Sized> FeedSource<P> {
                 let n = counts.get(&id).copied().unwrap_or(0);
                 if n > self.config.max_deliveries {
                     let why = format!("delivered {n} times without being acknowledged");
-                    self.bury(stream, id, &fields, &why).await?;
+                    self.bury(stream, &entry_id_text(id), &fields, &why).await?;
                 } else {
                     out.push((stream.clone(), id, fields));
                 }
@@ -863,11 +949,10 @@ impl<P: Source + ?Sized> FeedSource<P> {
     async fn bury(
         &self,
         stream: &str,
-        id: Version,
+        entry: &str,
         fields: &[(String, Vec<u8>)],
         why: &str,
     ) -> Result<()> {
-        let entry = entry_id_text(id);
         tracing::warn!(%stream, %entry, reason = %why, "moving an entry to the dead-letter stream");
         let mut conn = self.commands.clone();
         let mut xadd = redis::cmd("XADD");
@@ -881,7 +966,7 @@ impl<P: Source + ?Sized> FeedSource<P> {
             .arg("__stream")
             .arg(stream)
             .arg("__id")
-            .arg(&entry);
+            .arg(entry);
         for (k, v) in fields {
             xadd.arg(k).arg(v.as_slice());
         }
@@ -892,7 +977,7 @@ impl<P: Source + ?Sized> FeedSource<P> {
             .cmd("XACK")
             .arg(stream)
             .arg(&self.config.group)
-            .arg(&entry)
+            .arg(entry)
             .ignore();
         let () = pipe.query_async(&mut conn).await?;
         let mut state = self.state();
@@ -905,7 +990,8 @@ impl<P: Source + ?Sized> FeedSource<P> {
         loop {
             if self.state().pending_first {
                 let own = self.read_group("0", false, max).await?;
-                // Entries acknowledged meanwhile come back without fields.
+                // Entries deleted from the stream (trimmed, XDEL) while
+                // pending come back without fields: nothing to apply.
                 let own: Vec<Entry> = own.into_iter().filter(|e| !e.2.is_empty()).collect();
                 if !own.is_empty() {
                     return Ok(own);
@@ -932,45 +1018,67 @@ impl<P: Source + ?Sized> FeedSource<P> {
     }
 
     async fn pull_feed(&self, max: usize) -> Result<Vec<Arc<Transaction>>> {
+        // Entries Redis delivered to us but we never hand out (an error, or
+        // the worker dropping this future) stay in our pending list: read
+        // that list first next time, rather than wait for a claim.
+        let mut guard = RereadOwnPending(Some(self));
         loop {
             let entries = self.next_entries(max).await?;
             let mut out = Vec::with_capacity(entries.len());
+            let mut handed = Vec::with_capacity(entries.len());
             for (stream, id, fields) in entries {
                 match decode_tx(id, &fields, &self.debezium) {
                     Ok(tx) => {
-                        let mut state = self.state();
-                        state
-                            .in_flight
-                            .push((tx.position, stream, entry_id_text(id)));
-                        state.head = Some(state.head.map_or(tx.position, |h| h.max(tx.position)));
+                        handed.push((tx.position, stream, entry_id_text(id)));
                         out.push(Arc::new(tx));
                     }
-                    Err(e) => self.bury(&stream, id, &fields, &e.0).await?,
+                    Err(e) => {
+                        self.bury(&stream, &entry_id_text(id), &fields, &e.0)
+                            .await?
+                    }
                 }
             }
-            self.state().connected = true;
+            // No await from here on: what is handed out is exactly what the
+            // next acknowledgement may cover.
+            let mut state = self.state();
+            state.connected = true;
+            if let Some(newest) = out.iter().map(|tx| tx.position).max() {
+                state.head = Some(state.head.map_or(newest, |h| h.max(newest)));
+            }
+            state.in_flight.extend(handed);
+            drop(state);
             if !out.is_empty() {
+                guard.0 = None;
                 out.sort_by_key(|tx| tx.position);
                 return Ok(out);
             }
         }
     }
 
-    /// Re-reads the resync counter and the dead-letter count (cheap; once
-    /// per claim round).
+    /// Re-reads the resync counter, what the last snapshot covered, and the
+    /// dead-letter count (cheap; once per claim round). A request no
+    /// snapshot covered yet raises this replica's resync count.
     async fn refresh(&self) {
         let mut conn = self.commands.clone();
-        let r: redis::RedisResult<(Option<u64>, u64)> = redis::pipe()
+        let r: redis::RedisResult<(Option<u64>, Option<u64>, u64)> = redis::pipe()
             .cmd("GET")
             .arg(self.config.resync_key())
+            .cmd("GET")
+            .arg(self.config.covered_key())
             .cmd("XLEN")
             .arg(self.config.dlq_key())
             .query_async(&mut conn)
             .await;
-        if let Ok((resync, dead)) = r {
-            let mut state = self.state();
-            state.resync = resync.unwrap_or(0);
-            state.dead_letters = dead;
+        match r {
+            Ok((asked, covered, dead)) => {
+                let mut state = self.state();
+                let asked = asked.unwrap_or(0);
+                if asked > covered.unwrap_or(0) {
+                    state.resync = state.resync.max(asked);
+                }
+                state.dead_letters = dead;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot refresh the feed's counters"),
         }
     }
 
@@ -1059,14 +1167,17 @@ async fn tail(
             let Ok((name, items)) = <(String, Value)>::from_redis_value(s) else {
                 continue;
             };
-            let Ok(items) = parse_items(items) else {
+            let (Some(i), Ok(items)) = (streams.iter().position(|x| *x == name), parse_raw(items))
+            else {
+                tracing::debug!(stream = %name, "feed tail: an unreadable reply");
+                tokio::time::sleep(block).await;
                 continue;
             };
-            let Some(i) = streams.iter().position(|x| *x == name) else {
-                continue;
-            };
-            for (id, fields) in items {
-                from[i] = entry_id_text(id);
+            for (raw, fields) in items {
+                from[i] = raw;
+                let Ok(id) = parse_entry_id(&from[i]) else {
+                    continue;
+                };
                 if let Ok(tx) = decode_tx(id, &fields, &debezium)
                     && !tx.changes.is_empty()
                 {
@@ -1101,11 +1212,14 @@ async fn last_id(conn: &mut ConnectionManager, stream: &str) -> Result<String> {
 /// One stream entry: its id and its field/value pairs.
 type Item = (Version, Vec<(String, Vec<u8>)>);
 
-/// `[[id, [field, value, …]], …]` as ids and field/value pairs.
-fn parse_items(items: Value) -> Result<Vec<Item>> {
+/// One stream entry with its id as Redis wrote it.
+type RawItem = (String, Vec<(String, Vec<u8>)>);
+
+/// `[[id, [field, value, …]], …]` as raw ids and field/value pairs.
+fn parse_raw(items: Value) -> Result<Vec<RawItem>> {
     let items: Vec<(String, Option<Vec<Vec<u8>>>)> =
         FromRedisValue::from_redis_value(items).map_err(Error::source_failed)?;
-    items
+    Ok(items
         .into_iter()
         .map(|(id, flat)| {
             let mut pairs = Vec::new();
@@ -1113,16 +1227,37 @@ fn parse_items(items: Value) -> Result<Vec<Item>> {
             while let (Some(k), Some(v)) = (it.next(), it.next()) {
                 pairs.push((String::from_utf8_lossy(&k).into_owned(), v));
             }
-            Ok((parse_entry_id(&id)?, pairs))
+            (id, pairs)
         })
-        .collect()
+        .collect())
 }
+
+/// Entries whose ids are versions, and the raw ids of those that are not
+/// (a sequence number of 2^32 or more within one millisecond, only
+/// possible with ids given explicitly).
+fn split_ids(items: Vec<RawItem>) -> (Vec<Item>, Vec<RawItem>) {
+    let mut good = Vec::with_capacity(items.len());
+    let mut bad = Vec::new();
+    for (raw, fields) in items {
+        match parse_entry_id(&raw) {
+            Ok(id) => good.push((id, fields)),
+            Err(_) => bad.push((raw, fields)),
+        }
+    }
+    (good, bad)
+}
+
+const BAD_ID: &str = "its entry id is not a version (sequence numbers stop at 2^32 - 1)";
 
 /// Puts up to `max` dead letters back into the streams they came from.
 ///
-/// Each goes back as a new entry with its content unchanged (a transaction
-/// applies only where it is newer, so a replay is safe at any time) and
-/// leaves the dead-letter stream. Returns how many were replayed.
+/// Each goes back as a new entry with its content and its version
+/// unchanged (an entry in Debezium's format, versioned by its entry id,
+/// carries its original id as `__v`), so it applies only where it is newer.
+/// One caveat: a delete's tombstone lasts the tombstone TTL (24 h by
+/// default); a replay of an older upsert after that, with no re-prefetch in
+/// between, can bring the row back until the next reconciliation. Returns
+/// how many were replayed.
 pub async fn replay_dead_letters(
     mut conn: ConnectionManager,
     config: &PipelineConfig,
@@ -1137,7 +1272,21 @@ pub async fn replay_dead_letters(
         .query_async(&mut conn)
         .await?;
     let mut replayed = 0;
-    for (id, fields) in parse_items(items)? {
+    for (id, fields) in parse_raw(items)? {
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        // Debezium's format is versioned by the entry id: keep the original.
+        let original = (field("v").is_none())
+            .then(|| {
+                field("__v").or_else(|| {
+                    field("__id").and_then(|i| parse_entry_id(&i).ok().map(|v| v.to_string()))
+                })
+            })
+            .flatten();
         let origin = fields
             .iter()
             .find(|(k, _)| k == "__stream")
@@ -1149,13 +1298,16 @@ pub async fn replay_dead_letters(
         for (k, v) in fields.iter().filter(|(k, _)| !k.starts_with("__")) {
             xadd.arg(k).arg(v.as_slice());
         }
+        if let Some(v) = original {
+            xadd.arg("__v").arg(v);
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
             .add_command(xadd)
             .ignore()
             .cmd("XDEL")
             .arg(config.dlq_key())
-            .arg(entry_id_text(id))
+            .arg(&id)
             .ignore();
         let () = pipe.query_async(&mut conn).await?;
         replayed += 1;
@@ -1177,7 +1329,7 @@ pub async fn dead_letters(
         .arg(max.max(1))
         .query_async(&mut conn)
         .await?;
-    Ok(parse_items(items)?
+    Ok(parse_raw(items)?
         .into_iter()
         .map(|(id, fields)| {
             let why = fields
@@ -1185,7 +1337,7 @@ pub async fn dead_letters(
                 .find(|(k, _)| k == "__reason")
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
-            (entry_id_text(id), why)
+            (id, why)
         })
         .collect())
 }
@@ -1198,15 +1350,15 @@ impl<P: Source + ?Sized> Source for FeedSource<P> {
     fn open(&self, applied: Option<Version>) -> BoxFuture<'_, Result<bool>> {
         async move {
             let existed = self.ensure_group().await?;
-            // Resync requests made before now are covered by the snapshot
-            // the engine takes next (or took before this replica's state).
+            // Requests the last snapshot (of any replica) covered are done;
+            // any above it make this replica's engine re-prefetch.
             let mut conn = self.commands.clone();
-            let resync: Option<u64> = redis::cmd("GET")
-                .arg(self.config.resync_key())
+            let covered: Option<u64> = redis::cmd("GET")
+                .arg(self.config.covered_key())
                 .query_async(&mut conn)
                 .await?;
             let mut state = self.state();
-            state.resync = resync.unwrap_or(0);
+            state.resync = covered.unwrap_or(0);
             state.pending_first = true;
             state.in_flight.clear();
             Ok(existed && applied.is_some())
@@ -1215,7 +1367,25 @@ impl<P: Source + ?Sized> Source for FeedSource<P> {
     }
 
     fn snapshot(&self) -> BoxFuture<'_, Result<SourceSnapshot>> {
-        self.inner.snapshot()
+        async move {
+            // Every request counted before the snapshot starts is covered
+            // by it (requests come after the publisher's own snapshot).
+            let mut conn = self.commands.clone();
+            let asked: Option<u64> = redis::cmd("GET")
+                .arg(self.config.resync_key())
+                .query_async(&mut conn)
+                .await?;
+            let snapshot = self.inner.snapshot().await?;
+            if let Some(asked) = asked {
+                let _: i64 = redis::Script::new(RAISE)
+                    .key(self.config.covered_key())
+                    .arg(asked)
+                    .invoke_async(&mut conn)
+                    .await?;
+            }
+            Ok(snapshot)
+        }
+        .boxed()
     }
 
     fn pull(&self, max_changes: usize) -> BoxFuture<'_, Result<Vec<Arc<Transaction>>>> {
@@ -1363,5 +1533,13 @@ mod tests {
         assert_eq!(used.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
         c.partitions = 0;
         assert_eq!(c.partition_of(Version::new(5, 0)), 0);
+        // PostgreSQL commit LSNs are 8-byte aligned: all four partitions
+        // still get their share.
+        c.partitions = 4;
+        let mut counts = [0usize; 4];
+        for i in 0..400u64 {
+            counts[usize::from(c.partition_of(Version::new(0x0100_0000 + i * 8 * 13, 0)))] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 60), "{counts:?}");
     }
 }

@@ -367,10 +367,12 @@ struct StreamInfo {
 }
 
 impl StreamInfo {
-    /// Whether every entry after `at` is still in the stream: nothing above
-    /// it was deleted, and whatever trimming removed lies at or below it.
+    /// Whether every entry after `at` is still in the stream and `at` is
+    /// from this stream's history: nothing above it was deleted, whatever
+    /// trimming removed lies at or below it, and the stream started at or
+    /// before it (a stream deleted and written again starts after it).
     fn holds_everything_after(&self, at: Version) -> bool {
-        at <= self.last && self.max_deleted <= at && (self.removed == 0 || self.first <= at)
+        at <= self.last && self.max_deleted <= at && self.first <= at
     }
 }
 
@@ -542,8 +544,8 @@ mod tests {
             "trimmed past it"
         );
         assert!(
-            info(60, 0, 0).holds_everything_after(v(50)),
-            "nothing removed"
+            !info(60, 0, 0).holds_everything_after(v(50)),
+            "a stream that starts after the position is another history"
         );
         assert!(
             !info(1, 1, 70).holds_everything_after(v(50)),

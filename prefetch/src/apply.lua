@@ -214,7 +214,18 @@ local function finish(keys, args)
   return 1
 end
 
+-- ARGV: source, version. A TRUNCATE at `version`: nothing older than it
+-- applies any more, so a change that committed before the truncate but
+-- arrives after it (another partition, a claimed entry) cannot bring a row
+-- back.
+local function raise_floor(keys, args)
+  if floor_of(keys[1], args[1]) == nil then return lost() end
+  advance(keys[1], 'floor', args[2])
+  return 1
+end
+
 redis.register_function('pf1_apply', apply)
 redis.register_function('pf1_sweep', sweep)
 redis.register_function('pf1_begin', begin)
 redis.register_function('pf1_finish', finish)
+redis.register_function('pf1_floor', raise_floor)

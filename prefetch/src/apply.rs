@@ -214,6 +214,17 @@ impl Guard<'_> {
         cmd
     }
 
+    /// `FCALL pf1_floor`: raise the floor to `version` (a truncate).
+    pub(crate) fn floor(&self, version: Version) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_floor")
+            .arg(1)
+            .arg(self.keys.meta_key())
+            .arg(self.source)
+            .arg(version.to_string());
+        cmd
+    }
+
     /// `FCALL pf1_begin`: claim the state and raise the floor to `snapshot`.
     pub(crate) fn begin(&self, snapshot: Version) -> Cmd {
         let mut cmd = redis::cmd("FCALL");

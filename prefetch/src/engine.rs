@@ -249,6 +249,9 @@ where
                 source,
             }),
         };
+        // Requests for a fresh snapshot the source makes from here on are
+        // not covered by what Redis holds or is about to load.
+        let mut resyncs_covered = engine.inner.source.status().resync_requests;
         let report = if resumed {
             let position = state.position.unwrap_or_default();
             engine.inner.sync.mark_applied(position);
@@ -262,6 +265,7 @@ where
         } else {
             let _admin = engine.inner.admin.lock().await;
             engine.inner.source.open(None).await?;
+            resyncs_covered = engine.inner.source.status().resync_requests;
             let mode = if ours {
                 LoadMode::Guarded
             } else {
@@ -283,8 +287,13 @@ where
             report
         };
         let healer = tokio::spawn(
-            heal_loop(Arc::downgrade(&engine.inner), lost, config.heal_interval)
-                .instrument(tracing::info_span!("self_heal")),
+            heal_loop(
+                Arc::downgrade(&engine.inner),
+                lost,
+                config.heal_interval,
+                resyncs_covered,
+            )
+            .instrument(tracing::info_span!("self_heal")),
         );
         *engine
             .inner
@@ -678,16 +687,16 @@ fn lost_reason(state: &CacheState, source: &str, applied: Option<Version>) -> Op
     }
 }
 
-async fn heal_loop<S, C>(engine: Weak<Inner<S, C>>, lost: Arc<Notify>, every: Duration)
-where
+async fn heal_loop<S, C>(
+    engine: Weak<Inner<S, C>>,
+    lost: Arc<Notify>,
+    every: Duration,
+    mut resyncs_seen: u64,
+) where
     S: Source + ?Sized,
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let every = every.max(Duration::from_millis(10));
-    let mut resyncs_seen = match engine.upgrade() {
-        Some(inner) => inner.source.status().resync_requests,
-        None => return,
-    };
     loop {
         tokio::select! {
             _ = lost.notified() => {}

@@ -78,7 +78,7 @@ pub struct Config {
     pub pipeline: Option<String>,
     /// This replica's name in the pipeline (unique per replica; keep it
     /// across restarts to pick up its own unfinished entries). Default:
-    /// `replica-<port>`, or `replica-<pid>` on port 0.
+    /// `<hostname>-<port>`, or `<hostname>-pid<pid>` on port 0.
     #[arg(long, env = "PREFETCH_REPLICA")]
     pub replica: Option<String>,
     /// Partition streams of the pipeline's change feed.
@@ -149,10 +149,15 @@ impl Config {
 
     /// This replica's name in the pipeline.
     pub fn replica_name(&self) -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "replica".into());
         match (&self.replica, self.port) {
             (Some(name), _) => name.clone(),
-            (None, 0) => format!("replica-{}", std::process::id()),
-            (None, port) => format!("replica-{port}"),
+            (None, 0) => format!("{host}-pid{}", std::process::id()),
+            (None, port) => format!("{host}-{port}"),
         }
     }
 

@@ -196,6 +196,40 @@ async fn nothing_older_than_the_last_snapshot_applies() {
 }
 
 #[tokio::test]
+async fn a_change_older_than_a_truncate_never_brings_a_row_back_whenever_it_arrives() {
+    let redis = TestRedis::start();
+    let cache = claimed(redis.conn().await, "truncate", 60).await;
+    cache
+        .apply_batch(&[up("kept", "v1", Version::new(1, 0))], None)
+        .await
+        .unwrap();
+    cache
+        .apply_batch(&[Change::truncate(Version::new(10, 0))], None)
+        .await
+        .unwrap();
+    assert!(cache.get("kept").await.unwrap().record.is_none());
+    // Committed before the truncate, applied after it (another partition,
+    // a claimed entry): refused, for a row that existed and one that did not.
+    let out = cache
+        .apply_batch(
+            &[
+                up("kept", "late", Version::new(9, 0)),
+                up("fresh", "late", Version::new(9, 1)),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.applied, out.stale), (0, 2));
+    assert!(cache.get("fresh").await.unwrap().record.is_none());
+    let out = cache
+        .apply_batch(&[up("fresh", "after", Version::new(11, 0))], None)
+        .await
+        .unwrap();
+    assert_eq!(out.applied, 1);
+}
+
+#[tokio::test]
 async fn a_flushed_library_is_reloaded_and_the_write_retried() {
     let redis = TestRedis::start();
     let cache = claimed(redis.conn().await, "flush", 60).await;

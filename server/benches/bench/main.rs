@@ -5,7 +5,7 @@
 //! in the same run, as a ratio, over several repetitions (median, min, max).
 //! Prints a markdown table and writes `target/bench/report.{md,json}`.
 //!
-//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,page,ui` runs only some sections.
+//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,replicas,page,ui` runs only some sections.
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run; figures are then
 //! not comparable with a full run).
 
@@ -33,6 +33,7 @@ mod memory;
 mod page;
 mod postgres;
 mod read;
+mod replicas;
 mod report;
 mod sync;
 
@@ -158,6 +159,9 @@ fn main() -> Result<()> {
         }
         if wanted("http") {
             http::http(&redis, &s, &mut report).await?;
+        }
+        if wanted("replicas") {
+            replicas::replicas(&redis, &s, &mut report).await?;
         }
         Ok::<_, BoxError>(())
     })?;

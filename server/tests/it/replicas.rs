@@ -50,7 +50,7 @@ async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_
         .unwrap();
     let dead = names
         .iter()
-        .position(|n| *n == leader)
+        .position(|n| *n == prefetch_cdc::pipeline::holder_name(&leader))
         .expect("a replica leads");
 
     // Every replica's live feed, collected in the background until `done`.
