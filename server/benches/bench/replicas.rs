@@ -139,6 +139,26 @@ async fn through_feed(redis: &TestRedis, n: usize, round: usize) -> Result<f64> 
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The publisher's first start asks every replica for a fresh snapshot
+    // (its source began from one of its own): let that settle first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (asked, covered): (Option<u64>, Option<u64>) = redis::pipe()
+            .cmd("GET")
+            .arg(cfg.resync_key())
+            .cmd("GET")
+            .arg(cfg.covered_key())
+            .query_async(&mut conn)
+            .await?;
+        if asked.is_some() && covered >= asked {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the first re-prefetch never happened".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let head = mock.head().unwrap_or_default();
     let t = Instant::now();
     write_all(&mock, round)?;
