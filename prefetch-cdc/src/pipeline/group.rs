@@ -241,7 +241,7 @@ impl<P: Source + ?Sized> FeedSource<P> {
                 .arg(self.config.claim_idle.as_millis() as u64)
                 .arg("0-0")
                 .arg("COUNT")
-                .arg(max.max(1))
+                .arg(max.div_ceil(self.streams.len().max(1)).max(1))
                 .query_async(&mut conn)
                 .await;
             let (_, items, _) = match reply {
