@@ -327,12 +327,17 @@ impl Task {
                 }
             };
             // New fields that hash to what an applier wrote, with its
-            // version: another replica of the pipeline applied them.
-            let applied_elsewhere = entry.as_ref().is_some_and(|e| {
-                e.version.is_some()
-                    && e.intact
-                    && self.mirror.get(&id).is_none_or(|m| m.fields != e.fields)
-            });
+            // version, or a delete that left a tombstone: another replica
+            // of the pipeline applied them (the app's own writes were
+            // drained above).
+            let applied_elsewhere = match &entry {
+                Some(e) => {
+                    e.version.is_some()
+                        && e.intact
+                        && self.mirror.get(&id).is_none_or(|m| m.fields != e.fields)
+                }
+                None => self.mirror.contains_key(&id) && self.tombstoned(&id).await,
+            };
             let actual = entry.map(|e| Mirrored {
                 expires_at_ms: expires_at(e.ttl, now),
                 fields: e.fields,
@@ -346,6 +351,29 @@ impl Task {
             };
             self.report_if_changed(&id, actual, source);
         }
+    }
+
+    /// Whether the record `id` has a tombstone (a versioned delete).
+    async fn tombstoned(&self, id: &str) -> bool {
+        let cache = self.hub.ctx.engine.cache();
+        let data = cache.key(id);
+        let mut conn = cache.connection();
+        let found: redis::RedisResult<bool> = match cache.key_space().tombstone(&data) {
+            prefetch::Tombstone::Key(key) => {
+                redis::cmd("EXISTS").arg(key).query_async(&mut conn).await
+            }
+            prefetch::Tombstone::InHash => {
+                redis::cmd("HEXISTS")
+                    .arg(&data)
+                    .arg("__del")
+                    .query_async(&mut conn)
+                    .await
+            }
+        };
+        found.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot check a tombstone");
+            false
+        })
     }
 
     fn report_if_changed(&mut self, id: &str, actual: Option<Mirrored>, source: WriteOrigin) {

@@ -247,3 +247,46 @@ async fn where_config_is_refused_outside_changes_are_polled_instead() {
         }
     }
 }
+
+/// Writes another replica of a pipeline applied reach this replica only
+/// through keyspace notifications; they carry the applier's version (and a
+/// delete leaves a tombstone), so the feed labels them as sync, not as
+/// outside writes.
+#[tokio::test]
+async fn writes_another_applier_made_are_labelled_sync() {
+    let srv = TestServer::start().await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    // The cache core directly, as another process would: no engine event.
+    let cache = srv.engine().cache();
+    let v = prefetch::Version::new(u64::from(u32::MAX) << 20, 0);
+    let fields: prefetch::Fields = [("id", "cat-002"), ("name", "Elsewhere")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    cache
+        .apply_batch(&[prefetch::Change::upsert("cat-002", fields, v)], None)
+        .await
+        .unwrap();
+    feed.expect(SECOND, "upsert applied elsewhere", |e| {
+        is_cache(e, "cat-002", WriteOrigin::Sync, true)
+    })
+    .await;
+    let later = prefetch::Version::new(v.commit + 1, 0);
+    cache
+        .apply_batch(&[prefetch::Change::delete("cat-003", later)], None)
+        .await
+        .unwrap();
+    feed.expect(SECOND, "delete applied elsewhere", |e| {
+        is_cache(e, "cat-003", WriteOrigin::Sync, false)
+    })
+    .await;
+    // A plain DEL from outside is still an outside write.
+    let mut conn = srv.redis.conn().await;
+    let _: i64 = conn.del(format!("{}cat-004", srv.prefix)).await.unwrap();
+    feed.expect(SECOND, "outside delete", |e| {
+        is_cache(e, "cat-004", WriteOrigin::External, false)
+    })
+    .await;
+    srv.stop().await;
+}
