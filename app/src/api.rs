@@ -266,9 +266,9 @@ pub async fn dead_letters() -> Result<DeadLettersResponse, AppError> {
     })
 }
 
-/// `POST /dead-letters/replay`: puts the dead letters back into the change
-/// feed with their original versions, so each applies only where it is
-/// newer (within the tombstone TTL of a delete; see the README).
+/// `POST /dead-letters/replay`: puts up to 1,000 dead letters back into the
+/// change feed with their original versions, so each applies only where it
+/// is newer (within the tombstone TTL of a delete; see the README).
 #[server(prefix = "", endpoint = "dead-letters/replay", name = ReplayDeadLetters)]
 pub async fn replay_dead_letters() -> Result<ReplayResponse, AppError> {
     let ctx = ssr::ctx()?;
@@ -278,7 +278,7 @@ pub async fn replay_dead_letters() -> Result<ReplayResponse, AppError> {
             "This server has no change feed (start replicas with --pipeline NAME).",
         );
     };
-    let replayed = dlq.replay(10_000).await.map_err(ssr::engine_error)?;
+    let replayed = dlq.replay(1_000).await.map_err(ssr::engine_error)?;
     Ok(ReplayResponse { replayed })
 }
 

@@ -43,6 +43,14 @@ pub struct ServerContext {
     pub dead_letters: Option<std::sync::Arc<dyn DeadLetters>>,
 }
 
+impl ServerContext {
+    /// Whether this server is one replica of a pipeline (`--pipeline`):
+    /// other processes apply to the same cache.
+    pub fn replicated(&self) -> bool {
+        self.dead_letters.is_some()
+    }
+}
+
 /// The dead-letter stream of a change feed: entries that could not be
 /// applied, kept with their reason until someone replays them.
 pub trait DeadLetters: Send + Sync + std::fmt::Debug {

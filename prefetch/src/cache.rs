@@ -459,11 +459,12 @@ where
             // Everything before a truncate, then the truncate (a sweep at
             // its version), then the rest, in order.
             let mut outcome = Box::pin(self.apply_changes(&changes[..at], None)).await?;
-            let swept = self.sweep(changes[at].version).await?;
             // Nothing older than the truncate applies from now on, even if
-            // it arrives later (out of order, from another applier).
+            // it arrives later (out of order, from another applier); raised
+            // before the sweep, so nothing older lands behind its cursor.
             let cmd = self.guard().floor(changes[at].version);
             apply::fcall::<_, i64>(&mut self.writer.clone(), &cmd).await?;
+            let swept = self.sweep(changes[at].version).await?;
             tracing::debug!(swept, version = %changes[at].version, "truncate applied");
             outcome.applied += 1;
             self.inner.counters.applied.fetch_add(1, Relaxed);

@@ -37,6 +37,10 @@ pub struct EngineConfig {
     pub memory_check: MemoryCheck,
     /// The share of `maxmemory` kept free (0.1: the budget is 90 %).
     pub memory_headroom: f64,
+    /// Other engines may write this cache while this one loads (replicas of
+    /// one change feed): the first load goes through the version guard too,
+    /// never through plain pipelines with the worker paused.
+    pub shared_writers: bool,
 }
 
 /// What a (re-)prefetch does when the working set would not fit.
@@ -70,6 +74,7 @@ impl Default for EngineConfig {
             heal_interval: Duration::from_millis(500),
             memory_check: MemoryCheck::Refuse,
             memory_headroom: 0.1,
+            shared_writers: false,
         }
     }
 }
@@ -232,6 +237,7 @@ where
             events.clone(),
             Arc::clone(&lost),
         );
+        let shared_writers = config.shared_writers;
         let engine = Self {
             reads: cache.clone(),
             inner: Arc::new(Inner {
@@ -266,7 +272,7 @@ where
             let _admin = engine.inner.admin.lock().await;
             engine.inner.source.open(None).await?;
             resyncs_covered = engine.inner.source.status().resync_requests;
-            let mode = if ours {
+            let mode = if ours || (shared_writers && state.source.is_none()) {
                 LoadMode::Guarded
             } else {
                 if state.source.is_some() {
@@ -275,7 +281,11 @@ where
                     );
                 }
                 engine.inner.cache.reset().await?;
-                LoadMode::Fresh
+                if shared_writers {
+                    LoadMode::Guarded
+                } else {
+                    LoadMode::Fresh
+                }
             };
             // Plain pipelines are not guarded: keep the worker out meanwhile.
             let pause = match mode {

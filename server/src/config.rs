@@ -149,15 +149,19 @@ impl Config {
 
     /// This replica's name in the pipeline.
     pub fn replica_name(&self) -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
+        let host = std::env::var("HOSTNAME")
             .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "replica".into());
-        match (&self.replica, self.port) {
-            (Some(name), _) => name.clone(),
-            (None, 0) => format!("{host}-pid{}", std::process::id()),
-            (None, port) => format!("{host}-{port}"),
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty());
+        match (&self.replica, host, self.port) {
+            (Some(name), _, _) => name.clone(),
+            (None, Some(host), 0) => format!("{host}-pid{}", std::process::id()),
+            (None, Some(host), port) => format!("{host}-{port}"),
+            // No host name: the process id keeps two hosts apart (a restart
+            // then comes back under a new name; others claim what it left).
+            (None, None, port) => format!("replica-pid{}-{port}", std::process::id()),
         }
     }
 

@@ -330,14 +330,16 @@ impl Task {
             // version, or a delete that left a tombstone: another replica
             // of the pipeline applied them (the app's own writes were
             // drained above).
-            let applied_elsewhere = match &entry {
-                Some(e) => {
-                    e.version.is_some()
-                        && e.intact
-                        && self.mirror.get(&id).is_none_or(|m| m.fields != e.fields)
-                }
-                None => self.mirror.contains_key(&id) && self.tombstoned(&id).await,
-            };
+            let replicated = self.hub.ctx.replicated();
+            let applied_elsewhere = replicated
+                && match &entry {
+                    Some(e) => {
+                        e.version.is_some()
+                            && e.intact
+                            && self.mirror.get(&id).is_none_or(|m| m.fields != e.fields)
+                    }
+                    None => self.mirror.contains_key(&id) && self.tombstoned(&id).await,
+                };
             let actual = entry.map(|e| Mirrored {
                 expires_at_ms: expires_at(e.ttl, now),
                 fields: e.fields,

@@ -82,6 +82,21 @@ impl std::fmt::Debug for Running {
 pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Running, Error> {
     let admin_token = config.admin_token().map_err(Error::Config)?;
     let primary_kind = config.primary_kind().map_err(Error::Config)?;
+    if let Some(name) = &config.pipeline {
+        if matches!(
+            primary_kind,
+            PrimaryKind::Mock | PrimaryKind::EmbeddedPostgres
+        ) {
+            return Err(Error::Config(
+                "--pipeline needs a primary every replica shares: a postgres:// URL or stream:<key> (the mock and --primary postgres are private to one process)".into(),
+            ));
+        }
+        if name.trim().is_empty() || config.replica_name().trim().is_empty() {
+            return Err(Error::Config(
+                "--pipeline and --replica must not be empty".into(),
+            ));
+        }
+    }
     let (redis_url, embedded) = match config.given_redis_url() {
         Some(url) => (url, None),
         None if !config.embedded_redis && redis_embedded::ping(6379).await => {
@@ -135,6 +150,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         } else {
             MemoryCheck::Refuse
         },
+        // Replicas of a pipeline write the same cache: every load guarded.
+        shared_writers: config.pipeline.is_some(),
         ..EngineConfig::default()
     };
     let events = EventBus::default();
@@ -213,6 +230,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         }
     };
     let shutdown = CancellationToken::new();
+    // Whatever fails from here on stops the tasks already started (the
+    // pipeline's leader releases its lease).
+    let stop_on_error = shutdown.clone().drop_guard();
     let mut background = Vec::new();
     let mut dead_letters: Option<Arc<dyn app::serve::DeadLetters>> = None;
     let primary = match &config.pipeline {
@@ -258,9 +278,15 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 )));
             }
             let (leading_tx, leading) = watch::channel(false);
+            // A connection of its own: lease renewals never wait behind a
+            // dashboard's snapshot read.
+            let leader_conn = client
+                .get_connection_manager_with_config(manager_config.clone())
+                .await
+                .map_err(unreachable)?;
             background.push(tokio::spawn(
                 run_leader(
-                    conn.clone(),
+                    leader_conn,
                     pipeline.clone(),
                     factory,
                     leading_tx,
@@ -278,7 +304,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 "Running as replica {} of pipeline {name}",
                 pipeline.consumer
             );
-            wait_for_turn(&conn, &engine_config, &feed.id(), leading).await?;
+            wait_for_turn(&conn, &engine_config, &feed.id(), &pipeline, leading).await?;
             dead_letters = Some(Arc::new(FeedDeadLetters {
                 conn: conn.clone(),
                 config: pipeline,
@@ -378,6 +404,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         ),
     }
 
+    stop_on_error.disarm();
     Ok(Running {
         addr,
         redis_url,
@@ -555,8 +582,6 @@ where
     Ok((ready_rx, done_rx))
 }
 
-/// Reconciles every `every` (report only; keys found correct get their TTL
-/// refreshed), until shutdown.
 /// The dead-letter stream of this replica's pipeline.
 #[derive(Debug)]
 struct FeedDeadLetters {
@@ -585,34 +610,51 @@ impl app::serve::DeadLetters for FeedDeadLetters {
     }
 }
 
-/// A replica loads the cache only when it holds the pipeline's lease or
-/// the cache already has a state (loaded by the holder): two replicas
-/// loading an empty Redis at once could each wipe what the other applied.
+/// A replica loads the cache only while it holds the pipeline's lease, or
+/// once the holder has finished loading it: two replicas loading an empty
+/// Redis at once could each overwrite what the other applied. It waits as
+/// long as some replica holds the lease (a large first load takes time),
+/// and gives up after a minute with nobody holding it.
 async fn wait_for_turn(
     conn: &redis::aio::ConnectionManager,
     engine: &EngineConfig,
     source: &str,
-    mut leading: watch::Receiver<bool>,
+    pipeline: &PipelineConfig,
+    leading: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     const PATIENCE: Duration = Duration::from_secs(60);
     let cache = prefetch::PrefetchCache::new(conn.clone(), engine.cache.clone(), source);
-    let started = Instant::now();
+    let mut last_holder = Instant::now();
     loop {
         if *leading.borrow() {
             return Ok(());
         }
-        if cache.state().await?.source.as_deref() == Some(source) {
+        let state = cache.state().await?;
+        if state.source.as_deref() == Some(source)
+            && state.loading.is_none()
+            && state.position.is_some()
+        {
             return Ok(());
         }
-        if started.elapsed() > PATIENCE {
+        let mut c = conn.clone();
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(pipeline.leader_key())
+            .query_async(&mut c)
+            .await
+            .map_err(prefetch::Error::from)?;
+        if holder.is_some() {
+            last_holder = Instant::now();
+        } else if last_holder.elapsed() > PATIENCE {
             return Err(Error::Config(format!(
-                "no replica took the pipeline's lease and loaded the cache within {PATIENCE:?}"
+                "no replica held the pipeline's lease and loaded the cache within {PATIENCE:?}"
             )));
         }
-        let _ = tokio::time::timeout(Duration::from_millis(200), leading.changed()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
+/// Reconciles every `every` (report only; keys found correct get their TTL
+/// refreshed), until shutdown.
 async fn reconcile_loop(engine: Engine<dyn Primary>, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -107,7 +107,7 @@ pub fn DeadLetterPanel(state: LiveState) -> impl IntoView {
             </p>
             {move || last().map(|l| view! { <p class="muted" id="dead-letter-last">"Last: " {l}</p> })}
             <form action=ReplayDeadLetters::url() method="post" on:submit=on_submit(replay)>
-                <button type="submit" class="secondary" id="replay-button" disabled=move || replay.pending().get()>"Replay"</button>
+                <button type="submit" class="secondary" id="replay-button" disabled=move || replay.pending().get() || count().is_none()>"Replay"</button>
             </form>
         </section>
     }

@@ -258,3 +258,78 @@ async fn dead_letters_are_listed_and_replayed_from_the_api() {
     assert_eq!(body["enabled"], false);
     plain.stop().await;
 }
+
+/// Writes another replica of a pipeline applied reach this replica only
+/// through keyspace notifications; they carry the applier's version (and a
+/// delete leaves a tombstone), so the feed labels them as sync. A plain
+/// `DEL` from outside stays an outside write.
+#[tokio::test]
+async fn writes_another_replica_applied_are_labelled_sync() {
+    let redis = TestRedis::start();
+    seed(&redis).await;
+    let primary = format!("stream:{STREAM}");
+    let srv = TestServer::start_on(redis, &["--primary", &primary, "--pipeline", "lbl"]).await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    // The cache core directly, as another replica would: no engine event.
+    let cache = srv.engine().cache();
+    let v = prefetch::Version::new(u64::MAX - 10, 0);
+    let fields: prefetch::Fields = [("id", "cat-002"), ("name", "Elsewhere")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    cache
+        .apply_batch(&[prefetch::Change::upsert("cat-002", fields, v)], None)
+        .await
+        .unwrap();
+    let is_cache = |e: &LiveEvent, want: &str, origin: WriteOrigin, present: bool| {
+        matches!(e, LiveEvent::Cache { id, source, fields, .. }
+            if id == want && *source == origin && fields.is_some() == present)
+    };
+    feed.expect(SECOND, "upsert applied elsewhere", |e| {
+        is_cache(e, "cat-002", WriteOrigin::Sync, true)
+    })
+    .await;
+    let later = prefetch::Version::new(u64::MAX - 9, 0);
+    cache
+        .apply_batch(&[prefetch::Change::delete("cat-003", later)], None)
+        .await
+        .unwrap();
+    feed.expect(SECOND, "delete applied elsewhere", |e| {
+        is_cache(e, "cat-003", WriteOrigin::Sync, false)
+    })
+    .await;
+    let mut conn = srv.redis.conn().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{}cat-004", srv.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    feed.expect(SECOND, "outside delete", |e| {
+        is_cache(e, "cat-004", WriteOrigin::External, false)
+    })
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_pipeline_on_a_primary_private_to_one_process_is_refused() {
+    let redis = TestRedis::start();
+    for primary in ["mock", "postgres"] {
+        let config = <server::Config as clap::Parser>::try_parse_from([
+            "server",
+            "--redis-url",
+            redis.url.as_str(),
+            "--primary",
+            primary,
+            "--pipeline",
+            "p",
+        ])
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let Err(e) = server::start(config, Some(listener)).await else {
+            panic!("--pipeline on {primary} must be refused");
+        };
+        assert!(e.to_string().contains("every replica shares"), "{e}");
+    }
+}
