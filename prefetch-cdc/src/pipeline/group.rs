@@ -572,22 +572,9 @@ pub async fn replay_dead_letters(
     config: &PipelineConfig,
     max: usize,
 ) -> Result<usize> {
-    let items: Value = redis::cmd("XRANGE")
-        .arg(config.dlq_key())
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(max.max(1))
-        .query_async(&mut conn)
-        .await?;
     let mut replayed = 0;
-    for (id, fields) in parse_raw(items)? {
-        let field = |name: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
+    for (id, fields) in oldest_letters(&mut conn, config, max).await? {
+        let field = |name: &str| field_text(&fields, name);
         // Debezium's format is versioned by the entry id: keep the original.
         let original = (field("v").is_none())
             .then(|| {
@@ -596,10 +583,7 @@ pub async fn replay_dead_letters(
                 })
             })
             .flatten();
-        let origin = fields
-            .iter()
-            .find(|(k, _)| k == "__stream")
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        let origin = field("__stream")
             .filter(|s| s.starts_with(&config.key_prefix()))
             .unwrap_or_else(|| config.stream(0));
         let mut xadd = redis::cmd("XADD");
@@ -624,28 +608,42 @@ pub async fn replay_dead_letters(
     Ok(replayed)
 }
 
-/// Dead letters held now, newest last: (entry id, reason).
-pub async fn dead_letters(
-    mut conn: ConnectionManager,
+/// Up to `max` of the oldest dead letters.
+async fn oldest_letters(
+    conn: &mut ConnectionManager,
     config: &PipelineConfig,
     max: usize,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<RawItem>> {
     let items: Value = redis::cmd("XRANGE")
         .arg(config.dlq_key())
         .arg("-")
         .arg("+")
         .arg("COUNT")
         .arg(max.max(1))
-        .query_async(&mut conn)
+        .query_async(conn)
         .await?;
-    Ok(parse_raw(items)?
+    parse_raw(items)
+}
+
+/// The text of field `name` of an entry.
+fn field_text(fields: &[(String, Vec<u8>)], name: &str) -> Option<String> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Dead letters held now, newest last: (entry id, reason).
+pub async fn dead_letters(
+    mut conn: ConnectionManager,
+    config: &PipelineConfig,
+    max: usize,
+) -> Result<Vec<(String, String)>> {
+    Ok(oldest_letters(&mut conn, config, max)
+        .await?
         .into_iter()
         .map(|(id, fields)| {
-            let why = fields
-                .iter()
-                .find(|(k, _)| k == "__reason")
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
+            let why = field_text(&fields, "__reason").unwrap_or_default();
             (id, why)
         })
         .collect())

@@ -53,6 +53,25 @@ async fn xadd(
     Version::new(ms.parse().unwrap(), seq.parse().unwrap())
 }
 
+/// One RDI entry: `op` (c, u or r) of the category `id`.
+async fn upsert(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    op: &str,
+    id: &str,
+    name: &str,
+    rank: u32,
+    lsn: u64,
+) -> Version {
+    let key = format!(r#"{{"id":"{id}"}}"#);
+    xadd(
+        conn,
+        stream,
+        &rdi(&key, &envelope(op, "null", &category(id, name, rank), lsn)),
+    )
+    .await
+}
+
 async fn start(redis: &TestRedis, config: StreamConfig, test: &str) -> prefetch::Result<CdcEngine> {
     start_with(redis, config, engine_config(test)).await
 }
@@ -143,24 +162,8 @@ async fn an_rdi_stream_is_folded_into_the_cache_then_followed() {
     assert_eq!(engine.source().reads(), 1, "one snapshot");
 
     // Live changes: update, insert, delete.
-    xadd(
-        &mut conn,
-        stream,
-        &rdi(
-            r#"{"id":"cat-001"}"#,
-            &envelope("u", "null", &category("cat-001", "Drinks", 1), 130),
-        ),
-    )
-    .await;
-    xadd(
-        &mut conn,
-        stream,
-        &rdi(
-            r#"{"id":"cat-009"}"#,
-            &envelope("c", "null", &category("cat-009", "Frozen", 9), 140),
-        ),
-    )
-    .await;
+    upsert(&mut conn, stream, "u", "cat-001", "Drinks", 1, 130).await;
+    upsert(&mut conn, stream, "c", "cat-009", "Frozen", 9, 140).await;
     let last = xadd(
         &mut conn,
         stream,
@@ -275,50 +278,18 @@ async fn a_restarted_engine_resumes_after_its_position_without_a_snapshot() {
     let stream = "data:shop.public.resume";
     let config = || StreamConfig::new(stream);
     let engine_config = engine_config("resume");
-    xadd(
-        &mut conn,
-        stream,
-        &rdi(
-            r#"{"id":"a"}"#,
-            &envelope("r", "null", &category("a", "A", 1), 1),
-        ),
-    )
-    .await;
+    upsert(&mut conn, stream, "r", "a", "A", 1, 1).await;
     let engine = start_with(&redis, config(), engine_config.clone())
         .await
         .unwrap();
-    let last = xadd(
-        &mut conn,
-        stream,
-        &rdi(
-            r#"{"id":"a"}"#,
-            &envelope("u", "null", &category("a", "A2", 1), 2),
-        ),
-    )
-    .await;
+    let last = upsert(&mut conn, stream, "u", "a", "A2", 1, 2).await;
     caught_up(&engine, last).await;
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
     drop(engine);
 
     // Written while no cache ran.
-    xadd(
-        &mut conn,
-        stream,
-        &rdi(
-            r#"{"id":"b"}"#,
-            &envelope("c", "null", &category("b", "B", 2), 3),
-        ),
-    )
-    .await;
-    let last = xadd(
-        &mut conn,
-        stream,
-        &rdi(
-            r#"{"id":"a"}"#,
-            &envelope("u", "null", &category("a", "A3", 1), 4),
-        ),
-    )
-    .await;
+    upsert(&mut conn, stream, "c", "b", "B", 2, 3).await;
+    let last = upsert(&mut conn, stream, "u", "a", "A3", 1, 4).await;
     let engine = start_with(&redis, config(), engine_config.clone())
         .await
         .unwrap();
@@ -380,28 +351,12 @@ async fn an_undecodable_entry_is_counted_and_passed_over() {
     let redis = TestRedis::start();
     let mut conn = redis.conn().await;
     let stream = "data:shop.public.poison";
-    xadd(
-        &mut conn,
-        stream,
-        &rdi(
-            r#"{"id":"a"}"#,
-            &envelope("r", "null", &category("a", "A", 1), 1),
-        ),
-    )
-    .await;
+    upsert(&mut conn, stream, "r", "a", "A", 1, 1).await;
     let engine = start(&redis, StreamConfig::new(stream), "poison")
         .await
         .unwrap();
     let poison = xadd(&mut conn, stream, &rdi(r#"{"id":"a"}"#, "{not json")).await;
-    let last = xadd(
-        &mut conn,
-        stream,
-        &rdi(
-            r#"{"id":"a"}"#,
-            &envelope("u", "null", &category("a", "A2", 1), 2),
-        ),
-    )
-    .await;
+    let last = upsert(&mut conn, stream, "u", "a", "A2", 1, 2).await;
     caught_up(&engine, last).await;
     assert_eq!(field(&engine, "a", "name").await.as_deref(), Some("A2"));
     let status = engine.source().status();

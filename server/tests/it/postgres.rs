@@ -141,7 +141,7 @@ async fn a_change_made_with_sql_reaches_both_columns_of_the_live_feed_within_a_s
 }
 
 /// Every record's version, straight from Redis.
-pub(crate) async fn versions(
+async fn versions(
     conn: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
 ) -> HashMap<String, Version> {
@@ -163,6 +163,34 @@ pub(crate) async fn versions(
         }
     }
     out
+}
+
+/// Until `stop`, checks every 20 ms that no key under `prefix` moved back
+/// to an older version; returns how many checks it made.
+pub(crate) fn watch_versions(
+    redis_url: String,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut conn = redis::Client::open(redis_url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let mut seen: HashMap<String, Version> = HashMap::new();
+        let mut checks = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (key, v) in versions(&mut conn, prefix).await {
+                if let Some(before) = seen.insert(key.clone(), v) {
+                    assert!(v >= before, "{key} moved back from {before} to {v}");
+                }
+            }
+            checks += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        checks
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,28 +226,7 @@ async fn the_server_killed_mid_stream_restarts_and_converges_with_no_key_moving_
             n
         })
     };
-    let watcher = {
-        let (stop, redis_url) = (stop.clone(), redis.url.clone());
-        tokio::spawn(async move {
-            let mut conn = redis::Client::open(redis_url)
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let mut seen: HashMap<String, Version> = HashMap::new();
-            let mut checks = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for (key, v) in versions(&mut conn, "kill9:").await {
-                    if let Some(before) = seen.insert(key.clone(), v) {
-                        assert!(v >= before, "{key} moved back from {before} to {v}");
-                    }
-                }
-                checks += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            checks
-        })
-    };
+    let watcher = watch_versions(redis.url.clone(), "kill9:", stop.clone());
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();

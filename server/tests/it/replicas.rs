@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use app::model::LiveEvent;
-use prefetch::Version;
 use prefetch::testing::TestRedis;
 use serde_json::Value;
 
@@ -18,7 +17,7 @@ use crate::common::{
     SseClient, free_port, json_of, postgres_client, postgres_database, sides, sigterm,
     spawn_binary_with,
 };
-use crate::postgres::versions;
+use crate::postgres::watch_versions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_live() {
@@ -112,28 +111,7 @@ async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_
             written
         })
     };
-    let watcher = {
-        let (stop, redis_url) = (stop.clone(), redis.url.clone());
-        tokio::spawn(async move {
-            let mut conn = redis::Client::open(redis_url)
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let mut seen: HashMap<String, Version> = HashMap::new();
-            let mut checks = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for (key, v) in versions(&mut conn, "rep:").await {
-                    if let Some(before) = seen.insert(key.clone(), v) {
-                        assert!(v >= before, "{key} moved back from {before} to {v}");
-                    }
-                }
-                checks += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            checks
-        })
-    };
+    let watcher = watch_versions(redis.url.clone(), "rep:", stop.clone());
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut killed = servers[dead].take().unwrap();
     killed.kill().unwrap(); // SIGKILL: no goodbye, the lease runs out
