@@ -8,7 +8,9 @@
 --
 -- Keys of one write come in pairs: the record's hash and its tombstone key
 -- (the record's key again when the tombstone lives inside the hash).
--- KEYS[1] is always the cache's state hash (source, pos, floor, loading);
+-- KEYS[1] is always the cache's state hash (source, pos, floor, loading),
+-- or on a Redis Cluster its copy in the slot of the call's records (source
+-- and floor);
 -- every call first checks that it still names the caller's source, so a
 -- Redis that lost its data is noticed by the first write ("PFLOST").
 
@@ -187,9 +189,10 @@ local function sweep(keys, args)
   return swept
 end
 
--- ARGV: source, snapshot version. Starts a load: claims the state for
--- `source` (starting afresh if it named another), raises the floor to the
--- snapshot and marks the load as under way.
+-- ARGV: source, snapshot version, and 'slot' for a cluster slot's copy of
+-- the state. Starts a load: claims the state for `source` (starting afresh
+-- if it named another), raises the floor to the snapshot and, in the main
+-- state, marks the load as under way.
 local function begin(keys, args)
   local meta = keys[1]
   if redis.call('HGET', meta, 'source') ~= args[1] then
@@ -197,7 +200,9 @@ local function begin(keys, args)
     redis.call('HSET', meta, 'source', args[1])
   end
   advance(meta, 'floor', args[2])
-  redis.call('HSET', meta, 'loading', args[2])
+  if args[3] ~= 'slot' then
+    redis.call('HSET', meta, 'loading', args[2])
+  end
   return 1
 end
 

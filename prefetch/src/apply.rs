@@ -41,6 +41,7 @@ pub(crate) enum Mode {
 }
 
 /// One write for `pf1_apply`.
+#[derive(Clone, Copy)]
 pub(crate) struct Write<'a> {
     pub(crate) id: &'a str,
     pub(crate) version: Version,
@@ -160,11 +161,19 @@ pub(crate) struct Guard<'a> {
 }
 
 impl Guard<'_> {
-    /// `FCALL pf1_apply` for `writes`, moving the position to `position`.
-    pub(crate) fn apply(&self, mode: Mode, position: Option<Version>, writes: &[Write<'_>]) -> Cmd {
+    /// `FCALL pf1_apply` for `writes`, checked against the state at `meta`
+    /// (the main state, or on a cluster the writes' slot's copy), moving
+    /// the position to `position`.
+    pub(crate) fn apply(
+        &self,
+        meta: &str,
+        mode: Mode,
+        position: Option<Version>,
+        writes: &[Write<'_>],
+    ) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg("pf1_apply").arg(1 + 2 * writes.len());
-        cmd.arg(self.keys.meta_key());
+        cmd.arg(meta);
         for w in writes {
             let data = self.keys.key(w.id);
             let tomb = tomb_key(self.keys, &data);
@@ -201,10 +210,15 @@ impl Guard<'_> {
     }
 
     /// `FCALL pf1_sweep` over the records at `data_keys`.
-    pub(crate) fn sweep(&self, snapshot: Version, data_keys: &[String]) -> Cmd {
+    pub(crate) fn sweep<'k>(
+        &self,
+        meta: &str,
+        snapshot: Version,
+        data_keys: impl ExactSizeIterator<Item = &'k String>,
+    ) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg("pf1_sweep").arg(1 + 2 * data_keys.len());
-        cmd.arg(self.keys.meta_key());
+        cmd.arg(meta);
         for data in data_keys {
             cmd.arg(data).arg(tomb_key(self.keys, data));
         }
@@ -214,25 +228,29 @@ impl Guard<'_> {
         cmd
     }
 
-    /// `FCALL pf1_floor`: raise the floor to `version` (a truncate).
-    pub(crate) fn floor(&self, version: Version) -> Cmd {
+    /// `FCALL pf1_floor`: raise the floor at `meta` to `version` (a truncate).
+    pub(crate) fn floor(&self, meta: &str, version: Version) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg("pf1_floor")
             .arg(1)
-            .arg(self.keys.meta_key())
+            .arg(meta)
             .arg(self.source)
             .arg(version.to_string());
         cmd
     }
 
-    /// `FCALL pf1_begin`: claim the state and raise the floor to `snapshot`.
-    pub(crate) fn begin(&self, snapshot: Version) -> Cmd {
+    /// `FCALL pf1_begin`: claim the state at `meta` and raise its floor to
+    /// `snapshot`; a slot's copy (`slot`) gets no loading mark.
+    pub(crate) fn begin(&self, meta: &str, snapshot: Version, slot: bool) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg("pf1_begin")
             .arg(1)
-            .arg(self.keys.meta_key())
+            .arg(meta)
             .arg(self.source)
             .arg(snapshot.to_string());
+        if slot {
+            cmd.arg("slot");
+        }
         cmd
     }
 

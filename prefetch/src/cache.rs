@@ -6,14 +6,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
-use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, Pipeline, Value};
 
 use crate::apply::{self, Guard, Mode, Stored, Write};
+use crate::conn::{self, Connection, Part, Redis};
 use crate::error::Result;
 use crate::events::WriteOutcome;
-use crate::keys::{KeySpace, Tombstone};
+use crate::keys::{KeySpace, SLOTS, Tombstone};
 use crate::model::{Change, ChangeKind, Fields, Record, Version};
 use crate::stats::{Counters, Stats};
 
@@ -33,6 +32,9 @@ const GUARDED_CHUNK: usize = 256;
 const GUARDED_IN_FLIGHT: usize = 16;
 /// Keys asked for per `SCAN` page.
 const SCAN_COUNT: usize = 1000;
+/// Calls in flight at once on a cluster, where a batch becomes one call
+/// per slot.
+const CLUSTER_IN_FLIGHT: usize = 256;
 
 /// How a [`PrefetchCache`] names and expires its keys.
 #[derive(Clone, Debug)]
@@ -184,9 +186,11 @@ pub struct BatchOutcome {
 /// deliberately no path from here to the source. Cloning is cheap and clones
 /// share counters.
 ///
-/// `C` is any async redis connection: [`ConnectionManager`] (reconnects by
-/// itself) in production, or a `MultiplexedConnection`.
-pub struct PrefetchCache<C = ConnectionManager> {
+/// `C` is any [`Connection`]: [`Redis`] (one node or a cluster, chosen at
+/// run time) in production, or one of redis-rs's connections. On a Redis
+/// Cluster a batch becomes one call per slot, each atomic on its own; on
+/// one node it stays one atomic call.
+pub struct PrefetchCache<C = Redis> {
     /// Reads.
     conn: C,
     /// Writes (the same connection unless [`with_writer`](Self::with_writer)
@@ -201,6 +205,10 @@ struct Inner {
     tombstone_ttl_ms: u64,
     source: String,
     counters: Counters,
+    /// Set when a write found its state gone (`PFLOST`); on a cluster only
+    /// the slots of a node that lost its data may be affected, while the
+    /// main state looks fine.
+    state_lost: std::sync::atomic::AtomicBool,
 }
 
 impl<C: Clone> Clone for PrefetchCache<C> {
@@ -223,10 +231,7 @@ impl<C> std::fmt::Debug for PrefetchCache<C> {
     }
 }
 
-impl<C> PrefetchCache<C>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
+impl<C: Connection> PrefetchCache<C> {
     /// A cache writing through `conn` with the given naming and TTL, for the
     /// source identified by `source` (see [`Source::id`](crate::Source::id)).
     pub fn new(conn: C, config: CacheConfig, source: impl Into<String>) -> Self {
@@ -241,6 +246,7 @@ where
                     .max(1),
                 source: source.into(),
                 counters: Counters::default(),
+                state_lost: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -292,6 +298,105 @@ where
     /// The source this cache's state belongs to.
     pub fn source_id(&self) -> &str {
         &self.inner.source
+    }
+
+    /// The state a call over `slot`'s records checks: the main state on
+    /// one node, the slot's copy on a cluster.
+    fn meta_for(&self, slot: Option<u16>) -> String {
+        match slot {
+            Some(s) => self.inner.keys.slot_meta_key(s),
+            None => self.inner.keys.meta_key().to_owned(),
+        }
+    }
+
+    /// Runs `make(state key, is a slot's copy)` on the main state, then on
+    /// a cluster on every slot's copy of it.
+    async fn on_every_state(&self, make: impl Fn(&str, bool) -> Cmd) -> Result<()> {
+        let cmd = make(self.inner.keys.meta_key(), false);
+        apply::fcall::<_, i64>(&mut self.writer.clone(), &cmd).await?;
+        if self.writer.is_cluster() {
+            let parts = (0..SLOTS)
+                .map(|s| Part {
+                    slot: Some(s),
+                    cmds: vec![make(&self.inner.keys.slot_meta_key(s), true)],
+                })
+                .collect();
+            conn::run_parts(&self.writer, parts, CLUSTER_IN_FLIGHT, fcall_part).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `writes` through the version guard and returns 1 (applied) or
+    /// 0 (stale) for each. On one node they go out in runs of `chunk` (all
+    /// in one atomic call when `None`, which then also moves the position);
+    /// on a cluster, one call per slot, and the position moves only once
+    /// every slot's call succeeded.
+    async fn guarded(
+        &self,
+        mode: Mode,
+        position: Option<Version>,
+        writes: &[Write<'_>],
+        chunk: Option<usize>,
+    ) -> Result<Vec<i64>> {
+        let guard = self.guard();
+        let keys: Vec<String> = writes.iter().map(|w| self.key(w.id)).collect();
+        let cluster = self.writer.is_cluster();
+        let chunk = if cluster {
+            Some(chunk.unwrap_or(GUARDED_CHUNK))
+        } else {
+            chunk
+        };
+        let parts = conn::split(&self.writer, &keys, chunk);
+        let inline_position = !cluster && parts.len() == 1;
+        let in_flight = if cluster {
+            CLUSTER_IN_FLIGHT
+        } else {
+            GUARDED_IN_FLIGHT
+        };
+        let calls: Vec<Part> = parts
+            .iter()
+            .map(|(slot, ids)| {
+                let part: Vec<Write<'_>> = ids.iter().map(|&i| writes[i]).collect();
+                let at = if inline_position { position } else { None };
+                Part {
+                    slot: *slot,
+                    cmds: vec![guard.apply(&self.meta_for(*slot), mode, at, &part)],
+                }
+            })
+            .collect();
+        let replies =
+            self.noting_loss(conn::run_parts(&self.writer, calls, in_flight, fcall_part).await)?;
+        let mut out = vec![0; writes.len()];
+        for ((_, ids), reply) in parts.iter().zip(replies) {
+            let reply: Vec<i64> = match reply.into_iter().next() {
+                Some(v) => redis::from_redis_value(v).map_err(redis::RedisError::from)?,
+                None => Vec::new(),
+            };
+            for (&i, r) in ids.iter().zip(reply) {
+                out[i] = r;
+            }
+        }
+        if position.is_some() && !inline_position {
+            let cmd = guard.apply(self.inner.keys.meta_key(), mode, position, &[]);
+            apply::fcall::<_, Vec<i64>>(&mut self.writer.clone(), &cmd).await?;
+        }
+        Ok(out)
+    }
+
+    /// Remembers a [`StateLost`](crate::Error::StateLost) on its way out.
+    fn noting_loss<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(crate::Error::StateLost) = &result {
+            self.inner.state_lost.store(true, Relaxed);
+        }
+        result
+    }
+
+    /// Whether a write found this cache's state gone since the last call
+    /// (and forgets it). On a Redis Cluster a node that lost its data loses
+    /// only its slots' copies of the state, so this, not
+    /// [`state`](Self::state), tells.
+    pub fn take_state_lost(&self) -> bool {
+        self.inner.state_lost.swap(false, Relaxed)
     }
 
     fn guard(&self) -> Guard<'_> {
@@ -349,19 +454,27 @@ where
             .filter_map(|r| Some((r.id()?, r.fields())))
             .collect();
         let version = version.to_string();
+        let keys: Vec<String> = records.iter().map(|(id, _)| self.key(id)).collect();
         // Chunks go out back to back on the one connection without waiting
         // for replies (still one round trip of latency), so packing later
-        // chunks overlaps Redis executing earlier ones.
-        let mut sends: Vec<BoxFuture<'static, redis::RedisResult<()>>> = Vec::new();
-        for chunk in records.chunks(BULK_CHUNK) {
-            let mut pipe = redis::pipe();
-            for (id, fields) in chunk {
-                self.push_fresh(&mut pipe, id, fields, &version);
-            }
-            let mut conn = self.writer.clone();
-            sends.push(Box::pin(async move { pipe.exec_async(&mut conn).await }));
-        }
-        futures::future::try_join_all(sends).await?;
+        // chunks overlaps Redis executing earlier ones. On a cluster a
+        // pipeline keeps to one slot.
+        let parts: Vec<Part> = conn::split(&self.writer, &keys, Some(BULK_CHUNK))
+            .into_iter()
+            .map(|(slot, ids)| {
+                let mut pipe = redis::pipe();
+                for i in ids {
+                    let (id, fields) = records[i];
+                    self.push_fresh(&mut pipe, id, fields, &version);
+                }
+                Part {
+                    slot,
+                    cmds: pipe.cmd_iter().cloned().collect(),
+                }
+            })
+            .collect();
+        let all = parts.len();
+        conn::run_parts(&self.writer, parts, all, conn::as_pipeline).await?;
         let loaded = records.len();
         self.inner
             .counters
@@ -462,8 +575,10 @@ where
             // Nothing older than the truncate applies from now on, even if
             // it arrives later (out of order, from another applier); raised
             // before the sweep, so nothing older lands behind its cursor.
-            let cmd = self.guard().floor(changes[at].version);
-            apply::fcall::<_, i64>(&mut self.writer.clone(), &cmd).await?;
+            let guard = self.guard();
+            let version = changes[at].version;
+            self.on_every_state(|meta, _| guard.floor(meta, version))
+                .await?;
             let swept = self.sweep(changes[at].version).await?;
             tracing::debug!(swept, version = %changes[at].version, "truncate applied");
             outcome.applied += 1;
@@ -513,8 +628,7 @@ where
                 }
             })
             .collect();
-        let cmd = self.guard().apply(Mode::Live, position, &writes);
-        let results: Vec<i64> = apply::fcall(&mut self.writer.clone(), &cmd).await?;
+        let results = self.guarded(Mode::Live, position, &writes, None).await?;
         let superseded = changes.len() - outcome.skipped - sent.len();
         outcome.applied = superseded;
         for (&i, r) in sent.iter().zip(results) {
@@ -549,38 +663,29 @@ where
     /// cache's source and raises the floor, so no change older than the
     /// snapshot applies from now on.
     pub async fn begin_load(&self, version: Version) -> Result<()> {
-        let cmd = self.guard().begin(version);
-        apply::fcall::<_, i64>(&mut self.writer.clone(), &cmd).await?;
-        Ok(())
+        let guard = self.guard();
+        self.on_every_state(|meta, slot| guard.begin(meta, version, slot))
+            .await
     }
 
     /// Writes snapshot records through the version guard, at `version`:
     /// a record Redis holds in a newer version is left alone. Safe while
     /// the sync worker applies changes. Returns how many were written.
     pub async fn write_snapshot(&self, records: &[Record], version: Version) -> Result<usize> {
-        let mut calls: Vec<BoxFuture<'static, Result<usize>>> = Vec::new();
-        for chunk in records.chunks(GUARDED_CHUNK) {
-            let writes: Vec<Write<'_>> = chunk
-                .iter()
-                .filter_map(|r| {
-                    Some(Write {
-                        id: r.id()?,
-                        version,
-                        fields: Some(r.fields()),
-                    })
+        let writes: Vec<Write<'_>> = records
+            .iter()
+            .filter_map(|r| {
+                Some(Write {
+                    id: r.id()?,
+                    version,
+                    fields: Some(r.fields()),
                 })
-                .collect();
-            let cmd = self.guard().apply(Mode::Snapshot, None, &writes);
-            let mut conn = self.writer.clone();
-            calls.push(Box::pin(async move {
-                let results: Vec<i64> = apply::fcall(&mut conn, &cmd).await?;
-                Ok(results.iter().filter(|&&r| r == 1).count())
-            }));
-        }
-        let written: usize = futures::stream::iter(calls)
-            .buffer_unordered(GUARDED_IN_FLIGHT)
-            .try_fold(0, |acc, n| async move { Ok(acc + n) })
+            })
+            .collect();
+        let results = self
+            .guarded(Mode::Snapshot, None, &writes, Some(GUARDED_CHUNK))
             .await?;
+        let written = results.iter().filter(|&&r| r == 1).count();
         self.inner
             .counters
             .prefetched
@@ -591,31 +696,45 @@ where
     /// Removes every record older than the snapshot at `version` (so the
     /// snapshot did not contain it), leaving tombstones. Returns how many.
     pub async fn sweep(&self, version: Version) -> Result<usize> {
-        let mut conn = self.writer.clone();
-        let mut cursor = 0u64;
         let mut swept = 0usize;
-        loop {
-            let (next, keys) = scan_page(&mut conn, cursor, self.inner.keys.scan_pattern()).await?;
-            if !keys.is_empty() {
-                let cmd = self.guard().sweep(version, &keys);
-                let n: usize = apply::fcall(&mut conn, &cmd).await?;
-                swept += n;
+        for mut node in self.writer.primaries().await? {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys) =
+                    scan_page(&mut node, cursor, self.inner.keys.scan_pattern()).await?;
+                if !keys.is_empty() {
+                    swept += self.sweep_keys(version, &keys).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(swept);
-            }
-            cursor = next;
         }
+        Ok(swept)
     }
 
     /// Removes the records at `data_keys` that are older than `version`
     /// (tombstoned at it). Returns how many.
     pub async fn sweep_keys(&self, version: Version, data_keys: &[String]) -> Result<usize> {
+        let guard = self.guard();
+        let parts = conn::split(&self.writer, data_keys, Some(SCAN_COUNT));
+        let calls: Vec<Part> = parts
+            .iter()
+            .map(|(slot, ids)| {
+                let keys = ids.iter().map(|&i| &data_keys[i]);
+                Part {
+                    slot: *slot,
+                    cmds: vec![guard.sweep(&self.meta_for(*slot), version, keys)],
+                }
+            })
+            .collect();
         let mut swept = 0;
-        for part in data_keys.chunks(SCAN_COUNT) {
-            let cmd = self.guard().sweep(version, part);
-            let n: usize = apply::fcall(&mut self.writer.clone(), &cmd).await?;
-            swept += n;
+        let replies = conn::run_parts(&self.writer, calls, CLUSTER_IN_FLIGHT, fcall_part).await;
+        for reply in self.noting_loss(replies)? {
+            for v in reply {
+                swept += redis::from_redis_value::<usize>(v).map_err(redis::RedisError::from)?;
+            }
         }
         Ok(swept)
     }
@@ -633,14 +752,17 @@ where
     /// the same prefix; returns how many records were deleted.
     pub async fn reset(&self) -> Result<usize> {
         let deleted = self.clear().await?;
-        let mut conn = self.writer.clone();
         for pattern in self.inner.keys.tombstone_patterns() {
-            delete_matching(&mut conn, &pattern).await?;
+            delete_matching(&self.writer, &pattern).await?;
         }
-        redis::cmd("DEL")
-            .arg(self.inner.keys.meta_key())
-            .query_async::<()>(&mut conn)
-            .await?;
+        let mut state = vec![self.inner.keys.meta_key().to_owned()];
+        if self.writer.is_cluster() {
+            state.extend((0..SLOTS).map(|s| self.inner.keys.slot_meta_key(s)));
+        }
+        conn::pipelined(&self.writer, &state, 0, |pipe, key| {
+            pipe.del(key).ignore();
+        })
+        .await?;
         Ok(deleted)
     }
 
@@ -659,47 +781,46 @@ where
     /// Tombstones and the cache's state stay. Returns how many keys were
     /// deleted.
     pub async fn clear(&self) -> Result<usize> {
-        delete_matching(&mut self.writer.clone(), self.inner.keys.scan_pattern()).await
+        delete_matching(&self.writer, self.inner.keys.scan_pattern()).await
     }
 
     /// Every id currently cached, sorted, each once.
     pub async fn ids(&self) -> Result<Vec<String>> {
-        let mut conn = self.conn.clone();
-        let mut cursor = 0u64;
         let mut ids = Vec::new();
         let mut in_hash = Vec::new();
-        loop {
-            let (next, keys) = scan_page(&mut conn, cursor, self.inner.keys.scan_pattern()).await?;
-            for key in keys {
-                let Some(id) = self.inner.keys.id_of(&key) else {
-                    continue;
-                };
-                if self.inner.keys.tombstone(&key) == Tombstone::InHash {
-                    in_hash.push(id.to_owned());
-                } else {
-                    ids.push(id.to_owned());
+        for mut node in self.conn.primaries().await? {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys) =
+                    scan_page(&mut node, cursor, self.inner.keys.scan_pattern()).await?;
+                for key in keys {
+                    let Some(id) = self.inner.keys.id_of(&key) else {
+                        continue;
+                    };
+                    if self.inner.keys.tombstone(&key) == Tombstone::InHash {
+                        in_hash.push(key);
+                    } else {
+                        ids.push(id.to_owned());
+                    }
                 }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         // Only keys with `}` and no hash tag can hold a tombstone: check those.
         if !in_hash.is_empty() {
-            let mut pipe = redis::pipe();
-            for id in &in_hash {
-                pipe.cmd("HEXISTS")
-                    .arg(self.key(id))
-                    .arg(apply::DELETED_FIELD);
+            let deleted = conn::pipelined(&self.conn, &in_hash, 1, |pipe, key| {
+                pipe.cmd("HEXISTS").arg(key).arg(apply::DELETED_FIELD);
+            })
+            .await?;
+            for (key, d) in in_hash.iter().zip(deleted) {
+                let deleted: bool = redis::from_redis_value(d).map_err(redis::RedisError::from)?;
+                if let (false, Some(id)) = (deleted, self.inner.keys.id_of(key)) {
+                    ids.push(id.to_owned());
+                }
             }
-            let deleted: Vec<bool> = pipe.query_async(&mut conn).await?;
-            ids.extend(
-                in_hash
-                    .into_iter()
-                    .zip(deleted)
-                    .filter_map(|(id, d)| (!d).then_some(id)),
-            );
         }
         // SCAN may return a key more than once.
         ids.sort_unstable();
@@ -722,14 +843,12 @@ where
     pub async fn entries(&self) -> Result<Vec<CachedEntry>> {
         let ids = self.ids().await?;
         let mut out = Vec::with_capacity(ids.len());
-        let mut conn = self.conn.clone();
         for chunk in ids.chunks(SCAN_COUNT) {
-            let mut pipe = redis::pipe();
-            for id in chunk {
-                let key = self.key(id);
-                pipe.add_command(hgetall(&key)).cmd("TTL").arg(&key);
-            }
-            let values: Vec<Value> = pipe.query_async(&mut conn).await?;
+            let keys: Vec<String> = chunk.iter().map(|id| self.key(id)).collect();
+            let values = conn::pipelined(&self.conn, &keys, 2, |pipe, key| {
+                pipe.add_command(hgetall(key)).cmd("TTL").arg(key);
+            })
+            .await?;
             for (id, pair) in chunk.iter().zip(values.chunks(2)) {
                 let [fields, ttl] = pair else { continue };
                 let fields: Fields =
@@ -760,24 +879,36 @@ where
         self.inner.counters.snapshot()
     }
 
-    /// `INFO memory`: used, maximum and eviction policy.
+    /// `INFO memory`: used, maximum and eviction policy (on a cluster,
+    /// used and maximum summed over the primaries, and the first one's
+    /// policy).
     pub async fn memory(&self) -> Result<MemoryInfo> {
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
+        let mut total = MemoryInfo {
+            used: 0,
+            max: 0,
+            policy: String::new(),
         };
-        Ok(MemoryInfo {
-            used: field("used_memory")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            max: field("maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0),
-            policy: field("maxmemory_policy").unwrap_or("").to_owned(),
-        })
+        for mut node in self.conn.primaries().await? {
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut node)
+                .await?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::trim)
+            };
+            total.used += field("used_memory")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            total.max += field("maxmemory")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            if total.policy.is_empty() {
+                total.policy = field("maxmemory_policy").unwrap_or("").to_owned();
+            }
+        }
+        Ok(total)
     }
 
     /// The latency and batch-size distributions, for metrics.
@@ -822,7 +953,7 @@ fn entry_of(id: &str, raw: Fields, ttl: i64) -> Option<CachedEntry> {
     })
 }
 
-async fn scan_page<C: ConnectionLike + Send>(
+async fn scan_page<C: redis::aio::ConnectionLike + Send>(
     conn: &mut C,
     cursor: u64,
     pattern: &str,
@@ -837,21 +968,41 @@ async fn scan_page<C: ConnectionLike + Send>(
         .await?)
 }
 
-/// `SCAN MATCH pattern` + one `DEL` per page; returns how many were deleted.
-async fn delete_matching<C: ConnectionLike + Send>(conn: &mut C, pattern: &str) -> Result<usize> {
-    let mut cursor = 0u64;
+/// `SCAN MATCH pattern` on every primary + one `DEL` per page (split by
+/// slot on a cluster); returns how many were deleted.
+async fn delete_matching<C: Connection>(conn: &C, pattern: &str) -> Result<usize> {
     let mut deleted = 0usize;
-    loop {
-        let (next, keys) = scan_page(conn, cursor, pattern).await?;
-        if !keys.is_empty() {
-            let n: usize = redis::cmd("DEL").arg(&keys).query_async(conn).await?;
-            deleted += n;
+    for mut node in conn.primaries().await? {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys) = scan_page(&mut node, cursor, pattern).await?;
+            if !keys.is_empty() {
+                let n: usize = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn.clone())
+                    .await?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
     }
+    Ok(deleted)
+}
+
+/// The `retry` of a part of `FCALL`s: each through [`apply::fcall`]
+/// (reloading the library if the node lacks it; `PFLOST` becomes
+/// [`Error::StateLost`](crate::Error::StateLost)).
+fn fcall_part<C: Connection>(mut conn: C, part: Part) -> BoxFuture<'static, Result<Vec<Value>>> {
+    Box::pin(async move {
+        let mut out = Vec::with_capacity(part.cmds.len());
+        for cmd in &part.cmds {
+            out.push(apply::fcall::<_, Value>(&mut conn, cmd).await?);
+        }
+        Ok(out)
+    })
 }
 
 fn hgetall(key: &str) -> Cmd {

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use redis::aio::{ConnectionLike, ConnectionManager};
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -130,7 +129,7 @@ pub struct EngineStats {
 /// Every surface of the product (HTTP API, server functions, tests, benches)
 /// goes through these methods, so each behaviour exists once. `S` may be a
 /// concrete source or `dyn Source` / `dyn Primary` chosen at run time.
-pub struct Engine<S: ?Sized = dyn Source, C = ConnectionManager> {
+pub struct Engine<S: ?Sized = dyn Source, C = crate::Redis> {
     inner: Arc<Inner<S, C>>,
     /// This handle's view of the cache: the engine's own, or one that reads
     /// on another connection ([`Engine::with_reader`]).
@@ -184,7 +183,7 @@ enum LoadMode {
 impl<S, C> Engine<S, C>
 where
     S: Source + ?Sized,
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: crate::Connection,
 {
     /// Starts the engine: resumes from the position Redis holds for this
     /// source when the source can deliver everything after it; otherwise
@@ -414,6 +413,9 @@ where
             self.check_memory(first, rows, mode).await?;
         }
         cache.begin_load(version).await?;
+        // Every slot's state is there again: a loss reported before now is
+        // covered by this load.
+        cache.take_state_lost();
         let mut loaded = 0;
         let mut pending = first;
         loop {
@@ -547,7 +549,14 @@ where
         // hold at least that much.
         let applied = self.inner.sync.applied();
         let state = self.inner.cache.state().await?;
-        let Some(reason) = lost_reason(&state, self.inner.cache.source_id(), applied) else {
+        let slot_lost = self.inner.cache.take_state_lost();
+        let reason = lost_reason(&state, self.inner.cache.source_id(), applied).or_else(|| {
+            slot_lost.then(|| {
+                "a write found the cache's state gone in its slot (a cluster node lost its data)"
+                    .to_owned()
+            })
+        });
+        let Some(reason) = reason else {
             return Ok(None);
         };
         tracing::warn!(%reason, "Redis lost the cache's state; re-prefetching");
@@ -704,7 +713,7 @@ async fn heal_loop<S, C>(
     mut resyncs_seen: u64,
 ) where
     S: Source + ?Sized,
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: crate::Connection,
 {
     let every = every.max(Duration::from_millis(10));
     loop {

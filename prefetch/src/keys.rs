@@ -10,6 +10,7 @@
 //! | `__pf:t:{data key}` | tombstone of a deleted record whose key carries a `{hash tag}` |
 //! | `__pf:u:{{data key}}` | tombstone of a deleted record whose key carries none |
 //! | `__pf:m:{prefix}` | the cache's state: source id, applied position, version floor |
+//! | `__pf:s:{tag}{prefix}` | on a Redis Cluster, the source and floor again, once per slot (`tag` hashes to it) |
 //!
 //! A tombstone hashes to the same Redis Cluster slot as its record, so one
 //! call can read and write both. A key containing `}` without a hash tag has
@@ -51,6 +52,62 @@ pub fn hash_tag(key: &str) -> Option<&str> {
     let rest = &key[open + 1..];
     let close = rest.find('}')?;
     (close > 0).then(|| &rest[..close])
+}
+
+/// How many hash slots a Redis Cluster has.
+pub const SLOTS: u16 = 16384;
+
+/// CRC16 (XMODEM), as Redis Cluster hashes keys.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The Redis Cluster hash slot of `key` (its hash tag's, when it has one).
+///
+/// ```
+/// assert_eq!(prefetch::slot("foo"), 12182);
+/// assert_eq!(prefetch::slot("{foo}bar"), prefetch::slot("foo"));
+/// ```
+pub fn slot(key: &str) -> u16 {
+    crc16(hash_tag(key).unwrap_or(key).as_bytes()) % SLOTS
+}
+
+/// A short text that hashes to `slot`: `{tag}` in a key puts the key there.
+///
+/// ```
+/// let tag = prefetch::slot_tag(42);
+/// assert_eq!(prefetch::slot(tag), 42);
+/// ```
+pub fn slot_tag(slot: u16) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); usize::from(SLOTS)];
+        let mut missing = tags.len();
+        let mut n = 0u32;
+        // About 160,000 candidates cover every slot (coupon collector).
+        while missing > 0 {
+            let tag = format!("{n:x}");
+            let s = usize::from(crc16(tag.as_bytes()) % SLOTS);
+            if tags[s].is_empty() {
+                tags[s] = tag;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    tags[usize::from(slot % SLOTS)].as_str()
 }
 
 /// Where a record's tombstone lives.
@@ -115,6 +172,23 @@ impl KeySpace {
         &self.meta
     }
 
+    /// On a Redis Cluster, the key in `slot` holding this cache's source and
+    /// floor, so that one call can check them beside the slot's records.
+    ///
+    /// ```
+    /// let ks = prefetch::KeySpace::new("cache:");
+    /// let key = ks.slot_meta_key(7);
+    /// assert_eq!(prefetch::slot(&key), 7);
+    /// assert!(ks.id_of(&key).is_none());
+    /// ```
+    pub fn slot_meta_key(&self, slot: u16) -> String {
+        format!(
+            "{RESERVED_KEY_PREFIX}s:{{{}}}{}",
+            slot_tag(slot),
+            self.prefix
+        )
+    }
+
     /// Where the tombstone of the record at `data_key` lives.
     ///
     /// ```
@@ -162,27 +236,6 @@ impl KeySpace {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// CRC16 (XMODEM), as Redis Cluster uses it, for the slot property.
-    fn crc16(data: &[u8]) -> u16 {
-        let mut crc: u16 = 0;
-        for &b in data {
-            crc ^= u16::from(b) << 8;
-            for _ in 0..8 {
-                crc = if crc & 0x8000 != 0 {
-                    (crc << 1) ^ 0x1021
-                } else {
-                    crc << 1
-                };
-            }
-        }
-        crc
-    }
-
-    fn slot(key: &str) -> u16 {
-        let hashed = hash_tag(key).unwrap_or(key);
-        crc16(hashed.as_bytes()) % 16384
-    }
 
     #[test]
     fn plain_prefix_gets_a_trailing_star() {

@@ -100,6 +100,8 @@ mod primary;
 
 mod engine;
 
+mod conn;
+
 #[cfg(feature = "launcher")]
 pub mod launcher;
 #[cfg(feature = "test-support")]
@@ -110,6 +112,7 @@ pub use cache::{
     BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
     DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, Ttl,
 };
+pub use conn::{ClusterNode, Connection, Redis, RedisNode, SlotMap};
 pub use engine::{
     Engine, EngineConfig, EngineStats, MemoryCheck, MemoryStatus, PrefetchReport, ReadResult,
 };
@@ -117,7 +120,9 @@ pub use error::{BoxError, Error, Result};
 pub use events::{AppliedWrite, Event, EventBus, PrefetchReason, WriteOutcome};
 pub use faults::{Fault, FaultKind, PendingFaults};
 pub use feed::{ChangeFeed, ChangeSender};
-pub use keys::{KeySpace, RESERVED_KEY_PREFIX, Tombstone, escape_glob, hash_tag};
+pub use keys::{
+    KeySpace, RESERVED_KEY_PREFIX, SLOTS, Tombstone, escape_glob, hash_tag, slot, slot_tag,
+};
 pub use model::{
     Change, ChangeKind, Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN, Op,
     ParseVersionError, RESERVED_FIELD_PREFIX, ReconcileReport, Record, Transaction, Version,

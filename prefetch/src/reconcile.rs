@@ -17,8 +17,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Instant;
 
 use futures::StreamExt;
-use redis::Value;
-use redis::aio::ConnectionLike;
 
 use crate::apply::{self, Stored};
 use crate::cache::PrefetchCache;
@@ -68,20 +66,19 @@ fn classify(
 /// Reads keys (`HGETALL` and the tombstone) for `ids`, pipelined.
 async fn read<C>(cache: &PrefetchCache<C>, ids: &[String]) -> Result<Vec<(Stored, Option<Version>)>>
 where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: crate::Connection,
 {
-    let mut pipe = redis::pipe();
-    for id in ids {
-        let key = cache.key(id);
-        let tomb = apply::tomb_key(cache.key_space(), &key);
-        pipe.cmd("HGETALL").arg(&key);
+    let keys: Vec<String> = ids.iter().map(|id| cache.key(id)).collect();
+    let values = crate::conn::pipelined(&cache.writer(), &keys, 2, |pipe, key| {
+        let tomb = apply::tomb_key(cache.key_space(), key);
+        pipe.cmd("HGETALL").arg(key);
         if tomb == key {
             pipe.cmd("ECHO").arg("");
         } else {
             pipe.cmd("GET").arg(tomb);
         }
-    }
-    let values: Vec<Value> = pipe.query_async(&mut cache.writer()).await?;
+    })
+    .await?;
     let mut out = Vec::with_capacity(ids.len());
     for pair in values.chunks(2) {
         let [hash, tomb] = pair else { continue };
@@ -108,7 +105,7 @@ pub async fn reconcile<C, S, F, Fut>(
     settle: F,
 ) -> Result<ReconcileReport>
 where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: crate::Connection,
     S: Source + ?Sized,
     F: FnOnce(Version) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -187,11 +184,11 @@ where
     // while reconciliation runs.
     let ttl = cache.ttl_config().as_secs();
     for part in verified.chunks(CHUNK) {
-        let mut pipe = redis::pipe();
-        for id in part {
-            pipe.cmd("EXPIRE").arg(cache.key(id)).arg(ttl).ignore();
-        }
-        pipe.query_async::<()>(&mut cache.writer()).await?;
+        let keys: Vec<String> = part.iter().map(|id| cache.key(id)).collect();
+        crate::conn::pipelined(&cache.writer(), &keys, 0, |pipe, key| {
+            pipe.cmd("EXPIRE").arg(key).arg(ttl);
+        })
+        .await?;
     }
     report.verified = verified.len();
     if repair {

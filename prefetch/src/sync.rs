@@ -22,7 +22,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionLike;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -108,7 +107,7 @@ impl SyncHandle {
         lost: Arc<Notify>,
     ) -> SyncHandle
     where
-        C: ConnectionLike + Clone + Send + Sync + 'static,
+        C: crate::Connection,
         S: Source + ?Sized,
     {
         let (control, _) = watch::channel(Control::default());
@@ -299,7 +298,7 @@ struct Task<C, S: ?Sized> {
 
 impl<C, S> Task<C, S>
 where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: crate::Connection,
     S: Source + ?Sized,
 {
     async fn run(mut self) {

@@ -18,6 +18,11 @@ pub struct Config {
     /// Redis URL (redis://host:port/db). Overrides --redis-host/--redis-port.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// A Redis Cluster instead of one node: the URLs of some of its nodes,
+    /// comma-separated (the rest are discovered).
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',',
+          conflicts_with_all = ["redis_url", "redis_host", "redis_port", "embedded_redis"])]
+    pub redis_cluster: Vec<String>,
     /// Redis host.
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
@@ -224,6 +229,27 @@ mod tests {
         assert_eq!(c.given_redis_url().as_deref(), Some("redis://[::1]:7/"));
         let c = Config::try_parse_from(["server", "--redis-url", "redis://x:1/2"]).unwrap();
         assert_eq!(c.given_redis_url().as_deref(), Some("redis://x:1/2"));
+    }
+
+    #[test]
+    fn a_cluster_is_given_as_a_list_of_node_urls_and_excludes_a_single_node() {
+        let c = Config::try_parse_from([
+            "server",
+            "--redis-cluster",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        ])
+        .unwrap();
+        assert_eq!(c.redis_cluster.len(), 2);
+        assert!(
+            Config::try_parse_from([
+                "server",
+                "--redis-cluster",
+                "redis://a:1",
+                "--redis-url",
+                "redis://b:2"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
+use prefetch::Connection;
+use redis::aio::ConnectionLike;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -47,7 +48,7 @@ pub enum KeyEvent {
 /// Adds the flags we need to `notify-keyspace-events`, keeping the ones
 /// already set. Returns false (and the caller falls back to polling) when the
 /// server refuses `CONFIG` (managed Redis, ACLs).
-pub async fn enable(conn: &mut ConnectionManager) -> bool {
+pub async fn enable<C: ConnectionLike + Send>(conn: &mut C) -> bool {
     let current: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("notify-keyspace-events")
@@ -87,9 +88,9 @@ pub async fn enable(conn: &mut ConnectionManager) -> bool {
 ///
 /// Reconnects (and re-enables the flags, which a restarted Redis
 /// forgets) with a short backoff; each (re)connect asks for a resync.
-pub fn spawn_listener(
+pub fn spawn_listener<C: ConnectionLike + Send + 'static>(
     client: redis::Client,
-    mut conn: ConnectionManager,
+    mut conn: C,
     prefix: String,
     tx: mpsc::Sender<KeyEvent>,
     shutdown: CancellationToken,
@@ -148,6 +149,106 @@ pub fn spawn_listener(
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// [`enable`] on every primary of `conn` (one node, or each primary of a
+/// cluster: notifications are node-local). False if any refuses.
+pub async fn enable_everywhere(conn: &prefetch::Redis) -> bool {
+    let nodes = match conn.primaries().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the Redis primaries; polling instead");
+            return false;
+        }
+    };
+    let mut all = true;
+    for mut node in nodes {
+        all &= enable(&mut node).await;
+    }
+    all
+}
+
+/// On a Redis Cluster, one [`spawn_listener`] per primary.
+///
+/// They start again whenever the set of primaries changes (a failover, a
+/// node added): the listeners of the old set stop, and the hub is told to
+/// resynchronise.
+pub fn spawn_cluster_listener(
+    conn: prefetch::Redis,
+    prefix: String,
+    tx: mpsc::Sender<KeyEvent>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let span = tracing::info_span!("keyspace_cluster");
+    tokio::spawn(
+        async move {
+            let mut first = true;
+            loop {
+                let nodes = match conn.primaries().await {
+                    Ok(nodes) => nodes,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot list the primaries; retrying");
+                        Vec::new()
+                    }
+                };
+                let addresses: Vec<(String, u16)> = nodes
+                    .iter()
+                    .filter_map(|n| match n {
+                        prefetch::RedisNode::Cluster(c) => {
+                            let (host, port) = c.address();
+                            Some((host.to_owned(), port))
+                        }
+                        prefetch::RedisNode::Single(_) => None,
+                    })
+                    .collect();
+                let generation = shutdown.child_token();
+                for (node, (host, port)) in nodes.into_iter().zip(&addresses) {
+                    match redis::Client::open(format!("redis://{host}:{port}/")) {
+                        Ok(client) => {
+                            spawn_listener(
+                                client,
+                                node,
+                                prefix.clone(),
+                                tx.clone(),
+                                generation.clone(),
+                            );
+                        }
+                        Err(e) => tracing::warn!(error = %e, %host, port, "bad node address"),
+                    }
+                }
+                if !first {
+                    let _ = tx.send(KeyEvent::Resync).await;
+                }
+                first = false;
+                // Watch the set of primaries.
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    let now: Option<Vec<(String, u16)>> =
+                        conn.primaries().await.ok().map(|nodes| {
+                            nodes
+                                .iter()
+                                .filter_map(|n| match n {
+                                    prefetch::RedisNode::Cluster(c) => {
+                                        let (host, port) = c.address();
+                                        Some((host.to_owned(), port))
+                                    }
+                                    prefetch::RedisNode::Single(_) => None,
+                                })
+                                .collect()
+                        });
+                    if now.as_ref().is_some_and(|now| *now != addresses) || addresses.is_empty() {
+                        tracing::info!("the cluster's primaries changed; subscribing again");
+                        generation.cancel();
+                        break;
+                    }
                 }
             }
         }

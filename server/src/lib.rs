@@ -97,7 +97,13 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             ));
         }
     }
+    if !config.redis_cluster.is_empty() && config.pipeline.is_some() {
+        return Err(Error::Config(
+            "--pipeline does not run on --redis-cluster yet: give the replicas one Redis node (see README)".into(),
+        ));
+    }
     let (redis_url, embedded) = match config.given_redis_url() {
+        _ if !config.redis_cluster.is_empty() => (config.redis_cluster.join(","), None),
         Some(url) => (url, None),
         None if !config.embedded_redis && redis_embedded::ping(6379).await => {
             ("redis://127.0.0.1:6379/".to_owned(), None)
@@ -121,23 +127,15 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         url: redacted(&redis_url),
         source,
     };
-    let client = redis::Client::open(redis_url.as_str()).map_err(unreachable)?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500))
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    let conn = client
-        .get_connection_manager_with_config(manager_config.clone())
-        .await
-        .map_err(unreachable)?;
+    let target = if config.redis_cluster.is_empty() {
+        RedisTarget::single(&redis_url).map_err(unreachable)?
+    } else {
+        RedisTarget::cluster(&config.redis_cluster).map_err(unreachable)?
+    };
+    let conn = target.connect().await.map_err(unreachable)?;
     // Writes get a connection of their own: a read never queues behind a
     // re-prefetch's batches.
-    let writes = client
-        .get_connection_manager_with_config(manager_config.clone())
-        .await
-        .map_err(unreachable)?;
+    let writes = target.connect().await.map_err(unreachable)?;
 
     let engine_config = EngineConfig {
         cache: CacheConfig {
@@ -169,10 +167,15 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 stream: stream.clone(),
                 source,
             };
-            let stream_client = match &config.stream_redis_url {
-                Some(url) => redis::Client::open(url.as_str())
+            let stream_client = match (&config.stream_redis_url, &target) {
+                (Some(url), _) => redis::Client::open(url.as_str())
                     .map_err(|e| failed(prefetch::Error::Redis(e)))?,
-                None => client.clone(),
+                (None, RedisTarget::Single { client, .. }) => client.clone(),
+                (None, RedisTarget::Cluster(_)) => {
+                    return Err(Error::Config(
+                        "--primary stream:<key> with --redis-cluster needs --stream-redis-url (the Redis node the CDC tool writes to)".into(),
+                    ));
+                }
             };
             let mut stream_config = StreamConfig::new(&stream);
             if !config.stream_id_columns.is_empty() {
@@ -277,6 +280,17 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                     pipeline.key_prefix()
                 )));
             }
+            let RedisTarget::Single {
+                client,
+                manager_config,
+            } = &target
+            else {
+                return Err(Error::Config("--pipeline needs one Redis node".into()));
+            };
+            let pipeline_conn = client
+                .get_connection_manager_with_config(manager_config.clone())
+                .await
+                .map_err(unreachable)?;
             let (leading_tx, leading) = watch::channel(false);
             // A connection of its own: lease renewals never wait behind a
             // dashboard's snapshot read.
@@ -304,9 +318,16 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 "Running as replica {} of pipeline {name}",
                 pipeline.consumer
             );
-            wait_for_turn(&conn, &engine_config, &feed.id(), &pipeline, leading).await?;
+            wait_for_turn(
+                &pipeline_conn,
+                &engine_config,
+                &feed.id(),
+                &pipeline,
+                leading,
+            )
+            .await?;
             dead_letters = Some(Arc::new(FeedDeadLetters {
-                conn: conn.clone(),
+                conn: pipeline_conn,
                 config: pipeline,
             }));
             feed
@@ -315,16 +336,24 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let (engine, report) =
         Engine::start_with_writer(conn.clone(), writes, primary, events, engine_config).await?;
 
-    let keyspace = keyspace::enable(&mut conn.clone()).await;
+    let keyspace = keyspace::enable_everywhere(&conn).await;
     let keys = if keyspace {
         let (tx, rx) = mpsc::channel(1024);
-        background.push(keyspace::spawn_listener(
-            client.clone(),
-            conn.clone(),
-            config.cache_prefix.clone(),
-            tx,
-            shutdown.clone(),
-        ));
+        background.push(match &target {
+            RedisTarget::Single { client, .. } => keyspace::spawn_listener(
+                client.clone(),
+                conn.clone(),
+                config.cache_prefix.clone(),
+                tx,
+                shutdown.clone(),
+            ),
+            RedisTarget::Cluster(_) => keyspace::spawn_cluster_listener(
+                conn.clone(),
+                config.cache_prefix.clone(),
+                tx,
+                shutdown.clone(),
+            ),
+        });
         Some(rx)
     } else {
         None
@@ -370,8 +399,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         ctx,
     );
     let loops = (config.http_threads, redis_url.as_str());
-    let http = match start_http(listener, &state, &client, &manager_config, loops, &shutdown).await
-    {
+    let http = match start_http(listener, &state, &target, loops, &shutdown).await {
         Ok(http) => http,
         Err(e) => {
             // Loops that did start stop with the token.
@@ -478,8 +506,7 @@ impl Drop for Running {
 async fn start_http(
     listener: TcpListener,
     state: &AppState,
-    client: &redis::Client,
-    manager_config: &ConnectionManagerConfig,
+    target: &RedisTarget,
     (threads, redis_url): (u16, &str),
     shutdown: &CancellationToken,
 ) -> Result<Vec<oneshot::Receiver<std::io::Result<()>>>, Error> {
@@ -487,12 +514,8 @@ async fn start_http(
     let mut http = Vec::new();
     for i in 0..threads {
         let listener = listener.try_clone().map_err(Error::Serve)?;
-        let (client, manager_config) = (client.clone(), manager_config.clone());
-        let conn = move || async move {
-            client
-                .get_connection_manager_with_config(manager_config)
-                .await
-        };
+        let target = target.clone();
+        let conn = move || async move { target.connect().await };
         let (ready, done) = http_loop(i, listener, state.clone(), conn, shutdown.clone())?;
         match ready.await {
             Ok(Ok(())) => http.push(done),
@@ -533,7 +556,7 @@ fn http_loop<F>(
     shutdown: CancellationToken,
 ) -> Result<LoopSignals, Error>
 where
-    F: std::future::Future<Output = redis::RedisResult<redis::aio::ConnectionManager>>,
+    F: std::future::Future<Output = redis::RedisResult<prefetch::Redis>>,
 {
     let (ready_tx, ready_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
@@ -580,6 +603,59 @@ where
         .spawn(run)
         .map_err(Error::Serve)?;
     Ok((ready_rx, done_rx))
+}
+
+/// Where the cache's Redis is: one node, or a Redis Cluster.
+#[derive(Clone)]
+enum RedisTarget {
+    /// One node (reconnecting connection managers).
+    Single {
+        client: redis::Client,
+        manager_config: ConnectionManagerConfig,
+    },
+    /// A Redis Cluster (redis-rs follows its slot map, `MOVED` and
+    /// failovers).
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl RedisTarget {
+    fn single(url: &str) -> redis::RedisResult<Self> {
+        Ok(Self::Single {
+            client: redis::Client::open(url)?,
+            manager_config: ConnectionManagerConfig::new()
+                .set_number_of_retries(2)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(500))
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(Duration::from_secs(5))),
+        })
+    }
+
+    fn cluster(urls: &[String]) -> redis::RedisResult<Self> {
+        let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+            .retries(8)
+            .min_retry_wait(50)
+            .max_retry_wait(1000)
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self::Cluster(client))
+    }
+
+    /// A new connection (each HTTP loop reads on one of its own).
+    async fn connect(&self) -> redis::RedisResult<prefetch::Redis> {
+        Ok(match self {
+            Self::Single {
+                client,
+                manager_config,
+            } => prefetch::Redis::Single(
+                client
+                    .get_connection_manager_with_config(manager_config.clone())
+                    .await?,
+            ),
+            Self::Cluster(client) => prefetch::Redis::Cluster(client.get_async_connection().await?),
+        })
+    }
 }
 
 /// The dead-letter stream of this replica's pipeline.

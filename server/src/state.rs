@@ -42,7 +42,7 @@ impl AppState {
     }
 
     /// The same state for another event loop, whose engine reads on `conn`.
-    pub fn with_reader(&self, conn: redis::aio::ConnectionManager) -> Self {
+    pub fn with_reader(&self, conn: prefetch::Redis) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
             ctx: ServerContext {

@@ -15,7 +15,7 @@ use crate::sync::random_mutation;
 /// Polls until the cache equals the primary; returns how long it took.
 async fn until_converged<C>(engine: &Engine<MockPrimary, C>, limit: Duration) -> Duration
 where
-    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+    C: prefetch::Connection,
 {
     let started = Instant::now();
     loop {

@@ -22,14 +22,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prefetch::testing::{TestRedis, both_sides, mock_engine};
-use prefetch::{Change, Engine, Error, MockPrimary, Record};
+use prefetch::{Change, Connection, Engine, Error, MockPrimary, Record};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 const IDS: u8 = 12;
 
+/// Two to four tasks of random operations.
+pub(crate) fn tasks() -> impl Strategy<Value = Vec<Vec<Op>>> {
+    proptest::collection::vec(proptest::collection::vec(op(), 0..25), 2..5)
+}
+
+/// Two to four tasks of changes, replays and re-prefetches.
+pub(crate) fn races() -> impl Strategy<Value = Vec<Vec<Race>>> {
+    proptest::collection::vec(proptest::collection::vec(race(), 0..30), 2..5)
+}
+
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     Update(u8, u16),
     Add(u8),
     Delete(u8),
@@ -74,7 +84,7 @@ struct Tally {
     prefetches: AtomicU64,
 }
 
-type TestEngine = Engine<MockPrimary, redis::aio::MultiplexedConnection>;
+type TestEngine<C> = Engine<MockPrimary, C>;
 
 fn ok_or_expected(r: Result<Change, Error>) -> Option<Change> {
     match r {
@@ -84,7 +94,7 @@ fn ok_or_expected(r: Result<Change, Error>) -> Option<Change> {
     }
 }
 
-async fn run_task(engine: TestEngine, ops: Vec<Op>, tally: Arc<Tally>) {
+async fn run_task<C: Connection>(engine: TestEngine<C>, ops: Vec<Op>, tally: Arc<Tally>) {
     let primary = engine.source().clone();
     for op in ops {
         match op {
@@ -127,8 +137,8 @@ async fn run_task(engine: TestEngine, ops: Vec<Op>, tally: Arc<Tally>) {
 
 /// Runs each task on a tokio task of its own, then waits until the worker
 /// has applied everything.
-async fn run_all<T, Fut>(
-    engine: &TestEngine,
+async fn run_all<C: Connection, T, Fut>(
+    engine: &TestEngine<C>,
     tasks: Vec<T>,
     task: impl Fn(T) -> Fut,
 ) -> Result<(), TestCaseError>
@@ -150,9 +160,12 @@ where
     Ok(())
 }
 
-async fn check(redis: &TestRedis, tasks: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
+pub(crate) async fn check<C: Connection>(
+    conn: C,
+    tasks: Vec<Vec<Op>>,
+) -> Result<(), TestCaseError> {
     let seed: Vec<Record> = (0..IDS / 2).map(|i| record(i, 1)).collect();
-    let (engine, _) = mock_engine(redis.conn().await, "prop", Some(seed)).await;
+    let (engine, _) = mock_engine(conn, "prop", Some(seed)).await;
     let tally = Arc::new(Tally::default());
     run_all(&engine, tasks, |ops| {
         run_task(engine.clone(), ops, tally.clone())
@@ -199,7 +212,7 @@ async fn check(redis: &TestRedis, tasks: Vec<Vec<Op>>) -> Result<(), TestCaseErr
 
 /// A two-thread runtime, a redis-server, and a proptest runner of
 /// `PROPTEST_CASES` (default `default`) cases that persists no failures.
-fn harness(default: u32) -> (tokio::runtime::Runtime, TestRedis, TestRunner) {
+pub(crate) fn harness(default: u32) -> (tokio::runtime::Runtime, TestRunner) {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -214,14 +227,16 @@ fn harness(default: u32) -> (tokio::runtime::Runtime, TestRedis, TestRunner) {
         failure_persistence: None,
         ..Config::default()
     });
-    (runtime, TestRedis::start(), runner)
+    (runtime, runner)
 }
 
 #[test]
 fn random_interleavings_never_leave_a_wrong_key_and_the_counters_add_up() {
-    let (runtime, redis, mut runner) = harness(100);
-    let strategy = proptest::collection::vec(proptest::collection::vec(op(), 0..25), 2..5);
-    let result = runner.run(&strategy, |tasks| runtime.block_on(check(&redis, tasks)));
+    let (runtime, mut runner) = harness(100);
+    let redis = TestRedis::start();
+    let result = runner.run(&tasks(), |tasks| {
+        runtime.block_on(async { check(redis.conn().await, tasks).await })
+    });
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -229,7 +244,7 @@ fn random_interleavings_never_leave_a_wrong_key_and_the_counters_add_up() {
 
 /// What a competing-applier task does.
 #[derive(Clone, Debug)]
-enum Race {
+pub(crate) enum Race {
     /// A real change at the source (update, add or delete of one id).
     Mutate(u8, u8, u16),
     /// Apply this many changes picked from everything committed so far
@@ -257,7 +272,11 @@ fn pick(history: &[Change], seed: u16, n: u8) -> Vec<Change> {
         .collect()
 }
 
-async fn race_task(engine: TestEngine, ops: Vec<Race>, history: Arc<Mutex<Vec<Change>>>) {
+async fn race_task<C: Connection>(
+    engine: TestEngine<C>,
+    ops: Vec<Race>,
+    history: Arc<Mutex<Vec<Change>>>,
+) {
     let primary = engine.source().clone();
     for op in ops {
         match op {
@@ -287,9 +306,12 @@ async fn race_task(engine: TestEngine, ops: Vec<Race>, history: Arc<Mutex<Vec<Ch
     }
 }
 
-async fn check_race(redis: &TestRedis, tasks: Vec<Vec<Race>>) -> Result<(), TestCaseError> {
+pub(crate) async fn check_race<C: Connection>(
+    conn: C,
+    tasks: Vec<Vec<Race>>,
+) -> Result<(), TestCaseError> {
     let seed: Vec<Record> = (0..IDS / 2).map(|i| record(i, 1)).collect();
-    let (engine, _) = mock_engine(redis.conn().await, "race", Some(seed)).await;
+    let (engine, _) = mock_engine(conn, "race", Some(seed)).await;
     let history = Arc::new(Mutex::new(Vec::new()));
     run_all(&engine, tasks, |ops| {
         race_task(engine.clone(), ops, history.clone())
@@ -316,10 +338,10 @@ async fn check_race(redis: &TestRedis, tasks: Vec<Vec<Race>>) -> Result<(), Test
 
 #[test]
 fn duplicates_reorders_replays_and_reprefetches_end_with_redis_equal_to_the_source() {
-    let (runtime, redis, mut runner) = harness(200);
-    let strategy = proptest::collection::vec(proptest::collection::vec(race(), 0..30), 2..5);
-    let result = runner.run(&strategy, |tasks| {
-        runtime.block_on(check_race(&redis, tasks))
+    let (runtime, mut runner) = harness(200);
+    let redis = TestRedis::start();
+    let result = runner.run(&races(), |tasks| {
+        runtime.block_on(async { check_race(redis.conn().await, tasks).await })
     });
     if let Err(e) = result {
         panic!("{e}");

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cache;
+mod cluster;
 mod guard;
 mod heal;
 mod interleavings;
@@ -16,8 +17,7 @@ mod sync;
 use std::time::Duration;
 
 use prefetch::testing::prefix;
-use prefetch::{CacheConfig, Fields, PrefetchCache, Record, Version};
-use redis::aio::ConnectionLike;
+use prefetch::{CacheConfig, Connection, Fields, PrefetchCache, Record, Version};
 
 /// Fields from pairs.
 pub fn fields(pairs: &[(&str, &str)]) -> Fields {
@@ -55,10 +55,7 @@ pub fn records(n: usize) -> Vec<Record> {
 
 /// A standalone cache whose state Redis holds (as after a load at version
 /// zero), so guarded writes apply.
-pub async fn claimed<C>(conn: C, test: &str, ttl_secs: u64) -> PrefetchCache<C>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
+pub async fn claimed<C: Connection>(conn: C, test: &str, ttl_secs: u64) -> PrefetchCache<C> {
     let cache = PrefetchCache::new(conn, config(prefix(test), ttl_secs), "test-source");
     cache.begin_load(Version::ZERO).await.expect("claim state");
     cache.finish_load(Version::ZERO).await.expect("claim state");

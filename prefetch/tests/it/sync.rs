@@ -9,13 +9,12 @@ use prefetch::testing::{
 use prefetch::{
     ChangeKind, Engine, Error, Event, Fields, MockPrimary, Record, Version, WorkerState,
 };
-use redis::aio::ConnectionLike;
 
 use crate::Lcg;
 
 async fn cached_field<C>(engine: &Engine<MockPrimary, C>, id: &str, field: &str) -> Option<String>
 where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: prefetch::Connection,
 {
     let lookup = engine.cache().get(id).await.unwrap();
     lookup.record.and_then(|r| r.get(field).map(str::to_owned))

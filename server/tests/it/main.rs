@@ -10,6 +10,7 @@ mod common;
 mod api;
 mod bad_input;
 mod cli;
+mod cluster;
 mod events;
 mod faults;
 mod load;
