@@ -303,6 +303,77 @@ impl ConnectionLike for Redis {
     }
 }
 
+/// Where a [`Redis`] connects: one node, or a Redis Cluster given by some
+/// of its nodes.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // one per process, cloned rarely
+pub enum RedisClient {
+    /// One node.
+    Single(redis::Client),
+    /// A Redis Cluster.
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl std::fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisClient::Single",
+            Self::Cluster(_) => "RedisClient::Cluster",
+        })
+    }
+}
+
+impl From<redis::Client> for RedisClient {
+    fn from(client: redis::Client) -> Self {
+        Self::Single(client)
+    }
+}
+
+impl RedisClient {
+    /// A client for the cluster some of whose nodes are at `urls` (the
+    /// others are discovered), retrying a command through a failover for
+    /// a few seconds.
+    pub fn cluster<S: AsRef<str>>(urls: &[S]) -> RedisResult<Self> {
+        let client = redis::cluster::ClusterClient::builder(urls.iter().map(AsRef::as_ref))
+            .retries(8)
+            .min_retry_wait(50)
+            .max_retry_wait(1000)
+            .connection_timeout(std::time::Duration::from_secs(1))
+            .response_timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        Ok(Self::Cluster(client))
+    }
+
+    /// A new connection whose replies may take up to `response_timeout`
+    /// (a blocking read needs its block time and more). On one node it
+    /// reconnects by itself; on a cluster it follows the slot map.
+    pub async fn connect(&self, response_timeout: std::time::Duration) -> RedisResult<Redis> {
+        Ok(match self {
+            Self::Single(client) => Redis::Single(
+                client
+                    .get_connection_manager_with_config(
+                        redis::aio::ConnectionManagerConfig::new()
+                            .set_number_of_retries(2)
+                            .set_min_delay(std::time::Duration::from_millis(50))
+                            .set_max_delay(std::time::Duration::from_millis(500))
+                            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+                            .set_response_timeout(Some(response_timeout)),
+                    )
+                    .await?,
+            ),
+            Self::Cluster(client) => Redis::Cluster(
+                client
+                    .get_async_connection_with_config(
+                        redis::cluster::ClusterConfig::new()
+                            .set_connection_timeout(std::time::Duration::from_secs(1))
+                            .set_response_timeout(response_timeout),
+                    )
+                    .await?,
+            ),
+        })
+    }
+}
+
 /// One primary behind a [`Redis`].
 #[derive(Clone, Debug)]
 pub enum RedisNode {

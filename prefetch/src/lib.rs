@@ -112,7 +112,7 @@ pub use cache::{
     BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
     DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, Ttl,
 };
-pub use conn::{ClusterNode, Connection, Redis, RedisNode, SlotMap};
+pub use conn::{ClusterNode, Connection, Redis, RedisClient, RedisNode, SlotMap};
 pub use engine::{
     Engine, EngineConfig, EngineStats, MemoryCheck, MemoryStatus, PrefetchReport, ReadResult,
 };

@@ -121,6 +121,11 @@ impl TestRedis {
             .expect("connect to test redis")
     }
 
+    /// A [`crate::Redis`] on it (its [`manager`](Self::manager)).
+    pub async fn redis(&self) -> crate::Redis {
+        crate::Redis::Single(self.manager().await)
+    }
+
     /// A multiplexed connection to it.
     ///
     /// Its response timeout is 10 s (redis-rs defaults to 500 ms, which a

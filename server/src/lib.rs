@@ -29,13 +29,14 @@ use axum::serve::ListenerExt;
 use futures::FutureExt;
 use leptos::prelude::LeptosOptions;
 use prefetch::Source;
-use prefetch::{CacheConfig, Engine, EngineConfig, EventBus, MemoryCheck, MockPrimary, Primary};
+use prefetch::{
+    CacheConfig, Engine, EngineConfig, EventBus, MemoryCheck, MockPrimary, Primary, RedisClient,
+};
 use prefetch_cdc::{
     FeedSource, PipelineConfig, SourceFactory, StreamConfig, StreamSource, run_leader,
 };
 use prefetch_pg::launcher::PostgresServer;
 use prefetch_pg::{PgConfig, PgSource};
-use redis::aio::ConnectionManagerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::sync::{mpsc, oneshot};
@@ -47,6 +48,9 @@ pub use config::{Config, PrimaryKind};
 pub use error::Error;
 use redis_embedded::EmbeddedRedis;
 use state::AppState;
+
+/// How long a Redis reply may take before the command fails.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Total time shutdown may take before the process gives up waiting.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
@@ -91,16 +95,16 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 "--pipeline needs a primary every replica shares: a postgres:// URL or stream:<key> (the mock and --primary postgres are private to one process)".into(),
             ));
         }
+        if name.contains(['{', '}']) {
+            return Err(Error::Config(
+                "--pipeline must not contain '{' or '}': the name is the hash tag that keeps the pipeline's keys in one cluster slot".into(),
+            ));
+        }
         if name.trim().is_empty() || config.replica_name().trim().is_empty() {
             return Err(Error::Config(
                 "--pipeline and --replica must not be empty".into(),
             ));
         }
-    }
-    if !config.redis_cluster.is_empty() && config.pipeline.is_some() {
-        return Err(Error::Config(
-            "--pipeline does not run on --redis-cluster yet: give the replicas one Redis node (see README)".into(),
-        ));
     }
     let (redis_url, embedded) = match config.given_redis_url() {
         _ if !config.redis_cluster.is_empty() => (config.redis_cluster.join(","), None),
@@ -128,14 +132,14 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         source,
     };
     let target = if config.redis_cluster.is_empty() {
-        RedisTarget::single(&redis_url).map_err(unreachable)?
+        RedisClient::Single(redis::Client::open(redis_url.as_str()).map_err(unreachable)?)
     } else {
-        RedisTarget::cluster(&config.redis_cluster).map_err(unreachable)?
+        RedisClient::cluster(&config.redis_cluster).map_err(unreachable)?
     };
-    let conn = target.connect().await.map_err(unreachable)?;
+    let conn = target.connect(REDIS_TIMEOUT).await.map_err(unreachable)?;
     // Writes get a connection of their own: a read never queues behind a
     // re-prefetch's batches.
-    let writes = target.connect().await.map_err(unreachable)?;
+    let writes = target.connect(REDIS_TIMEOUT).await.map_err(unreachable)?;
 
     let engine_config = EngineConfig {
         cache: CacheConfig {
@@ -170,8 +174,8 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             let stream_client = match (&config.stream_redis_url, &target) {
                 (Some(url), _) => redis::Client::open(url.as_str())
                     .map_err(|e| failed(prefetch::Error::Redis(e)))?,
-                (None, RedisTarget::Single { client, .. }) => client.clone(),
-                (None, RedisTarget::Cluster(_)) => {
+                (None, RedisClient::Single(client)) => client.clone(),
+                (None, RedisClient::Cluster(_)) => {
                     return Err(Error::Config(
                         "--primary stream:<key> with --redis-cluster needs --stream-redis-url (the Redis node the CDC tool writes to)".into(),
                     ));
@@ -280,24 +284,11 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                     pipeline.key_prefix()
                 )));
             }
-            let RedisTarget::Single {
-                client,
-                manager_config,
-            } = &target
-            else {
-                return Err(Error::Config("--pipeline needs one Redis node".into()));
-            };
-            let pipeline_conn = client
-                .get_connection_manager_with_config(manager_config.clone())
-                .await
-                .map_err(unreachable)?;
+            let pipeline_conn = target.connect(REDIS_TIMEOUT).await.map_err(unreachable)?;
             let (leading_tx, leading) = watch::channel(false);
             // A connection of its own: lease renewals never wait behind a
             // dashboard's snapshot read.
-            let leader_conn = client
-                .get_connection_manager_with_config(manager_config.clone())
-                .await
-                .map_err(unreachable)?;
+            let leader_conn = target.connect(REDIS_TIMEOUT).await.map_err(unreachable)?;
             background.push(tokio::spawn(
                 run_leader(
                     leader_conn,
@@ -309,7 +300,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 .instrument(tracing::info_span!("pipeline_leader", pipeline = %name)),
             ));
             let feed =
-                FeedSource::connect(client.clone(), primary, pipeline.clone(), events.clone())
+                FeedSource::connect(target.clone(), primary, pipeline.clone(), events.clone())
                     .await?;
             tracing::info!(
                 pipeline = %name,
@@ -340,14 +331,14 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     let keys = if keyspace {
         let (tx, rx) = mpsc::channel(1024);
         background.push(match &target {
-            RedisTarget::Single { client, .. } => keyspace::spawn_listener(
+            RedisClient::Single(client) => keyspace::spawn_listener(
                 client.clone(),
                 conn.clone(),
                 config.cache_prefix.clone(),
                 tx,
                 shutdown.clone(),
             ),
-            RedisTarget::Cluster(_) => keyspace::spawn_cluster_listener(
+            RedisClient::Cluster(_) => keyspace::spawn_cluster_listener(
                 conn.clone(),
                 config.cache_prefix.clone(),
                 tx,
@@ -506,7 +497,7 @@ impl Drop for Running {
 async fn start_http(
     listener: TcpListener,
     state: &AppState,
-    target: &RedisTarget,
+    target: &RedisClient,
     (threads, redis_url): (u16, &str),
     shutdown: &CancellationToken,
 ) -> Result<Vec<oneshot::Receiver<std::io::Result<()>>>, Error> {
@@ -515,7 +506,7 @@ async fn start_http(
     for i in 0..threads {
         let listener = listener.try_clone().map_err(Error::Serve)?;
         let target = target.clone();
-        let conn = move || async move { target.connect().await };
+        let conn = move || async move { target.connect(REDIS_TIMEOUT).await };
         let (ready, done) = http_loop(i, listener, state.clone(), conn, shutdown.clone())?;
         match ready.await {
             Ok(Ok(())) => http.push(done),
@@ -605,63 +596,10 @@ where
     Ok((ready_rx, done_rx))
 }
 
-/// Where the cache's Redis is: one node, or a Redis Cluster.
-#[derive(Clone)]
-enum RedisTarget {
-    /// One node (reconnecting connection managers).
-    Single {
-        client: redis::Client,
-        manager_config: ConnectionManagerConfig,
-    },
-    /// A Redis Cluster (redis-rs follows its slot map, `MOVED` and
-    /// failovers).
-    Cluster(redis::cluster::ClusterClient),
-}
-
-impl RedisTarget {
-    fn single(url: &str) -> redis::RedisResult<Self> {
-        Ok(Self::Single {
-            client: redis::Client::open(url)?,
-            manager_config: ConnectionManagerConfig::new()
-                .set_number_of_retries(2)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_millis(500))
-                .set_connection_timeout(Some(Duration::from_secs(1)))
-                .set_response_timeout(Some(Duration::from_secs(5))),
-        })
-    }
-
-    fn cluster(urls: &[String]) -> redis::RedisResult<Self> {
-        let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
-            .retries(8)
-            .min_retry_wait(50)
-            .max_retry_wait(1000)
-            .connection_timeout(Duration::from_secs(1))
-            .response_timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Self::Cluster(client))
-    }
-
-    /// A new connection (each HTTP loop reads on one of its own).
-    async fn connect(&self) -> redis::RedisResult<prefetch::Redis> {
-        Ok(match self {
-            Self::Single {
-                client,
-                manager_config,
-            } => prefetch::Redis::Single(
-                client
-                    .get_connection_manager_with_config(manager_config.clone())
-                    .await?,
-            ),
-            Self::Cluster(client) => prefetch::Redis::Cluster(client.get_async_connection().await?),
-        })
-    }
-}
-
 /// The dead-letter stream of this replica's pipeline.
 #[derive(Debug)]
 struct FeedDeadLetters {
-    conn: redis::aio::ConnectionManager,
+    conn: prefetch::Redis,
     config: PipelineConfig,
 }
 
@@ -692,7 +630,7 @@ impl app::serve::DeadLetters for FeedDeadLetters {
 /// long as some replica holds the lease (a large first load takes time),
 /// and gives up after a minute with nobody holding it.
 async fn wait_for_turn(
-    conn: &redis::aio::ConnectionManager,
+    conn: &prefetch::Redis,
     engine: &EngineConfig,
     source: &str,
     pipeline: &PipelineConfig,

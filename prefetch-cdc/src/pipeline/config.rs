@@ -56,12 +56,17 @@ impl PipelineConfig {
 
     /// Partition stream `p`.
     ///
+    /// Every key of a pipeline carries its name as a hash tag, so on a
+    /// Redis Cluster they share one slot: the fenced publish checks the
+    /// lease and appends to every partition in one script.
+    ///
     /// ```
     /// let c = prefetch_cdc::PipelineConfig::new("shop", "replica-1");
-    /// assert_eq!(c.stream(7), "prefetch:shop:cdc:{p07}");
+    /// assert_eq!(c.stream(7), "prefetch:{shop}:cdc:p07");
+    /// assert_eq!(prefetch::slot(&c.stream(7)), prefetch::slot(&c.leader_key()));
     /// ```
     pub fn stream(&self, p: u16) -> String {
-        format!("prefetch:{}:cdc:{{p{p:02}}}", self.name)
+        format!("prefetch:{{{}}}:cdc:p{p:02}", self.name)
     }
 
     /// Every partition stream.
@@ -88,32 +93,32 @@ impl PipelineConfig {
 
     /// The lease key.
     pub fn leader_key(&self) -> String {
-        format!("prefetch:{}:leader", self.name)
+        format!("prefetch:{{{}}}:leader", self.name)
     }
 
     /// The last published position.
     pub fn published_key(&self) -> String {
-        format!("prefetch:{}:published", self.name)
+        format!("prefetch:{{{}}}:published", self.name)
     }
 
     /// The resync counter.
     pub fn resync_key(&self) -> String {
-        format!("prefetch:{}:resync", self.name)
+        format!("prefetch:{{{}}}:resync", self.name)
     }
 
     /// The resync counter's value the last snapshot covered.
     pub fn covered_key(&self) -> String {
-        format!("prefetch:{}:resync:covered", self.name)
+        format!("prefetch:{{{}}}:resync:covered", self.name)
     }
 
     /// The dead-letter stream.
     pub fn dlq_key(&self) -> String {
-        format!("prefetch:{}:dlq", self.name)
+        format!("prefetch:{{{}}}:dlq", self.name)
     }
 
     /// Every key of the pipeline starts with this.
     pub fn key_prefix(&self) -> String {
-        format!("prefetch:{}:", self.name)
+        format!("prefetch:{{{}}}:", self.name)
     }
 }
 

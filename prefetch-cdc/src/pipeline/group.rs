@@ -9,7 +9,7 @@ use prefetch::{
     BoxFuture, Error, Event, EventBus, Primary, Record, Result, Source, SourceSnapshot,
     SourceStatus, Transaction, Version,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use prefetch::{Redis, RedisClient};
 use redis::{FromRedisValue, Value};
 
 use super::config::*;
@@ -40,8 +40,8 @@ pub struct FeedSource<P: ?Sized> {
     inner: Arc<P>,
     config: PipelineConfig,
     streams: Vec<String>,
-    commands: ConnectionManager,
-    blocking: ConnectionManager,
+    commands: Redis,
+    blocking: Redis,
     state: Mutex<FeedState>,
     debezium: DecodeOptions,
     tail: tokio::task::JoinHandle<()>,
@@ -99,7 +99,7 @@ impl<P: Source + ?Sized> FeedSource<P> {
     /// the source of truth (for snapshots and records), `events` the bus
     /// this replica's dashboards listen to.
     pub async fn connect(
-        client: redis::Client,
+        client: impl Into<RedisClient>,
         inner: Arc<P>,
         config: PipelineConfig,
         events: EventBus,
@@ -109,13 +109,17 @@ impl<P: Source + ?Sized> FeedSource<P> {
                 "a pipeline needs a name and a consumer name".into(),
             ));
         }
+        if config.name.contains(['{', '}']) {
+            return Err(Error::InvalidConfig(
+                "a pipeline's name must not contain '{' or '}' (it is its keys' hash tag)".into(),
+            ));
+        }
+        let client: RedisClient = client.into();
         let manager = |timeout: Duration| {
             let client = client.clone();
             async move {
                 client
-                    .get_connection_manager_with_config(
-                        ConnectionManagerConfig::new().set_response_timeout(Some(timeout)),
-                    )
+                    .connect(timeout)
                     .await
                     .map_err(Error::source_unavailable)
             }
@@ -469,7 +473,7 @@ impl<P: Source + ?Sized> FeedSource<P> {
 /// Announces every published transaction on `events` (no group: every
 /// replica sees every entry).
 async fn tail(
-    mut conn: ConnectionManager,
+    mut conn: Redis,
     streams: Vec<String>,
     block: Duration,
     debezium: DecodeOptions,
@@ -539,7 +543,7 @@ async fn tail(
 }
 
 /// The id of the last entry ever added to `stream` (`0-0` for none).
-async fn last_id(conn: &mut ConnectionManager, stream: &str) -> Result<String> {
+async fn last_id(conn: &mut Redis, stream: &str) -> Result<String> {
     let info: redis::RedisResult<BTreeMap<String, Value>> = redis::cmd("XINFO")
         .arg("STREAM")
         .arg(stream)
@@ -568,7 +572,7 @@ async fn last_id(conn: &mut ConnectionManager, stream: &str) -> Result<String> {
 /// between, can bring the row back until the next reconciliation. Returns
 /// how many were replayed.
 pub async fn replay_dead_letters(
-    mut conn: ConnectionManager,
+    mut conn: Redis,
     config: &PipelineConfig,
     max: usize,
 ) -> Result<usize> {
@@ -610,7 +614,7 @@ pub async fn replay_dead_letters(
 
 /// Up to `max` of the oldest dead letters.
 async fn oldest_letters(
-    conn: &mut ConnectionManager,
+    conn: &mut Redis,
     config: &PipelineConfig,
     max: usize,
 ) -> Result<Vec<RawItem>> {
@@ -635,7 +639,7 @@ fn field_text(fields: &[(String, Vec<u8>)], name: &str) -> Option<String> {
 
 /// Dead letters held now, newest last: (entry id, reason).
 pub async fn dead_letters(
-    mut conn: ConnectionManager,
+    mut conn: Redis,
     config: &PipelineConfig,
     max: usize,
 ) -> Result<Vec<(String, String)>> {

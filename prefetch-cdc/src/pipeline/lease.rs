@@ -2,8 +2,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use prefetch::Redis;
 use prefetch::Result;
-use redis::aio::ConnectionManager;
 
 use super::config::PipelineConfig;
 
@@ -15,7 +15,7 @@ use super::config::PipelineConfig;
 /// cannot publish (fencing).
 #[derive(Clone)]
 pub struct Lease {
-    conn: ConnectionManager,
+    conn: Redis,
     key: String,
     me: String,
     ttl: Duration,
@@ -36,7 +36,7 @@ const RELEASE: &str =
 
 impl Lease {
     /// The lease of `config`'s pipeline, for its consumer, with a fresh token.
-    pub fn new(conn: ConnectionManager, config: &PipelineConfig) -> Self {
+    pub fn new(conn: Redis, config: &PipelineConfig) -> Self {
         Self {
             conn,
             key: config.leader_key(),

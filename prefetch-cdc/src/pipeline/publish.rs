@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prefetch::Redis;
 use prefetch::{BoxFuture, Error, Result, Source, Transaction, Version};
-use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +40,7 @@ pub type SourceFactory = Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Sourc
 /// acknowledged; it starts over when the lease is lost. `leading` follows
 /// whether this replica publishes right now.
 pub async fn run_leader(
-    conn: ConnectionManager,
+    conn: Redis,
     config: PipelineConfig,
     make_source: SourceFactory,
     leading: tokio::sync::watch::Sender<bool>,
@@ -110,7 +110,7 @@ async fn keep_lease(lease: &Lease, every: Duration, term: &CancellationToken) {
 /// One term as leader: open the source where the feed stands and publish
 /// until cancelled.
 async fn publish_term(
-    mut conn: ConnectionManager,
+    mut conn: Redis,
     config: &PipelineConfig,
     make_source: &SourceFactory,
     lease: &Lease,
@@ -167,7 +167,7 @@ async fn publish_term(
 /// atomic step that fails (`PFNOTLEADER`) unless `holder` holds the lease.
 /// Returns the newest position (`None` for no transactions).
 pub async fn publish(
-    conn: &mut ConnectionManager,
+    conn: &mut Redis,
     config: &PipelineConfig,
     holder: &str,
     txs: &[Arc<Transaction>],
@@ -192,7 +192,7 @@ pub async fn publish(
 }
 
 /// Trims every partition below what every group acknowledged.
-async fn trim_loop(conn: ConnectionManager, config: &PipelineConfig, term: &CancellationToken) {
+async fn trim_loop(conn: Redis, config: &PipelineConfig, term: &CancellationToken) {
     loop {
         sleep_or_cancel(config.trim_every, term).await;
         if term.is_cancelled() {
@@ -211,7 +211,7 @@ async fn trim_loop(conn: ConnectionManager, config: &PipelineConfig, term: &Canc
 /// That is a group's oldest pending entry, or the last one it was given
 /// when nothing is pending. Returns the entries removed. A stream without a
 /// group is left alone.
-pub async fn trim(mut conn: ConnectionManager, stream: &str) -> Result<u64> {
+pub async fn trim(mut conn: Redis, stream: &str) -> Result<u64> {
     let groups: Vec<BTreeMap<String, Value>> = match redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)

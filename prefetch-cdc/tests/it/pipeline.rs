@@ -12,7 +12,7 @@ use prefetch::{
 };
 use prefetch_cdc::pipeline::{dead_letters, replay_dead_letters, trim};
 use prefetch_cdc::{FeedSource, Lease, PipelineConfig, SourceFactory, publish, run_leader};
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +64,7 @@ async fn replica(
     let (tx, leading) = watch::channel(false);
     let cancel = CancellationToken::new();
     let leader = tokio::spawn(run_leader(
-        redis.manager().await,
+        redis.redis().await,
         cfg,
         factory,
         tx,
@@ -224,8 +224,8 @@ fn tx(commit: u64, id: &str, name: &str) -> Arc<Transaction> {
 }
 
 /// A connection and a lease held on `cfg`'s pipeline.
-async fn lease_for(redis: &TestRedis, cfg: &PipelineConfig) -> (ConnectionManager, Lease) {
-    let conn = redis.manager().await;
+async fn lease_for(redis: &TestRedis, cfg: &PipelineConfig) -> (prefetch::Redis, Lease) {
+    let conn = redis.redis().await;
     let lease = Lease::new(conn.clone(), cfg);
     assert!(lease.acquire().await.unwrap());
     (conn, lease)
@@ -246,7 +246,7 @@ async fn a_publisher_without_the_lease_cannot_publish() {
         assert!(e.to_string().contains("PFNOTLEADER"), "{other}: {e}");
     }
     // Another process under the same name has a lease of its own.
-    let twin = Lease::new(redis.manager().await, &cfg);
+    let twin = Lease::new(redis.redis().await, &cfg);
     assert!(
         !twin.acquire().await.unwrap(),
         "a twin must not share the lease"
@@ -276,7 +276,7 @@ async fn a_publisher_without_the_lease_cannot_publish() {
         .unwrap();
     assert_eq!(published, Version::new(1, 0).to_string());
     // The lease expires unless renewed; renewing someone else's fails.
-    let other = Lease::new(redis.manager().await, &config("fence", "r2"));
+    let other = Lease::new(redis.redis().await, &config("fence", "r2"));
     assert!(!other.renew().await.unwrap());
     assert!(!other.acquire().await.unwrap());
     lease.release().await.unwrap();
@@ -362,7 +362,7 @@ async fn a_dead_consumers_entries_are_claimed_and_poison_goes_to_the_dead_letter
     let got = pull(&third).await;
     assert_eq!(names(&got), vec![5], "the poison is not handed out");
     third.ack(Version::new(5, 0)).await.unwrap();
-    let letters = dead_letters(redis.manager().await, &cfg, 10).await.unwrap();
+    let letters = dead_letters(redis.redis().await, &cfg, 10).await.unwrap();
     let reasons: Vec<&str> = letters.iter().map(|(_, r)| r.as_str()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert_eq!(
@@ -390,7 +390,7 @@ async fn a_dead_consumers_entries_are_claimed_and_poison_goes_to_the_dead_letter
     // Replay: the two transactions come back and apply cleanly; the broken
     // one comes back to the dead letters.
     assert_eq!(
-        replay_dead_letters(redis.manager().await, &cfg, 10)
+        replay_dead_letters(redis.redis().await, &cfg, 10)
             .await
             .unwrap(),
         3
@@ -406,7 +406,7 @@ async fn a_dead_consumers_entries_are_claimed_and_poison_goes_to_the_dead_letter
     }
     back.sort_unstable();
     assert_eq!(back, vec![3, 4]);
-    let letters = dead_letters(redis.manager().await, &cfg, 10).await.unwrap();
+    let letters = dead_letters(redis.redis().await, &cfg, 10).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
 }
 
@@ -428,13 +428,13 @@ async fn trimming_keeps_every_entry_a_group_still_needs() {
         .await
         .unwrap();
     let stream = cfg.stream(0);
-    let removed = trim(redis.manager().await, &stream).await.unwrap();
+    let removed = trim(redis.redis().await, &stream).await.unwrap();
     assert_eq!(
         removed, 4,
         "1–4 acknowledged; 5 and 6 pending, 7–10 undelivered"
     );
     member.ack(Version::new(6, 0)).await.unwrap();
-    let removed = trim(redis.manager().await, &stream).await.unwrap();
+    let removed = trim(redis.redis().await, &stream).await.unwrap();
     assert_eq!(
         removed, 1,
         "the last delivered entry stays as the group's mark"
@@ -462,7 +462,7 @@ async fn trimming_keeps_every_entry_a_group_still_needs() {
         .await
         .unwrap();
     member.ack(Version::new(10, 0)).await.unwrap();
-    assert_eq!(trim(redis.manager().await, &stream).await.unwrap(), 0);
+    assert_eq!(trim(redis.redis().await, &stream).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -534,7 +534,7 @@ async fn a_replayed_debezium_entry_keeps_its_original_version() {
         .await
         .unwrap();
     assert_eq!(
-        replay_dead_letters(redis.manager().await, &cfg, 10)
+        replay_dead_letters(redis.redis().await, &cfg, 10)
             .await
             .unwrap(),
         1

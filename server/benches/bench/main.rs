@@ -5,7 +5,7 @@
 //! in the same run, as a ratio, over several repetitions (median, min, max).
 //! Prints a markdown table and writes `target/bench/report.{md,json}`.
 //!
-//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,replicas,page,ui` runs only some sections.
+//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,replicas,cluster,page,ui` runs only some sections.
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run; figures are then
 //! not comparable with a full run).
 
@@ -27,6 +27,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 mod bulk;
+mod cluster;
 mod common;
 mod http;
 mod memory;
@@ -162,6 +163,9 @@ fn main() -> Result<()> {
         }
         if wanted("replicas") {
             replicas::replicas(&redis, &s, &mut report).await?;
+        }
+        if wanted("cluster") {
+            cluster::cluster(&redis, &s, &mut report).await?;
         }
         Ok::<_, BoxError>(())
     })?;

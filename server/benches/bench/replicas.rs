@@ -115,7 +115,7 @@ async fn through_feed(redis: &TestRedis, n: usize, round: usize) -> Result<f64> 
         });
         let (tx, _) = tokio::sync::watch::channel(false);
         leaders.push(tokio::spawn(run_leader(
-            redis.manager().await,
+            redis.redis().await,
             cfg,
             factory,
             tx,

@@ -208,15 +208,15 @@ pub fn spawn_binary(redis_url: &str, port: u16) -> Child {
 
 /// [`spawn_binary`] with extra flags.
 pub fn spawn_binary_with(redis_url: &str, port: u16, extra: &[&str]) -> Child {
+    spawn_binary_on(&["--redis-url", redis_url], port, extra)
+}
+
+/// The server binary on the Redis `redis` names (`--redis-url URL` or
+/// `--redis-cluster URLS`), once it says it is running.
+pub fn spawn_binary_on(redis: &[&str], port: u16, extra: &[&str]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args([
-            "--redis-url",
-            redis_url,
-            "--port",
-            &port.to_string(),
-            "--primary-latency-ms",
-            "0",
-        ])
+        .args(redis)
+        .args(["--port", &port.to_string(), "--primary-latency-ms", "0"])
         .args(extra)
         .env("RUST_LOG", "warn,server=info")
         .stdout(Stdio::piped())

@@ -141,21 +141,23 @@ async fn a_change_made_with_sql_reaches_both_columns_of_the_live_feed_within_a_s
 }
 
 /// Every record's version, straight from Redis.
-async fn versions(
-    conn: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-) -> HashMap<String, Version> {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
+async fn versions(conn: &prefetch::Redis, prefix: &str) -> HashMap<String, Version> {
+    use prefetch::Connection;
+    let mut keys: Vec<String> = Vec::new();
+    for mut node in conn.primaries().await.unwrap_or_default() {
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut node)
+            .await
+            .unwrap_or_default();
+        keys.extend(found);
+    }
     let mut out = HashMap::new();
     for key in keys {
         let v: Option<String> = redis::cmd("HGET")
             .arg(&key)
             .arg("__v")
-            .query_async(conn)
+            .query_async(&mut conn.clone())
             .await
             .unwrap_or(None);
         if let Some(v) = v.and_then(|v| v.parse().ok()) {
@@ -166,22 +168,18 @@ async fn versions(
 }
 
 /// Until `stop`, checks every 20 ms that no key under `prefix` moved back
-/// to an older version; returns how many checks it made.
+/// to an older version (on every primary of a cluster); returns how many
+/// checks it made.
 pub(crate) fn watch_versions(
-    redis_url: String,
+    conn: prefetch::Redis,
     prefix: &'static str,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
-        let mut conn = redis::Client::open(redis_url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
         let mut seen: HashMap<String, Version> = HashMap::new();
         let mut checks = 0;
         while !stop.load(Ordering::Relaxed) {
-            for (key, v) in versions(&mut conn, prefix).await {
+            for (key, v) in versions(&conn, prefix).await {
                 if let Some(before) = seen.insert(key.clone(), v) {
                     assert!(v >= before, "{key} moved back from {before} to {v}");
                 }
@@ -226,7 +224,7 @@ async fn the_server_killed_mid_stream_restarts_and_converges_with_no_key_moving_
             n
         })
     };
-    let watcher = watch_versions(redis.url.clone(), "kill9:", stop.clone());
+    let watcher = watch_versions(redis.redis().await, "kill9:", stop.clone());
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.kill().unwrap(); // SIGKILL
     server.wait().unwrap();

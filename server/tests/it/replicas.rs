@@ -1,5 +1,5 @@
 //! Three server processes as replicas of one pipeline, on one PostgreSQL and
-//! one Redis: the lease holder is killed with SIGKILL mid-stream, another
+//! one Redis (a single node, then a 3-primary cluster): the lease holder is killed with SIGKILL mid-stream, another
 //! takes over within seconds, Redis ends equal to the table, no key ever
 //! moves back to an older version, and the live feed of every surviving
 //! replica carried every change, whichever replica applied it.
@@ -10,19 +10,42 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use app::model::LiveEvent;
-use prefetch::testing::TestRedis;
+use prefetch::testing::{TestCluster, TestRedis};
+use prefetch::Connection;
 use serde_json::Value;
 
 use crate::common::{
     SseClient, free_port, json_of, postgres_client, postgres_database, sides, sigterm,
-    spawn_binary_with,
+    spawn_binary_on,
 };
 use crate::postgres::watch_versions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_live() {
-    let url = postgres_database("replicas").await;
     let redis = TestRedis::spawn_own(false);
+    drill(
+        "replicas",
+        &["--redis-url", &redis.url],
+        redis.redis().await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_live()
+{
+    let cluster = TestCluster::start(3, 0);
+    let urls = cluster.urls().join(",");
+    drill(
+        "replicas_cluster",
+        &["--redis-cluster", &urls],
+        cluster.redis().await,
+    )
+    .await;
+}
+
+async fn drill(db: &str, redis_flags: &[&str], raw: prefetch::Redis) {
+    let url = postgres_database(db).await;
     let names = ["r1", "r2", "r3"];
     let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
     let mut servers = Vec::new();
@@ -39,11 +62,11 @@ async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_
             "--pipeline-partitions",
             "3",
         ];
-        servers.push(Some(spawn_binary_with(&redis.url, *port, &flags)));
+        servers.push(Some(spawn_binary_on(redis_flags, *port, &flags)));
     }
-    let mut raw = redis.conn().await;
+    let mut raw = raw;
     let leader: String = redis::cmd("GET")
-        .arg("prefetch:drill:leader")
+        .arg("prefetch:{drill}:leader")
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -111,7 +134,7 @@ async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_
             written
         })
     };
-    let watcher = watch_versions(redis.url.clone(), "rep:", stop.clone());
+    let watcher = watch_versions(raw.clone(), "rep:", stop.clone());
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut killed = servers[dead].take().unwrap();
     killed.kill().unwrap(); // SIGKILL: no goodbye, the lease runs out
@@ -119,7 +142,7 @@ async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_
     let killed_at = Instant::now();
     let took_over = loop {
         let holder: Option<String> = redis::cmd("GET")
-            .arg("prefetch:drill:leader")
+            .arg("prefetch:{drill}:leader")
             .query_async(&mut raw)
             .await
             .unwrap();
@@ -141,7 +164,10 @@ async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_
         took_over < Duration::from_secs(6),
         "takeover took {took_over:?}"
     );
-    println!("{} writes; takeover after {took_over:?}", written.len());
+    println!(
+        "{db}: {} writes; takeover after {took_over:?}",
+        written.len()
+    );
 
     // Every surviving replica converges: its cache equals the table.
     let http = reqwest::Client::new();
@@ -172,8 +198,22 @@ async fn the_lease_holder_killed_mid_stream_is_replaced_and_every_replica_stays_
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    if raw.is_cluster() {
+        // The records spread over the primaries; the feed's keys share one
+        // slot.
+        let mut holding = 0;
+        for mut node in raw.primaries().await.unwrap() {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("rep:*")
+                .query_async(&mut node)
+                .await
+                .unwrap();
+            holding += usize::from(!keys.is_empty());
+        }
+        assert!(holding >= 2, "records on {holding} primary");
+    }
     // Every change reached every surviving replica's live feed.
-    println!("converged {:?} after the kill", killed_at.elapsed());
+    println!("{db}: converged {:?} after the kill", killed_at.elapsed());
     tokio::time::sleep(Duration::from_millis(500)).await;
     done.store(true, Ordering::Relaxed);
     let mut newest: HashMap<String, String> = HashMap::new();

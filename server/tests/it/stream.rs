@@ -176,7 +176,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_api() {
 
     // A poison entry in the feed lands in the dead letters with its reason.
     let mut conn = srv.redis.conn().await;
-    let feed = "prefetch:dlq:cdc:{p00}";
+    let feed = "prefetch:{dlq}:cdc:p00";
     let _: String = redis::cmd("XADD")
         .arg(feed)
         .arg("*")
@@ -205,7 +205,7 @@ async fn dead_letters_are_listed_and_replayed_from_the_api() {
         "after": {"id": "cat-001", "name": "Replayed", "display_order": "1",
                   "featured": "true", "parent_id": ""}}]);
     let _: String = redis::cmd("XADD")
-        .arg("prefetch:dlq:dlq")
+        .arg("prefetch:{dlq}:dlq")
         .arg("*")
         .arg("__reason")
         .arg("delivered 6 times without being acknowledged")
