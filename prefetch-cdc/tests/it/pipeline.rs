@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use prefetch::testing::{TestRedis, both_sides, engine_config};
+use prefetch::testing::{TestCluster, TestRedis, both_sides, engine_config};
 use prefetch::{
     Change, Engine, EngineConfig, EventBus, Fields, MockPrimary, Source, Transaction, Version,
 };
@@ -223,8 +223,38 @@ fn tx(commit: u64, id: &str, name: &str) -> Arc<Transaction> {
     Arc::new(Transaction::new(v, vec![Change::upsert(id, fields, v)]))
 }
 
+/// One Redis node or a 3-primary cluster, for the tests that run on both.
+enum Where {
+    One(TestRedis),
+    Cluster(TestCluster),
+}
+
+impl Where {
+    fn one() -> Self {
+        Self::One(TestRedis::start())
+    }
+
+    fn cluster() -> Self {
+        Self::Cluster(TestCluster::start(3, 0))
+    }
+
+    async fn redis(&self) -> prefetch::Redis {
+        match self {
+            Self::One(r) => r.redis().await,
+            Self::Cluster(c) => c.redis().await,
+        }
+    }
+
+    fn client(&self) -> prefetch::RedisClient {
+        match self {
+            Self::One(r) => r.client().into(),
+            Self::Cluster(c) => prefetch::RedisClient::Cluster(c.client()),
+        }
+    }
+}
+
 /// A connection and a lease held on `cfg`'s pipeline.
-async fn lease_for(redis: &TestRedis, cfg: &PipelineConfig) -> (prefetch::Redis, Lease) {
+async fn lease_for(redis: &Where, cfg: &PipelineConfig) -> (prefetch::Redis, Lease) {
     let conn = redis.redis().await;
     let lease = Lease::new(conn.clone(), cfg);
     assert!(lease.acquire().await.unwrap());
@@ -233,7 +263,15 @@ async fn lease_for(redis: &TestRedis, cfg: &PipelineConfig) -> (prefetch::Redis,
 
 #[tokio::test]
 async fn a_publisher_without_the_lease_cannot_publish() {
-    let redis = TestRedis::start();
+    fencing(Where::one()).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_publisher_without_the_lease_cannot_publish() {
+    fencing(Where::cluster()).await;
+}
+
+async fn fencing(redis: Where) {
     let cfg = config("fence", "r1");
     let (mut conn, lease) = lease_for(&redis, &cfg).await;
     publish(&mut conn, &cfg, lease.holder_id(), &[tx(1, "a", "x")])
@@ -256,7 +294,7 @@ async fn a_publisher_without_the_lease_cannot_publish() {
         lease.renew().await.unwrap(),
         "a twin cannot release it either"
     );
-    let mut raw = redis.conn().await;
+    let mut raw = redis.redis().await;
     let lens: Vec<u64> = futures::future::join_all(cfg.streams().into_iter().map(|s| {
         let mut raw = raw.clone();
         async move {
@@ -284,7 +322,7 @@ async fn a_publisher_without_the_lease_cannot_publish() {
 }
 
 /// A member of the group that is not inside an engine.
-async fn member(redis: &TestRedis, cfg: PipelineConfig) -> Arc<FeedSource<MockPrimary>> {
+async fn member(redis: &Where, cfg: PipelineConfig) -> Arc<FeedSource<MockPrimary>> {
     let mock = Arc::new(MockPrimary::with_records(
         Vec::new(),
         Duration::ZERO,
@@ -311,7 +349,15 @@ fn names(txs: &[Arc<Transaction>]) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_dead_consumers_entries_are_claimed_and_poison_goes_to_the_dead_letters() {
-    let redis = TestRedis::start();
+    claims(Where::one()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_dead_consumers_entries_are_claimed_and_poison_goes_to_the_dead_letters() {
+    claims(Where::cluster()).await;
+}
+
+async fn claims(redis: Where) {
     let mut cfg = config("claims", "dead");
     cfg.partitions = 1;
     cfg.max_deliveries = 2;
@@ -338,7 +384,7 @@ async fn a_dead_consumers_entries_are_claimed_and_poison_goes_to_the_dead_letter
     third_cfg.consumer = "third".into();
     let third = member(&redis, third_cfg).await;
     // An undecodable entry goes straight to the dead letters.
-    let mut raw = redis.conn().await;
+    let mut raw = redis.redis().await;
     let _: String = redis::cmd("XADD")
         .arg(cfg.stream(0))
         .arg("*")
@@ -412,7 +458,7 @@ async fn a_dead_consumers_entries_are_claimed_and_poison_goes_to_the_dead_letter
 
 #[tokio::test]
 async fn trimming_keeps_every_entry_a_group_still_needs() {
-    let redis = TestRedis::start();
+    let redis = Where::one();
     let mut cfg = config("trim", "r1");
     cfg.partitions = 1;
     let (mut conn, lease) = lease_for(&redis, &cfg).await;
@@ -439,7 +485,7 @@ async fn trimming_keeps_every_entry_a_group_still_needs() {
         removed, 1,
         "the last delivered entry stays as the group's mark"
     );
-    let mut raw = redis.conn().await;
+    let mut raw = redis.redis().await;
     let left: u64 = redis::cmd("XLEN")
         .arg(&stream)
         .query_async(&mut raw)
@@ -467,7 +513,7 @@ async fn trimming_keeps_every_entry_a_group_still_needs() {
 
 #[tokio::test]
 async fn every_replica_announces_every_transaction() {
-    let redis = TestRedis::start();
+    let redis = Where::one();
     let mut cfg = config("tail", "r1");
     cfg.partitions = 3;
     let (mut conn, lease) = lease_for(&redis, &cfg).await;
@@ -514,10 +560,10 @@ async fn every_replica_announces_every_transaction() {
 
 #[tokio::test]
 async fn a_replayed_debezium_entry_keeps_its_original_version() {
-    let redis = TestRedis::start();
+    let redis = Where::one();
     let mut cfg = config("replayv", "r1");
     cfg.partitions = 1;
-    let mut raw = redis.conn().await;
+    let mut raw = redis.redis().await;
     // Buried long ago as entry 1-0 of the partition, in Debezium's format.
     let _: String = redis::cmd("XADD")
         .arg(cfg.dlq_key())

@@ -414,3 +414,4 @@ async fn reconciliation_finds_and_repairs_drift_on_every_node() {
     assert!(engine.reconcile(false).await.unwrap().is_clean());
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }
+

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use app::model::LiveEvent;
-use prefetch::testing::{TestCluster, TestRedis};
 use prefetch::Connection;
+use prefetch::testing::{TestCluster, TestRedis};
 use serde_json::Value;
 
 use crate::common::{
