@@ -48,6 +48,16 @@ pub struct CacheConfig {
     /// How long a delete's tombstone keeps older changes from resurrecting
     /// the record.
     pub tombstone_ttl: Duration,
+    /// Replicas of each written primary that must hold a batch (`WAIT`)
+    /// before it counts as applied, and so before the source hears it is
+    /// durable; 0 (the default) waits for none. Redis replicates
+    /// asynchronously: without it, writes a primary acknowledged just
+    /// before it died can be missing on the replica promoted in its place.
+    pub wait_replicas: u32,
+    /// How long each primary waits for them; then the batch fails
+    /// ([`Error::NotReplicated`](crate::Error::NotReplicated)) and is
+    /// retried, which changes nothing already applied.
+    pub wait_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -56,6 +66,8 @@ impl Default for CacheConfig {
             prefix: DEFAULT_PREFIX.to_owned(),
             ttl: DEFAULT_TTL,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -205,6 +217,8 @@ struct Inner {
     tombstone_ttl_ms: u64,
     source: String,
     counters: Counters,
+    wait_replicas: u32,
+    wait_timeout: Duration,
     /// Set when a write found its state gone (`PFLOST`); on a cluster only
     /// the slots of a node that lost its data may be affected, while the
     /// main state looks fine.
@@ -246,6 +260,8 @@ impl<C: Connection> PrefetchCache<C> {
                     .max(1),
                 source: source.into(),
                 counters: Counters::default(),
+                wait_replicas: config.wait_replicas,
+                wait_timeout: config.wait_timeout,
                 state_lost: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -380,7 +396,40 @@ impl<C: Connection> PrefetchCache<C> {
             let cmd = guard.apply(self.inner.keys.meta_key(), mode, position, &[]);
             apply::fcall::<_, Vec<i64>>(&mut self.writer.clone(), &cmd).await?;
         }
+        self.replicated().await?;
         Ok(out)
+    }
+
+    /// With [`CacheConfig::wait_replicas`], waits until that many replicas
+    /// of every primary hold what this cache's writer wrote (`WAIT` on the
+    /// writer's connection to each primary: it covers every write sent on
+    /// it before).
+    async fn replicated(&self) -> Result<()> {
+        let wanted = self.inner.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let timeout = self.inner.wait_timeout;
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut acked = u32::MAX;
+        for mut node in self.writer.primaries().await? {
+            let n: u32 = redis::cmd("WAIT")
+                .arg(wanted)
+                .arg(ms)
+                .query_async(&mut node)
+                .await?;
+            acked = acked.min(n);
+        }
+        if acked < wanted {
+            return Err(crate::Error::NotReplicated {
+                wanted,
+                acked,
+                timeout,
+            });
+        }
+        Ok(())
     }
 
     /// Remembers a [`StateLost`](crate::Error::StateLost) on its way out.
@@ -475,6 +524,7 @@ impl<C: Connection> PrefetchCache<C> {
             .collect();
         let all = parts.len();
         conn::run_parts(&self.writer, parts, all, conn::as_pipeline).await?;
+        self.replicated().await?;
         let loaded = records.len();
         self.inner
             .counters

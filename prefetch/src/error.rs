@@ -64,6 +64,18 @@ pub enum Error {
     /// source): nothing was written; the engine re-prefetches by itself.
     #[error("redis lost the cache's state")]
     StateLost,
+    /// Fewer replicas than asked for acknowledged a write in time
+    /// ([`CacheConfig::wait_replicas`](crate::CacheConfig::wait_replicas));
+    /// the write stays unacknowledged to the source and is retried.
+    #[error("only {acked} of {wanted} Redis replicas acknowledged the writes within {timeout:?}")]
+    NotReplicated {
+        /// Replicas asked for.
+        wanted: u32,
+        /// The fewest any primary reported.
+        acked: u32,
+        /// How long each primary waited.
+        timeout: Duration,
+    },
     /// The sync worker did not park within the given time; nothing was paused.
     #[error("sync worker did not pause within {0:?}")]
     PauseTimeout(Duration),
@@ -90,7 +102,7 @@ impl Error {
                     || e.is_timeout()
                     || e.is_unrecoverable_error()
             }
-            Error::SourceUnavailable(_) | Error::StateLost => true,
+            Error::SourceUnavailable(_) | Error::StateLost | Error::NotReplicated { .. } => true,
             _ => false,
         }
     }

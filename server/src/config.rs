@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',',
           conflicts_with_all = ["redis_url", "redis_host", "redis_port", "embedded_redis"])]
     pub redis_cluster: Vec<String>,
+    /// Replicas of each Redis primary that must hold a batch of sync writes
+    /// (`WAIT`) before the source hears it is durable (0: none). Set it when
+    /// the cache's Redis has replicas that may be promoted.
+    #[arg(long, env = "PREFETCH_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
     /// Redis host.
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,

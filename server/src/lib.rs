@@ -145,6 +145,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
         cache: CacheConfig {
             prefix: config.cache_prefix.clone(),
             ttl: Duration::from_secs(config.ttl_seconds),
+            wait_replicas: config.redis_wait_replicas,
             ..CacheConfig::default()
         },
         memory_check: if config.memory_check == "warn" {

@@ -1,12 +1,16 @@
 //! The core's guarantees on a local Redis Cluster: three primaries on
 //! loopback (explicit cluster bus ports), shared by this module's tests, each
-//! on its own prefix; the failover drill starts six nodes of its own.
+//! on its own prefix; the failover drill starts six nodes of its own. Last,
+//! replicas: with `wait_replicas`, a write counts only once a replica holds it.
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use prefetch::testing::{TestCluster, assert_converged, both_sides, mock_engine};
+use prefetch::testing::{
+    TestCluster, TestRedis, assert_converged, both_sides, engine_config, mock_engine,
+    mock_engine_with,
+};
 use prefetch::{
     Change, Connection, Engine, KeySpace, MockPrimary, PrefetchCache, Record, Tombstone, Version,
     slot,
@@ -415,3 +419,69 @@ async fn reconciliation_finds_and_repairs_drift_on_every_node() {
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }
 
+/// Waits until `primary` reports `replicas` connected and in sync.
+async fn linked(primary: &TestRedis, replicas: usize) {
+    let mut conn = primary.conn().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let online = info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count();
+        if online == replicas {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica never linked: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_a_batch_counts_as_applied_only_once_a_replica_holds_it() {
+    let primary = TestRedis::spawn_own(false);
+    let port = primary.port.to_string();
+    let mut replica = TestRedis::spawn_with(false, &["--replicaof", "127.0.0.1", &port]);
+    linked(&primary, 1).await;
+    let mut config = engine_config("wait");
+    config.cache.wait_replicas = 1;
+    config.cache.wait_timeout = Duration::from_millis(200);
+    let (engine, _) = mock_engine_with(primary.conn().await, config, None, Duration::ZERO).await;
+    engine
+        .source()
+        .update_field("cat-001", "name", "one")
+        .unwrap();
+    engine.settle(Duration::from_secs(5)).await.unwrap();
+    let mut on_replica = replica.conn().await;
+    let name: Option<String> = on_replica
+        .hget(engine.cache().key("cat-001"), "name")
+        .await
+        .unwrap();
+    assert_eq!(
+        name.as_deref(),
+        Some("one"),
+        "the replica held it before it counted"
+    );
+
+    // Without a replica, a write is made but never counts as applied: the
+    // source does not hear it is durable, and the worker retries.
+    replica.kill();
+    engine
+        .source()
+        .update_field("cat-002", "name", "two")
+        .unwrap();
+    assert!(
+        engine.settle(Duration::from_secs(1)).await.is_err(),
+        "a batch no replica holds counted as applied"
+    );
+    assert!(engine.stats().cache.sync_retries > 0);
+    replica.restart();
+    linked(&primary, 1).await;
+    engine.settle(Duration::from_secs(10)).await.unwrap();
+    assert_converged(&engine).await;
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
+}
