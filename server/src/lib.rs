@@ -785,13 +785,39 @@ fn leptos_options(addr: SocketAddr) -> LeptosOptions {
         .build()
 }
 
-/// A URL with any password replaced, for logs.
+/// A URL (or a comma-separated list of them, as `--redis-cluster` takes)
+/// with any password replaced, for logs.
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
+    url.split(',')
+        .map(|one| match url::Url::parse(one) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(_) => one.to_owned(),
+            // Unparsable: nothing of it goes to a log after an '@'.
+            Err(_) => match one.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => one.to_owned(),
+            },
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_the_logs_in_one_url_or_a_cluster_list() {
+        assert_eq!(
+            super::redacted("redis://:pw@127.0.0.1:6379/"),
+            "redis://:***@127.0.0.1:6379/"
+        );
+        assert_eq!(
+            super::redacted("redis://u:pw@a:7000,redis://u:pw@b:7001"),
+            "redis://u:***@a:7000,redis://u:***@b:7001"
+        );
+        assert_eq!(super::redacted("redis://a:1"), "redis://a:1");
+        assert!(!super::redacted("not a url:pw@host").contains("pw"));
     }
 }

@@ -449,7 +449,7 @@ async fn with_wait_replicas_a_batch_counts_as_applied_only_once_a_replica_holds_
     linked(&primary, 1).await;
     let mut config = engine_config("wait");
     config.cache.wait_replicas = 1;
-    config.cache.wait_timeout = Duration::from_millis(200);
+    config.cache.wait_timeout = Duration::from_secs(2);
     let (engine, _) = mock_engine_with(primary.conn().await, config, None, Duration::ZERO).await;
     engine
         .source()
@@ -474,8 +474,9 @@ async fn with_wait_replicas_a_batch_counts_as_applied_only_once_a_replica_holds_
         .source()
         .update_field("cat-002", "name", "two")
         .unwrap();
+    // Longer than one `WAIT`, so the first attempt has failed.
     assert!(
-        engine.settle(Duration::from_secs(1)).await.is_err(),
+        engine.settle(Duration::from_secs(3)).await.is_err(),
         "a batch no replica holds counted as applied"
     );
     assert!(engine.stats().cache.sync_retries > 0);
