@@ -23,7 +23,7 @@ test("stream entries reach both columns and dead letters can be replayed from th
   await expect(cacheCell(page, "cat-900", "name")).toHaveText("From RDI");
   await expect(row(page, "cat-900")).toHaveAttribute("data-status", "ok");
 
-  redis.cli("XADD", "prefetch:e2e:cdc:{p00}", "*", "v", "0:1:0", "changes", "{broken");
+  redis.cli("XADD", "prefetch:{e2e}:cdc:p00", "*", "v", "0:1:0", "changes", "{broken");
   await expect(page.locator("#dead-letter-count")).toContainText("1 in the feed's dead-letter stream");
   await expect(page.locator("#dead-letter-last")).toContainText("not the feed's JSON");
 
