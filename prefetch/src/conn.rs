@@ -275,33 +275,40 @@ impl From<ClusterConnection> for Redis {
     }
 }
 
-impl ConnectionLike for Redis {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
+/// `ConnectionLike` for an enum of two connections, by delegation.
+macro_rules! delegate_connection_like {
+    ($ty:ident) => {
+        impl ConnectionLike for $ty {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    Self::Single(c) => c.req_packed_command(cmd),
+                    Self::Cluster(c) => c.req_packed_command(cmd),
+                }
+            }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+                    Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+                }
+            }
 
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            fn get_db(&self) -> i64 {
+                match self {
+                    Self::Single(c) => c.get_db(),
+                    Self::Cluster(c) => c.get_db(),
+                }
+            }
         }
-    }
+    };
 }
+
+delegate_connection_like!(Redis);
 
 /// Where a [`Redis`] connects: one node, or a Redis Cluster given by some
 /// of its nodes.
@@ -383,33 +390,7 @@ pub enum RedisNode {
     Cluster(ClusterNode),
 }
 
-impl ConnectionLike for RedisNode {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
+delegate_connection_like!(RedisNode);
 
 impl Connection for Redis {
     type Node = RedisNode;

@@ -325,6 +325,30 @@ where
     (primary, cache)
 }
 
+/// Waits until the cache holds exactly the source's records, for at most
+/// `within` (a refill or another replica's apply runs beside this engine's
+/// worker, so its catching up is not enough).
+pub async fn converged_within<S, C>(engine: &Engine<S, C>, within: Duration)
+where
+    S: Primary + ?Sized,
+    C: crate::Connection,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (primary, cache) = both_sides(engine).await;
+        if primary == cache {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence within {within:?}: {} in the primary, {} cached",
+            primary.len(),
+            cache.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asserts the cache holds exactly the primary's records.
 pub async fn assert_converged<S, C>(engine: &Engine<S, C>)
 where

@@ -196,18 +196,9 @@ pub fn spawn_cluster_listener(
                         Vec::new()
                     }
                 };
-                let addresses: Vec<(String, u16)> = nodes
-                    .iter()
-                    .filter_map(|n| match n {
-                        prefetch::RedisNode::Cluster(c) => {
-                            let (host, port) = c.address();
-                            Some((host.to_owned(), port))
-                        }
-                        prefetch::RedisNode::Single(_) => None,
-                    })
-                    .collect();
+                let known = addresses(&nodes);
                 let generation = shutdown.child_token();
-                for (node, (host, port)) in nodes.into_iter().zip(&addresses) {
+                for (node, (host, port)) in nodes.into_iter().zip(&known) {
                     match redis::Client::open(format!("redis://{host}:{port}/")) {
                         Ok(client) => {
                             spawn_listener(
@@ -231,20 +222,8 @@ pub fn spawn_cluster_listener(
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
-                    let now: Option<Vec<(String, u16)>> =
-                        conn.primaries().await.ok().map(|nodes| {
-                            nodes
-                                .iter()
-                                .filter_map(|n| match n {
-                                    prefetch::RedisNode::Cluster(c) => {
-                                        let (host, port) = c.address();
-                                        Some((host.to_owned(), port))
-                                    }
-                                    prefetch::RedisNode::Single(_) => None,
-                                })
-                                .collect()
-                        });
-                    if now.as_ref().is_some_and(|now| *now != addresses) || addresses.is_empty() {
+                    let now = conn.primaries().await.ok().map(|n| addresses(&n));
+                    if now.as_ref().is_some_and(|now| *now != known) || known.is_empty() {
                         tracing::info!("the cluster's primaries changed; subscribing again");
                         generation.cancel();
                         break;
@@ -254,4 +233,18 @@ pub fn spawn_cluster_listener(
         }
         .instrument(span),
     )
+}
+
+/// The cluster primaries' addresses, in the order given.
+fn addresses(nodes: &[prefetch::RedisNode]) -> Vec<(String, u16)> {
+    nodes
+        .iter()
+        .filter_map(|n| match n {
+            prefetch::RedisNode::Cluster(c) => {
+                let (host, port) = c.address();
+                Some((host.to_owned(), port))
+            }
+            prefetch::RedisNode::Single(_) => None,
+        })
+        .collect()
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use prefetch::testing::{TestCluster, TestRedis, both_sides, engine_config};
+use prefetch::testing::{TestCluster, TestRedis, converged_within, engine_config};
 use prefetch::{
     Change, Engine, EngineConfig, EventBus, Fields, MockPrimary, Source, Transaction, Version,
 };
@@ -78,24 +78,6 @@ async fn replica(
     }
 }
 
-/// Waits until Redis holds exactly the mock's records.
-async fn converged(engine: &Replica, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let (primary, cache) = both_sides(engine).await;
-        if primary == cache {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence within {within:?}: {} in the primary, {} cached",
-            primary.len(),
-            cache.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn leaders(nodes: &[Node]) -> usize {
     nodes.iter().filter(|n| *n.leading.borrow()).count()
 }
@@ -160,7 +142,7 @@ async fn three_replicas_apply_one_feed_and_a_dead_leader_is_replaced() {
         mutate(&mock, round);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    converged(&nodes[0].engine, Duration::from_secs(10)).await;
+    converged_within(&nodes[0].engine, Duration::from_secs(10)).await;
     sampling.cancel();
     assert!(sampler.await.unwrap() > 10);
     let applied: Vec<u64> = nodes
@@ -188,7 +170,7 @@ async fn three_replicas_apply_one_feed_and_a_dead_leader_is_replaced() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();
-    converged(&nodes[0].engine, Duration::from_secs(10)).await;
+    converged_within(&nodes[0].engine, Duration::from_secs(10)).await;
     assert!(took < Duration::from_secs(3), "takeover took {took:?}");
     for n in &nodes {
         n.cancel.cancel();

@@ -8,13 +8,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use prefetch::testing::{
-    TestCluster, TestRedis, assert_converged, both_sides, engine_config, mock_engine,
+    TestCluster, TestRedis, assert_converged, converged_within, engine_config, mock_engine,
     mock_engine_with,
 };
-use prefetch::{
-    Change, Connection, Engine, KeySpace, MockPrimary, PrefetchCache, Record, Tombstone, Version,
-    slot,
-};
+use prefetch::{Change, Connection, KeySpace, PrefetchCache, Record, Tombstone, Version, slot};
 use redis::AsyncCommands;
 
 use crate::{claimed, fields, records};
@@ -23,25 +20,6 @@ use crate::{claimed, fields, records};
 fn cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| TestCluster::start(3, 0))
-}
-
-/// Waits until the cache equals the source (a refill runs beside the
-/// worker, so the worker's catching up is not enough).
-async fn eventually_converged<C: Connection>(engine: &Engine<MockPrimary, C>, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (primary, cache) = both_sides(engine).await;
-        if primary == cache {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cache never converged: {} records in the source, {} cached",
-            primary.len(),
-            cache.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// How many keys each primary holds under `prefix`.
@@ -279,7 +257,7 @@ async fn a_node_that_lost_its_keys_is_noticed_by_the_next_write_there_and_refill
         .update_field(&victim, "name", "after")
         .unwrap();
     // The refill runs beside the worker: wait for its end, not the worker's.
-    eventually_converged(&engine, Duration::from_secs(20)).await;
+    converged_within(&engine, Duration::from_secs(20)).await;
     assert_eq!(engine.stats().cache.self_heals, 1);
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }
@@ -339,7 +317,7 @@ async fn a_cluster_survives_kill_9_of_a_primary_and_the_cache_converges_after_pr
         .settle(Duration::from_secs(30))
         .await
         .expect("the worker catches up after the failover");
-    eventually_converged(&engine, Duration::from_secs(30)).await;
+    converged_within(&engine, Duration::from_secs(30)).await;
     eprintln!("converged {:?} after the kill", killed.elapsed());
     // Every primary now, the promoted one included, has the library.
     let primaries = conn.primaries().await.unwrap();
