@@ -75,37 +75,29 @@ impl<N> SlotMap<N> {
     }
 }
 
-impl Connection for MultiplexedConnection {
-    type Node = Self;
+/// [`Connection`] for a single-node connection: it is its own one primary.
+macro_rules! single_node_connection {
+    ($ty:ty) => {
+        impl Connection for $ty {
+            type Node = Self;
 
-    fn is_cluster(&self) -> bool {
-        false
-    }
+            fn is_cluster(&self) -> bool {
+                false
+            }
 
-    fn primaries(&self) -> impl Future<Output = RedisResult<Vec<Self>>> + Send {
-        std::future::ready(Ok(vec![self.clone()]))
-    }
+            fn primaries(&self) -> impl Future<Output = RedisResult<Vec<Self>>> + Send {
+                std::future::ready(Ok(vec![self.clone()]))
+            }
 
-    fn slot_map(&self) -> impl Future<Output = RedisResult<SlotMap<Self>>> + Send {
-        std::future::ready(Ok(SlotMap::single(self.clone())))
-    }
+            fn slot_map(&self) -> impl Future<Output = RedisResult<SlotMap<Self>>> + Send {
+                std::future::ready(Ok(SlotMap::single(self.clone())))
+            }
+        }
+    };
 }
 
-impl Connection for ConnectionManager {
-    type Node = Self;
-
-    fn is_cluster(&self) -> bool {
-        false
-    }
-
-    fn primaries(&self) -> impl Future<Output = RedisResult<Vec<Self>>> + Send {
-        std::future::ready(Ok(vec![self.clone()]))
-    }
-
-    fn slot_map(&self) -> impl Future<Output = RedisResult<SlotMap<Self>>> + Send {
-        std::future::ready(Ok(SlotMap::single(self.clone())))
-    }
-}
+single_node_connection!(MultiplexedConnection);
+single_node_connection!(ConnectionManager);
 
 /// One primary of a Redis Cluster: every command sent here goes to it.
 #[derive(Clone)]

@@ -11,14 +11,9 @@ use prefetch::testing::{TestCluster, prefix};
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::common::{SseClient, json_of};
+use crate::common::{SseClient, is_cache, json_of};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn is_cache(ev: &LiveEvent, want_id: &str, want_source: WriteOrigin, present: bool) -> bool {
-    matches!(ev, LiveEvent::Cache { id, source, fields, .. }
-        if id == want_id && *source == want_source && fields.is_some() == present)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_on_a_cluster_and_hears_outside_writes_on_every_primary() {

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use app::model::LiveEvent;
+use app::model::{LiveEvent, WriteOrigin};
 use clap::Parser;
 use futures::StreamExt;
 use prefetch::testing::{TestRedis, prefix};
@@ -294,4 +294,28 @@ pub async fn postgres_client(url: &str) -> tokio_postgres::Client {
         let _ = conn.await;
     });
     client
+}
+
+/// A cache event for `want_id` from `want_source`, with fields (`present`)
+/// or without (deleted, missing).
+pub fn is_cache(ev: &LiveEvent, want_id: &str, want_source: WriteOrigin, present: bool) -> bool {
+    matches!(ev, LiveEvent::Cache { id, source, fields, .. }
+        if id == want_id && *source == want_source && fields.is_some() == present)
+}
+
+/// Writes `cat-002` named "Elsewhere" at `version` through the cache core
+/// directly, as another applier would: no event of this server's engine.
+pub async fn upsert_elsewhere(srv: &TestServer, version: prefetch::Version) {
+    let fields: prefetch::Fields = [("id", "cat-002"), ("name", "Elsewhere")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    srv.engine()
+        .cache()
+        .apply_batch(
+            &[prefetch::Change::upsert("cat-002", fields, version)],
+            None,
+        )
+        .await
+        .unwrap();
 }

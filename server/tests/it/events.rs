@@ -3,16 +3,11 @@
 
 use std::time::Duration;
 
-use crate::common::TestServer;
+use crate::common::{TestServer, is_cache, upsert_elsewhere};
 use app::model::{LiveEvent, WriteOrigin};
 use redis::AsyncCommands;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn is_cache(ev: &LiveEvent, want_id: &str, want_source: WriteOrigin, present: bool) -> bool {
-    matches!(ev, LiveEvent::Cache { id, source, fields, .. }
-        if id == want_id && *source == want_source && fields.is_some() == present)
-}
 
 #[tokio::test]
 async fn the_feed_opens_with_a_snapshot_of_both_sides() {
@@ -256,16 +251,8 @@ async fn without_a_pipeline_every_write_the_server_did_not_make_is_external() {
     let srv = TestServer::start().await;
     let mut feed = srv.events().await;
     feed.next(SECOND).await.expect("snapshot");
-    let cache = srv.engine().cache();
     let v = prefetch::Version::new(u64::from(u32::MAX) << 20, 0);
-    let fields: prefetch::Fields = [("id", "cat-002"), ("name", "Elsewhere")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    cache
-        .apply_batch(&[prefetch::Change::upsert("cat-002", fields, v)], None)
-        .await
-        .unwrap();
+    upsert_elsewhere(&srv, v).await;
     feed.expect(SECOND, "a versioned write from elsewhere", |e| {
         is_cache(e, "cat-002", WriteOrigin::External, true)
     })

@@ -9,7 +9,7 @@ use app::model::{LiveEvent, WriteOrigin};
 use prefetch::testing::TestRedis;
 use serde_json::{Value, json};
 
-use crate::common::TestServer;
+use crate::common::{TestServer, is_cache, upsert_elsewhere};
 
 const SECOND: Duration = Duration::from_secs(1);
 const STREAM: &str = "data:shop.public.categories";
@@ -272,20 +272,8 @@ async fn writes_another_replica_applied_are_labelled_sync() {
     let mut feed = srv.events().await;
     feed.next(SECOND).await.expect("snapshot");
     // The cache core directly, as another replica would: no engine event.
+    upsert_elsewhere(&srv, prefetch::Version::new(u64::MAX - 10, 0)).await;
     let cache = srv.engine().cache();
-    let v = prefetch::Version::new(u64::MAX - 10, 0);
-    let fields: prefetch::Fields = [("id", "cat-002"), ("name", "Elsewhere")]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    cache
-        .apply_batch(&[prefetch::Change::upsert("cat-002", fields, v)], None)
-        .await
-        .unwrap();
-    let is_cache = |e: &LiveEvent, want: &str, origin: WriteOrigin, present: bool| {
-        matches!(e, LiveEvent::Cache { id, source, fields, .. }
-            if id == want && *source == origin && fields.is_some() == present)
-    };
     feed.expect(SECOND, "upsert applied elsewhere", |e| {
         is_cache(e, "cat-002", WriteOrigin::Sync, true)
     })
