@@ -150,6 +150,17 @@ pub async fn guard_api(state: &AppState, req: Request, next: Next) -> Response {
         }
         // The guard reads the body to check its encoding, and this read is
         // where the size limit is enforced (the one place that answers 413).
+        // A body announced over the limit is refused before any of it is
+        // read: a client that announces 2 MB and sends nothing gets its
+        // answer now instead of holding the connection.
+        let announced = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+            return ApiError::too_large(BODY_LIMIT).into_response();
+        }
         let (parts, body) = req.into_parts();
         let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
             Ok(bytes) => bytes,

@@ -373,6 +373,45 @@ async fn oversized_bodies_get_413_json_and_change_nothing() {
     assert_eq!(read["record"]["name"], "Beverages");
 }
 
+/// A 413 leaves the body unread, so the connection cannot carry another
+/// request: the answer says `Connection: close` and the server closes it,
+/// while an ordinary answer keeps the connection open.
+#[tokio::test]
+async fn a_413_closes_its_connection_and_an_ordinary_answer_does_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start().await;
+    let addr = srv.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /stats HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("an answer to GET /stats")
+        .unwrap();
+    let ok = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(ok.starts_with("http/1.1 200"), "{ok}");
+    assert!(!ok.contains("connection: close"), "{ok}");
+
+    // The same connection, kept alive: a body announced over the limit (it
+    // is refused before any of it is read, so none is sent).
+    let head = format!(
+        "POST /update HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        2 * 1024 * 1024
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
+        .await
+        .expect("the server closes the connection after a 413")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(reply.starts_with("http/1.1 413"), "{reply}");
+    assert!(reply.contains("connection: close"), "{reply}");
+    assert!(reply.contains("too large"), "{reply}");
+}
+
 #[tokio::test]
 async fn unknown_paths_get_404_json() {
     let srv = TestServer::start().await;
