@@ -115,6 +115,14 @@ pub struct Config {
     #[arg(long, env = "PREFETCH_HTTP_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub http_threads: u16,
+    /// Seconds a client gets to send a request's head (on a kept-alive
+    /// connection, counted from the previous answer) or its body. A head
+    /// that takes longer closes the connection; a body that takes longer
+    /// gets 408. Live streams (`/events`) are answers, not requests: they
+    /// are not limited.
+    #[arg(long, env = "PREFETCH_CLIENT_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub client_timeout_secs: u64,
     /// Token required by the admin and mutation endpoints (`Authorization:
     /// Bearer <token>`, or a cookie set by opening `/?token=<token>`).
     /// Mandatory when --host is not a loopback address.

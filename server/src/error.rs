@@ -96,6 +96,14 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 408: the body did not arrive within `timeout`.
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("Request body not received within {} s.", timeout.as_secs()),
+        )
+    }
+
     /// 413: the body is over the limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

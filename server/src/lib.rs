@@ -20,12 +20,13 @@ pub mod sse;
 
 pub mod routes;
 
+mod http1;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use app::api::ServerContext;
-use axum::serve::ListenerExt;
 use futures::FutureExt;
 use leptos::prelude::LeptosOptions;
 use prefetch::Source;
@@ -387,6 +388,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             hub,
             shutdown: shutdown.clone(),
             admin_token,
+            client_timeout: Duration::from_secs(config.client_timeout_secs),
         },
         ctx,
     );
@@ -572,18 +574,10 @@ where
                 }
             };
             let listener = TcpListener::from_std(listener)?;
-            // Small writes (SSE frames, short JSON replies) go out at once
-            // instead of waiting up to 40 ms for a delayed ACK (Nagle).
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
+            let head_timeout = state.client_timeout;
             let app = routes::router(state.with_reader(conn));
             let _ = ready_tx.send(Ok(()));
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
+            http1::serve(listener, app, head_timeout, shutdown).await
         };
         let outcome = runtime.block_on(serve.instrument(tracing::info_span!("http", loop_ = i)));
         // Idle keep-alive connections are abandoned, not awaited.

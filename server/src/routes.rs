@@ -189,7 +189,7 @@ fn json_errors(mut res: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+    if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT {
         // The rest of the body is never read, so the connection cannot
         // carry another request: say so, or a client may reuse it.
         res.headers_mut()

@@ -161,10 +161,13 @@ pub async fn guard_api(state: &AppState, req: Request, next: Next) -> Response {
         if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
             return ApiError::too_large(BODY_LIMIT).into_response();
         }
+        // A body trickled in slower than the client timeout gets 408.
         let (parts, body) = req.into_parts();
-        let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
-            Ok(bytes) => bytes,
-            Err(_) => return ApiError::too_large(BODY_LIMIT).into_response(),
+        let read = axum::body::to_bytes(body, BODY_LIMIT);
+        let bytes = match tokio::time::timeout(state.client_timeout, read).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => return ApiError::too_large(BODY_LIMIT).into_response(),
+            Err(_) => return ApiError::body_timeout(state.client_timeout).into_response(),
         };
         if !decodes_cleanly(&bytes) {
             return malformed();

@@ -31,6 +31,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// When set, the mutation and admin endpoints require it.
     pub admin_token: Option<String>,
+    /// How long a client may take to send a request body (`--client-timeout-secs`).
+    pub client_timeout: std::time::Duration,
 }
 
 impl AppState {

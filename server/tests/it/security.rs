@@ -170,3 +170,112 @@ async fn the_page_carries_a_nonce_csp_and_every_response_security_headers() {
         assert_eq!(h["referrer-policy"], "same-origin", "{path}");
     }
 }
+
+/// Slow clients (`--client-timeout-secs`): the raw connection of a test.
+async fn raw(srv: &TestServer) -> tokio::net::TcpStream {
+    let addr = srv.base.trim_start_matches("http://").to_owned();
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// Reads until the server closes the connection (or 10 s pass): what it
+/// sent, and how long after the call the close came.
+async fn until_closed(tcp: &mut tokio::net::TcpStream) -> (String, std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut got),
+    )
+    .await
+    .expect("the server closes the connection")
+    .unwrap();
+    (
+        String::from_utf8_lossy(&got).to_ascii_lowercase(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_request_head_or_an_idle_connection_past_the_client_timeout_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start_on(TestRedis::start(), &["--client-timeout-secs", "1"]).await;
+
+    // Half a request head, then nothing.
+    let mut slow = raw(&srv).await;
+    slow.write_all(b"GET /stats HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let (sent, after) = until_closed(&mut slow).await;
+    assert!(
+        sent.is_empty(),
+        "nothing is answered to half a head: {sent}"
+    );
+    assert!(
+        after >= std::time::Duration::from_millis(900) && after < std::time::Duration::from_secs(5),
+        "closed after {after:?}, not about 1 s"
+    );
+
+    // A whole request is answered, and the connection stays open for the
+    // next one within the timeout...
+    let mut idle = raw(&srv).await;
+    for _ in 0..2 {
+        idle.write_all(b"GET /stats HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = idle.read(&mut buf).await.unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    // ...but not idle past it.
+    let (sent, after) = until_closed(&mut idle).await;
+    assert!(sent.is_empty(), "{sent}");
+    assert!(
+        after < std::time::Duration::from_secs(5),
+        "closed after {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_client_timeout_gets_408_and_changes_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let srv = TestServer::start_on(TestRedis::start(), &["--client-timeout-secs", "1"]).await;
+    let body = "id=cat-001&field=name&value=Slow";
+    let mut tcp = raw(&srv).await;
+    let head = format!(
+        "POST /update HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // All but the last byte.
+    tcp.write_all(&body.as_bytes()[..body.len() - 1])
+        .await
+        .unwrap();
+    let (answer, after) = until_closed(&mut tcp).await;
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("not received within 1 s"), "{answer}");
+    assert!(after >= std::time::Duration::from_millis(900), "{after:?}");
+    let (_, read) = srv.get("/read?id=cat-001").await;
+    assert_eq!(read["record"]["name"], "Beverages");
+}
+
+#[tokio::test]
+async fn the_live_feed_outlives_the_client_timeout() {
+    use app::model::LiveEvent;
+    let srv = TestServer::start_on(TestRedis::start(), &["--client-timeout-secs", "1"]).await;
+    let mut feed = srv.events().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, _) = srv
+        .post("/update", "id=cat-002&field=name&value=Still%20here")
+        .await;
+    assert_eq!(status, 200);
+    feed.expect(
+        std::time::Duration::from_secs(5),
+        "primary upsert after 2.5 s on the stream",
+        |e| matches!(e, LiveEvent::Primary { id, .. } if id == "cat-002"),
+    )
+    .await;
+}
