@@ -6,9 +6,17 @@
 //! lossy broadcast of engine events, and clients read a lossy broadcast of
 //! frames. Whoever falls behind (the hub or a client) is resynchronised with
 //! a fresh snapshot instead of being waited for.
+//!
+//! With nobody watching, the hub does no Redis work: it drops the keys that
+//! keyspace notifications name instead of re-reading each, and skips the
+//! full re-reads (resyncs, polls) that only serve clients. The first client
+//! to come back gets its snapshot from the hub task itself, which re-seeds
+//! its mirror from that same snapshot before handling anything else, so
+//! every later change is compared with exactly what that client was told.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use app::api::{ServerContext, dashboard_state, now_ms};
@@ -17,7 +25,7 @@ use app::model::{
     epoch_ms, expires_at, millis,
 };
 use prefetch::{Event, WriteOutcome};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -58,11 +66,19 @@ pub enum SnapshotError {
     Serialise(#[from] serde_json::Error),
 }
 
+/// A snapshot asked of the hub task, and where its answer goes.
+type SnapshotRequest = oneshot::Sender<Result<Frame, SnapshotError>>;
+
 /// Handle to the hub. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct LiveHub {
     tx: broadcast::Sender<Frame>,
     ctx: ServerContext,
+    /// Snapshots made by the hub task (for a client arriving while idle).
+    requests: mpsc::Sender<SnapshotRequest>,
+    /// Set while the hub has stopped following the cache for lack of
+    /// clients (its mirror is stale until a client's snapshot re-seeds it).
+    idle: Arc<AtomicBool>,
 }
 
 impl LiveHub {
@@ -74,11 +90,18 @@ impl LiveHub {
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, _) = broadcast::channel(CLIENT_BUFFER);
-        let hub = Self { tx, ctx };
+        let (requests, requests_rx) = mpsc::channel(16);
+        let hub = Self {
+            tx,
+            ctx,
+            requests,
+            idle: Arc::new(AtomicBool::new(false)),
+        };
         let task = Task {
             hub: hub.clone(),
             engine_rx: hub.ctx.engine.subscribe(),
             keys,
+            requests: requests_rx,
             mirror: BTreeMap::new(),
             pending: BTreeSet::new(),
             expired: BTreeSet::new(),
@@ -97,10 +120,26 @@ impl LiveHub {
         self.tx.subscribe()
     }
 
-    /// A snapshot frame of the current state.
+    /// A snapshot frame of the current state. While the hub is idle (no
+    /// client was watching), the hub task makes it and re-seeds its mirror
+    /// from it; otherwise it is read here.
     pub async fn snapshot(&self) -> Result<Frame, SnapshotError> {
+        if self.idle.load(Ordering::Acquire) {
+            let (reply, answer) = oneshot::channel();
+            if self.requests.send(reply).await.is_ok()
+                && let Ok(frame) = answer.await
+            {
+                return frame;
+            }
+            // The hub task has stopped (shutdown): read it here.
+        }
         let state = dashboard_state(&self.ctx).await?;
         Ok(Frame::of(&LiveEvent::Snapshot(Box::new(state)))?)
+    }
+
+    /// Whether any client is watching.
+    fn watched(&self) -> bool {
+        self.tx.receiver_count() > 0
     }
 
     fn send(&self, event: &LiveEvent) {
@@ -127,6 +166,7 @@ struct Task {
     hub: LiveHub,
     engine_rx: broadcast::Receiver<Event>,
     keys: Option<mpsc::Receiver<KeyEvent>>,
+    requests: mpsc::Receiver<SnapshotRequest>,
     mirror: BTreeMap<String, Mirrored>,
     pending: BTreeSet<String>,
     expired: BTreeSet<String>,
@@ -138,6 +178,8 @@ impl Task {
     async fn run(mut self, shutdown: CancellationToken) {
         self.resync().await;
         let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
+        // Not polled while nobody watches: no burst of ticks afterwards.
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut poll_tick = tokio::time::interval(POLL_INTERVAL);
         let polling = self.keys.is_none();
         let mut check_at: Option<Instant> = None;
@@ -175,12 +217,13 @@ impl Task {
                     Some(KeyEvent::Resync) => self.resync().await,
                     None => self.keys = None,
                 },
+                Some(reply) = self.requests.recv() => self.snapshot_for(reply).await,
                 _ = check => {
                     check_at = None;
                     self.check_pending().await;
                 }
                 _ = poll_tick.tick(), if polling => self.poll().await,
-                _ = stats_tick.tick() => self.stats(false),
+                _ = stats_tick.tick(), if self.hub.watched() => self.stats(false),
             }
         }
     }
@@ -202,6 +245,9 @@ impl Task {
             Event::SyncApplied { writes, .. } => {
                 let ttl = self.hub.ctx.engine.cache().ttl_config();
                 let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+                if self.is_idle() {
+                    return; // nobody to tell; the next client re-seeds the mirror
+                }
                 for w in writes.iter().filter(|w| w.outcome == WriteOutcome::Applied) {
                     let fields = w.fields.as_ref().map(|f| (**f).clone());
                     let expires = fields
@@ -311,6 +357,9 @@ impl Task {
     async fn check_pending(&mut self) {
         let ids = std::mem::take(&mut self.pending);
         let expired = std::mem::take(&mut self.expired);
+        if !self.following().await {
+            return;
+        }
         if ids.len() > MAX_PENDING {
             self.resync().await;
             return;
@@ -410,6 +459,9 @@ impl Task {
 
     /// Polling fallback: diff the whole cache against the mirror.
     async fn poll(&mut self) {
+        if !self.following().await {
+            return;
+        }
         let entries = match self.hub.ctx.engine.cache().entries().await {
             Ok(entries) => entries,
             Err(e) => {
@@ -441,29 +493,91 @@ impl Task {
         }
     }
 
-    /// Sends everyone a fresh snapshot and re-seeds the mirror from it.
+    /// Sends everyone a fresh snapshot and re-seeds the mirror from it
+    /// (with nobody watching: goes idle instead).
     async fn resync(&mut self) {
+        if !self.hub.watched() {
+            self.go_idle();
+            return;
+        }
         match dashboard_state(&self.hub.ctx).await {
             Ok(state) => {
-                self.mirror = state
-                    .cache
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.id.clone(),
-                            Mirrored {
-                                fields: e.fields.clone(),
-                                expires_at_ms: e.expires_at_ms,
-                            },
-                        )
-                    })
-                    .collect();
-                self.last_stats = Some(state.stats.clone());
-                self.last_source = Some(state.source.clone());
+                self.seed(&state);
                 self.hub.send(&LiveEvent::Snapshot(Box::new(state)));
             }
             Err(e) => tracing::warn!(error = %e, "live feed resync failed"),
         }
+    }
+
+    /// The mirror becomes exactly what `state` shows; the hub follows the
+    /// cache again.
+    fn seed(&mut self, state: &app::model::DashboardState) {
+        self.mirror = state
+            .cache
+            .iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    Mirrored {
+                        fields: e.fields.clone(),
+                        expires_at_ms: e.expires_at_ms,
+                    },
+                )
+            })
+            .collect();
+        self.last_stats = Some(state.stats.clone());
+        self.last_source = Some(state.source.clone());
+        self.hub.idle.store(false, Ordering::Release);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.hub.idle.load(Ordering::Acquire)
+    }
+
+    /// Nobody watches: stop following the cache (the mirror goes stale).
+    fn go_idle(&mut self) {
+        if !self.is_idle() {
+            tracing::debug!("no live-feed client; the hub stops following the cache");
+        }
+        self.hub.idle.store(true, Ordering::Release);
+        self.mirror.clear();
+        self.pending.clear();
+        self.expired.clear();
+    }
+
+    /// Whether to look at the cache now: false (and idle) with nobody
+    /// watching. A client that arrived while the hub was going idle made
+    /// its own snapshot, older than what the hub dropped: it gets a fresh
+    /// one, and the mirror is re-seeded from it.
+    async fn following(&mut self) -> bool {
+        if !self.hub.watched() {
+            self.go_idle();
+            return false;
+        }
+        if self.is_idle() {
+            self.resync().await;
+            return false;
+        }
+        true
+    }
+
+    /// A snapshot for a client arriving while the hub is idle, made here so
+    /// that the mirror is re-seeded from exactly what that client is told,
+    /// before any later change is compared with it.
+    async fn snapshot_for(&mut self, reply: SnapshotRequest) {
+        // Engine events already queued describe writes the snapshot will
+        // include: take them first.
+        self.drain_engine_events().await;
+        let answer = match dashboard_state(&self.hub.ctx).await {
+            Ok(state) => {
+                if self.is_idle() {
+                    self.seed(&state);
+                }
+                Frame::of(&LiveEvent::Snapshot(Box::new(state))).map_err(SnapshotError::from)
+            }
+            Err(e) => Err(e.into()),
+        };
+        let _ = reply.send(answer);
     }
 
     fn stats(&mut self, force: bool) {

@@ -259,3 +259,81 @@ async fn without_a_pipeline_every_write_the_server_did_not_make_is_external() {
     .await;
     srv.stop().await;
 }
+
+/// Calls of `command` since the last `CONFIG RESETSTAT` (0 when none).
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// With no client on the feed, keyspace notifications cost no Redis reads
+/// (no re-read of each named key, no full resync); the first client to
+/// come back gets a snapshot that re-seeds the hub, so the next outside
+/// change is still reported as such.
+#[tokio::test]
+async fn with_nobody_watching_the_hub_reads_nothing_and_the_next_client_is_told_everything() {
+    let srv = TestServer::start().await;
+    let mut conn = srv.redis.conn().await;
+    let key = format!("{}cat-003", srv.prefix);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let _: () = conn
+            .hset(&key, "name", format!("Outside {i}"))
+            .await
+            .unwrap();
+        srv.post(
+            "/update",
+            &format!("id=cat-001&field=name&value=Mine%20{i}"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    srv.engine()
+        .settle(Duration::from_secs(5))
+        .await
+        .expect("settled");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for command in ["hgetall", "ttl", "scan"] {
+        assert_eq!(
+            calls(&mut conn, command).await,
+            0,
+            "{command} with nobody watching"
+        );
+    }
+
+    let mut feed = srv.events().await;
+    let Some(LiveEvent::Snapshot(state)) = feed.next(SECOND).await else {
+        panic!("first event must be a snapshot");
+    };
+    let shown = state
+        .cache
+        .iter()
+        .find(|e| e.id == "cat-003")
+        .expect("cat-003");
+    assert_eq!(shown.fields["name"], "Outside 9");
+    // Back to a value the hub saw before it went idle: still a change for
+    // this client.
+    let _: () = conn.hset(&key, "name", "Produce").await.unwrap();
+    feed.expect(SECOND, "outside HSET after the client came", |e| {
+        is_cache(e, "cat-003", WriteOrigin::External, true)
+    })
+    .await;
+    srv.post("/update", "id=cat-001&field=name&value=Mine%20again")
+        .await;
+    feed.expect(SECOND, "sync write", |e| {
+        is_cache(e, "cat-001", WriteOrigin::Sync, true)
+    })
+    .await;
+}
