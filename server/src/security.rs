@@ -166,7 +166,15 @@ pub async fn guard_api(state: &AppState, req: Request, next: Next) -> Response {
         let read = axum::body::to_bytes(body, BODY_LIMIT);
         let bytes = match tokio::time::timeout(state.client_timeout, read).await {
             Ok(Ok(bytes)) => bytes,
-            Ok(Err(_)) => return ApiError::too_large(BODY_LIMIT).into_response(),
+            Ok(Err(e)) if over_limit(&e) => return ApiError::too_large(BODY_LIMIT).into_response(),
+            Ok(Err(_)) => {
+                // The connection broke or the framing was wrong mid-body.
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "The request body ended before its announced length.",
+                )
+                .into_response();
+            }
             Err(_) => return ApiError::body_timeout(state.client_timeout).into_response(),
         };
         if !decodes_cleanly(&bytes) {
@@ -177,6 +185,11 @@ pub async fn guard_api(state: &AppState, req: Request, next: Next) -> Response {
             .await;
     }
     next.run(req).await
+}
+
+/// Whether a failed body read failed because the body is over the limit.
+fn over_limit(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>())
 }
 
 /// Sets the headers every response carries. The page adds its own

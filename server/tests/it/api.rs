@@ -412,6 +412,50 @@ async fn a_413_closes_its_connection_and_an_ordinary_answer_does_not() {
     assert!(reply.contains("too large"), "{reply}");
 }
 
+/// A body with no announced length is cut off at the limit (413); a body
+/// whose chunked framing breaks is a bad request (400), not "too large".
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_gets_413_and_a_broken_one_400() {
+    use tokio::io::AsyncWriteExt;
+    let srv = TestServer::start().await;
+    let addr = srv.base.trim_start_matches("http://").to_owned();
+    let answer = |mut tcp: tokio::net::TcpStream| async move {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got))
+            .await
+            .expect("an answer, then a close")
+            .unwrap();
+        String::from_utf8_lossy(&got).to_ascii_lowercase()
+    };
+    let head = "POST /update HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    // 160 KiB in 16 KiB chunks, never announced as a whole.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+    for _ in 0..10 {
+        if tcp.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server answered and closed already
+        }
+    }
+    let _ = tcp.write_all(b"0\r\n\r\n").await;
+    let reply = answer(tcp).await;
+    assert!(reply.starts_with("http/1.1 413"), "{reply}");
+    assert!(reply.contains("too large"), "{reply}");
+
+    // A chunk size that is not hexadecimal.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(b"5\r\nid=ca\r\nzz\r\n").await.unwrap();
+    let reply = answer(tcp).await;
+    assert!(reply.starts_with("http/1.1 400"), "{reply}");
+    assert!(reply.contains("body ended"), "{reply}");
+    settle(&srv).await;
+    let (_, read) = srv.get("/read?id=cat-001").await;
+    assert_eq!(read["record"]["name"], "Beverages");
+}
+
 #[tokio::test]
 async fn unknown_paths_get_404_json() {
     let srv = TestServer::start().await;
