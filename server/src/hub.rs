@@ -53,6 +53,11 @@ impl Frame {
     pub fn of(event: &LiveEvent) -> Result<Self, serde_json::Error> {
         Ok(Self(serde_json::to_string(event)?.into()))
     }
+
+    /// `state` as a snapshot frame.
+    fn snapshot(state: app::model::DashboardState) -> Result<Self, SnapshotError> {
+        Ok(Self::of(&LiveEvent::Snapshot(Box::new(state)))?)
+    }
 }
 
 /// Why a snapshot frame could not be made.
@@ -133,8 +138,7 @@ impl LiveHub {
             }
             // The hub task has stopped (shutdown): read it here.
         }
-        let state = dashboard_state(&self.ctx).await?;
-        Ok(Frame::of(&LiveEvent::Snapshot(Box::new(state)))?)
+        Frame::snapshot(dashboard_state(&self.ctx).await?)
     }
 
     /// Whether any client is watching.
@@ -143,7 +147,7 @@ impl LiveHub {
     }
 
     fn send(&self, event: &LiveEvent) {
-        if self.tx.receiver_count() == 0 {
+        if !self.watched() {
             return;
         }
         match Frame::of(event) {
@@ -573,7 +577,7 @@ impl Task {
                 if self.is_idle() {
                     self.seed(&state);
                 }
-                Frame::of(&LiveEvent::Snapshot(Box::new(state))).map_err(SnapshotError::from)
+                Frame::snapshot(state)
             }
             Err(e) => Err(e.into()),
         };

@@ -96,16 +96,9 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
                 "--pipeline needs a primary every replica shares: a postgres:// URL or stream:<key> (the mock and --primary postgres are private to one process)".into(),
             ));
         }
-        if name.contains(['{', '}']) {
-            return Err(Error::Config(
-                "--pipeline must not contain '{' or '}': the name is the hash tag that keeps the pipeline's keys in one cluster slot".into(),
-            ));
-        }
-        if name.trim().is_empty() || config.replica_name().trim().is_empty() {
-            return Err(Error::Config(
-                "--pipeline and --replica must not be empty".into(),
-            ));
-        }
+        PipelineConfig::new(name, config.replica_name())
+            .validate()
+            .map_err(|e| Error::Config(format!("--pipeline/--replica: {e}")))?;
     }
     let (redis_url, embedded) = match config.given_redis_url() {
         _ if !config.redis_cluster.is_empty() => (config.redis_cluster.join(","), None),

@@ -54,6 +54,29 @@ impl PipelineConfig {
         }
     }
 
+    /// Refuses a pipeline or consumer name that is blank, and a pipeline
+    /// name with a brace: the name is its keys' hash tag.
+    ///
+    /// ```
+    /// use prefetch_cdc::PipelineConfig;
+    /// assert!(PipelineConfig::new("shop", "replica-1").validate().is_ok());
+    /// assert!(PipelineConfig::new("sh{op}", "replica-1").validate().is_err());
+    /// assert!(PipelineConfig::new("shop", " ").validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        if self.consumer.trim().is_empty() || self.name.trim().is_empty() {
+            return Err(Error::InvalidConfig(
+                "a pipeline needs a name and a consumer name".into(),
+            ));
+        }
+        if self.name.contains(['{', '}']) {
+            return Err(Error::InvalidConfig(
+                "a pipeline's name must not contain '{' or '}': it is the hash tag that keeps the pipeline's keys in one cluster slot".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Partition stream `p`.
     ///
     /// Every key of a pipeline carries its name as a hash tag, so on a

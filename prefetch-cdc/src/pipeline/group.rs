@@ -104,16 +104,7 @@ impl<P: Source + ?Sized> FeedSource<P> {
         config: PipelineConfig,
         events: EventBus,
     ) -> Result<Arc<Self>> {
-        if config.consumer.is_empty() || config.name.is_empty() {
-            return Err(Error::InvalidConfig(
-                "a pipeline needs a name and a consumer name".into(),
-            ));
-        }
-        if config.name.contains(['{', '}']) {
-            return Err(Error::InvalidConfig(
-                "a pipeline's name must not contain '{' or '}' (it is its keys' hash tag)".into(),
-            ));
-        }
+        config.validate()?;
         let client: RedisClient = client.into();
         let manager = |timeout: Duration| {
             let client = client.clone();

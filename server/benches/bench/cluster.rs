@@ -118,29 +118,63 @@ async fn sync<C: Connection>(
     })
 }
 
+/// One figure measured on one node and on the cluster, round by round.
+#[derive(Default)]
+struct Versus {
+    single: Vec<f64>,
+    cluster: Vec<f64>,
+}
+
+impl Versus {
+    /// Medians (one node, cluster).
+    fn medians(&self) -> (Spread, Spread) {
+        (
+            Spread::of(self.single.clone()),
+            Spread::of(self.cluster.clone()),
+        )
+    }
+
+    /// A report row: the cluster's figure, one node's as the baseline.
+    fn row(&self, report: &mut Report, metric: impl Into<String>, unit: &str, extra: [String; 2]) {
+        let (one, three) = self.medians();
+        report.row(
+            "cluster",
+            metric,
+            format!("{}{}", three.show(unit), extra[1]),
+            format!("one node {}{}", one.show(unit), extra[0]),
+            Some(three.median / one.median),
+            "–",
+            None,
+        );
+    }
+
+    fn data(&self) -> serde_json::Value {
+        let (one, three) = self.medians();
+        serde_json::json!({"cluster": three.median, "single": one.median})
+    }
+}
+
 pub async fn cluster(redis: &TestRedis, s: &Settings, report: &mut Report) -> Result<()> {
     println!("\n== cluster");
     let cluster = TestCluster::start(3, 0);
     let reps = s.reps.min(3);
     let total = s.reads.min(100_000);
-    let (mut single_r, mut cluster_r, mut single_p, mut cluster_p) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut single_s, mut cluster_s) = (Vec::new(), Vec::new());
-    let (mut single_l, mut cluster_l) = (Vec::new(), Vec::new());
-    let (mut single_m, mut cluster_m) = (Vec::new(), Vec::new());
+    let (mut rate, mut p99) = (Versus::default(), Versus::default());
+    let (mut sync_rate, mut load, mut memory) =
+        (Versus::default(), Versus::default(), Versus::default());
     let (one, three) = (vec![redis.url.clone()], cluster.urls());
     for round in 0..reps {
         let (r, p) = reads(redis.conn().await, &format!("bench:cl:r1:{round}:"), total).await?;
-        single_r.push(r);
-        single_p.push(p);
+        rate.single.push(r);
+        p99.single.push(p);
         let (r, p) = reads(
             cluster.conn().await,
             &format!("bench:cl:r3:{round}:"),
             total,
         )
         .await?;
-        cluster_r.push(r);
-        cluster_p.push(p);
+        rate.cluster.push(r);
+        p99.cluster.push(p);
         let run = sync(
             redis.conn().await,
             &one,
@@ -148,9 +182,9 @@ pub async fn cluster(redis: &TestRedis, s: &Settings, report: &mut Report) -> Re
             round,
         )
         .await?;
-        single_s.push(run.rate);
-        single_l.push(run.load_ms);
-        single_m.push(run.memory as f64 / 1e6);
+        sync_rate.single.push(run.rate);
+        load.single.push(run.load_ms);
+        memory.single.push(run.memory as f64 / 1e6);
         let run = sync(
             cluster.conn().await,
             &three,
@@ -158,59 +192,46 @@ pub async fn cluster(redis: &TestRedis, s: &Settings, report: &mut Report) -> Re
             round,
         )
         .await?;
-        cluster_s.push(run.rate);
-        cluster_l.push(run.load_ms);
-        cluster_m.push(run.memory as f64 / 1e6);
+        sync_rate.cluster.push(run.rate);
+        load.cluster.push(run.load_ms);
+        memory.cluster.push(run.memory as f64 / 1e6);
     }
-    let (sr, cr) = (Spread::of(single_r), Spread::of(cluster_r));
-    let (sp, cp) = (Spread::of(single_p), Spread::of(cluster_p));
-    report.row(
-        "cluster",
+    let (p99_one, p99_three) = p99.medians();
+    rate.row(
+        report,
         format!("{total} cache reads, {CALLERS} callers, 3-primary cluster"),
-        format!("{} (p99 {:.0} µs)", cr.show("/s"), cp.median),
-        format!("one node {} (p99 {:.0} µs)", sr.show("/s"), sp.median),
-        Some(cr.median / sr.median),
-        "–",
-        None,
+        "/s",
+        [
+            format!(" (p99 {:.0} µs)", p99_one.median),
+            format!(" (p99 {:.0} µs)", p99_three.median),
+        ],
     );
-    let (sl, cl) = (Spread::of(single_l), Spread::of(cluster_l));
-    report.row(
-        "cluster",
+    load.row(
+        report,
         format!("engine start: first load of {IDS} records (and, on the cluster, the guard's state in 16,384 slots)"),
-        cl.show("ms"),
-        format!("one node {}", sl.show("ms")),
-        Some(cl.median / sl.median),
-        "–",
-        None,
+        "ms",
+        Default::default(),
     );
-    let (sm, cm) = (Spread::of(single_m), Spread::of(cluster_m));
-    report.row(
-        "cluster",
+    memory.row(
+        report,
         "Redis memory added by that load (used_memory, summed over the primaries)",
-        cm.show("MB"),
-        format!("one node {}", sm.show("MB")),
-        Some(cm.median / sm.median),
-        "–",
-        None,
+        "MB",
+        Default::default(),
     );
-    let (ss, cs) = (Spread::of(single_s), Spread::of(cluster_s));
-    report.row(
-        "cluster",
+    sync_rate.row(
+        report,
         format!("{UPDATES} single-row transactions applied, 3-primary cluster"),
-        cs.show("/s"),
-        format!("one node {}", ss.show("/s")),
-        Some(cs.median / ss.median),
-        "–",
-        None,
+        "/s",
+        Default::default(),
     );
     report.data(
         "cluster",
         serde_json::json!({
-            "reads_per_s": {"cluster": cr.median, "single": sr.median},
-            "read_p99_us": {"cluster": cp.median, "single": sp.median},
-            "sync_per_s": {"cluster": cs.median, "single": ss.median},
-            "load_ms": {"cluster": cl.median, "single": sl.median},
-            "load_memory_mb": {"cluster": cm.median, "single": sm.median},
+            "reads_per_s": rate.data(),
+            "read_p99_us": p99.data(),
+            "sync_per_s": sync_rate.data(),
+            "load_ms": load.data(),
+            "load_memory_mb": memory.data(),
         }),
     );
     Ok(())
