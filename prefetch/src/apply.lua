@@ -8,11 +8,26 @@
 --
 -- Keys of one write come in pairs: the record's hash and its tombstone key
 -- (the record's key again when the tombstone lives inside the hash).
--- KEYS[1] is always the cache's state hash (source, pos, floor, loading),
--- or on a Redis Cluster its copy in the slot of the call's records (source
--- and floor);
+-- KEYS[1] is always the cache's state hash (source, pos, floor, loading,
+-- mark), or on a Redis Cluster its copy in the slot of the call's records
+-- (source, floor, mark);
 -- every call first checks that it still names the caller's source, so a
 -- Redis that lost its data is noticed by the first write ("PFLOST").
+--
+-- The snapshot window. A record's version lives in its hash, so whatever
+-- removes the hash (an invalidate, a clear, a DEL from outside, its TTL,
+-- eviction) removes the version with it. A snapshot write then found
+-- nothing to compare with and applied, although a live change newer than
+-- the snapshot had reached the key before it was removed: an old value
+-- stayed in the cache. So, while a snapshot is being taken and written
+-- (a load, a re-prefetch, a reconciliation's repair), the state carries a
+-- `mark` (a deadline in Redis's own milliseconds, renewed by the loader),
+-- and every write the guard applies meanwhile also records its version in
+-- the window's log (a hash beside the state, in the same slot, field =
+-- data key). A write that finds no version in the key nor a tombstone
+-- compares with the log instead. The mark is set before the snapshot is
+-- taken, so every change newer than the snapshot is applied inside the
+-- window and logged.
 
 local function parse(s)
   if type(s) ~= 'string' then return nil end
@@ -56,9 +71,24 @@ end
 -- `source`, and the stored position (a string, or false); nil when the
 -- state is gone or belongs to another source.
 local function floor_of(meta, source, p)
-  local s = redis.call('HMGET', meta, 'source', 'floor', 'pos')
+  local s = redis.call('HMGET', meta, 'source', 'floor', 'pos', 'mark')
   if s[1] ~= source then return nil end
-  return (p or parse)(s[2]) or { 0, 0, 0 }, s[3]
+  return (p or parse)(s[2]) or { 0, 0, 0 }, s[3], s[4]
+end
+
+-- Redis's clock in milliseconds (frozen for the call's duration).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Whether a snapshot window is open at `meta`, given its `mark` field; a
+-- mark past its deadline is removed (its loader is gone).
+local function window_open(meta, mark)
+  if not mark then return false end
+  if tonumber(mark) > now_ms() then return true end
+  redis.call('HDEL', meta, 'mark')
+  return false
 end
 
 -- Raises `field` to `vs` if that is newer than `current` (its stored value).
@@ -111,6 +141,9 @@ local function names(h)
   return string.sub(h, 17)
 end
 
+-- KEYS: the state, the window's log, then a (data, tombstone) pair per
+-- write. A snapshot write needs an open window (PFWINDOW otherwise: its
+-- loader's window lapsed, and it must start over).
 -- ARGV: source, mode ('live' | 'snapshot'), ttl s, tombstone ttl ms,
 -- position ('' for none), then per write: op ('u' | 'd'), version, `__h`
 -- (content hash, then field-names hash), pair count n, then n name/value
@@ -126,13 +159,18 @@ end
 -- someone else added to the hash.
 local function apply(keys, args)
   local p = memo_parse()
-  local floor, pos = floor_of(keys[1], args[1], p)
+  local meta, log = keys[1], keys[2]
+  local floor, pos, mark = floor_of(meta, args[1], p)
   if floor == nil then return lost() end
   local snapshot = args[2] == 'snapshot'
   local ttl = args[3]
   local tomb_ttl = args[4]
+  local logging = window_open(meta, mark)
+  if snapshot and not (logging and redis.call('HEXISTS', log, '__open') == 1) then
+    return redis.error_reply('PFWINDOW no snapshot window is open for this write')
+  end
   local out = {}
-  local a, k = 6, 2
+  local a, k = 6, 3
   while a <= #args do
     local op, vs, h, n = args[a], args[a + 1], args[a + 2], tonumber(args[a + 3])
     local data, tomb = keys[k], keys[k + 1]
@@ -140,8 +178,15 @@ local function apply(keys, args)
     local ok = 0
     if v and not newer(floor, v) then
       local cur, cur_h, tombed = stored(data, tomb, p)
+      if cur == nil and logging then
+        -- Removed since a write inside the window: that write's version.
+        cur = p(redis.call('HGET', log, data))
+      end
       if newer(v, cur) or (snapshot and not newer(cur, v)) then
         ok = 1
+        -- Live writes only: a snapshot's own rows are all older than
+        -- anything a later write in the window could need to know of.
+        if logging and not snapshot then redis.call('HSET', log, data, vs) end
         if op == 'u' then
           if snapshot or cur == nil or names(cur_h) ~= names(h) then
             redis.call('DEL', data)
@@ -164,7 +209,7 @@ local function apply(keys, args)
     a = a + 4 + 2 * n
     k = k + 2
   end
-  if args[5] ~= '' then raise(keys[1], 'pos', args[5], pos, p) end
+  if args[5] ~= '' then raise(meta, 'pos', args[5], pos, p) end
   return out
 end
 
@@ -196,8 +241,11 @@ end
 local function begin(keys, args)
   local meta = keys[1]
   if redis.call('HGET', meta, 'source') ~= args[1] then
+    -- Start afresh, but keep the snapshot window this load opened.
+    local mark = redis.call('HGET', meta, 'mark')
     redis.call('DEL', meta)
     redis.call('HSET', meta, 'source', args[1])
+    if mark then redis.call('HSET', meta, 'mark', mark) end
   end
   advance(meta, 'floor', args[2])
   if args[3] ~= 'slot' then
@@ -229,7 +277,50 @@ local function raise_floor(keys, args)
   return 1
 end
 
+-- KEYS: the state, the window's log. ARGV: 'open' | 'renew', lease ms.
+-- Opens (or renews) a snapshot window: the mark's deadline becomes at
+-- least now + lease, and the log expires with it. 'open' counts one more
+-- open window in the log (several loaders may overlap). Works whether or
+-- not the state names a source yet (a load that is about to claim it).
+-- Returns the deadline.
+local function window(keys, args)
+  local meta, log = keys[1], keys[2]
+  local deadline = now_ms() + tonumber(args[2])
+  local mark = tonumber(redis.call('HGET', meta, 'mark'))
+  if mark == nil or mark < deadline then
+    redis.call('HSET', meta, 'mark', deadline)
+  else
+    deadline = mark
+  end
+  if args[1] == 'open' then
+    redis.call('HINCRBY', log, '__open', 1)
+  elseif redis.call('HEXISTS', log, '__open') == 0 then
+    -- Lost (evicted, deleted): writes logged so far are gone with it, and
+    -- the snapshot writes of this window will be refused.
+    return redis.error_reply('PFWINDOW the snapshot window\'s log is gone')
+  end
+  redis.call('PEXPIREAT', log, deadline)
+  return deadline
+end
+
+-- KEYS: the state, the window's log. Closes one window; when none is left
+-- open, the mark and the log go, and writes stop logging.
+local function window_close(keys, args)
+  local meta, log = keys[1], keys[2]
+  local left = 0
+  if redis.call('HEXISTS', log, '__open') == 1 then
+    left = redis.call('HINCRBY', log, '__open', -1)
+  end
+  if left <= 0 then
+    redis.call('DEL', log)
+    redis.call('HDEL', meta, 'mark')
+  end
+  return left
+end
+
 redis.register_function('pf1_apply', apply)
+redis.register_function('pf1_window', window)
+redis.register_function('pf1_close', window_close)
 redis.register_function('pf1_sweep', sweep)
 redis.register_function('pf1_begin', begin)
 redis.register_function('pf1_finish', finish)

@@ -14,6 +14,8 @@
 //! again whenever Redis answers that it does not know it (restarted,
 //! `FUNCTION FLUSH`), and the call is retried.
 
+use std::time::Duration;
+
 use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisError, Value};
 
@@ -162,18 +164,19 @@ pub(crate) struct Guard<'a> {
 
 impl Guard<'_> {
     /// `FCALL pf1_apply` for `writes`, checked against the state at `meta`
-    /// (the main state, or on a cluster the writes' slot's copy), moving
-    /// the position to `position`.
+    /// and logged in the snapshot window at `log` (the main ones, or on a
+    /// cluster the writes' slot's copies), moving the position to
+    /// `position`.
     pub(crate) fn apply(
         &self,
-        meta: &str,
+        (meta, log): (&str, &str),
         mode: Mode,
         position: Option<Version>,
         writes: &[Write<'_>],
     ) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("pf1_apply").arg(1 + 2 * writes.len());
-        cmd.arg(meta);
+        cmd.arg("pf1_apply").arg(2 + 2 * writes.len());
+        cmd.arg(meta).arg(log);
         for w in writes {
             let data = self.keys.key(w.id);
             let tomb = tomb_key(self.keys, &data);
@@ -251,6 +254,26 @@ impl Guard<'_> {
         if slot {
             cmd.arg("slot");
         }
+        cmd
+    }
+
+    /// `FCALL pf1_window`: opens (`open`) or renews a snapshot window at
+    /// `meta` / `log` for `lease` from now.
+    pub(crate) fn window(&self, (meta, log): (&str, &str), open: bool, lease: Duration) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_window")
+            .arg(2)
+            .arg(meta)
+            .arg(log)
+            .arg(if open { "open" } else { "renew" })
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        cmd
+    }
+
+    /// `FCALL pf1_close`: closes one snapshot window at `meta` / `log`.
+    pub(crate) fn close(&self, (meta, log): (&str, &str)) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_close").arg(2).arg(meta).arg(log);
         cmd
     }
 

@@ -325,21 +325,75 @@ impl<C: Connection> PrefetchCache<C> {
         }
     }
 
+    /// The snapshot window's log beside [`meta_for`](Self::meta_for).
+    fn window_for(&self, slot: Option<u16>) -> String {
+        match slot {
+            Some(s) => self.inner.keys.slot_window_key(s),
+            None => self.inner.keys.window_key(),
+        }
+    }
+
     /// Runs `make(state key, is a slot's copy)` on the main state, then on
     /// a cluster on every slot's copy of it.
     async fn on_every_state(&self, make: impl Fn(&str, bool) -> Cmd) -> Result<()> {
-        let cmd = make(self.inner.keys.meta_key(), false);
-        apply::fcall::<_, i64>(&mut self.writer.clone(), &cmd).await?;
+        self.on_every_window(|(meta, _), slot| make(meta, slot))
+            .await
+    }
+
+    /// Runs `make((state key, window log key), is a slot's copy)` on the
+    /// main state, then on a cluster on every slot's copy of it.
+    async fn on_every_window(&self, make: impl Fn((&str, &str), bool) -> Cmd) -> Result<()> {
+        let main = (self.inner.keys.meta_key(), &*self.inner.keys.window_key());
+        apply::fcall::<_, Value>(&mut self.writer.clone(), &make(main, false)).await?;
         if self.writer.is_cluster() {
             let parts = (0..SLOTS)
-                .map(|s| Part {
-                    slot: Some(s),
-                    cmds: vec![make(&self.inner.keys.slot_meta_key(s), true)],
+                .map(|s| {
+                    let slot = (
+                        &*self.inner.keys.slot_meta_key(s),
+                        &*self.inner.keys.slot_window_key(s),
+                    );
+                    Part {
+                        slot: Some(s),
+                        cmds: vec![make(slot, true)],
+                    }
                 })
                 .collect();
             conn::run_parts(&self.writer, parts, CLUSTER_IN_FLIGHT, fcall_part).await?;
         }
         Ok(())
+    }
+
+    /// Opens a snapshot window for `lease` (see [`SnapshotWindow`]): from
+    /// now until it closes, every change the guard applies is also logged,
+    /// so that a snapshot taken after this call never writes a key that a
+    /// newer change reached before something removed it (an invalidate, a
+    /// clear, a `DEL` from outside, expiry, eviction). Snapshot writes
+    /// ([`write_snapshot`](Self::write_snapshot)) are refused outside a
+    /// window.
+    pub async fn open_window(&self, lease: Duration) -> Result<SnapshotWindow<C>> {
+        let guard = self.guard();
+        self.on_every_window(|keys, _| guard.window(keys, true, lease))
+            .await?;
+        let renewer = {
+            let cache = self.clone();
+            tokio::spawn(async move {
+                let every = (lease / 3).max(Duration::from_millis(10));
+                loop {
+                    tokio::time::sleep(every).await;
+                    let guard = cache.guard();
+                    let renewed = cache
+                        .on_every_window(|keys, _| guard.window(keys, false, lease))
+                        .await;
+                    if let Err(e) = renewed {
+                        tracing::warn!(error = %e, "cannot renew the snapshot window");
+                    }
+                }
+            })
+        };
+        Ok(SnapshotWindow {
+            cache: self.clone(),
+            renewer: Some(renewer),
+        })
     }
 
     /// Sends `writes` through the version guard and returns 1 (applied) or
@@ -376,7 +430,12 @@ impl<C: Connection> PrefetchCache<C> {
                 let at = if inline_position { position } else { None };
                 Part {
                     slot: *slot,
-                    cmds: vec![guard.apply(&self.meta_for(*slot), mode, at, &part)],
+                    cmds: vec![guard.apply(
+                        (&self.meta_for(*slot), &self.window_for(*slot)),
+                        mode,
+                        at,
+                        &part,
+                    )],
                 }
             })
             .collect();
@@ -393,7 +452,8 @@ impl<C: Connection> PrefetchCache<C> {
             }
         }
         if position.is_some() && !inline_position {
-            let cmd = guard.apply(self.inner.keys.meta_key(), mode, position, &[]);
+            let main = (self.inner.keys.meta_key(), &*self.inner.keys.window_key());
+            let cmd = guard.apply(main, mode, position, &[]);
             apply::fcall::<_, Vec<i64>>(&mut self.writer.clone(), &cmd).await?;
         }
         self.replicated().await?;
@@ -719,8 +779,13 @@ impl<C: Connection> PrefetchCache<C> {
     }
 
     /// Writes snapshot records through the version guard, at `version`:
-    /// a record Redis holds in a newer version is left alone. Safe while
-    /// the sync worker applies changes. Returns how many were written.
+    /// a record Redis holds in a newer version is left alone, and so is a
+    /// record a newer change reached inside the open snapshot window, even
+    /// if its key was removed since. Safe while the sync worker applies
+    /// changes. The snapshot must have been taken after a window was
+    /// opened ([`open_window`](Self::open_window)) that is still open;
+    /// without one, Redis refuses the write (`PFWINDOW`). Returns how many
+    /// were written.
     pub async fn write_snapshot(&self, records: &[Record], version: Version) -> Result<usize> {
         let writes: Vec<Write<'_>> = records
             .iter()
@@ -805,9 +870,15 @@ impl<C: Connection> PrefetchCache<C> {
         for pattern in self.inner.keys.tombstone_patterns() {
             delete_matching(&self.writer, &pattern).await?;
         }
-        let mut state = vec![self.inner.keys.meta_key().to_owned()];
+        let mut state = vec![
+            self.inner.keys.meta_key().to_owned(),
+            self.inner.keys.window_key(),
+        ];
         if self.writer.is_cluster() {
-            state.extend((0..SLOTS).map(|s| self.inner.keys.slot_meta_key(s)));
+            for s in 0..SLOTS {
+                state.push(self.inner.keys.slot_meta_key(s));
+                state.push(self.inner.keys.slot_window_key(s));
+            }
         }
         conn::pipelined(&self.writer, &state, 0, |pipe, key| {
             pipe.del(key).ignore();
@@ -985,6 +1056,45 @@ impl<C: Connection> PrefetchCache<C> {
     /// which should not queue ahead of a user's read).
     pub(crate) fn writer(&self) -> C {
         self.writer.clone()
+    }
+}
+
+/// An open snapshot window ([`PrefetchCache::open_window`]): renewed in the
+/// background until [`close`](Self::close)d or dropped (a dropped window
+/// stops being renewed and lapses at the end of its lease).
+#[must_use = "a window closes when dropped"]
+pub struct SnapshotWindow<C: Connection> {
+    cache: PrefetchCache<C>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl<C: Connection> SnapshotWindow<C> {
+    /// Closes the window: writes stop being logged once no other window is
+    /// open on this cache.
+    pub async fn close(mut self) -> Result<()> {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        let guard = self.cache.guard();
+        self.cache
+            .on_every_window(|keys, _| guard.close(keys))
+            .await
+    }
+}
+
+impl<C: Connection> Drop for SnapshotWindow<C> {
+    fn drop(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
+}
+
+impl<C: Connection> std::fmt::Debug for SnapshotWindow<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWindow")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
     }
 }
 

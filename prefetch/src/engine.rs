@@ -18,6 +18,10 @@ use crate::source::{Source, SourceStatus};
 use crate::stats::Stats;
 use crate::sync::{SyncConfig, SyncHandle, behind};
 
+/// How long a snapshot window stays open without being renewed (a loader
+/// that died lets it lapse after this); its renewer runs every third of it.
+const WINDOW_LEASE: Duration = Duration::from_secs(30);
+
 /// Everything [`Engine::start`] needs besides the Redis connection and the
 /// source.
 #[derive(Clone, Debug)]
@@ -402,6 +406,31 @@ where
     async fn load(&self, mode: LoadMode, reason: PrefetchReason) -> Result<PrefetchReport> {
         let started = Instant::now();
         let cache = &self.inner.cache;
+        // Opened before the snapshot is taken: every change newer than the
+        // snapshot is then applied inside the window and logged, so no
+        // snapshot write can land on a key such a change reached and
+        // something removed since.
+        let window = match mode {
+            LoadMode::Fresh => None,
+            LoadMode::Guarded => Some(cache.open_window(WINDOW_LEASE).await?),
+        };
+        let report = self.load_in(mode, reason, started).await;
+        if let Some(window) = window {
+            let closed = window.close().await;
+            if let (Err(e), Ok(_)) = (&closed, &report) {
+                tracing::warn!(error = %e, "cannot close the snapshot window; it lapses by itself");
+            }
+        }
+        report
+    }
+
+    async fn load_in(
+        &self,
+        mode: LoadMode,
+        reason: PrefetchReason,
+        started: Instant,
+    ) -> Result<PrefetchReport> {
+        let cache = &self.inner.cache;
         let snapshot = self.inner.source.snapshot().await?;
         let version = snapshot.version;
         let mut chunks = snapshot.chunks;
@@ -590,6 +619,7 @@ where
             &self.inner.cache,
             self.inner.source.as_ref(),
             repair,
+            WINDOW_LEASE,
             |at| async move {
                 // Changes the source had already sent get up to 5 s to land:
                 // everything up to the snapshot's version, or up to the

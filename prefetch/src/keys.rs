@@ -11,6 +11,8 @@
 //! | `__pf:u:{{data key}}` | tombstone of a deleted record whose key carries none |
 //! | `__pf:m:{prefix}` | the cache's state: source id, applied position, version floor |
 //! | `__pf:s:{tag}{prefix}` | on a Redis Cluster, the source and floor again, once per slot (`tag` hashes to it) |
+//! | `__pf:w:{tag}{prefix}` | the snapshot window's log (`tag` hashes to the state's slot): versions of the writes applied while a snapshot is taken and written |
+//! | `__pf:ws:{tag}{prefix}` | on a Redis Cluster, that log once per slot |
 //!
 //! A tombstone hashes to the same Redis Cluster slot as its record, so one
 //! call can read and write both. A key containing `}` without a hash tag has
@@ -184,6 +186,42 @@ impl KeySpace {
     pub fn slot_meta_key(&self, slot: u16) -> String {
         format!(
             "{RESERVED_KEY_PREFIX}s:{{{}}}{}",
+            slot_tag(slot),
+            self.prefix
+        )
+    }
+
+    /// The log of the snapshot window beside the state at
+    /// [`meta_key`](Self::meta_key): the versions of the writes applied
+    /// while a snapshot is being taken and written, so that a snapshot
+    /// write never lands on a key a newer change reached before it was
+    /// removed.
+    ///
+    /// It carries a hash tag of the state's own slot, so that one call can
+    /// name both on a Redis Cluster too.
+    ///
+    /// ```
+    /// let ks = prefetch::KeySpace::new("cache:a}b");
+    /// assert_eq!(prefetch::slot(&ks.window_key()), prefetch::slot(ks.meta_key()));
+    /// ```
+    pub fn window_key(&self) -> String {
+        format!(
+            "{RESERVED_KEY_PREFIX}w:{{{}}}{}",
+            slot_tag(slot(&self.meta)),
+            self.prefix
+        )
+    }
+
+    /// On a Redis Cluster, the window's log in `slot`, beside
+    /// [`slot_meta_key`](Self::slot_meta_key).
+    ///
+    /// ```
+    /// let ks = prefetch::KeySpace::new("cache:");
+    /// assert_eq!(prefetch::slot(&ks.slot_window_key(7)), 7);
+    /// ```
+    pub fn slot_window_key(&self, slot: u16) -> String {
+        format!(
+            "{RESERVED_KEY_PREFIX}ws:{{{}}}{}",
             slot_tag(slot),
             self.prefix
         )

@@ -110,7 +110,7 @@ pub mod testing;
 pub use apply::{content_hash, hash_text};
 pub use cache::{
     BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
-    DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, Ttl,
+    DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, SnapshotWindow, Ttl,
 };
 pub use conn::{ClusterNode, Connection, Redis, RedisClient, RedisNode, SlotMap};
 pub use engine::{

@@ -97,11 +97,13 @@ where
 
 /// Compares `source` with `cache`; see the module docs. `settle` waits until
 /// the sync worker has applied everything up to the snapshot's version
-/// (before the recheck); `repair` writes the fixes.
+/// (before the recheck); `repair` writes the fixes, inside a snapshot
+/// window of `window_lease`.
 pub async fn reconcile<C, S, F, Fut>(
     cache: &PrefetchCache<C>,
     source: &S,
     repair: bool,
+    window_lease: std::time::Duration,
     settle: F,
 ) -> Result<ReconcileReport>
 where
@@ -111,6 +113,32 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let started = Instant::now();
+    // Repairs are snapshot writes: the window opens before the snapshot is
+    // taken (see `PrefetchCache::open_window`).
+    let window = match repair {
+        true => Some(cache.open_window(window_lease).await?),
+        false => None,
+    };
+    let report = compare(cache, source, repair, settle, started).await;
+    if let Some(window) = window {
+        window.close().await?;
+    }
+    report
+}
+
+async fn compare<C, S, F, Fut>(
+    cache: &PrefetchCache<C>,
+    source: &S,
+    repair: bool,
+    settle: F,
+    started: Instant,
+) -> Result<ReconcileReport>
+where
+    C: crate::Connection,
+    S: Source + ?Sized,
+    F: FnOnce(Version) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let snapshot = source.snapshot().await?;
     let at = snapshot.version;
     let mut report = ReconcileReport {

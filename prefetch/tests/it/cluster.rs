@@ -17,7 +17,7 @@ use redis::AsyncCommands;
 use crate::{claimed, fields, records};
 
 /// Three primaries, no replicas, for every test here but the drill.
-fn cluster() -> &'static TestCluster {
+pub(crate) fn cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| TestCluster::start(3, 0))
 }
@@ -271,6 +271,40 @@ fn random_interleavings_on_a_cluster_never_leave_a_wrong_key() {
     });
     if let Err(e) = result {
         panic!("{e}");
+    }
+}
+
+#[test]
+fn admin_actions_racing_updates_on_a_cluster_never_leave_a_wrong_key() {
+    let (runtime, mut runner) = crate::interleavings::harness(8);
+    let c = cluster();
+    let result = runner.run(&crate::interleavings::admin_tasks(), |tasks| {
+        runtime.block_on(async {
+            let (latency, pace) = (
+                crate::interleavings::ADMIN_LATENCY,
+                crate::interleavings::ADMIN_PACE,
+            );
+            crate::interleavings::check_with(c.redis().await, tasks, latency, pace).await
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn the_ci_minimal_input_on_a_cluster_never_leaves_a_wrong_key() {
+    let (runtime, _) = crate::interleavings::harness(1);
+    let c = cluster();
+    // Each run starts an engine and re-prefetches three times over 16,384
+    // slots: fewer runs than on one node.
+    for run in 0..crate::interleavings::MINIMAL_RUNS / 3 {
+        let tasks = crate::interleavings::ci_minimal_input();
+        let result =
+            runtime.block_on(async { crate::interleavings::check(c.redis().await, tasks).await });
+        if let Err(e) = result {
+            panic!("run {run}: {e}");
+        }
     }
 }
 

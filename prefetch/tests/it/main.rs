@@ -11,6 +11,7 @@ mod heal;
 mod interleavings;
 mod ops;
 mod primary;
+mod removal;
 mod reprefetch;
 mod sync;
 

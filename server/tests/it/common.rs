@@ -35,9 +35,10 @@ impl TestServer {
             redis.url.as_str(),
             "--cache-prefix",
             prefix.as_str(),
-            "--primary-latency-ms",
-            "0",
         ];
+        if !extra.contains(&"--primary-latency-ms") {
+            args.extend(["--primary-latency-ms", "0"]);
+        }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).expect("valid flags");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -16,6 +16,7 @@ mod faults;
 mod load;
 mod operations;
 mod postgres;
+mod races;
 mod replicas;
 mod security;
 mod stream;
