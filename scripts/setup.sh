@@ -23,6 +23,7 @@ command -v redis-cli >/dev/null || pkgs+=(redis-tools)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 command -v cc >/dev/null || pkgs+=(build-essential)
+command -v python3 >/dev/null || pkgs+=(python3)
 command -v pkg-config >/dev/null || pkgs+=(pkg-config)
 # A locale that collates unlike C, for the version guard's locale test.
 command -v localedef >/dev/null || pkgs+=(locales)

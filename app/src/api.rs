@@ -25,7 +25,7 @@ pub const NO_INPUT_ENDPOINTS: [&str; 4] =
 #[server(prefix = "", endpoint = "categories", input = GetUrl, name = Categories)]
 pub async fn categories() -> Result<CategoriesResponse, AppError> {
     let ctx = ssr::ctx()?;
-    let (cache_ids, primary) = tokio::join!(ctx.engine.ids(), ctx.engine.source().records());
+    let (cache_ids, primary) = tokio::join!(ctx.engine.ids(), ctx.primary.records());
     let cache_ids = cache_ids.map_err(ssr::engine_error)?;
     let primary_ids = primary
         .map_err(ssr::engine_error)?
@@ -78,8 +78,7 @@ pub async fn update_field(
         return ssr::fail(ssr::BAD_REQUEST, message);
     }
     let record = ctx
-        .engine
-        .source()
+        .primary
         .update_field(&id, &field, &value)
         .await
         .map_err(ssr::engine_error)?;
@@ -127,8 +126,7 @@ pub async fn add_category(
         prefetch::validate_id(parent).map_err(ssr::engine_error)?;
     }
     let record = ctx
-        .engine
-        .source()
+        .primary
         .add(prefetch::Record::new(record))
         .await
         .map_err(ssr::engine_error)?;
@@ -144,12 +142,7 @@ pub async fn add_category(
 pub async fn delete_category(id: Option<String>) -> Result<DeleteResponse, AppError> {
     let ctx = ssr::ctx()?;
     let id = ssr::required(id, "Missing 'id'.")?;
-    let id = ctx
-        .engine
-        .source()
-        .delete(&id)
-        .await
-        .map_err(ssr::engine_error)?;
+    let id = ctx.primary.delete(&id).await.map_err(ssr::engine_error)?;
     Ok(DeleteResponse {
         id,
         stats: ssr::stats(&ctx),
@@ -204,7 +197,7 @@ pub async fn reprefetch() -> Result<ReprefetchResponse, AppError> {
 pub async fn reset_stats() -> Result<StatsDto, AppError> {
     let ctx = ssr::ctx()?;
     ctx.engine.reset_stats();
-    ctx.engine.source().reset_reads();
+    ctx.primary.reset_reads();
     Ok(ssr::stats(&ctx))
 }
 
@@ -292,12 +285,12 @@ pub async fn inject_fault(
     ms: Option<String>,
 ) -> Result<FaultResponse, AppError> {
     let ctx = ssr::ctx()?;
-    if !ctx.faults {
+    let Some(faults) = &ctx.faults else {
         return ssr::fail(
             http::StatusCode::FORBIDDEN,
             "Fault injection is off on this server (start it with --faults).",
         );
-    }
+    };
     let number = |v: Option<String>, default: u64, name: &str, max: u64| -> Result<u64, AppError> {
         match v.as_deref().map(str::trim) {
             None | Some("") => Ok(default),
@@ -326,10 +319,10 @@ pub async fn inject_fault(
             );
         }
     };
-    ctx.engine.sync().inject(fault);
+    faults.inject(fault);
     Ok(FaultResponse {
         kind: kind.trim().to_owned(),
-        pending: ctx.engine.sync().pending_faults().into(),
+        pending: faults.pending().into(),
     })
 }
 
@@ -391,8 +384,8 @@ mod ssr {
     }
 
     pub fn stats(ctx: &ServerContext) -> StatsDto {
-        let source = ctx.engine.source();
-        StatsDto::new(ctx.engine.stats(), source.reads(), source.read_latency())
+        let primary = &ctx.primary;
+        StatsDto::new(ctx.engine.stats(), primary.reads(), primary.read_latency())
     }
 
     /// A present, non-blank argument.
@@ -413,14 +406,14 @@ mod ssr {
 
     /// The dashboard's view of the engine; also the live feed's snapshot.
     pub async fn dashboard_state(ctx: &ServerContext) -> Result<DashboardState, prefetch::Error> {
-        let (primary, cache) = tokio::join!(ctx.engine.source().records(), ctx.engine.entries());
+        let (primary, cache) = tokio::join!(ctx.primary.records(), ctx.engine.entries());
         let (primary, cache) = (primary?, cache?);
         let now = now_ms();
         let engine_stats = ctx.engine.stats();
         let source = SourceDto::from(&engine_stats.source);
         let prefix = ctx.engine.cache().prefix().to_owned();
         let ttl_seconds = ctx.engine.cache().ttl_config().as_secs();
-        let src = ctx.engine.source();
+        let src = &ctx.primary;
         Ok(DashboardState {
             primary: primary.into_iter().map(|r| r.into_fields()).collect(),
             source,
@@ -437,7 +430,7 @@ mod ssr {
                 .engine
                 .last_reconcile()
                 .map(|(at, r)| crate::model::ReconcileResponse::new(&r, at)),
-            faults: ctx.faults,
+            faults: ctx.faults.is_some(),
         })
     }
 }

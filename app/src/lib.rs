@@ -1,16 +1,32 @@
 //! The demo application: wire types, the reference API as server functions,
 //! the live-feed hook, and the Leptos components. Compiled with `ssr` into
 //! the server and with `hydrate` into the WASM front end.
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | `model` | wire types: the JSON API's answers, the live feed's events |
+//! | `serve` | how the server runs a server function (feature `ssr`) |
+//! | `error` | the one error answer, and engine errors mapped to statuses |
+//! | `api` | the reference API, written once as server functions |
+//! | `live` | the live feed's client state and its `EventSource` hook |
+//! | `components` | the dashboard's panels |
+//!
+//! Each module uses only the ones above it.
 
 #![recursion_limit = "256"]
 
-pub mod api;
-pub mod components;
-pub mod error;
-pub mod live;
 pub mod model;
 #[cfg(feature = "ssr")]
 pub mod serve;
+
+pub mod error;
+
+pub mod api;
+pub mod live;
+
+pub mod components;
 
 use leptos::either::Either;
 use leptos::prelude::*;

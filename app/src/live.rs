@@ -224,29 +224,7 @@ impl LiveState {
                 expires_at_ms,
                 source,
                 lag_ms,
-            } => {
-                let op = if fields.is_some() { "write" } else { "delete" };
-                self.cache.update(|c| match fields {
-                    Some(fields) => {
-                        c.insert(
-                            id.clone(),
-                            CacheEntryDto {
-                                id: id.clone(),
-                                fields,
-                                expires_at_ms,
-                            },
-                        );
-                    }
-                    None => {
-                        c.remove(&id);
-                    }
-                });
-                self.touch(&id);
-                let detail = lag_ms
-                    .map(|l| format!("lag {} ms", fixed(l, 2)))
-                    .unwrap_or_default();
-                self.push_log(source.as_str(), op, &id, detail);
-            }
+            } => self.apply_cache(id, fields, expires_at_ms, source, lag_ms),
             LiveEvent::Cleared { deleted } => {
                 let ids: Vec<String> = self.cache.with_untracked(|c| c.keys().cloned().collect());
                 self.cache.set(BTreeMap::new());
@@ -265,15 +243,11 @@ impl LiveState {
                     PrefetchReasonDto::SelfHeal => "heal",
                     PrefetchReasonDto::Start | PrefetchReasonDto::Requested => "admin",
                 };
-                self.push_log(
-                    source,
-                    "prefetch",
-                    "",
-                    format!(
-                        "{loaded} records, {swept} swept, in {} ms",
-                        fixed(elapsed_ms, 1)
-                    ),
+                let detail = format!(
+                    "{loaded} records, {swept} swept, in {} ms",
+                    fixed(elapsed_ms, 1)
                 );
+                self.push_log(source, "prefetch", "", detail);
             }
             LiveEvent::StateLost { reason } => {
                 self.push_log("heal", "state lost", "", reason);
@@ -285,44 +259,81 @@ impl LiveState {
                 self.stats.set(stats);
             }
             LiveEvent::Source(source) => self.source.set(source),
-            LiveEvent::Reconciled(report) => {
-                let found = report.missing.len()
-                    + report.orphaned.len()
-                    + report.stale.len()
-                    + report.changed_outside.len();
-                self.push_log(
-                    "reconcile",
-                    if report.repaired > 0 {
-                        "repair"
-                    } else {
-                        "check"
-                    },
-                    "",
-                    format!(
-                        "{} checked, {found} drifted, {} repaired",
-                        report.checked, report.repaired
-                    ),
-                );
-                self.reconcile.set(Some(report));
-            }
+            LiveEvent::Reconciled(report) => self.apply_reconciled(report),
             LiveEvent::Fault { kind, id, outcome } => {
-                let detail = match outcome.as_deref() {
-                    Some("stale") => "refused by the version guard".to_owned(),
-                    Some(o) => o.to_owned(),
-                    None => "never applied".to_owned(),
-                };
-                let op = match kind.as_str() {
-                    "dropped" => "dropped",
-                    "duplicated" => "duplicated",
-                    _ => "reordered",
-                };
-                self.push_log("fault", op, &id, detail);
+                self.log_fault(&kind, &id, outcome.as_deref())
             }
             LiveEvent::Worker { state } => {
                 self.push_log("sync", state.as_str(), "", "worker state".into());
                 self.worker.set(state);
             }
         }
+    }
+
+    fn apply_cache(
+        &self,
+        id: String,
+        fields: Option<Fields>,
+        expires_at_ms: Option<i64>,
+        source: WriteOrigin,
+        lag_ms: Option<f64>,
+    ) {
+        let op = if fields.is_some() { "write" } else { "delete" };
+        self.cache.update(|c| match fields {
+            Some(fields) => {
+                c.insert(
+                    id.clone(),
+                    CacheEntryDto {
+                        id: id.clone(),
+                        fields,
+                        expires_at_ms,
+                    },
+                );
+            }
+            None => {
+                c.remove(&id);
+            }
+        });
+        self.touch(&id);
+        let detail = lag_ms
+            .map(|l| format!("lag {} ms", fixed(l, 2)))
+            .unwrap_or_default();
+        self.push_log(source.as_str(), op, &id, detail);
+    }
+
+    fn apply_reconciled(&self, report: ReconcileResponse) {
+        let found = report.missing.len()
+            + report.orphaned.len()
+            + report.stale.len()
+            + report.changed_outside.len();
+        self.push_log(
+            "reconcile",
+            if report.repaired > 0 {
+                "repair"
+            } else {
+                "check"
+            },
+            "",
+            format!(
+                "{} checked, {found} drifted, {} repaired",
+                report.checked, report.repaired
+            ),
+        );
+        self.reconcile.set(Some(report));
+    }
+
+    fn log_fault(&self, kind: &str, id: &str, outcome: Option<&str>) {
+        let detail = match outcome {
+            Some("stale") => "refused by the version guard".to_owned(),
+            Some(o) => o.to_owned(),
+            None => "never applied".to_owned(),
+        };
+        let op = match kind {
+            "dropped" => "dropped",
+            "duplicated" => "duplicated",
+            _ => "reordered",
+        };
+        self.push_log("fault", op, id, detail);
     }
 
     fn touch(&self, id: &str) {

@@ -27,20 +27,40 @@ use leptos_axum::ResponseOptions;
 
 use crate::model::ExternalWatch;
 
+/// The connection the demo's engine runs on: one Redis node or a cluster,
+/// its writer behind the fault plan of `/fault` (reads never are).
+pub type Conn = prefetch::FaultyConnection<prefetch::Redis>;
+
+/// The demo's engine: over whichever source the server was given.
+pub type DemoEngine = prefetch::Engine<dyn prefetch::Source, Conn>;
+
 /// What the server hands to every server function and SSR render.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerContext {
-    /// The running engine, over whichever primary the server was given.
-    pub engine: prefetch::Engine<dyn prefetch::Primary>,
+    /// The running engine, over whichever source the server was given.
+    pub engine: DemoEngine,
+    /// The demo's view of the source, and its editor where it can be
+    /// edited from here; beside the engine, never used by it.
+    pub primary: std::sync::Arc<dyn prefetch::Primary>,
     /// How changes made outside the app are noticed.
     pub external: ExternalWatch,
-    /// Whether `/fault` is enabled.
-    pub faults: bool,
+    /// The fault plan `/fault` adds to (`None`: fault injection is off).
+    pub faults: Option<prefetch::Faults>,
     /// The pause `/worker` holds, if any.
     pub paused: std::sync::Arc<std::sync::Mutex<Option<prefetch::PauseGuard>>>,
     /// The change feed's dead letters, when the server is a replica of a
     /// pipeline (`--pipeline`).
     pub dead_letters: Option<std::sync::Arc<dyn DeadLetters>>,
+}
+
+impl std::fmt::Debug for ServerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerContext")
+            .field("engine", &self.engine)
+            .field("external", &self.external)
+            .field("faults", &self.faults.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerContext {

@@ -10,6 +10,17 @@
 //! the connector stays exactly as it is deployed. [`decode_entry`] reads
 //! every shape the sink writes (see [`decode`] for the list).
 //!
+//! Several replicas sharing one durable feed are the `prefetch-pipeline`
+//! crate's business; it reads these formats too.
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | `decode` | every entry shape the sink writes, to changes |
+//! | `history` | a stream's history: entry ids as versions, what is still held |
+//! | `source` | [`StreamSource`]: one stream as a [`prefetch::Source`] |
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use prefetch::{Engine, EngineConfig, EventBus};
@@ -32,9 +43,8 @@
 #![warn(missing_docs)]
 
 pub mod decode;
-pub mod pipeline;
+mod history;
 mod source;
 
 pub use decode::{DecodeError, DecodeOptions, Decoded, decode_entry};
-pub use pipeline::{FeedSource, Lease, PipelineConfig, SourceFactory, publish, run_leader};
 pub use source::{StreamConfig, StreamSource};

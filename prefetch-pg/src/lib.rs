@@ -1,8 +1,9 @@
 //! PostgreSQL as the source of truth of a [`prefetch`] cache: a table kept
 //! in Redis by logical replication, with the built-in `pgoutput` plugin.
 //!
-//! [`PgSource`] implements [`prefetch::Source`] (and [`prefetch::Primary`],
-//! so the demo's API and dashboard can inspect and edit the table):
+//! [`PgSource`] implements [`prefetch::Source`]; beside it, [`PgEditor`]
+//! implements [`prefetch::Primary`] (so the demo's API and dashboard can
+//! inspect and edit the table with SQL):
 //!
 //! - **Initial load** from the replication slot's own snapshot: the slot is
 //!   created with `USE_SNAPSHOT` inside a `REPEATABLE READ` transaction, so
@@ -26,6 +27,23 @@
 //! rest through `tokio-postgres`. The `launcher` feature adds a private
 //! PostgreSQL for demos and tests.
 //!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | `error` | [`PgError`] |
+//! | `table` | a table's columns and key, rows as records, SQL quoting |
+//! | `shared` | what the source, its reader, heartbeat and editor share |
+//! | `sql` | catalog queries, the demo table, the publication |
+//! | `slot` | the replication slot: found or created, temporary slots |
+//! | `snapshot` | an exact snapshot through a slot's `USE_SNAPSHOT` |
+//! | `decode` | the transaction assembler: one method per `pgoutput` message |
+//! | `heartbeat` | messages through the slot that keep it moving |
+//! | `wal_reader` | the replication session feeding the assembler |
+//! | `editor` | [`PgEditor`]: the demo's SQL view and edits |
+//! | `source` | [`PgSource`]: the [`prefetch::Source`] |
+//! | `launcher` | a private PostgreSQL (feature `launcher`) |
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use prefetch::{Engine, EngineConfig, EventBus};
@@ -48,16 +66,23 @@
 mod error;
 pub mod table;
 
-mod snapshot;
+mod shared;
 mod sql;
 
-mod stream;
+mod slot;
+mod snapshot;
 
+mod decode;
+mod heartbeat;
+mod wal_reader;
+
+mod editor;
 mod source;
 
 #[cfg(feature = "launcher")]
 pub mod launcher;
 
+pub use editor::PgEditor;
 pub use error::PgError;
+pub use heartbeat::HEARTBEAT_PREFIX;
 pub use source::{PgConfig, PgSource};
-pub use stream::HEARTBEAT_PREFIX;

@@ -166,30 +166,6 @@ pub async fn ensure_publication(
     Ok(())
 }
 
-/// The slot's confirmed position (`None`: no such slot).
-pub async fn slot_confirmed(c: &Client, slot: &str) -> Result<Option<u64>, PgError> {
-    let row = c
-        .query_opt(
-            "SELECT (confirmed_flush_lsn - '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await?;
-    Ok(row
-        .and_then(|r| r.get::<_, Option<i64>>(0))
-        .map(|v| v.unsigned_abs()))
-}
-
-/// Creates the slot without a snapshot (the engine takes its own).
-pub async fn create_slot(c: &Client, slot: &str) -> Result<u64, PgError> {
-    let row = c
-        .query_one(
-            "SELECT (lsn - '0/0')::int8 FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .await?;
-    Ok(row.get::<_, i64>(0).unsigned_abs())
-}
-
 /// A name PostgreSQL accepts for a slot or publication: lowercase letters,
 /// digits and `_`, at most 63 bytes.
 pub fn object_name(parts: &[&str]) -> String {

@@ -50,6 +50,31 @@ pub enum PrefetchReason {
     SelfHeal,
 }
 
+/// What a fault did to one change, for the live feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Acknowledged, never applied.
+    Dropped,
+    /// Delivered again.
+    Duplicated,
+    /// Delivered late, after newer changes.
+    Reordered,
+    /// Held back.
+    Delayed,
+}
+
+impl FaultKind {
+    /// `dropped`, `duplicated`, `reordered` or `delayed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Dropped => "dropped",
+            FaultKind::Duplicated => "duplicated",
+            FaultKind::Reordered => "reordered",
+            FaultKind::Delayed => "delayed",
+        }
+    }
+}
+
 /// Something that happened in the engine.
 #[non_exhaustive]
 #[derive(Clone, Debug)]
@@ -98,7 +123,7 @@ pub enum Event {
     /// An injected fault did something to one change.
     Fault {
         /// What.
-        kind: crate::faults::FaultKind,
+        kind: FaultKind,
         /// The record id.
         id: String,
         /// The change's version.

@@ -32,21 +32,26 @@
 //! |---|---|
 //! | `error` | [`Error`] |
 //! | `model` | [`Record`], [`Version`], [`Change`], [`Transaction`], validation |
-//! | `keys` | key naming, tombstone keys, glob escaping |
+//! | `keys` | key naming, bookkeeping keys, tombstone keys, slots, glob escaping |
+//! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
 //! | `events` | [`EventBus`]: a lossy feed of what happened, for dashboards |
 //! | `feed` | [`ChangeSender`] / [`ChangeFeed`]: the push API for any CDC adapter |
-//! | `source` | the [`Source`] and [`Primary`] traits |
-//! | `apply` | the storage format and its Redis FUNCTION library |
-//! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
-//! | `cache` | [`PrefetchCache`]: bulk load, get, guarded apply, sweep, clear |
+//! | `source` | the [`Source`] trait: what the engine needs from a source of truth |
+//! | `primary` | the [`Primary`] trait: what a demo needs beside it (view, edits) |
+//! | `guard` | the version guard: its Redis FUNCTION library and the storage format |
+//! | `cluster` | one node or a Redis Cluster: [`Connection`], slot routing |
+//! | `cache` | [`PrefetchCache`]: reads, guarded writes, loads and sweeps, state |
 //! | `sync` | the sync worker's [`SyncHandle`] (pause, resume, stop) |
-//! | `reconcile` | source against Redis, differences classified and repaired |
-//! | `primary` | [`MockPrimary`], the embedded source of truth (feature `mock`) |
-//! | `engine` | [`Engine`]: all of the above plus re-prefetch and self-healing |
+//! | `engine` | [`Engine`]: all of the above, re-prefetch, self-healing, reconciliation |
+//! | `faults` | fault injection as wrappers: [`FaultySource`], [`FaultyConnection`] |
+//! | `mock` | [`MockPrimary`], the embedded source of truth (feature `mock`) |
+//! | `launcher` | a private `redis-server` (feature `launcher`) |
+//! | `testing` | real servers and engines for tests (feature `test-support`) |
 //!
-//! Each module uses only the ones above it. The crate knows nothing about
-//! HTTP, Leptos, WebAssembly or any database; any tokio service can embed
-//! it and plug in a source of its own (see the [`Source`] docs).
+//! Each module uses only the ones above it (`scripts/structure.py` checks
+//! that the graph has no cycle). The crate knows nothing about HTTP,
+//! Leptos, WebAssembly or any database; any tokio service can embed it and
+//! plug in a source of its own (see the [`Source`] docs).
 //!
 //! # Example
 //!
@@ -79,57 +84,57 @@ mod error;
 mod model;
 
 mod keys;
-
-mod events;
-
-pub mod feed;
-mod source;
-
-mod apply;
 mod stats;
 
-mod faults;
+mod events;
+pub mod feed;
+
+mod primary;
+mod source;
+
+mod guard;
+
+mod cluster;
 
 mod cache;
 mod sync;
 
-mod reconcile;
-
-#[cfg(feature = "mock")]
-mod primary;
-
 mod engine;
 
-mod conn;
+mod faults;
+
+#[cfg(feature = "mock")]
+mod mock;
 
 #[cfg(feature = "launcher")]
 pub mod launcher;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use apply::{content_hash, hash_text};
 pub use cache::{
     BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
     DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, SnapshotWindow, Ttl,
 };
-pub use conn::{ClusterNode, Connection, Redis, RedisClient, RedisNode, SlotMap};
+pub use cluster::{ClusterNode, Connection, Redis, RedisClient, RedisNode, SlotMap};
 pub use engine::{
     Engine, EngineConfig, EngineStats, MemoryCheck, MemoryStatus, PrefetchReport, ReadResult,
 };
 pub use error::{BoxError, Error, Result};
 pub use events::{AppliedWrite, Event, EventBus, PrefetchReason, WriteOutcome};
-pub use faults::{Fault, FaultKind, PendingFaults};
+pub use faults::{Fault, FaultKind, Faults, FaultyConnection, FaultySource, PendingFaults};
 pub use feed::{ChangeFeed, ChangeSender};
+pub use guard::{content_hash, hash_text};
 pub use keys::{
     KeySpace, RESERVED_KEY_PREFIX, SLOTS, Tombstone, escape_glob, hash_tag, slot, slot_tag,
 };
+#[cfg(feature = "mock")]
+pub use mock::{DEFAULT_READ_LATENCY, MockPrimary, Mutation, seed_records};
 pub use model::{
     Change, ChangeKind, Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN, Op,
     ParseVersionError, RESERVED_FIELD_PREFIX, ReconcileReport, Record, Transaction, Version,
     WorkerState, decode_key, encode_key, validate_field, validate_id,
 };
-#[cfg(feature = "mock")]
-pub use primary::{DEFAULT_READ_LATENCY, MockPrimary, Mutation, seed_records};
-pub use source::{BoxFuture, BoxStream, Primary, Source, SourceSnapshot, SourceStatus};
+pub use primary::Primary;
+pub use source::{BoxFuture, BoxStream, Source, SourceSnapshot, SourceStatus};
 pub use stats::{HistogramSnapshot, Histograms, LagSummary, Stats};
 pub use sync::{PauseGuard, SyncConfig, SyncHandle};

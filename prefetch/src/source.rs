@@ -1,7 +1,8 @@
 //! The seam to the source of truth: [`Source`], what the engine needs from
 //! any primary (a consistent snapshot with its version, committed
-//! transactions in order, acknowledgements, a status), and [`Primary`], what
-//! the demo's API and dashboard need on top (inspecting and editing it).
+//! transactions in order, acknowledgements, a status). What the demo's API
+//! and dashboard need on top (inspecting and editing it) is
+//! [`Primary`](crate::Primary), held beside the engine, never by it.
 //!
 //! The methods return boxed futures so that a source can be used behind
 //! `dyn Source` (the server picks one at run time) as well as statically.
@@ -173,38 +174,6 @@ pub trait Source: Send + Sync + 'static {
 
     /// The source's current status.
     fn status(&self) -> SourceStatus;
-}
-
-/// A source the demo can inspect and edit: what the reference API's
-/// mutations and the dashboard's primary column need.
-pub trait Primary: Source {
-    /// Every record, sorted by id: the dashboard's view of the source
-    /// (not counted as a primary read).
-    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>>;
-
-    /// Sets one field of an existing record; returns its new state.
-    fn update_field<'a>(
-        &'a self,
-        id: &'a str,
-        field: &'a str,
-        value: &'a str,
-    ) -> BoxFuture<'a, Result<Record>>;
-
-    /// Inserts a new record; returns it as stored.
-    fn add(&self, record: Record) -> BoxFuture<'_, Result<Record>>;
-
-    /// Removes a record; returns its (trimmed) id.
-    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<String>>;
-
-    /// Counted reads (snapshots) since the last reset.
-    fn reads(&self) -> u64;
-
-    /// Zeroes the read counter.
-    fn reset_reads(&self);
-
-    /// How long a read of the source takes (configured for the mock,
-    /// measured for a database).
-    fn read_latency(&self) -> Duration;
 }
 
 /// When a transaction or heartbeat committed, in milliseconds behind now.

@@ -1,4 +1,5 @@
-//! Command-line flags, each with an environment fallback.
+//! Command-line flags, each with an environment fallback; resolved into
+//! [`Settings`](crate::settings::Settings) once, at start.
 
 use std::net::IpAddr;
 
@@ -146,25 +147,6 @@ impl Config {
         }
     }
 
-    /// Which primary `--primary` names.
-    pub fn primary_kind(&self) -> Result<PrimaryKind, String> {
-        let p = self.primary.trim();
-        match p {
-            "mock" => Ok(PrimaryKind::Mock),
-            "postgres" | "postgresql" => Ok(PrimaryKind::EmbeddedPostgres),
-            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Ok(PrimaryKind::Postgres(url.to_owned()))
-            }
-            stream if stream.starts_with("stream:") => match &stream["stream:".len()..] {
-                "" => Err("--primary stream:<key> needs the stream's key".into()),
-                key => Ok(PrimaryKind::Stream(key.to_owned())),
-            },
-            other => Err(format!(
-                "--primary must be mock, postgres, a postgres:// URL or stream:<key>, not '{other}'"
-            )),
-        }
-    }
-
     /// This replica's name in the pipeline.
     pub fn replica_name(&self) -> String {
         let host = std::env::var("HOSTNAME")
@@ -200,19 +182,6 @@ impl Config {
         };
         Some(format!("redis://{host}:{port}/"))
     }
-}
-
-/// The source of truth the server mirrors.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PrimaryKind {
-    /// The embedded mock table.
-    Mock,
-    /// A private PostgreSQL started for this run.
-    EmbeddedPostgres,
-    /// The PostgreSQL at this URL.
-    Postgres(String),
-    /// A Debezium Server or RDI change stream with this key.
-    Stream(String),
 }
 
 #[cfg(test)]
@@ -276,28 +245,6 @@ mod tests {
         assert_eq!(c.admin_token().unwrap(), None);
         let c = Config::try_parse_from(["server", "--admin-token", " "]).unwrap();
         assert!(c.admin_token().is_err());
-    }
-
-    #[test]
-    fn the_primary_is_the_mock_unless_postgres_is_named() {
-        let c = Config::try_parse_from(["server"]).unwrap();
-        assert_eq!(c.primary_kind().unwrap(), PrimaryKind::Mock);
-        let c = Config::try_parse_from(["server", "--primary", "postgres"]).unwrap();
-        assert_eq!(c.primary_kind().unwrap(), PrimaryKind::EmbeddedPostgres);
-        let c = Config::try_parse_from(["server", "--primary", "postgres://u@h/db"]).unwrap();
-        assert_eq!(
-            c.primary_kind().unwrap(),
-            PrimaryKind::Postgres("postgres://u@h/db".into())
-        );
-        let c = Config::try_parse_from(["server", "--primary", "mysql://x"]).unwrap();
-        assert!(c.primary_kind().is_err());
-        let c = Config::try_parse_from(["server", "--primary", "stream:data:a.b.c"]).unwrap();
-        assert_eq!(
-            c.primary_kind().unwrap(),
-            PrimaryKind::Stream("data:a.b.c".into())
-        );
-        let c = Config::try_parse_from(["server", "--primary", "stream:"]).unwrap();
-        assert!(c.primary_kind().is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `GET /metrics`: the engine's counters in the Prometheus/OpenMetrics text
+//! The engine's counters, for `GET /metrics`, in the Prometheus/OpenMetrics text
 //! format, read from the engine at scrape time (nothing is counted twice).
 //!
 //! Names are prefixed `prefetch_`, in base units, and mirror RDI's where
@@ -12,9 +12,6 @@
 use std::time::UNIX_EPOCH;
 
 use app::api::ServerContext;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
 use prefetch::HistogramSnapshot;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -22,9 +19,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-
-use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Reads the engine on every scrape.
 #[derive(Debug)]
@@ -59,13 +53,14 @@ fn histogram(
     m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &h.buckets, None)
 }
 
-impl Collector for EngineCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let engine = &self.ctx.engine;
-        let s = engine.stats();
-        let c = &s.cache;
-        let h = engine.cache().histograms();
-        let e = &mut enc;
+impl EngineCollector {
+    /// The cache's and the sync worker's counters and histograms.
+    fn sync_series(
+        &self,
+        e: &mut DescriptorEncoder<'_>,
+        c: &prefetch::Stats,
+        h: &prefetch::Histograms,
+    ) -> std::fmt::Result {
         counter(
             e,
             "prefetch_cache_hits",
@@ -127,6 +122,15 @@ impl Collector for EngineCollector {
             "Redis latency of reads through the cache.",
             &h.read_seconds,
         )?;
+        Ok(())
+    }
+
+    /// The source's, the worker's and Redis memory's figures.
+    fn engine_series(
+        &self,
+        e: &mut DescriptorEncoder<'_>,
+        s: &prefetch::EngineStats,
+    ) -> std::fmt::Result {
         gauge(
             e,
             "prefetch_sync_backlog",
@@ -149,7 +153,7 @@ impl Collector for EngineCollector {
             e,
             "prefetch_source_reads",
             "Snapshots read from the source.",
-            engine.source().reads(),
+            self.ctx.primary.reads(),
         )?;
         gauge(
             e,
@@ -165,13 +169,13 @@ impl Collector for EngineCollector {
             e,
             "prefetch_reprefetches",
             "Re-prefetches (requested or self-healing).",
-            c.reprefetches,
+            s.cache.reprefetches,
         )?;
         counter(
             e,
             "prefetch_self_heals",
             "Times Redis had lost the cache's state and it was refilled.",
-            c.self_heals,
+            s.cache.self_heals,
         )?;
         let memory = s.memory.clone().unwrap_or_default();
         gauge(
@@ -186,7 +190,12 @@ impl Collector for EngineCollector {
             "maxmemory less the headroom (0: no limit).",
             memory.budget as f64,
         )?;
-        let last = engine.last_reconcile();
+        Ok(())
+    }
+
+    /// What the last reconciliation found.
+    fn reconcile_series(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let last = self.ctx.engine.last_reconcile();
         let mut drift = e.encode_descriptor(
             "prefetch_drift_keys",
             "Differences the last reconciliation found, by kind.",
@@ -229,21 +238,13 @@ impl Collector for EngineCollector {
     }
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut body = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
-        tracing::error!(error = %e, "cannot encode metrics");
-        return ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Cannot encode the metrics.",
-        )
-        .into_response();
+impl Collector for EngineCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let engine = &self.ctx.engine;
+        let s = engine.stats();
+        let h = engine.cache().histograms();
+        self.sync_series(&mut enc, &s.cache, &h)?;
+        self.engine_series(&mut enc, &s)?;
+        self.reconcile_series(&mut enc)
     }
-    let mut res = body.into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    res
 }

@@ -8,7 +8,7 @@ use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::LiveHub;
+use crate::live::LiveHub;
 
 /// Shared by every handler of one event loop: what all loops share, plus
 /// the context whose engine reads on that loop's own connection. Cheap to
@@ -48,7 +48,10 @@ impl AppState {
         Self {
             shared: Arc::clone(&self.shared),
             ctx: ServerContext {
-                engine: self.ctx.engine.with_reader(conn),
+                engine: self
+                    .ctx
+                    .engine
+                    .with_reader(prefetch::FaultyConnection::clean(conn)),
                 ..self.ctx.clone()
             },
         }

@@ -15,77 +15,10 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
     // One reactive boundary for the whole list keeps the WASM small.
     let rows = move || {
         state.stats.with(|s| {
-            [
-                ("hits", "Hits", s.hits.to_string()),
-                ("misses", "Misses", s.misses.to_string()),
-                (
-                    "hit_rate_pct",
-                    "Hit rate",
-                    format!("{}%", fixed(s.hit_rate_pct, 1)),
-                ),
-                ("prefetched", "Prefetched", s.prefetched.to_string()),
-                (
-                    "sync_events_applied",
-                    "Sync events applied",
-                    s.sync_events_applied.to_string(),
-                ),
-                (
-                    "sync_lag_ms_avg",
-                    "Sync lag avg",
-                    format!("{} ms", fixed(s.sync_lag_ms_avg, 2)),
-                ),
-                (
-                    "sync_lag_ms_p50",
-                    "Lag p50 / p99",
-                    format!(
-                        "{} / {} ms",
-                        fixed(s.sync_lag_ms_p50, 2),
-                        fixed(s.sync_lag_ms_p99, 2)
-                    ),
-                ),
-                ("sync_backlog", "Backlog", s.sync_backlog.to_string()),
-                (
-                    "sync_events_stale",
-                    "Refused as stale",
-                    s.sync_events_stale.to_string(),
-                ),
-                ("reprefetches", "Re-prefetches", s.reprefetches.to_string()),
-                ("self_heals", "Self-heals", s.self_heals.to_string()),
-                (
-                    "memory",
-                    "Redis memory used / budget",
-                    if s.memory_budget_bytes == 0 {
-                        format!(
-                            "{} MB / no limit",
-                            fixed(s.memory_used_bytes as f64 / 1e6, 1)
-                        )
-                    } else {
-                        format!(
-                            "{} / {} MB",
-                            fixed(s.memory_used_bytes as f64 / 1e6, 1),
-                            fixed(s.memory_budget_bytes as f64 / 1e6, 1)
-                        )
-                    },
-                ),
-                (
-                    "sync_oom_retries",
-                    "OOM retries",
-                    s.sync_oom_retries.to_string(),
-                ),
-                (
-                    "primary_reads_total",
-                    "Primary reads",
-                    s.primary_reads_total.to_string(),
-                ),
-                (
-                    "primary_read_latency_ms",
-                    "Primary read latency",
-                    format!("{} ms", s.primary_read_latency_ms),
-                ),
-            ]
-            .into_iter()
-            .map(|(key, label, value)| view! { <dt>{label}</dt><dd data-stat=key>{value}</dd> })
-            .collect_view()
+            stat_rows(s)
+                .into_iter()
+                .map(|(key, label, value)| view! { <dt>{label}</dt><dd data-stat=key>{value}</dd> })
+                .collect_view()
         })
     };
     view! {
@@ -97,4 +30,77 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
             </form>
         </section>
     }
+}
+
+/// Every counter the panel shows: its key (for tests and styles), label
+/// and value.
+fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String); 15] {
+    [
+        ("hits", "Hits", s.hits.to_string()),
+        ("misses", "Misses", s.misses.to_string()),
+        (
+            "hit_rate_pct",
+            "Hit rate",
+            format!("{}%", fixed(s.hit_rate_pct, 1)),
+        ),
+        ("prefetched", "Prefetched", s.prefetched.to_string()),
+        (
+            "sync_events_applied",
+            "Sync events applied",
+            s.sync_events_applied.to_string(),
+        ),
+        (
+            "sync_lag_ms_avg",
+            "Sync lag avg",
+            format!("{} ms", fixed(s.sync_lag_ms_avg, 2)),
+        ),
+        (
+            "sync_lag_ms_p50",
+            "Lag p50 / p99",
+            format!(
+                "{} / {} ms",
+                fixed(s.sync_lag_ms_p50, 2),
+                fixed(s.sync_lag_ms_p99, 2)
+            ),
+        ),
+        ("sync_backlog", "Backlog", s.sync_backlog.to_string()),
+        (
+            "sync_events_stale",
+            "Refused as stale",
+            s.sync_events_stale.to_string(),
+        ),
+        ("reprefetches", "Re-prefetches", s.reprefetches.to_string()),
+        ("self_heals", "Self-heals", s.self_heals.to_string()),
+        (
+            "memory",
+            "Redis memory used / budget",
+            if s.memory_budget_bytes == 0 {
+                format!(
+                    "{} MB / no limit",
+                    fixed(s.memory_used_bytes as f64 / 1e6, 1)
+                )
+            } else {
+                format!(
+                    "{} / {} MB",
+                    fixed(s.memory_used_bytes as f64 / 1e6, 1),
+                    fixed(s.memory_budget_bytes as f64 / 1e6, 1)
+                )
+            },
+        ),
+        (
+            "sync_oom_retries",
+            "OOM retries",
+            s.sync_oom_retries.to_string(),
+        ),
+        (
+            "primary_reads_total",
+            "Primary reads",
+            s.primary_reads_total.to_string(),
+        ),
+        (
+            "primary_read_latency_ms",
+            "Primary read latency",
+            format!("{} ms", s.primary_read_latency_ms),
+        ),
+    ]
 }

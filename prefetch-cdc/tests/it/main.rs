@@ -5,8 +5,6 @@
 // Test code: a failed unwrap is a failed test, with its place.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod pipeline;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use prefetch::testing::{TestRedis, both_sides};
+use prefetch::testing::{TestRedis, both_sides_of};
 use prefetch::{Primary, Record};
 
 use crate::{assert_mirrors, connect, database, engine};
@@ -98,11 +98,17 @@ async fn composite_keys_and_nulls_become_ids_and_absent_fields() {
     // The demo's mutations work on it too.
     let rec = engine
         .source()
+        .editor()
         .update_field("us:3", "note", "changed")
         .await
         .unwrap();
     assert_eq!(rec.get("note"), Some("changed"));
-    engine.source().delete("eu\\:west:1").await.unwrap();
+    engine
+        .source()
+        .editor()
+        .delete("eu\\:west:1")
+        .await
+        .unwrap();
     assert_mirrors(&engine, &sql).await;
 }
 
@@ -121,7 +127,7 @@ async fn an_added_or_dropped_column_reaches_every_cached_row() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (primary, cache) = both_sides(&engine).await;
+        let (primary, cache) = both_sides_of(&engine, &engine.source().editor()).await;
         if primary == cache && cache.values().all(|f| f.get("colour").is_some()) {
             break;
         }
@@ -135,7 +141,7 @@ async fn an_added_or_dropped_column_reaches_every_cached_row() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (primary, cache) = both_sides(&engine).await;
+        let (primary, cache) = both_sides_of(&engine, &engine.source().editor()).await;
         if primary == cache && cache.values().all(|f| f.get("parent_id").is_none()) {
             break;
         }
@@ -222,7 +228,7 @@ async fn a_dropped_slot_is_recreated_and_the_cache_reloaded() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (primary, cache) = both_sides(&engine).await;
+        let (primary, cache) = both_sides_of(&engine, &engine.source().editor()).await;
         if primary == cache {
             break;
         }
@@ -232,7 +238,10 @@ async fn a_dropped_slot_is_recreated_and_the_cache_reloaded() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(engine.source().reads() >= 2, "a fresh snapshot was taken");
+    assert!(
+        engine.source().editor().reads() >= 2,
+        "a fresh snapshot was taken"
+    );
     assert_mirrors(&engine, &sql).await;
 }
 
@@ -241,7 +250,7 @@ async fn the_demo_mutations_become_sql_with_clear_errors() {
     let url = database("mutations").await;
     let redis = TestRedis::start();
     let (engine, _) = engine(&redis, &url, "categories", "mutations").await;
-    let src = engine.source();
+    let src = engine.source().editor();
     let rec = src
         .update_field("cat-002", "featured", "false")
         .await
@@ -294,12 +303,12 @@ async fn reconciliation_against_postgresql_names_each_drift_and_repair_converges
 
     let url = database("drift").await;
     let redis = TestRedis::start();
-    let (engine, _) = engine(&redis, &url, "categories", "drift").await;
+    let (engine, faults) = crate::faulty_engine(&redis, &url, "categories", "drift").await;
     let sql = connect(&url).await;
     let mut conn = redis.conn().await;
     let key = |id: &str| engine.cache().key(id);
     // stale: the worker loses one change on the way.
-    engine.sync().inject(Fault::Drop(1));
+    faults.inject(Fault::Drop(1));
     sql.batch_execute("UPDATE categories SET name = 'Bread' WHERE id = 'cat-002'")
         .await
         .unwrap();

@@ -12,13 +12,31 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prefetch::testing::{TestRedis, engine_config};
-use prefetch::{Engine, EventBus, Version};
+use prefetch::{Engine, EventBus, Faults, FaultySource, Source, Version};
 use prefetch_pg::launcher::PostgresServer;
 use prefetch_pg::{PgConfig, PgSource};
 use redis::aio::MultiplexedConnection;
 use tokio_postgres::{Client, NoTls};
 
 pub type PgEngine = Engine<PgSource, MultiplexedConnection>;
+
+/// A source that is PostgreSQL underneath (plain, or behind the fault
+/// wrapper), so the checks below can read the table through its editor.
+pub trait OverPg: Source {
+    fn pg(&self) -> &PgSource;
+}
+
+impl OverPg for PgSource {
+    fn pg(&self) -> &PgSource {
+        self
+    }
+}
+
+impl OverPg for FaultySource<PgSource> {
+    fn pg(&self) -> &PgSource {
+        self.inner()
+    }
+}
 
 static SERVER: OnceLock<std::sync::Mutex<PostgresServer>> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -79,8 +97,35 @@ pub async fn engine(
         .expect("engine starts")
 }
 
+/// An engine over `table` in `url` whose source is behind the fault
+/// wrapper, and its fault plan.
+pub async fn faulty_engine(
+    redis: &TestRedis,
+    url: &str,
+    table: &str,
+    test: &str,
+) -> (
+    Engine<FaultySource<PgSource>, MultiplexedConnection>,
+    Faults,
+) {
+    let events = EventBus::default();
+    let faults = Faults::default();
+    let source = FaultySource::new(
+        source(url, table, &events).await,
+        faults.clone(),
+        events.clone(),
+    );
+    let (engine, _) = Engine::start(redis.conn().await, source, events, engine_config(test))
+        .await
+        .expect("engine starts");
+    (engine, faults)
+}
+
 /// Waits until every transaction committed so far is in Redis.
-pub async fn caught_up(engine: &PgEngine, sql: &Client) {
+pub async fn caught_up<S: Source + ?Sized>(
+    engine: &Engine<S, MultiplexedConnection>,
+    sql: &Client,
+) {
     // A transactional message after everything: its end is the mark.
     sql.execute(
         "SELECT pg_logical_emit_message(true, 'test.mark', 'x')",
@@ -101,9 +146,10 @@ pub async fn caught_up(engine: &PgEngine, sql: &Client) {
 }
 
 /// Asserts Redis holds exactly the table.
-pub async fn assert_mirrors(engine: &PgEngine, sql: &Client) {
+pub async fn assert_mirrors<S: OverPg>(engine: &Engine<S, MultiplexedConnection>, sql: &Client) {
     caught_up(engine, sql).await;
-    let (primary, cache) = prefetch::testing::both_sides(engine).await;
+    let editor = engine.source().pg().editor();
+    let (primary, cache) = prefetch::testing::both_sides_of(engine, &editor).await;
     assert_eq!(
         primary.len(),
         cache.len(),

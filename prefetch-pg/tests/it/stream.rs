@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use prefetch::testing::{TestRedis, both_sides};
+use prefetch::testing::{TestRedis, both_sides_of};
 use prefetch::{Primary, Source};
 
 use crate::{assert_mirrors, caught_up, connect, database, engine};
@@ -74,7 +74,11 @@ async fn a_snapshot_taken_while_writers_run_ends_equal_to_select_star() {
     }
     assert!(writes > 100, "writers ran ({writes} statements)");
     assert_mirrors(&engine, &sql).await;
-    assert_eq!(engine.source().reads(), 1, "the slot's own snapshot");
+    assert_eq!(
+        engine.source().editor().reads(),
+        1,
+        "the slot's own snapshot"
+    );
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }
 
@@ -148,7 +152,7 @@ async fn the_engine_restarted_resumes_from_the_slot_with_changes_made_while_it_w
         .unwrap();
     assert_eq!(second.version, None, "resumed from the slot, no reload");
     assert_mirrors(&engine2, &sql).await;
-    assert_eq!(engine2.source().reads(), 0);
+    assert_eq!(engine2.source().editor().reads(), 0);
     engine2.shutdown(Duration::from_secs(2)).await.unwrap();
 }
 
@@ -177,7 +181,7 @@ async fn redis_restarted_empty_is_refilled_from_postgresql() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (primary, cache) = both_sides(&engine).await;
+        let (primary, cache) = both_sides_of(&engine, &engine.source().editor()).await;
         if primary == cache {
             break;
         }
@@ -185,7 +189,7 @@ async fn redis_restarted_empty_is_refilled_from_postgresql() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(engine.stats().cache.self_heals >= 1);
-    assert_eq!(engine.source().reads(), 2, "start + the refill");
+    assert_eq!(engine.source().editor().reads(), 2, "start + the refill");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

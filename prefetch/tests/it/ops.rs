@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use prefetch::launcher::RedisOptions;
 use prefetch::testing::{
-    TestRedis, assert_converged, engine_config, mock_engine, mock_engine_with,
+    TestRedis, assert_converged, assert_converged_of, engine_config, faulty_mock_engine,
+    mock_engine, mock_engine_with,
 };
 use prefetch::{Error, Fault, Record, Ttl};
 use redis::AsyncCommands;
@@ -18,7 +19,7 @@ use crate::sync::random_mutation;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_classifies_each_kind_of_drift_exactly_and_repairs_it() {
     let redis = TestRedis::start();
-    let (engine, _) = mock_engine(redis.conn().await, "drift", None).await;
+    let (engine, primary, faults) = faulty_mock_engine(redis.conn().await, "drift").await;
     let mut conn = redis.conn().await;
     let key = |id: &str| engine.cache().key(id);
     // missing: the key is gone.
@@ -26,23 +27,15 @@ async fn reconciliation_classifies_each_kind_of_drift_exactly_and_repairs_it() {
     // orphaned: a key the primary never had.
     let _: () = conn.hset(key("ghost"), "id", "ghost").await.unwrap();
     // stale: an event lost on the way (the pipeline's own older write stays).
-    engine.sync().inject(Fault::Drop(1));
-    engine
-        .source()
-        .update_field("cat-002", "name", "Bread")
-        .unwrap();
+    faults.inject(Fault::Drop(1));
+    primary.update_field("cat-002", "name", "Bread").unwrap();
     engine.settle(Duration::from_secs(2)).await.unwrap();
     // changed_outside: someone edited the hash.
     let _: () = conn.hset(key("cat-003"), "name", "vandal").await.unwrap();
     // in_flight: a change the worker is still holding when the snapshot is
     // taken; it lands before the recheck.
-    engine
-        .sync()
-        .inject(Fault::Delay(1, Duration::from_millis(600)));
-    engine
-        .source()
-        .update_field("cat-004", "name", "Ice")
-        .unwrap();
+    faults.inject(Fault::Delay(1, Duration::from_millis(600)));
+    primary.update_field("cat-004", "name", "Ice").unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let report = engine.reconcile(false).await.unwrap();
@@ -67,26 +60,26 @@ async fn reconciliation_classifies_each_kind_of_drift_exactly_and_repairs_it() {
     assert_eq!(repaired.repaired, 4);
     let clean = engine.reconcile(false).await.unwrap();
     assert!(clean.is_clean(), "{clean:?}");
-    assert_converged(&engine).await;
+    assert_converged_of(&engine, primary.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_under_concurrent_writes_converges() {
     let redis = TestRedis::start();
-    let (engine, _) = mock_engine(redis.conn().await, "repairlive", None).await;
+    let (engine, primary, faults) = faulty_mock_engine(redis.conn().await, "repairlive").await;
     let mut rng = Lcg(3);
     for tag in 0..300 {
-        random_mutation(engine.source(), &mut rng, 60, tag);
+        random_mutation(&primary, &mut rng, 60, tag);
     }
     engine.settle(Duration::from_secs(5)).await.unwrap();
     // Break it: drop some changes and delete some keys behind its back.
-    engine.sync().inject(Fault::Drop(20));
+    faults.inject(Fault::Drop(20));
     let mut conn = redis.conn().await;
     for id in engine.cache().ids().await.unwrap().iter().step_by(3) {
         let _: () = conn.del(engine.cache().key(id)).await.unwrap();
     }
     let mutator = {
-        let primary = engine.source().clone();
+        let primary = primary.clone();
         tokio::spawn(async move {
             let mut rng = Lcg(9);
             for tag in 300..2300 {
@@ -106,7 +99,7 @@ async fn a_repair_under_concurrent_writes_converges() {
     engine.reconcile(true).await.unwrap();
     let after = engine.reconcile(false).await.unwrap();
     assert!(after.is_clean(), "{after:?}");
-    assert_converged(&engine).await;
+    assert_converged_of(&engine, primary.as_ref()).await;
 }
 
 #[tokio::test]
@@ -217,39 +210,31 @@ async fn oom_during_sync_is_retried_until_memory_is_freed_with_nothing_lost() {
 #[tokio::test]
 async fn duplicates_and_reorders_change_nothing_and_an_outage_loses_nothing() {
     let redis = TestRedis::start();
-    let (engine, _) = mock_engine(redis.conn().await, "faults", None).await;
+    let (engine, primary, faults) = faulty_mock_engine(redis.conn().await, "faults").await;
     let mut feed = engine.subscribe();
-    engine.sync().inject(Fault::Duplicate(1));
-    engine
-        .source()
-        .update_field("cat-001", "name", "one")
-        .unwrap();
-    engine.settle(Duration::from_secs(2)).await.unwrap();
+    // What the guard did with a copy or a late change is told once it is
+    // applied, after the original: wait for that, not only for the worker.
+    faults.inject(Fault::Duplicate(1));
+    primary.update_field("cat-001", "name", "one").unwrap();
+    let kinds = told(&mut feed, "duplicated").await;
     assert_eq!(
         engine.stats().cache.sync_events_stale,
         1,
         "the copy was refused"
     );
 
-    engine.sync().inject(Fault::Reorder(2));
-    engine
-        .source()
+    faults.inject(Fault::Reorder(2));
+    primary
         .transaction(vec![prefetch::Mutation::Put(
             [("id", "cat-002"), ("name", "first")].into_iter().collect(),
         )])
         .unwrap();
-    engine
-        .source()
-        .update_field("cat-002", "name", "second")
-        .unwrap();
-    engine.settle(Duration::from_secs(2)).await.unwrap();
-    assert_converged(&engine).await;
+    primary.update_field("cat-002", "name", "second").unwrap();
+    let reordered = told(&mut feed, "reordered").await;
+    assert_converged_of(&engine, primary.as_ref()).await;
 
-    engine
-        .sync()
-        .inject(Fault::Outage(Duration::from_millis(400)));
-    engine
-        .source()
+    faults.inject(Fault::Outage(Duration::from_millis(400)));
+    primary
         .update_field("cat-003", "name", "after outage")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -257,16 +242,35 @@ async fn duplicates_and_reorders_change_nothing_and_an_outage_loses_nothing() {
         engine.sync().state(),
         prefetch::WorkerState::Retrying { .. }
     ));
-    assert_converged(&engine).await;
-    let mut kinds = Vec::new();
-    while let Ok(ev) = feed.try_recv() {
-        if let prefetch::Event::Fault { kind, outcome, .. } = ev {
-            kinds.push((kind.as_str(), outcome));
-        }
-    }
+    assert_converged_of(&engine, primary.as_ref()).await;
     assert!(
         kinds.contains(&("duplicated", Some(prefetch::WriteOutcome::Stale))),
         "{kinds:?}"
     );
-    assert!(kinds.iter().any(|(k, _)| *k == "reordered"), "{kinds:?}");
+    assert!(
+        reordered.iter().any(|(k, _)| *k == "reordered"),
+        "{reordered:?}"
+    );
+}
+
+/// The faults announced on `feed` until one of kind `want` comes with the
+/// guard's outcome (at most 5 s).
+async fn told(
+    feed: &mut tokio::sync::broadcast::Receiver<prefetch::Event>,
+    want: &'static str,
+) -> Vec<(&'static str, Option<prefetch::WriteOutcome>)> {
+    let mut kinds = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, feed.recv()).await {
+            Ok(Ok(prefetch::Event::Fault { kind, outcome, .. })) => {
+                kinds.push((kind.as_str(), outcome));
+                if kind.as_str() == want && outcome.is_some() {
+                    return kinds;
+                }
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("no {want} with its outcome: {kinds:?} ({other:?})"),
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use prefetch::{EventBus, MockPrimary, Source};
-use prefetch_cdc::{FeedSource, PipelineConfig, SourceFactory, run_leader};
+use prefetch_pipeline::{FeedSource, PipelineConfig, SourceFactory, run_leader};
 use tokio_util::sync::CancellationToken;
 
 use super::*;

@@ -91,11 +91,7 @@ async fn read_answers_hits_misses_and_bad_ids() {
     assert_error(status, &body, 400, "Missing 'id'");
     let (status, body) = srv.get("/read?id=a%0Ab").await;
     assert_error(status, &body, 400, "control characters");
-    assert_eq!(
-        srv.engine().source().reads(),
-        1,
-        "reads never reach the primary"
-    );
+    assert_eq!(srv.primary().reads(), 1, "reads never reach the primary");
 }
 
 #[tokio::test]
@@ -599,7 +595,7 @@ async fn a_form_posted_without_javascript_is_redirected_back_with_its_error() {
     let location = res.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&page) && location.contains("__err="));
     assert_eq!(
-        srv.engine().source().records().await.unwrap().len(),
+        srv.primary().records().await.unwrap().len(),
         5,
         "nothing added"
     );

@@ -54,8 +54,13 @@ impl TestServer {
         }
     }
 
-    pub fn engine(&self) -> &prefetch::Engine<dyn prefetch::Primary> {
+    pub fn engine(&self) -> &app::serve::DemoEngine {
         &self.running.as_ref().expect("running").engine
+    }
+
+    /// The demo's view and editor of the source of truth.
+    pub fn primary(&self) -> &std::sync::Arc<dyn prefetch::Primary> {
+        &self.running.as_ref().expect("running").primary
     }
 
     pub fn url(&self, path: &str) -> String {

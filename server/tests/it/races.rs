@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use prefetch::testing::{TestRedis, both_sides};
+use prefetch::testing::{TestRedis, both_sides_of};
 
 use crate::common::TestServer;
 
@@ -120,7 +120,7 @@ async fn invalidate_and_clear_racing_reprefetch_and_updates_never_move_a_key_bac
         "every client made requests: {done:?}"
     );
     srv.engine().settle(Duration::from_secs(5)).await.unwrap();
-    let (primary, cache) = both_sides(srv.engine()).await;
+    let (primary, cache) = both_sides_of(srv.engine(), srv.primary().as_ref()).await;
     for (id, fields) in &cache {
         assert_eq!(
             Some(fields),
@@ -131,6 +131,6 @@ async fn invalidate_and_clear_racing_reprefetch_and_updates_never_move_a_key_bac
     // And a re-prefetch with nothing racing makes it whole again.
     let (status, _) = srv.post("/reprefetch", "").await;
     assert_eq!(status, 200);
-    let (primary, cache) = both_sides(srv.engine()).await;
+    let (primary, cache) = both_sides_of(srv.engine(), srv.primary().as_ref()).await;
     assert_eq!(primary, cache);
 }

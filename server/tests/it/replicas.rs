@@ -72,7 +72,7 @@ async fn drill(db: &str, redis_flags: &[&str], raw: prefetch::Redis) {
         .unwrap();
     let dead = names
         .iter()
-        .position(|n| *n == prefetch_cdc::pipeline::holder_name(&leader))
+        .position(|n| *n == prefetch_pipeline::holder_name(&leader))
         .expect("a replica leads");
 
     // Every replica's live feed, collected in the background until `done`.

@@ -1,0 +1,213 @@
+//! Wire types: one set of serde types for the JSON API, the live feed and
+//! the browser. The server-only conversions from `prefetch` types sit
+//! behind the `ssr` feature.
+//!
+//! | module | what |
+//! |---|---|
+//! | `api` | the JSON API's answers |
+//! | `live` | the live feed's events and the dashboard's state |
+//! | `ssr` | conversions from `prefetch` types (feature `ssr`) |
+
+mod api;
+mod live;
+
+pub use api::*;
+pub use live::*;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A record's fields by name.
+pub type Fields = BTreeMap<String, String>;
+
+/// Fields the demo's category records carry, in display order.
+pub const CATEGORY_FIELDS: [&str; 5] = ["id", "name", "display_order", "featured", "parent_id"];
+
+/// Fields the UI offers to update (the id cannot change).
+pub const UPDATABLE_FIELDS: [&str; 4] = ["name", "display_order", "featured", "parent_id"];
+
+/// Cache and primary counters, with the reference demos' keys first.
+/// Rounded here, at the edge: the core hands out raw counts and durations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsDto {
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_rate_pct: f64,
+    pub prefetched: u64,
+    pub sync_events_applied: u64,
+    pub sync_lag_ms_avg: f64,
+    pub primary_reads_total: u64,
+    pub primary_read_latency_ms: u64,
+    pub sync_lag_ms_p50: f64,
+    pub sync_lag_ms_p99: f64,
+    pub sync_lag_ms_max: f64,
+    /// Changes the version guard refused: Redis already held the same or
+    /// a newer version.
+    pub sync_events_stale: u64,
+    pub sync_events_skipped: u64,
+    pub sync_batches: u64,
+    pub sync_retries: u64,
+    pub sync_backlog: u64,
+    pub reprefetches: u64,
+    /// Times Redis had lost the cache's state and it was refilled.
+    pub self_heals: u64,
+    pub source_connected: bool,
+    /// How far Redis is behind the source (0 when nothing waits).
+    pub source_behind_ms: f64,
+    /// Apply attempts Redis refused at `maxmemory` (each retried).
+    pub sync_oom_retries: u64,
+    /// Redis latency of reads through the cache, p50 and p99.
+    pub read_latency_ms_p50: f64,
+    pub read_latency_ms_p99: f64,
+    /// Redis `used_memory`, and the cache's budget (0: no limit).
+    pub memory_used_bytes: u64,
+    pub memory_budget_bytes: u64,
+    pub worker: WorkerStateDto,
+}
+
+/// What the sync worker is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerStateDto {
+    #[default]
+    Running,
+    Paused,
+    Retrying,
+    Stopped,
+}
+
+impl WorkerStateDto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStateDto::Running => "running",
+            WorkerStateDto::Paused => "paused",
+            WorkerStateDto::Retrying => "retrying",
+            WorkerStateDto::Stopped => "stopped",
+        }
+    }
+}
+
+/// Upsert, delete, or truncate (every record gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpDto {
+    Upsert,
+    Delete,
+    Truncate,
+}
+
+impl OpDto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpDto::Upsert => "upsert",
+            OpDto::Delete => "delete",
+            OpDto::Truncate => "truncate",
+        }
+    }
+}
+
+/// Why the cache was (re-)loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefetchReasonDto {
+    Start,
+    Requested,
+    SelfHeal,
+}
+
+/// The source of truth, as the dashboard header shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceDto {
+    /// `mock`, `postgres`, …
+    pub kind: String,
+    pub connected: bool,
+    /// Labelled facts (server version, slot, confirmed position, …).
+    pub details: Vec<(String, String)>,
+}
+
+/// `x` with exactly `decimals` decimals (at most 6), e.g. `fixed(0.1234, 3)`
+/// is `"0.123"`. Integer arithmetic on purpose: `{:.3}` would pull the core
+/// float formatter (tens of KB) into the WASM.
+pub fn fixed(x: f64, decimals: u32) -> String {
+    if !x.is_finite() {
+        return "–".into();
+    }
+    let decimals = decimals.min(6);
+    let scale = 10i64.pow(decimals);
+    let scaled = (x * scale as f64).round() as i64;
+    let sign = if scaled < 0 { "-" } else { "" };
+    let scaled = scaled.unsigned_abs();
+    let (whole, frac) = (scaled / scale as u64, scaled % scale as u64);
+    if decimals == 0 {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{frac:0width$}", width = decimals as usize)
+    }
+}
+
+/// Checks the value of one category field, so that the add form and
+/// `POST /update` accept the same things. Fields outside the category schema
+/// are free-form.
+pub fn validate_category_field(field: &str, value: &str) -> Result<(), String> {
+    match field {
+        "name" if value.trim().is_empty() => Err("'name' must not be empty.".into()),
+        "display_order" if value.trim().parse::<i64>().is_err() => Err(format!(
+            "'display_order' must be an integer, got '{value}'."
+        )),
+        "featured" if value != "true" && value != "false" => Err(format!(
+            "'featured' must be 'true' or 'false', got '{value}'."
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(feature = "ssr")]
+mod ssr;
+
+#[cfg(feature = "ssr")]
+pub use ssr::{epoch_ms, expires_at, millis};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_events_are_externally_tagged_json() {
+        let ev = LiveEvent::Worker {
+            state: WorkerStateDto::Paused,
+        };
+        let json = serde_json::to_string(&ev).unwrap();
+        assert_eq!(json, r#"{"worker":{"state":"paused"}}"#);
+        let back: LiveEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ev);
+        let stats = LiveEvent::Stats(StatsDto::default());
+        let json = serde_json::to_string(&stats).unwrap();
+        assert!(json.starts_with(r#"{"stats":{"hits":0"#), "{json}");
+    }
+
+    #[test]
+    fn fixed_point_formatting_matches_the_float_formatter() {
+        for (x, d) in [
+            (0.0, 2),
+            (0.1234, 3),
+            (1.005, 2),
+            (66.66, 1),
+            (12345.6789, 2),
+            (-2.5, 1),
+            (3.0, 0),
+        ] {
+            assert_eq!(fixed(x, d), format!("{x:.*}", d as usize), "{x} {d}");
+        }
+        assert_eq!(fixed(f64::NAN, 2), "–");
+    }
+
+    #[test]
+    fn category_fields_are_checked_like_the_add_form() {
+        assert!(validate_category_field("display_order", "12").is_ok());
+        assert!(validate_category_field("display_order", "twelve").is_err());
+        assert!(validate_category_field("featured", "yes").is_err());
+        assert!(validate_category_field("name", "  ").is_err());
+        assert!(validate_category_field("colour", "anything").is_ok());
+    }
+}

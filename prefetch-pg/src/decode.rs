@@ -1,0 +1,233 @@
+//! The transaction assembler: `pgoutput` messages in, committed
+//! [`Transaction`]s out, one method per message kind (the way readyset and
+//! materialize keep the WAL reader apart from decoding).
+//!
+//! One transaction per commit, its changes versioned `(commit LSN, n)` with
+//! `n` counting from 1 (a snapshot at the same LSN is `(lsn, 0)`, older),
+//! its position `(end LSN, 0)`: below anything committed later, and exactly
+//! what PostgreSQL wants acknowledged. Transactions that touch other tables,
+//! and the heartbeat messages, become transactions without changes: they
+//! move the position, so the slot never pins WAL while the table is idle,
+//! and they measure lag.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use pg_walstream::{ColumnValue, RowData};
+use prefetch::{Change, Fields, Transaction, Version};
+
+use crate::error::PgError;
+use crate::table::{TableInfo, ident, text_value};
+
+/// The transaction being assembled.
+struct Building {
+    commit: u64,
+    ord: u32,
+    changes: Vec<Change>,
+}
+
+impl Building {
+    fn version(&mut self) -> Version {
+        self.ord = self.ord.saturating_add(1);
+        Version::new(self.commit, self.ord)
+    }
+
+    fn upsert(&mut self, fields: Fields) {
+        let id = fields.get(prefetch::ID_FIELD).cloned().unwrap_or_default();
+        let v = self.version();
+        self.changes.push(Change::upsert(id, fields, v));
+    }
+
+    fn delete(&mut self, table: &TableInfo, key: &[String]) {
+        let parts: Vec<&str> = key.iter().map(String::as_str).collect();
+        let v = self.version();
+        self.changes.push(Change::delete(table.id_of(&parts), v));
+    }
+}
+
+/// Assembles the table's changes into transactions. The caller hands it
+/// the table as currently known with every message (the catalog may have
+/// been read again since).
+#[derive(Default)]
+pub(crate) struct Assembler {
+    /// Column name → type OID, as the last `Relation` message said.
+    types: HashMap<String, u32>,
+    tx: Option<Building>,
+}
+
+impl Assembler {
+    /// Starts with the table's columns as the catalog says.
+    pub(crate) fn new(table: &TableInfo) -> Self {
+        Self {
+            types: table
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.type_oid))
+                .collect(),
+            tx: None,
+        }
+    }
+
+    /// Whether a transaction is being assembled (changes outside one are
+    /// ignored).
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// `Begin`: a transaction that commits at `final_lsn`.
+    pub(crate) fn begin(&mut self, final_lsn: u64) {
+        self.tx = Some(Building {
+            commit: final_lsn,
+            ord: 0,
+            changes: Vec::new(),
+        });
+    }
+
+    /// `Relation` for the table: its columns as the stream will send them.
+    /// Returns whether they differ from what `table` says (a column was
+    /// added, dropped or retyped: the rows in Redis hold the old shape).
+    pub(crate) fn relation(&mut self, table: &TableInfo, columns: Vec<(String, u32)>) -> bool {
+        let known: Vec<(String, u32)> = table
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.type_oid))
+            .collect();
+        let changed = columns != known;
+        self.types = columns.into_iter().collect();
+        changed
+    }
+
+    /// `Insert` of a row of the table.
+    pub(crate) fn insert(&mut self, table: &TableInfo, row: &RowData) {
+        let fields = table.finish(self.decode(row));
+        if let (Some(tx), Some(fields)) = (self.tx.as_mut(), fields) {
+            tx.upsert(fields);
+        }
+    }
+
+    /// `Update` of a row of the table: its new values (`missing` lists the
+    /// columns the stream left out: unchanged TOASTed values, which the
+    /// caller reads back with [`fill_unchanged`]); a key that changed also
+    /// deletes the old key's record.
+    pub(crate) fn update_values(&self, table: &TableInfo, new: &RowData) -> (Fields, Vec<String>) {
+        let fields = self.decode(new);
+        let missing = table
+            .columns
+            .iter()
+            .filter(|c| new.get(&c.name).is_none())
+            .map(|c| c.name.clone())
+            .collect();
+        (fields, missing)
+    }
+
+    /// Completes an `Update` with the row's full values.
+    pub(crate) fn update(&mut self, table: &TableInfo, old: Option<&RowData>, fields: Fields) {
+        let old_key = old.and_then(|old| self.key(table, old));
+        let Some(tx) = self.tx.as_mut() else { return };
+        if let Some(old_key) = old_key {
+            let new_key: Option<Vec<&String>> = table.key.iter().map(|k| fields.get(k)).collect();
+            if new_key.is_some_and(|new| old_key.iter().collect::<Vec<_>>() != new) {
+                tx.delete(table, &old_key);
+            }
+        }
+        if let Some(fields) = table.finish(fields) {
+            tx.upsert(fields);
+        }
+    }
+
+    /// `Delete` of a row of the table (its key from the old values).
+    pub(crate) fn delete(&mut self, table: &TableInfo, old: &RowData) {
+        let key = self.key(table, old);
+        if let (Some(tx), Some(key)) = (self.tx.as_mut(), key) {
+            tx.delete(table, &key);
+        }
+    }
+
+    /// `Truncate` of some tables; ours among them empties the cache.
+    pub(crate) fn truncate(&mut self, table: &TableInfo, tables: &[&str]) {
+        let qualified = format!("{}.{}", table.schema, table.name);
+        if let Some(tx) = self.tx.as_mut()
+            && tables.iter().any(|t| *t == qualified)
+        {
+            let v = tx.version();
+            tx.changes.push(Change::truncate(v));
+        }
+    }
+
+    /// `Commit`: the transaction, positioned at `end_lsn`, committed at
+    /// `commit_micros` (Unix microseconds).
+    pub(crate) fn commit(&mut self, end_lsn: u64, commit_micros: i64) -> Option<Transaction> {
+        let done = self.tx.take()?;
+        let mut t = Transaction::new(Version::new(end_lsn, 0), done.changes);
+        t.committed_at =
+            SystemTime::UNIX_EPOCH + Duration::from_micros(commit_micros.max(0).unsigned_abs());
+        Some(t)
+    }
+
+    /// The table's key in a row (`None` when a key column is missing or
+    /// NULL).
+    fn key(&self, table: &TableInfo, row: &RowData) -> Option<Vec<String>> {
+        table
+            .key
+            .iter()
+            .map(|k| self.value_text(k, row.get(k)?))
+            .collect()
+    }
+
+    fn value_text(&self, column: &str, value: &ColumnValue) -> Option<String> {
+        if value.is_null() {
+            return None;
+        }
+        let raw = value.as_str()?;
+        Some(text_value(
+            self.types.get(column).copied().unwrap_or(0),
+            raw,
+        ))
+    }
+
+    /// The columns present in a row, as record fields (NULL absent).
+    fn decode(&self, row: &RowData) -> Fields {
+        row.iter()
+            .filter_map(|(name, value)| Some((name.to_string(), self.value_text(name, value)?)))
+            .collect()
+    }
+}
+
+/// Reads `missing` columns of the row whose key `fields` holds.
+pub(crate) async fn fill_unchanged(
+    sql: &tokio_postgres::Client,
+    table: &TableInfo,
+    fields: &mut Fields,
+    missing: &[String],
+) -> Result<(), PgError> {
+    let Some(key) = table
+        .key
+        .iter()
+        .map(|k| fields.get(k).cloned())
+        .collect::<Option<Vec<String>>>()
+    else {
+        return Ok(());
+    };
+    let cols: Vec<String> = missing
+        .iter()
+        .map(|c| format!("{}::text", ident(c)))
+        .collect();
+    let query = format!(
+        "SELECT {} FROM {} WHERE {}",
+        cols.join(", "),
+        table.qualified(),
+        table.key_predicate(1)
+    );
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key
+        .iter()
+        .map(|k| k as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    if let Some(row) = sql.query_opt(&query, &params).await? {
+        for (i, c) in missing.iter().enumerate() {
+            if let Some(v) = row.get::<_, Option<String>>(i) {
+                fields.insert(c.clone(), v);
+            }
+        }
+    }
+    Ok(())
+}

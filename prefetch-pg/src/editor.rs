@@ -1,0 +1,226 @@
+//! [`PgEditor`]: the demo's view and edits of the table, as SQL: what the
+//! reference API's mutations and the dashboard's primary column need
+//! ([`Primary`]). The engine never uses it; the changes it makes reach
+//! Redis through the replication stream like anyone else's.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use futures::FutureExt;
+use prefetch::{BoxFuture, Primary, Record, Result, validate_field, validate_id};
+use tokio_postgres::types::ToSql;
+
+use crate::error::PgError;
+use crate::shared::{Shared, undefined_column};
+use crate::table::{TableInfo, ident};
+
+/// The table, read and written with SQL. Made by
+/// [`PgSource::editor`](crate::PgSource::editor).
+#[derive(Debug, Clone)]
+pub struct PgEditor {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl PgEditor {
+    async fn select_records(&self) -> Result<Vec<Record>, PgError> {
+        match self.try_select_records().await {
+            Err(e) if undefined_column(&e) => {
+                self.shared.refresh_table().await?;
+                self.try_select_records().await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_select_records(&self) -> Result<Vec<Record>, PgError> {
+        let table = self.shared.table();
+        let client = self.shared.sql.client().await?;
+        let order: Vec<String> = table.key.iter().map(|k| ident(k)).collect();
+        let rows = client
+            .query(
+                &format!("{} ORDER BY {}", table.select_text(), order.join(", ")),
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let values = (0..table.columns.len()).map(|i| r.get(i)).collect();
+                table.record(values).map(Record::new)
+            })
+            .collect())
+    }
+
+    fn returning(table: &TableInfo) -> String {
+        let cols: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| format!("{}::text", ident(&c.name)))
+            .collect();
+        cols.join(", ")
+    }
+
+    fn row_record(table: &TableInfo, row: &tokio_postgres::Row) -> Option<Record> {
+        let values = (0..table.columns.len()).map(|i| row.get(i)).collect();
+        table.record(values).map(Record::new)
+    }
+
+    async fn update(&self, id: &str, field: &str, value: &str) -> Result<Record> {
+        let id = validate_id(id)?;
+        validate_field(field, value)?;
+        let table = self.shared.table();
+        let column = table
+            .column(field)
+            .ok_or_else(|| prefetch::Error::InvalidField(format!("unknown column '{field}'")))?;
+        if table.key.iter().any(|k| k == field) {
+            return Err(prefetch::Error::InvalidField(format!(
+                "'{field}' is part of the primary key and cannot be changed"
+            )));
+        }
+        let key = table.key_of(id)?;
+        let query = format!(
+            "UPDATE {} SET {} = CAST($1::text AS {}) WHERE {} RETURNING {}",
+            table.qualified(),
+            ident(field),
+            column.sql_type,
+            table.key_predicate(2),
+            Self::returning(&table)
+        );
+        let value = value.to_owned();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&value];
+        params.extend(key.iter().map(|k| k as &(dyn ToSql + Sync)));
+        let client = self.shared.sql.client().await?;
+        let row = client
+            .query_opt(&query, &params)
+            .await
+            .map_err(PgError::from)?
+            .ok_or_else(|| prefetch::Error::NotFound(id.to_owned()))?;
+        Self::row_record(&table, &row).ok_or_else(|| prefetch::Error::NotFound(id.to_owned()))
+    }
+
+    async fn insert(&self, record: Record) -> Result<Record> {
+        let table = self.shared.table();
+        let mut fields = record.into_fields();
+        if let Some(raw) = fields.get(prefetch::ID_FIELD).cloned() {
+            let id = validate_id(&raw)?.to_owned();
+            if table.synthetic_id() {
+                // The id names the key: its parts fill the key columns.
+                let parts = table.key_of(&id).map_err(|_| {
+                    prefetch::Error::InvalidId(format!(
+                        "'{id}' does not name the {} key columns",
+                        table.key.len()
+                    ))
+                })?;
+                fields.remove(prefetch::ID_FIELD);
+                for (k, v) in table.key.iter().zip(parts) {
+                    fields.entry(k.clone()).or_insert(v);
+                }
+            } else {
+                fields.insert(prefetch::ID_FIELD.to_owned(), id);
+            }
+        }
+        let mut names = Vec::new();
+        let mut casts = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        for (name, value) in &fields {
+            let column = table
+                .column(name)
+                .ok_or_else(|| prefetch::Error::InvalidField(format!("unknown column '{name}'")))?;
+            if name != prefetch::ID_FIELD {
+                validate_field(name, value)?;
+            }
+            names.push(ident(name));
+            values.push(value.clone());
+            casts.push(format!(
+                "CAST(${}::text AS {})",
+                values.len(),
+                column.sql_type
+            ));
+        }
+        let query = format!(
+            "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
+            table.qualified(),
+            names.join(", "),
+            casts.join(", "),
+            Self::returning(&table)
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let client = self.shared.sql.client().await?;
+        let row = match client.query_one(&query, &params).await {
+            Ok(row) => row,
+            Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "23505") => {
+                let id = fields.get(prefetch::ID_FIELD).cloned().unwrap_or_else(|| {
+                    let parts: Vec<&str> = table
+                        .key
+                        .iter()
+                        .filter_map(|k| fields.get(k).map(String::as_str))
+                        .collect();
+                    table.id_of(&parts)
+                });
+                return Err(prefetch::Error::AlreadyExists(id));
+            }
+            Err(e) => return Err(PgError::from(e).into()),
+        };
+        Self::row_record(&table, &row)
+            .ok_or_else(|| prefetch::Error::InvalidId("the new row has no key".into()))
+    }
+
+    async fn remove(&self, id: &str) -> Result<String> {
+        let id = validate_id(id)?;
+        let table = self.shared.table();
+        let key = table.key_of(id)?;
+        let query = format!(
+            "DELETE FROM {} WHERE {}",
+            table.qualified(),
+            table.key_predicate(1)
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            key.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+        let client = self.shared.sql.client().await?;
+        let deleted = client
+            .execute(&query, &params)
+            .await
+            .map_err(PgError::from)?;
+        if deleted == 0 {
+            return Err(prefetch::Error::NotFound(id.to_owned()));
+        }
+        Ok(id.to_owned())
+    }
+}
+
+impl Primary for PgEditor {
+    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>> {
+        async move { Ok(self.select_records().await?) }.boxed()
+    }
+
+    fn update_field<'a>(
+        &'a self,
+        id: &'a str,
+        field: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<Record>> {
+        self.update(id, field, value).boxed()
+    }
+
+    fn add(&self, record: Record) -> BoxFuture<'_, Result<Record>> {
+        self.insert(record).boxed()
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<String>> {
+        self.remove(id).boxed()
+    }
+
+    fn reads(&self) -> u64 {
+        self.shared.reads.load(Relaxed)
+    }
+
+    fn reset_reads(&self) {
+        self.shared.reads.store(0, Relaxed);
+    }
+
+    fn read_latency(&self) -> Duration {
+        Duration::from_micros(self.shared.read_latency_us.load(Relaxed))
+    }
+}

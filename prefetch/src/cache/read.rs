@@ -1,0 +1,254 @@
+//! Reads: one `HGETALL` (with `TTL` in the same round trip for the API),
+//! never the source; and the listing and peeking dashboards and checks use.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use redis::Cmd;
+
+use super::{PrefetchCache, SCAN_COUNT};
+use crate::cluster::{self, Connection};
+use crate::error::Result;
+use crate::guard::{self, Stored};
+use crate::keys::Tombstone;
+use crate::model::{Fields, Record, Version};
+
+/// Remaining lifetime of a key, with Redis `TTL` semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// The key does not exist (`TTL` answers -2).
+    Missing,
+    /// The key exists without an expiry (`TTL` answers -1).
+    Persistent,
+    /// Whole seconds left.
+    Seconds(u64),
+}
+
+impl Ttl {
+    /// The value `TTL` would answer: -2, -1, or the seconds left.
+    ///
+    /// ```
+    /// use prefetch::Ttl;
+    /// assert_eq!(Ttl::Missing.as_redis(), -2);
+    /// assert_eq!(Ttl::Seconds(7).as_redis(), 7);
+    /// ```
+    pub fn as_redis(self) -> i64 {
+        match self {
+            Ttl::Missing => -2,
+            Ttl::Persistent => -1,
+            Ttl::Seconds(s) => i64::try_from(s).unwrap_or(i64::MAX),
+        }
+    }
+
+    pub(super) fn from_redis(v: i64) -> Self {
+        match v {
+            -1 => Ttl::Persistent,
+            v if v < 0 => Ttl::Missing,
+            v => Ttl::Seconds(v.unsigned_abs()),
+        }
+    }
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lookup {
+    /// The cached record, or `None` on a miss.
+    pub record: Option<Record>,
+    /// Time spent waiting for Redis (one round trip).
+    pub redis_latency: Duration,
+}
+
+impl Lookup {
+    /// Whether the key was found.
+    pub fn hit(&self) -> bool {
+        self.record.is_some()
+    }
+}
+
+/// One cached key with its fields, remaining TTL and stored metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedEntry {
+    /// The record id (key without prefix).
+    pub id: String,
+    /// The record's fields (metadata removed).
+    pub fields: Fields,
+    /// Remaining TTL.
+    pub ttl: Ttl,
+    /// The version of the change that wrote it (`None`: written outside the
+    /// pipeline).
+    pub version: Option<Version>,
+    /// Whether the fields still hash to what the pipeline wrote (`false`:
+    /// someone changed the hash outside the pipeline).
+    pub intact: bool,
+}
+
+impl<C: Connection> PrefetchCache<C> {
+    /// Reads one record: a single `HGETALL`, never the source. Counts a hit
+    /// or a miss.
+    pub async fn get(&self, id: &str) -> Result<Lookup> {
+        let cmd = hgetall(&self.key(id));
+        let started = Instant::now();
+        let fields: Fields = cmd.query_async(&mut self.conn.clone()).await?;
+        let redis_latency = started.elapsed();
+        Ok(self.count_lookup(fields, redis_latency))
+    }
+
+    /// Reads one record and its TTL in one round trip (`HGETALL` and `TTL`
+    /// pipelined). Counts a hit or a miss exactly like [`get`](Self::get).
+    pub async fn get_with_ttl(&self, id: &str) -> Result<(Lookup, Ttl)> {
+        let key = self.key(id);
+        let mut pipe = redis::pipe();
+        pipe.add_command(hgetall(&key)).cmd("TTL").arg(&key);
+        let started = Instant::now();
+        let (fields, ttl): (Fields, i64) = pipe.query_async(&mut self.conn.clone()).await?;
+        let redis_latency = started.elapsed();
+        let lookup = self.count_lookup(fields, redis_latency);
+        let ttl = if lookup.hit() {
+            Ttl::from_redis(ttl)
+        } else {
+            Ttl::Missing
+        };
+        Ok((lookup, ttl))
+    }
+
+    fn count_lookup(&self, raw: Fields, redis_latency: Duration) -> Lookup {
+        self.inner.counters.reads.record(redis_latency);
+        let record = Stored::split(raw).into_record_fields().map(Record::new);
+        let counter = if record.is_some() {
+            &self.inner.counters.hits
+        } else {
+            &self.inner.counters.misses
+        };
+        counter.fetch_add(1, Relaxed);
+        Lookup {
+            record,
+            redis_latency,
+        }
+    }
+
+    /// Every id currently cached, sorted, each once.
+    pub async fn ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let mut in_hash = Vec::new();
+        for mut node in self.conn.primaries().await? {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys) =
+                    scan_page(&mut node, cursor, self.inner.keys.scan_pattern()).await?;
+                for key in keys {
+                    let Some(id) = self.inner.keys.id_of(&key) else {
+                        continue;
+                    };
+                    if self.inner.keys.tombstone(&key) == Tombstone::InHash {
+                        in_hash.push(key);
+                    } else {
+                        ids.push(id.to_owned());
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        // Only keys with `}` and no hash tag can hold a tombstone: check those.
+        if !in_hash.is_empty() {
+            let deleted = cluster::pipelined(&self.conn, &in_hash, 1, |pipe, key| {
+                pipe.cmd("HEXISTS").arg(key).arg(guard::DELETED_FIELD);
+            })
+            .await?;
+            for (key, d) in in_hash.iter().zip(deleted) {
+                let deleted: bool = redis::from_redis_value(d).map_err(redis::RedisError::from)?;
+                if let (false, Some(id)) = (deleted, self.inner.keys.id_of(key)) {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        // SCAN may return a key more than once.
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Remaining TTL of one key.
+    pub async fn ttl(&self, id: &str) -> Result<Ttl> {
+        let v: i64 = redis::cmd("TTL")
+            .arg(self.key(id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(Ttl::from_redis(v))
+    }
+
+    /// Every cached record with its TTL, sorted by id: a `SCAN` plus one
+    /// pipelined `HGETALL` + `TTL` per page of keys. For dashboards and
+    /// consistency checks, not for the read path.
+    pub async fn entries(&self) -> Result<Vec<CachedEntry>> {
+        let ids = self.ids().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(SCAN_COUNT) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.key(id)).collect();
+            let values = cluster::pipelined(&self.conn, &keys, 2, |pipe, key| {
+                pipe.add_command(hgetall(key)).cmd("TTL").arg(key);
+            })
+            .await?;
+            for (id, pair) in chunk.iter().zip(values.chunks(2)) {
+                let [fields, ttl] = pair else { continue };
+                let fields: Fields =
+                    redis::from_redis_value(fields.clone()).map_err(redis::RedisError::from)?;
+                let ttl: i64 =
+                    redis::from_redis_value(ttl.clone()).map_err(redis::RedisError::from)?;
+                // The key may have vanished between SCAN and HGETALL.
+                if let Some(entry) = entry_of(id, fields, ttl) {
+                    out.push(entry);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One cached record with its TTL, without counting a hit or miss (for
+    /// dashboards).
+    pub async fn peek(&self, id: &str) -> Result<Option<CachedEntry>> {
+        let key = self.key(id);
+        let mut pipe = redis::pipe();
+        pipe.add_command(hgetall(&key)).cmd("TTL").arg(&key);
+        let (fields, ttl): (Fields, i64) = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(entry_of(id, fields, ttl))
+    }
+}
+
+fn entry_of(id: &str, raw: Fields, ttl: i64) -> Option<CachedEntry> {
+    let stored = Stored::split(raw);
+    let version = stored.version;
+    let hash = stored.hash;
+    let fields = stored.into_record_fields()?;
+    let intact = hash == Some(guard::content_hash(&fields));
+    Some(CachedEntry {
+        id: id.to_owned(),
+        fields,
+        ttl: Ttl::from_redis(ttl),
+        version,
+        intact,
+    })
+}
+
+pub(super) async fn scan_page<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    cursor: u64,
+    pattern: &str,
+) -> Result<(u64, Vec<String>)> {
+    Ok(redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_COUNT)
+        .query_async(conn)
+        .await?)
+}
+
+pub(super) fn hgetall(key: &str) -> Cmd {
+    let mut cmd = redis::cmd("HGETALL");
+    cmd.arg(key);
+    cmd
+}

@@ -1,0 +1,356 @@
+//! [`Engine`]: the cache, a source and the sync worker as one service, plus
+//! the operations that coordinate them.
+//!
+//! | module | what |
+//! |---|---|
+//! | `reprefetch` | loads: the first one, re-prefetch without a pause, the memory budget |
+//! | `heal` | self-healing: a Redis that lost the cache's state is noticed and refilled |
+//! | `reconcile` | the source against Redis, differences classified and repaired |
+
+mod heal;
+mod reconcile;
+mod reprefetch;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+
+use crate::cache::{CacheConfig, CacheState, CachedEntry, Lookup, PrefetchCache, Ttl};
+use crate::error::Result;
+use crate::events::{Event, EventBus};
+use crate::model::{ReconcileReport, Version, WorkerState, validate_id};
+use crate::source::{Source, SourceStatus};
+use crate::stats::Stats;
+use crate::sync::{SyncConfig, SyncHandle, behind};
+
+pub use reprefetch::{MemoryCheck, MemoryStatus, PrefetchReport};
+
+/// How long a snapshot window stays open without being renewed (a loader
+/// that died lets it lapse after this); its renewer runs every third of it.
+const WINDOW_LEASE: Duration = Duration::from_secs(30);
+
+/// Everything [`Engine::start`] needs besides the Redis connection and the
+/// source.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Key prefix and TTLs.
+    pub cache: CacheConfig,
+    /// Sync worker tuning.
+    pub sync: SyncConfig,
+    /// How long admin operations wait for the sync worker to park.
+    pub pause_timeout: Duration,
+    /// How often the engine checks, without any request, that Redis still
+    /// holds its state (a write finds out at once anyway).
+    pub heal_interval: Duration,
+    /// What a (re-)prefetch does when the working set would not fit in
+    /// Redis's memory budget.
+    pub memory_check: MemoryCheck,
+    /// The share of `maxmemory` kept free (0.1: the budget is 90 %).
+    pub memory_headroom: f64,
+    /// Other engines may write this cache while this one loads (replicas of
+    /// one change feed): the first load goes through the version guard too,
+    /// never through plain pipelines with the worker paused.
+    pub shared_writers: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache: CacheConfig::default(),
+            sync: SyncConfig::default(),
+            pause_timeout: Duration::from_secs(2),
+            heal_interval: Duration::from_millis(500),
+            memory_check: MemoryCheck::Refuse,
+            memory_headroom: 0.1,
+            shared_writers: false,
+        }
+    }
+}
+
+/// A read through the cache, with the key's TTL from the same round trip.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadResult {
+    /// The id that was read (trimmed).
+    pub id: String,
+    /// Record and Redis latency.
+    pub lookup: Lookup,
+    /// Remaining TTL ([`Ttl::Missing`] on a miss).
+    pub ttl: Ttl,
+}
+
+/// Cache counters plus the worker's and the source's state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineStats {
+    /// The cache's counters.
+    pub cache: Stats,
+    /// The sync worker's state.
+    pub worker: WorkerState,
+    /// Changes the source produced that are not yet durable in Redis.
+    pub backlog: usize,
+    /// How far Redis is behind the source (zero when nothing waits).
+    pub behind: Duration,
+    /// Position of the newest transaction durable in Redis.
+    pub applied: Option<Version>,
+    /// The source's own status.
+    pub source: SourceStatus,
+    /// Redis memory against the budget, as last checked.
+    pub memory: Option<MemoryStatus>,
+}
+
+/// A running prefetch cache: [`PrefetchCache`], a [`Source`] and the sync
+/// worker wired together, plus the admin operations that must coordinate
+/// them. Cheap to clone; clones share everything.
+///
+/// Every surface of the product (HTTP API, server functions, tests, benches)
+/// goes through these methods, so each behaviour exists once. `S` may be a
+/// concrete source or `dyn Source` / `dyn Primary` chosen at run time.
+pub struct Engine<S: ?Sized = dyn Source, C = crate::Redis> {
+    inner: Arc<Inner<S, C>>,
+    /// This handle's view of the cache: the engine's own, or one that reads
+    /// on another connection ([`Engine::with_reader`]).
+    reads: PrefetchCache<C>,
+}
+
+struct Inner<S: ?Sized, C> {
+    cache: PrefetchCache<C>,
+    sync: SyncHandle,
+    events: EventBus,
+    /// Serialises clear, re-prefetch and self-healing.
+    admin: tokio::sync::Mutex<()>,
+    pause_timeout: Duration,
+    healer: Mutex<Option<JoinHandle<()>>>,
+    last_reconcile: Mutex<Option<(SystemTime, ReconcileReport)>>,
+    memory: Mutex<Option<MemoryStatus>>,
+    /// Records the last load wrote (what a re-prefetch overwrites).
+    last_loaded: std::sync::atomic::AtomicU64,
+    memory_check: MemoryCheck,
+    memory_headroom: f64,
+    source: Arc<S>,
+}
+
+impl<S: ?Sized, C: Clone> Clone for Engine<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            reads: self.reads.clone(),
+        }
+    }
+}
+
+impl<S: ?Sized, C> std::fmt::Debug for Engine<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cache", &self.inner.cache)
+            .field("sync", &self.inner.sync)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C> Engine<S, C>
+where
+    S: Source + ?Sized,
+    C: crate::Connection,
+{
+    /// Starts the engine: resumes from the position Redis holds for this
+    /// source when the source can deliver everything after it; otherwise
+    /// loads a snapshot (starting afresh when Redis holds nothing of this
+    /// source, or another source's state). Then starts the sync worker and
+    /// the self-healing check. `events` should be the bus the source
+    /// publishes to.
+    pub async fn start(
+        conn: C,
+        source: Arc<S>,
+        events: EventBus,
+        config: EngineConfig,
+    ) -> Result<(Self, PrefetchReport)> {
+        Self::start_with_writer(conn.clone(), conn, source, events, config).await
+    }
+
+    /// [`start`](Self::start) with a connection of its own for writes
+    /// (loads, applies, sweeps, reconciliation), so that a user's read
+    /// never queues behind a batch of writes: see
+    /// [`PrefetchCache::with_writer`].
+    pub async fn start_with_writer(
+        reads: C,
+        writes: C,
+        source: Arc<S>,
+        events: EventBus,
+        config: EngineConfig,
+    ) -> Result<(Self, PrefetchReport)> {
+        crate::keys::KeySpace::new(config.cache.prefix.clone()).validate()?;
+        let cache = PrefetchCache::new(reads, config.cache, source.id()).with_writer(writes);
+        cache.load_library().await?;
+        let memory = cache.memory().await?;
+        if memory.may_evict() {
+            tracing::warn!(
+                policy = %memory.policy,
+                "Redis's maxmemory-policy may evict cache keys, and an evicted key is a silent miss until the next re-prefetch; use noeviction (writes then wait and retry when memory is full)"
+            );
+        }
+        let state = cache.state().await?;
+        let lost = Arc::new(Notify::new());
+        let sync = SyncHandle::spawn(
+            cache.clone(),
+            Arc::clone(&source),
+            config.sync,
+            events.clone(),
+            Arc::clone(&lost),
+        );
+        let engine = Self {
+            reads: cache.clone(),
+            inner: Arc::new(Inner {
+                cache,
+                sync,
+                events,
+                admin: tokio::sync::Mutex::new(()),
+                pause_timeout: config.pause_timeout,
+                healer: Mutex::new(None),
+                last_reconcile: Mutex::new(None),
+                memory: Mutex::new(None),
+                last_loaded: std::sync::atomic::AtomicU64::new(0),
+                memory_check: config.memory_check,
+                memory_headroom: config.memory_headroom.clamp(0.0, 0.9),
+                source,
+            }),
+        };
+        let (report, resyncs_covered) = engine.first_load(&state, config.shared_writers).await?;
+        engine.spawn_healer(lost, config.heal_interval, resyncs_covered);
+        Ok((engine, report))
+    }
+
+    /// The cache, as this handle reads it.
+    pub fn cache(&self) -> &PrefetchCache<C> {
+        &self.reads
+    }
+
+    /// A handle on the same engine whose reads ([`read`](Self::read),
+    /// [`ids`](Self::ids), [`entries`](Self::entries) and
+    /// [`cache`](Self::cache)) go on `conn`; everything else is shared.
+    /// A server that runs several event loops gives each one a connection
+    /// of its own, so a read never wakes another thread.
+    pub fn with_reader(&self, conn: C) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            reads: self.reads.with_reader(conn),
+        }
+    }
+
+    /// The source.
+    pub fn source(&self) -> &Arc<S> {
+        &self.inner.source
+    }
+
+    /// The sync worker's handle.
+    pub fn sync(&self) -> &SyncHandle {
+        &self.inner.sync
+    }
+
+    /// A new subscriber to the engine's event feed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// The engine's event feed.
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// Reads `id` through the cache (`HGETALL` + `TTL`, one round trip).
+    /// Never touches the source.
+    pub async fn read(&self, id: &str) -> Result<ReadResult> {
+        let id = validate_id(id)?;
+        let (lookup, ttl) = self.reads.get_with_ttl(id).await?;
+        Ok(ReadResult {
+            id: id.to_owned(),
+            lookup,
+            ttl,
+        })
+    }
+
+    /// Deletes one cache key (simulates a lost sync event). Returns the
+    /// trimmed id and whether the key existed.
+    pub async fn invalidate(&self, id: &str) -> Result<(String, bool)> {
+        let id = validate_id(id)?.to_owned();
+        let existed = self.inner.cache.invalidate(&id).await?;
+        self.inner.events.publish(|| Event::Invalidated {
+            id: id.clone(),
+            existed,
+        });
+        Ok((id, existed))
+    }
+
+    /// Deletes every cache key (simulates losing the cache), with the sync
+    /// worker paused so it cannot recreate a key between `SCAN` and `DEL`.
+    /// The cache's state stays, so this is not mistaken for a Redis that
+    /// lost its data: the keys stay missing until a re-prefetch.
+    pub async fn clear(&self) -> Result<usize> {
+        let _admin = self.inner.admin.lock().await;
+        let pause = self.inner.sync.pause(self.inner.pause_timeout).await?;
+        let deleted = self.inner.cache.clear().await;
+        pause.resume();
+        let deleted = deleted?;
+        self.inner.events.publish(|| Event::Cleared { deleted });
+        Ok(deleted)
+    }
+
+    /// Cached ids, sorted.
+    pub async fn ids(&self) -> Result<Vec<String>> {
+        self.reads.ids().await
+    }
+
+    /// Every cached record with its TTL, sorted by id.
+    pub async fn entries(&self) -> Result<Vec<CachedEntry>> {
+        self.reads.entries().await
+    }
+
+    /// What Redis holds about the cache's state.
+    pub async fn state(&self) -> Result<CacheState> {
+        self.inner.cache.state().await
+    }
+
+    /// Counters of the cache, the worker and the source.
+    pub fn stats(&self) -> EngineStats {
+        let source = self.inner.source.status();
+        EngineStats {
+            cache: self.inner.cache.stats(),
+            worker: self.inner.sync.state(),
+            backlog: source.backlog,
+            behind: behind(&self.inner.sync, source.head),
+            applied: self.inner.sync.applied(),
+            source,
+            memory: self.memory(),
+        }
+    }
+
+    /// Zeroes the cache counters.
+    pub fn reset_stats(&self) {
+        self.inner.cache.reset_stats();
+        self.inner.events.publish(|| Event::StatsReset);
+    }
+
+    /// Waits until every transaction the source has produced so far is
+    /// durable in Redis.
+    pub async fn settle(&self, timeout: Duration) -> Result<()> {
+        match self.inner.source.status().head {
+            Some(head) => self.inner.sync.wait_applied(head, timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the self-healing check and the sync worker (draining what is
+    /// ready, within `timeout`).
+    pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
+        let healer = self
+            .inner
+            .healer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(healer) = healer {
+            healer.abort();
+        }
+        self.inner.sync.stop(timeout).await
+    }
+}

@@ -1,0 +1,306 @@
+//! Loads: the first one at start (plain pipelines into an empty cache, or
+//! through the guard), and re-prefetches that write a fresh snapshot
+//! through the guard while the worker keeps applying, then sweep what the
+//! snapshot no longer has; every one checked against Redis's memory budget
+//! first.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use super::{Engine, WINDOW_LEASE};
+use crate::error::Result;
+use crate::events::{Event, PrefetchReason};
+use crate::model::Version;
+use crate::source::Source;
+
+/// What a (re-)prefetch does when the working set would not fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryCheck {
+    /// Refuse, writing nothing ([`Error::MemoryBudget`](crate::Error::MemoryBudget)).
+    #[default]
+    Refuse,
+    /// Log a warning and load anyway.
+    Warn,
+}
+
+/// Redis memory against the cache's budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStatus {
+    /// Bytes Redis uses now.
+    pub used: u64,
+    /// Bytes the cache may let Redis reach (`maxmemory` less the headroom;
+    /// 0: no limit).
+    pub budget: u64,
+    /// The eviction policy.
+    pub policy: String,
+}
+
+/// The outcome of a (re-)prefetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefetchReport {
+    /// Records written to Redis.
+    pub loaded: usize,
+    /// Keys removed because the snapshot no longer had them.
+    pub swept: usize,
+    /// Snapshot read + write + sweep.
+    pub elapsed: Duration,
+    /// The snapshot's version (`None`: the engine resumed from the position
+    /// Redis held and loaded nothing).
+    pub version: Option<Version>,
+}
+
+/// How a load writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LoadMode {
+    /// Nothing else writes yet: plain pipelines.
+    Fresh,
+    /// The worker may be writing: through the version guard, then a sweep.
+    Guarded,
+}
+
+impl<S, C> Engine<S, C>
+where
+    S: Source + ?Sized,
+    C: crate::Connection,
+{
+    /// The load at start: none when Redis holds this source's state and the
+    /// source can deliver everything after its position; otherwise a
+    /// snapshot, through the guard when Redis holds this source's cache (or
+    /// other engines share it), else with plain pipelines into a reset
+    /// cache while the worker waits. Also returns how many fresh-snapshot
+    /// requests of the source the result covers.
+    pub(super) async fn first_load(
+        &self,
+        state: &crate::cache::CacheState,
+        shared_writers: bool,
+    ) -> Result<(PrefetchReport, u64)> {
+        let inner = &self.inner;
+        let ours = state.source.as_deref() == Some(inner.cache.source_id());
+        let resumed = ours
+            && state.loading.is_none()
+            && state.position.is_some()
+            && inner.source.open(state.position).await?;
+        // Requests for a fresh snapshot the source makes from here on are
+        // not covered by what Redis holds or is about to load.
+        let covered = inner.source.status().resync_requests;
+        if resumed {
+            let position = state.position.unwrap_or_default();
+            inner.sync.mark_applied(position);
+            tracing::info!(%position, "resuming from the position Redis holds");
+            let report = PrefetchReport {
+                loaded: 0,
+                swept: 0,
+                elapsed: Duration::ZERO,
+                version: None,
+            };
+            return Ok((report, covered));
+        }
+        let _admin = inner.admin.lock().await;
+        inner.source.open(None).await?;
+        let covered = inner.source.status().resync_requests;
+        let mode = if ours || (shared_writers && state.source.is_none()) {
+            LoadMode::Guarded
+        } else {
+            if state.source.is_some() {
+                tracing::info!(
+                    "Redis holds the cache of another source under this prefix; replacing it"
+                );
+            }
+            inner.cache.reset().await?;
+            if shared_writers {
+                LoadMode::Guarded
+            } else {
+                LoadMode::Fresh
+            }
+        };
+        // Plain pipelines are not guarded: keep the worker out meanwhile.
+        let pause = match mode {
+            LoadMode::Fresh => Some(inner.sync.pause(inner.pause_timeout).await?),
+            LoadMode::Guarded => None,
+        };
+        let report = self.load(mode, PrefetchReason::Start).await?;
+        drop(pause);
+        Ok((report, covered))
+    }
+
+    /// Rebuilds the cache from a fresh snapshot of the source while the
+    /// sync worker keeps applying: every record is written through the
+    /// version guard (a key a newer change already reached is left alone),
+    /// then every key older than the snapshot is removed (records the source
+    /// no longer has, orphans). Readers never miss a key that exists
+    /// throughout.
+    pub async fn reprefetch(&self) -> Result<PrefetchReport> {
+        let _admin = self.inner.admin.lock().await;
+        self.load(LoadMode::Guarded, PrefetchReason::Requested)
+            .await
+    }
+
+    pub(super) async fn load(
+        &self,
+        mode: LoadMode,
+        reason: PrefetchReason,
+    ) -> Result<PrefetchReport> {
+        let started = Instant::now();
+        let cache = &self.inner.cache;
+        // Opened before the snapshot is taken: every change newer than the
+        // snapshot is then applied inside the window and logged, so no
+        // snapshot write can land on a key such a change reached and
+        // something removed since.
+        let window = match mode {
+            LoadMode::Fresh => None,
+            LoadMode::Guarded => Some(cache.open_window(WINDOW_LEASE).await?),
+        };
+        let report = self.load_in(mode, reason, started).await;
+        if let Some(window) = window {
+            let closed = window.close().await;
+            if let (Err(e), Ok(_)) = (&closed, &report) {
+                tracing::warn!(error = %e, "cannot close the snapshot window; it lapses by itself");
+            }
+        }
+        report
+    }
+
+    async fn load_in(
+        &self,
+        mode: LoadMode,
+        reason: PrefetchReason,
+        started: Instant,
+    ) -> Result<PrefetchReport> {
+        let cache = &self.inner.cache;
+        let snapshot = self.inner.source.snapshot().await?;
+        let version = snapshot.version;
+        let mut chunks = snapshot.chunks;
+        // The first chunk tells what a record weighs: check the budget
+        // before writing anything.
+        let first = chunks.next().await.transpose()?;
+        if let Some(first) = &first {
+            let rows = snapshot.rows.unwrap_or(first.len() as u64);
+            self.check_memory(first, rows, mode).await?;
+        }
+        cache.begin_load(version).await?;
+        // Every slot's state is there again: a loss reported before now is
+        // covered by this load.
+        cache.take_state_lost();
+        let mut loaded = 0;
+        let mut pending = first;
+        loop {
+            let chunk = match pending.take() {
+                Some(chunk) => chunk,
+                None => match chunks.next().await {
+                    Some(chunk) => chunk?,
+                    None => break,
+                },
+            };
+            loaded += match mode {
+                LoadMode::Fresh => cache.bulk_load(&chunk, version).await?,
+                LoadMode::Guarded => cache.write_snapshot(&chunk, version).await?,
+            };
+        }
+        let swept = match mode {
+            LoadMode::Fresh => 0,
+            LoadMode::Guarded => cache.sweep(version).await?,
+        };
+        cache.finish_load(version).await?;
+        self.inner
+            .last_loaded
+            .store(loaded as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.inner.source.ack(version).await {
+            tracing::warn!(error = %e, "cannot acknowledge the snapshot to the source");
+        }
+        self.inner.sync.mark_applied(version);
+        if reason != PrefetchReason::Start {
+            cache.counters().reprefetches.fetch_add(1, Relaxed);
+        }
+        let report = PrefetchReport {
+            loaded,
+            swept,
+            elapsed: started.elapsed(),
+            version: Some(version),
+        };
+        self.inner.events.publish(|| Event::Prefetched {
+            loaded,
+            swept,
+            elapsed: report.elapsed,
+            reason,
+        });
+        Ok(report)
+    }
+
+    /// Refuses (or warns) when writing `rows` records like `sample` would
+    /// take Redis past its budget.
+    async fn check_memory(
+        &self,
+        sample: &[crate::model::Record],
+        rows: u64,
+        mode: LoadMode,
+    ) -> Result<()> {
+        let info = self.inner.cache.memory().await?;
+        if info.max == 0 || sample.is_empty() {
+            return Ok(());
+        }
+        // Field bytes, the key, the version and hash fields, and Redis's
+        // own overhead per small hash with a TTL (about 100 bytes on 7.0).
+        let prefix = self.inner.cache.prefix().len() as u64;
+        let bytes: u64 = sample
+            .iter()
+            .map(|r| {
+                r.fields()
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>()
+                    + r.id().map_or(0, |id| id.len() as u64)
+                    + prefix
+                    + 150
+            })
+            .sum();
+        let per_record = bytes / sample.len() as u64;
+        let overwritten = match mode {
+            LoadMode::Fresh => 0,
+            LoadMode::Guarded => self
+                .inner
+                .last_loaded
+                .load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let needed = info.used + rows.saturating_sub(overwritten) * per_record;
+        let headroom = self.inner.memory_headroom;
+        let budget = (info.max as f64 * (1.0 - headroom)) as u64;
+        if needed <= budget {
+            return Ok(());
+        }
+        let err = crate::Error::MemoryBudget {
+            needed,
+            budget,
+            max: info.max,
+            headroom_pct: (headroom * 100.0).round() as u64,
+        };
+        match self.inner.memory_check {
+            MemoryCheck::Refuse => Err(err),
+            MemoryCheck::Warn => {
+                tracing::warn!(error = %err, "loading anyway (--memory-check warn)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Redis memory against the budget, as last checked (every heal tick).
+    pub fn memory(&self) -> Option<MemoryStatus> {
+        self.inner
+            .memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) async fn refresh_memory(&self) {
+        if let Ok(info) = self.inner.cache.memory().await {
+            let budget = (info.max as f64 * (1.0 - self.inner.memory_headroom)) as u64;
+            *self.inner.memory.lock().unwrap_or_else(|p| p.into_inner()) = Some(MemoryStatus {
+                used: info.used,
+                budget,
+                policy: info.policy,
+            });
+        }
+    }
+}

@@ -1,0 +1,327 @@
+#!lua name=prefetch_v1
+-- Version-guarded writes for the prefetch cache (loaded by prefetch/src/guard/mod.rs).
+--
+-- A version is "hi:lo:ord": the commit position's high and low 32 bits and
+-- the change's place in its transaction. It is compared as three numbers,
+-- never as a string: Lua numbers are doubles (exact only below 2^53), and
+-- Lua compares strings by the server's locale.
+--
+-- Keys of one write come in pairs: the record's hash and its tombstone key
+-- (the record's key again when the tombstone lives inside the hash).
+-- KEYS[1] is always the cache's state hash (source, pos, floor, loading,
+-- mark), or on a Redis Cluster its copy in the slot of the call's records
+-- (source, floor, mark);
+-- every call first checks that it still names the caller's source, so a
+-- Redis that lost its data is noticed by the first write ("PFLOST").
+--
+-- The snapshot window. A record's version lives in its hash, so whatever
+-- removes the hash (an invalidate, a clear, a DEL from outside, its TTL,
+-- eviction) removes the version with it. A snapshot write then found
+-- nothing to compare with and applied, although a live change newer than
+-- the snapshot had reached the key before it was removed: an old value
+-- stayed in the cache. So, while a snapshot is being taken and written
+-- (a load, a re-prefetch, a reconciliation's repair), the state carries a
+-- `mark` (a deadline in Redis's own milliseconds, renewed by the loader),
+-- and every write the guard applies meanwhile also records its version in
+-- the window's log (a hash beside the state, in the same slot, field =
+-- data key). A write that finds no version in the key nor a tombstone
+-- compares with the log instead. The mark is set before the snapshot is
+-- taken, so every change newer than the snapshot is applied inside the
+-- window and logged.
+
+local function parse(s)
+  if type(s) ~= 'string' then return nil end
+  local a, b, c = string.match(s, '^(%d+):(%d+):(%d+)$')
+  if not a then return nil end
+  return { tonumber(a), tonumber(b), tonumber(c) }
+end
+
+-- x > y; nothing (nil) is older than everything.
+local function newer(x, y)
+  if y == nil then return true end
+  if x[1] ~= y[1] then return x[1] > y[1] end
+  if x[2] ~= y[2] then return x[2] > y[2] end
+  return x[3] > y[3]
+end
+
+-- A hash field, or nil when the key is missing or not a hash (someone
+-- wrote it outside the pipeline: it has no version and is replaced).
+local function hget(key, field)
+  local r = redis.pcall('HGET', key, field)
+  if type(r) ~= 'string' then return nil end
+  return r
+end
+
+-- What a record holds: the newest version stored for it (its hash's, or
+-- its tombstone's), the hash's `__h`, and whether a tombstone key exists.
+-- A hash with a version is always newer than any tombstone beside it
+-- (a delete removes the hash; a write over a tombstone removes it), so the
+-- tombstone is read only when the hash has no version.
+local function stored(data, tomb, p)
+  local r = redis.pcall('HMGET', data, '__v', '__h')
+  if type(r) ~= 'table' then return nil, nil, false end
+  local v = p(r[1])
+  if v ~= nil or tomb == data then return v, r[2], false end
+  local t = redis.pcall('GET', tomb)
+  if type(t) ~= 'string' then return nil, nil, false end
+  return p(t), nil, true
+end
+
+-- The floor (no write older than it applies) when the state hash names
+-- `source`, and the stored position (a string, or false); nil when the
+-- state is gone or belongs to another source.
+local function floor_of(meta, source, p)
+  local s = redis.call('HMGET', meta, 'source', 'floor', 'pos', 'mark')
+  if s[1] ~= source then return nil end
+  return (p or parse)(s[2]) or { 0, 0, 0 }, s[3], s[4]
+end
+
+-- Redis's clock in milliseconds (frozen for the call's duration).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Whether a snapshot window is open at `meta`, given its `mark` field; a
+-- mark past its deadline is removed (its loader is gone).
+local function window_open(meta, mark)
+  if not mark then return false end
+  if tonumber(mark) > now_ms() then return true end
+  redis.call('HDEL', meta, 'mark')
+  return false
+end
+
+-- Raises `field` to `vs` if that is newer than `current` (its stored value).
+local function raise(meta, field, vs, current, p)
+  p = p or parse
+  local v = p(vs)
+  if v and newer(v, p(current)) then
+    redis.call('HSET', meta, field, vs)
+  end
+end
+
+local function advance(meta, field, vs)
+  raise(meta, field, vs, redis.call('HGET', meta, field))
+end
+
+-- A parse that remembers: within one call the same version string often
+-- comes back (a write's version is also the position; the position stored
+-- is often the version a record holds), and a parse costs about as much
+-- as a redis.call.
+local function memo_parse()
+  local seen = {}
+  return function(s)
+    if type(s) ~= 'string' then return nil end
+    local v = seen[s]
+    if v == nil then
+      v = parse(s) or false
+      seen[s] = v
+    end
+    return v or nil
+  end
+end
+
+local function lost()
+  return redis.error_reply('PFLOST the cache state for this source is gone')
+end
+
+local function bury(data, tomb, vs, tomb_ttl)
+  redis.call('DEL', data)
+  if tomb ~= data then
+    redis.call('SET', tomb, vs, 'PX', tomb_ttl)
+  else
+    redis.call('HSET', data, '__v', vs, '__del', '1')
+    redis.call('PEXPIRE', data, tomb_ttl)
+  end
+end
+
+-- The field names' part of a `__h` value (after the 16-digit content hash).
+local function names(h)
+  if type(h) ~= 'string' then return nil end
+  return string.sub(h, 17)
+end
+
+-- KEYS: the state, the window's log, then a (data, tombstone) pair per
+-- write. A snapshot write needs an open window (PFWINDOW otherwise: its
+-- loader's window lapsed, and it must start over).
+-- ARGV: source, mode ('live' | 'snapshot'), ttl s, tombstone ttl ms,
+-- position ('' for none), then per write: op ('u' | 'd'), version, `__h`
+-- (content hash, then field-names hash), pair count n, then n name/value
+-- pairs, the last two being `__v` and `__h` themselves. Returns 1 (applied)
+-- or 0 (stale) per write. A live write must be newer than what is stored;
+-- a snapshot write may also rewrite its own version (repairing a hash
+-- changed outside the pipeline). Nothing older than the floor applies.
+--
+-- Every redis.call costs about as much as the command itself, so a live
+-- update of a record with the same field names is three: HMGET, HSET
+-- (which replaces every field) and EXPIRE. A changed set of names needs
+-- the DEL first, and so does a snapshot write, which also removes fields
+-- someone else added to the hash.
+local function apply(keys, args)
+  local p = memo_parse()
+  local meta, log = keys[1], keys[2]
+  local floor, pos, mark = floor_of(meta, args[1], p)
+  if floor == nil then return lost() end
+  local snapshot = args[2] == 'snapshot'
+  local ttl = args[3]
+  local tomb_ttl = args[4]
+  local logging = window_open(meta, mark)
+  if snapshot and not (logging and redis.call('HEXISTS', log, '__open') == 1) then
+    return redis.error_reply('PFWINDOW no snapshot window is open for this write')
+  end
+  local out = {}
+  local a, k = 6, 3
+  while a <= #args do
+    local op, vs, h, n = args[a], args[a + 1], args[a + 2], tonumber(args[a + 3])
+    local data, tomb = keys[k], keys[k + 1]
+    local v = p(vs)
+    local ok = 0
+    if v and not newer(floor, v) then
+      local cur, cur_h, tombed = stored(data, tomb, p)
+      if cur == nil and logging then
+        -- Removed since a write inside the window: that write's version.
+        cur = p(redis.call('HGET', log, data))
+      end
+      if newer(v, cur) or (snapshot and not newer(cur, v)) then
+        ok = 1
+        -- Live writes only: a snapshot's own rows are all older than
+        -- anything a later write in the window could need to know of.
+        if logging and not snapshot then redis.call('HSET', log, data, vs) end
+        if op == 'u' then
+          if snapshot or cur == nil or names(cur_h) ~= names(h) then
+            redis.call('DEL', data)
+          end
+          -- unpack has a stack limit: at most 500 pairs per HSET.
+          local i, last = a + 4, a + 3 + 2 * n
+          while i <= last do
+            local j = math.min(i + 999, last)
+            redis.call('HSET', data, unpack(args, i, j))
+            i = j + 1
+          end
+          redis.call('EXPIRE', data, ttl)
+          if tombed then redis.call('DEL', tomb) end
+        else
+          bury(data, tomb, vs, tomb_ttl)
+        end
+      end
+    end
+    out[#out + 1] = ok
+    a = a + 4 + 2 * n
+    k = k + 2
+  end
+  if args[5] ~= '' then raise(meta, 'pos', args[5], pos, p) end
+  return out
+end
+
+-- ARGV: source, snapshot version, tombstone ttl ms. Removes each listed
+-- record whose version is older than the snapshot (so the snapshot did not
+-- contain it), leaving a tombstone at the snapshot's version.
+local function sweep(keys, args)
+  if floor_of(keys[1], args[1]) == nil then return lost() end
+  local c = parse(args[2])
+  local tomb_ttl = args[3]
+  local swept = 0
+  for k = 2, #keys, 2 do
+    local data, tomb = keys[k], keys[k + 1]
+    if redis.call('EXISTS', data) == 1 and hget(data, '__del') == nil then
+      local v = parse(hget(data, '__v'))
+      if v == nil or newer(c, v) then
+        bury(data, tomb, args[2], tomb_ttl)
+        swept = swept + 1
+      end
+    end
+  end
+  return swept
+end
+
+-- ARGV: source, snapshot version, and 'slot' for a cluster slot's copy of
+-- the state. Starts a load: claims the state for `source` (starting afresh
+-- if it named another), raises the floor to the snapshot and, in the main
+-- state, marks the load as under way.
+local function begin(keys, args)
+  local meta = keys[1]
+  if redis.call('HGET', meta, 'source') ~= args[1] then
+    -- Start afresh, but keep the snapshot window this load opened.
+    local mark = redis.call('HGET', meta, 'mark')
+    redis.call('DEL', meta)
+    redis.call('HSET', meta, 'source', args[1])
+    if mark then redis.call('HSET', meta, 'mark', mark) end
+  end
+  advance(meta, 'floor', args[2])
+  if args[3] ~= 'slot' then
+    redis.call('HSET', meta, 'loading', args[2])
+  end
+  return 1
+end
+
+-- ARGV: source, snapshot version. Ends a load: the position reaches the
+-- snapshot and the load mark goes.
+local function finish(keys, args)
+  local meta = keys[1]
+  local floor, pos = floor_of(meta, args[1])
+  if floor == nil then return lost() end
+  raise(meta, 'pos', args[2], pos)
+  if redis.call('HGET', meta, 'loading') == args[2] then
+    redis.call('HDEL', meta, 'loading')
+  end
+  return 1
+end
+
+-- ARGV: source, version. A TRUNCATE at `version`: nothing older than it
+-- applies any more, so a change that committed before the truncate but
+-- arrives after it (another partition, a claimed entry) cannot bring a row
+-- back.
+local function raise_floor(keys, args)
+  if floor_of(keys[1], args[1]) == nil then return lost() end
+  advance(keys[1], 'floor', args[2])
+  return 1
+end
+
+-- KEYS: the state, the window's log. ARGV: 'open' | 'renew', lease ms.
+-- Opens (or renews) a snapshot window: the mark's deadline becomes at
+-- least now + lease, and the log expires with it. 'open' counts one more
+-- open window in the log (several loaders may overlap). Works whether or
+-- not the state names a source yet (a load that is about to claim it).
+-- Returns the deadline.
+local function window(keys, args)
+  local meta, log = keys[1], keys[2]
+  local deadline = now_ms() + tonumber(args[2])
+  local mark = tonumber(redis.call('HGET', meta, 'mark'))
+  if mark == nil or mark < deadline then
+    redis.call('HSET', meta, 'mark', deadline)
+  else
+    deadline = mark
+  end
+  if args[1] == 'open' then
+    redis.call('HINCRBY', log, '__open', 1)
+  elseif redis.call('HEXISTS', log, '__open') == 0 then
+    -- Lost (evicted, deleted): writes logged so far are gone with it, and
+    -- the snapshot writes of this window will be refused.
+    return redis.error_reply('PFWINDOW the snapshot window\'s log is gone')
+  end
+  redis.call('PEXPIREAT', log, deadline)
+  return deadline
+end
+
+-- KEYS: the state, the window's log. Closes one window; when none is left
+-- open, the mark and the log go, and writes stop logging.
+local function window_close(keys, args)
+  local meta, log = keys[1], keys[2]
+  local left = 0
+  if redis.call('HEXISTS', log, '__open') == 1 then
+    left = redis.call('HINCRBY', log, '__open', -1)
+  end
+  if left <= 0 then
+    redis.call('DEL', log)
+    redis.call('HDEL', meta, 'mark')
+  end
+  return left
+end
+
+redis.register_function('pf1_apply', apply)
+redis.register_function('pf1_window', window)
+redis.register_function('pf1_close', window_close)
+redis.register_function('pf1_sweep', sweep)
+redis.register_function('pf1_begin', begin)
+redis.register_function('pf1_finish', finish)
+redis.register_function('pf1_floor', raise_floor)

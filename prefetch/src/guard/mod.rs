@@ -1,0 +1,237 @@
+//! The version guard: the Redis FUNCTION library (`library.lua`) that
+//! writes a key only when the change is newer than what it holds, and the
+//! commands that call it.
+//!
+//! Every record's hash carries two metadata fields besides the record's own:
+//! `__v`, the [`Version`] of the change that wrote it, and `__h`, a hash of
+//! the fields as written (so a reconciliation can tell a lost event from a
+//! write made outside the pipeline). Readers never see them. Deletes leave a
+//! tombstone with their version (see [`KeySpace::tombstone`]), so a late,
+//! older upsert cannot bring a row back.
+//!
+//! All writes of the sync path go through one call of `pf1_apply`
+//! (`library.lua`), which applies each write only when it is newer than what
+//! the key holds, and stores the transaction's position in the same atomic
+//! step. The library is loaded with `FUNCTION LOAD REPLACE` at start and
+//! again whenever Redis answers that it does not know it (restarted,
+//! `FUNCTION FLUSH`), and the call is retried.
+//!
+//! | module | what |
+//! |---|---|
+//! | `stored` | the storage format: metadata fields, content hashes, tombstone keys |
+
+mod stored;
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, RedisError, Value};
+
+use crate::error::{Error, Result};
+use crate::keys::KeySpace;
+use crate::model::{Fields, Version};
+
+pub(crate) use stored::{DELETED_FIELD, HASH_FIELD, Stored, VERSION_FIELD, tomb_key};
+pub use stored::{content_hash, hash_text};
+
+/// The library's source (Lua 5.1, Redis 7.0+).
+pub(crate) const LIBRARY: &str = include_str!("library.lua");
+
+/// How the version guard treats a write whose version equals the stored one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Only strictly newer writes apply (duplicates are stale).
+    Live,
+    /// Equal versions are rewritten too: a snapshot repairs its own rows.
+    Snapshot,
+}
+
+/// One write for `pf1_apply`.
+#[derive(Clone, Copy)]
+pub(crate) struct Write<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) version: Version,
+    /// `None` for a delete.
+    pub(crate) fields: Option<&'a Fields>,
+}
+
+/// Writing parameters shared by every call of one cache.
+pub(crate) struct Guard<'a> {
+    pub(crate) keys: &'a KeySpace,
+    pub(crate) source: &'a str,
+    pub(crate) ttl_secs: u64,
+    pub(crate) tombstone_ttl_ms: u64,
+}
+
+impl Guard<'_> {
+    /// `FCALL pf1_apply` for `writes`, checked against the state at `meta`
+    /// and logged in the snapshot window at `log` (the main ones, or on a
+    /// cluster the writes' slot's copies), moving the position to
+    /// `position`.
+    pub(crate) fn apply(
+        &self,
+        (meta, log): (&str, &str),
+        mode: Mode,
+        position: Option<Version>,
+        writes: &[Write<'_>],
+    ) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_apply").arg(2 + 2 * writes.len());
+        cmd.arg(meta).arg(log);
+        for w in writes {
+            let data = self.keys.key(w.id);
+            let tomb = tomb_key(self.keys, &data);
+            cmd.arg(data).arg(tomb);
+        }
+        cmd.arg(self.source)
+            .arg(match mode {
+                Mode::Live => "live",
+                Mode::Snapshot => "snapshot",
+            })
+            .arg(self.ttl_secs)
+            .arg(self.tombstone_ttl_ms)
+            .arg(position.map(|p| p.to_string()).unwrap_or_default());
+        for w in writes {
+            match w.fields {
+                Some(fields) => {
+                    let (version, hash) = (w.version.to_string(), hash_text(fields));
+                    cmd.arg("u")
+                        .arg(&version)
+                        .arg(&hash)
+                        .arg(fields.len() + 2)
+                        .arg(fields)
+                        .arg(VERSION_FIELD)
+                        .arg(version)
+                        .arg(HASH_FIELD)
+                        .arg(hash);
+                }
+                None => {
+                    cmd.arg("d").arg(w.version.to_string()).arg("").arg(0);
+                }
+            }
+        }
+        cmd
+    }
+
+    /// `FCALL pf1_sweep` over the records at `data_keys`.
+    pub(crate) fn sweep<'k>(
+        &self,
+        meta: &str,
+        snapshot: Version,
+        data_keys: impl ExactSizeIterator<Item = &'k String>,
+    ) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_sweep").arg(1 + 2 * data_keys.len());
+        cmd.arg(meta);
+        for data in data_keys {
+            cmd.arg(data).arg(tomb_key(self.keys, data));
+        }
+        cmd.arg(self.source)
+            .arg(snapshot.to_string())
+            .arg(self.tombstone_ttl_ms);
+        cmd
+    }
+
+    /// `FCALL pf1_floor`: raise the floor at `meta` to `version` (a truncate).
+    pub(crate) fn floor(&self, meta: &str, version: Version) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_floor")
+            .arg(1)
+            .arg(meta)
+            .arg(self.source)
+            .arg(version.to_string());
+        cmd
+    }
+
+    /// `FCALL pf1_begin`: claim the state at `meta` and raise its floor to
+    /// `snapshot`; a slot's copy (`slot`) gets no loading mark.
+    pub(crate) fn begin(&self, meta: &str, snapshot: Version, slot: bool) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_begin")
+            .arg(1)
+            .arg(meta)
+            .arg(self.source)
+            .arg(snapshot.to_string());
+        if slot {
+            cmd.arg("slot");
+        }
+        cmd
+    }
+
+    /// `FCALL pf1_window`: opens (`open`) or renews a snapshot window at
+    /// `meta` / `log` for `lease` from now.
+    pub(crate) fn window(&self, (meta, log): (&str, &str), open: bool, lease: Duration) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_window")
+            .arg(2)
+            .arg(meta)
+            .arg(log)
+            .arg(if open { "open" } else { "renew" })
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        cmd
+    }
+
+    /// `FCALL pf1_close`: closes one snapshot window at `meta` / `log`.
+    pub(crate) fn close(&self, (meta, log): (&str, &str)) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_close").arg(2).arg(meta).arg(log);
+        cmd
+    }
+
+    /// `FCALL pf1_finish`: the load of `snapshot` is complete.
+    pub(crate) fn finish(&self, snapshot: Version) -> Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("pf1_finish")
+            .arg(1)
+            .arg(self.keys.meta_key())
+            .arg(self.source)
+            .arg(snapshot.to_string());
+        cmd
+    }
+}
+
+/// Loads (or replaces) the library.
+pub(crate) async fn load_library<C: ConnectionLike + Send>(conn: &mut C) -> Result<()> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY)
+        .query_async::<Value>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether Redis answered that it does not know the library's functions.
+fn is_missing_function(e: &RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+/// Whether Redis answered that the cache's state is gone.
+fn is_state_lost(e: &RedisError) -> bool {
+    e.code() == Some("PFLOST")
+}
+
+/// Runs one `FCALL`, loading the library first if Redis does not know it.
+/// `PFLOST` replies become [`Error::StateLost`].
+pub(crate) async fn fcall<C, T>(conn: &mut C, cmd: &Cmd) -> Result<T>
+where
+    C: ConnectionLike + Send,
+    T: redis::FromRedisValue,
+{
+    let first = cmd.query_async::<T>(conn).await;
+    let result = match first {
+        Err(e) if is_missing_function(&e) => {
+            tracing::info!("loading the cache's Redis function library");
+            load_library(conn).await?;
+            cmd.query_async::<T>(conn).await
+        }
+        other => other,
+    };
+    result.map_err(|e| {
+        if is_state_lost(&e) {
+            Error::StateLost
+        } else {
+            Error::Redis(e)
+        }
+    })
+}

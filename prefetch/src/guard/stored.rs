@@ -1,0 +1,161 @@
+//! The storage format: what a record's hash holds besides the record
+//! (`__v`, its version; `__h`, a hash of the fields as written; `__del`,
+//! a tombstone kept inside the hash) and where a record's tombstone lives.
+
+use crate::keys::{KeySpace, Tombstone};
+use crate::model::{Fields, Version};
+
+/// Metadata field: the version of the change that wrote the hash.
+pub(crate) const VERSION_FIELD: &str = "__v";
+
+/// Metadata field: the content hash of the fields as written.
+pub(crate) const HASH_FIELD: &str = "__h";
+
+/// Metadata field: present on a tombstone kept inside the record's hash.
+pub(crate) const DELETED_FIELD: &str = "__del";
+
+/// A record hash as stored, split into the record and its metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) fields: Fields,
+    pub(crate) version: Option<Version>,
+    pub(crate) hash: Option<u64>,
+    pub(crate) deleted: bool,
+}
+
+impl Stored {
+    /// Splits what `HGETALL` returned.
+    pub(crate) fn split(mut raw: Fields) -> Self {
+        let version = raw.remove(VERSION_FIELD).and_then(|v| v.parse().ok());
+        let hash = raw
+            .remove(HASH_FIELD)
+            .and_then(|h| u64::from_str_radix(h.get(..16)?, 16).ok());
+        let deleted = raw.remove(DELETED_FIELD).is_some();
+        raw.retain(|k, _| !k.starts_with(crate::model::RESERVED_FIELD_PREFIX));
+        Self {
+            fields: raw,
+            version,
+            hash,
+            deleted,
+        }
+    }
+
+    /// The record, if this is one (not missing, not a tombstone).
+    pub(crate) fn into_record_fields(self) -> Option<Fields> {
+        (!self.deleted && !self.fields.is_empty()).then_some(self.fields)
+    }
+}
+
+/// A 64-bit FNV-1a hash of the fields, each name and value length-prefixed,
+/// in name order: the same record always hashes the same, on any machine.
+///
+/// ```
+/// use prefetch::{Fields, content_hash};
+///
+/// let a: Fields = [("id".into(), "x".into()), ("n".into(), "1".into())].into();
+/// let mut b = a.clone();
+/// assert_eq!(content_hash(&a), content_hash(&b));
+/// b.insert("n".into(), "2".into());
+/// assert_ne!(content_hash(&a), content_hash(&b));
+/// ```
+pub fn content_hash(fields: &Fields) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        for b in len.to_le_bytes().iter().chain(bytes) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for (k, v) in fields {
+        eat(k.as_bytes());
+        eat(v.as_bytes());
+    }
+    h
+}
+
+/// A 64-bit FNV-1a hash of the field names alone (length-prefixed, in
+/// order): two records with the same names can overwrite each other's hash
+/// field by field, without a `DEL` first.
+fn names_hash(fields: &Fields) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for k in fields.keys() {
+        for b in (k.len() as u64).to_le_bytes().iter().chain(k.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    h
+}
+
+/// The text stored in a record's `__h` field.
+///
+/// Its [`content_hash`] (16 hex digits), then a hash of its field names
+/// alone (16 more): the apply function compares the names part to skip the
+/// `DEL` before an update that keeps the same fields.
+///
+/// ```
+/// let fields = [("id".to_owned(), "a".to_owned())].into();
+/// let h = prefetch::hash_text(&fields);
+/// assert_eq!(h.len(), 32);
+/// assert_eq!(h[..16], format!("{:016x}", prefetch::content_hash(&fields)));
+/// ```
+pub fn hash_text(fields: &Fields) -> String {
+    format!("{:016x}{:016x}", content_hash(fields), names_hash(fields))
+}
+
+/// The tombstone key to pass beside `data_key` (the data key itself when
+/// the tombstone lives in the hash).
+pub(crate) fn tomb_key(keys: &KeySpace, data_key: &str) -> String {
+    match keys.tombstone(data_key) {
+        Tombstone::Key(t) => t,
+        Tombstone::InHash => data_key.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_split_from_the_record() {
+        let raw: Fields = [
+            ("id", "a"),
+            ("n", "1"),
+            ("__v", "0:7:2"),
+            ("__h", "00000000000000ff000000000badf00d"),
+            ("__x", "future"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = Stored::split(raw);
+        assert_eq!(s.fields.len(), 2);
+        assert_eq!(s.version, Some(Version::new(7, 2)));
+        assert_eq!(s.hash, Some(255));
+        assert!(!s.deleted);
+        let tomb: Fields = [
+            ("__v".to_owned(), "0:1:0".to_owned()),
+            ("__del".to_owned(), "1".to_owned()),
+        ]
+        .into();
+        assert_eq!(Stored::split(tomb).into_record_fields(), None);
+    }
+
+    #[test]
+    fn the_content_hash_depends_on_names_and_values_not_on_their_boundaries() {
+        let a: Fields = [("ab".to_owned(), "c".to_owned())].into();
+        let b: Fields = [("a".to_owned(), "bc".to_owned())].into();
+        assert_ne!(content_hash(&a), content_hash(&b));
+        assert_eq!(hash_text(&a).len(), 32);
+        // The names part: equal for equal names, whatever the values.
+        let c: Fields = [("ab".to_owned(), "zzz".to_owned())].into();
+        assert_eq!(hash_text(&a)[16..], hash_text(&c)[16..]);
+        assert_ne!(hash_text(&a)[..16], hash_text(&c)[..16]);
+        assert_ne!(hash_text(&a)[16..], hash_text(&b)[16..]);
+    }
+}

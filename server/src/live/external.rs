@@ -1,0 +1,187 @@
+//! Changes made outside the app (a `redis-cli` write, an expiry, another
+//! replica's apply): the keys keyspace notifications name (or the whole
+//! cache, when polling) re-read and compared with the mirror of what
+//! clients were told.
+
+use std::collections::BTreeSet;
+
+use app::api::now_ms;
+use app::model::{Fields, LiveEvent, WriteOrigin, expires_at};
+
+use super::task::{Mirrored, Task};
+
+/// More keys than this pending at once: resync instead of checking each.
+const MAX_PENDING: usize = 512;
+
+/// Expiry differences below this are clock noise, not an external EXPIRE.
+const EXPIRY_TOLERANCE_MS: i64 = 2000;
+
+impl Task {
+    pub(super) fn set_mirror(
+        &mut self,
+        id: &str,
+        fields: Option<Fields>,
+        expires_at_ms: Option<i64>,
+    ) {
+        match fields {
+            Some(fields) => {
+                self.mirror.insert(
+                    id.to_owned(),
+                    Mirrored {
+                        fields,
+                        expires_at_ms,
+                    },
+                );
+            }
+            None => {
+                self.mirror.remove(id);
+            }
+        }
+    }
+
+    /// Re-reads keys that keyspace notifications named and reports those
+    /// that differ from what clients were told: changes from outside.
+    pub(super) async fn check_pending(&mut self) {
+        let ids = std::mem::take(&mut self.pending);
+        let expired = std::mem::take(&mut self.expired);
+        if !self.following().await {
+            return;
+        }
+        if ids.len() > MAX_PENDING {
+            self.resync().await;
+            return;
+        }
+        let now = now_ms();
+        for id in ids {
+            let entry = self.hub.ctx.engine.cache().peek(&id).await;
+            self.drain_engine_events().await;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot re-read key after notification");
+                    continue;
+                }
+            };
+            // New fields that hash to what an applier wrote, with its
+            // version, or a delete that left a tombstone: another replica
+            // of the pipeline applied them (the app's own writes were
+            // drained above).
+            let replicated = self.hub.ctx.replicated();
+            let applied_elsewhere = replicated
+                && match &entry {
+                    Some(e) => {
+                        e.version.is_some()
+                            && e.intact
+                            && self.mirror.get(&id).is_none_or(|m| m.fields != e.fields)
+                    }
+                    None => self.mirror.contains_key(&id) && self.tombstoned(&id).await,
+                };
+            let actual = entry.map(|e| Mirrored {
+                expires_at_ms: expires_at(e.ttl, now),
+                fields: e.fields,
+            });
+            let source = if expired.contains(&id) {
+                WriteOrigin::Expired
+            } else if applied_elsewhere {
+                WriteOrigin::Sync
+            } else {
+                WriteOrigin::External
+            };
+            self.report_if_changed(&id, actual, source);
+        }
+    }
+
+    /// Whether the record `id` has a tombstone (a versioned delete).
+    async fn tombstoned(&self, id: &str) -> bool {
+        let cache = self.hub.ctx.engine.cache();
+        let data = cache.key(id);
+        let mut conn = cache.connection();
+        let found: redis::RedisResult<bool> = match cache.key_space().tombstone(&data) {
+            prefetch::Tombstone::Key(key) => {
+                redis::cmd("EXISTS").arg(key).query_async(&mut conn).await
+            }
+            prefetch::Tombstone::InHash => {
+                redis::cmd("HEXISTS")
+                    .arg(&data)
+                    .arg("__del")
+                    .query_async(&mut conn)
+                    .await
+            }
+        };
+        found.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot check a tombstone");
+            false
+        })
+    }
+
+    pub(super) fn report_if_changed(
+        &mut self,
+        id: &str,
+        actual: Option<Mirrored>,
+        source: WriteOrigin,
+    ) {
+        let known = self.mirror.get(id);
+        let same = match (known, &actual) {
+            (None, None) => true,
+            (Some(k), Some(a)) => {
+                k.fields == a.fields
+                    && match (k.expires_at_ms, a.expires_at_ms) {
+                        (Some(x), Some(y)) => (x - y).abs() <= EXPIRY_TOLERANCE_MS,
+                        (x, y) => x == y,
+                    }
+            }
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let (fields, expires) = match actual {
+            Some(a) => (Some(a.fields), a.expires_at_ms),
+            None => (None, None),
+        };
+        self.set_mirror(id, fields.clone(), expires);
+        self.hub.send(&LiveEvent::Cache {
+            id: id.to_owned(),
+            fields,
+            expires_at_ms: expires,
+            source,
+            lag_ms: None,
+        });
+    }
+
+    /// Polling fallback: diff the whole cache against the mirror.
+    pub(super) async fn poll(&mut self) {
+        if !self.following().await {
+            return;
+        }
+        let entries = match self.hub.ctx.engine.cache().entries().await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(error = %e, "cache poll failed");
+                return;
+            }
+        };
+        // The app's own writes that landed before the read may still be
+        // queued for us: mirror them first, or they would look external.
+        self.drain_engine_events().await;
+        let now = now_ms();
+        let mut seen = BTreeSet::new();
+        for e in entries {
+            seen.insert(e.id.clone());
+            let actual = Mirrored {
+                expires_at_ms: expires_at(e.ttl, now),
+                fields: e.fields,
+            };
+            self.report_if_changed(&e.id, Some(actual), WriteOrigin::External);
+        }
+        let gone: Vec<String> = self
+            .mirror
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.report_if_changed(&id, None, WriteOrigin::External);
+        }
+    }
+}

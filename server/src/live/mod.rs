@@ -1,0 +1,63 @@
+//! The live-feed hub: turns engine events, keyspace notifications and stats
+//! into [`LiveEvent`](app::model::LiveEvent)s, serialises each once, and fans them out to every SSE
+//! client through one broadcast channel.
+//!
+//! Nothing here can block the engine or another client: the hub reads a
+//! lossy broadcast of engine events, and clients read a lossy broadcast of
+//! frames. Whoever falls behind (the hub or a client) is resynchronised with
+//! a fresh snapshot instead of being waited for.
+//!
+//! With nobody watching, the hub does no Redis work: it drops the keys that
+//! keyspace notifications name instead of re-reading each, and skips the
+//! full re-reads (resyncs, polls) that only serve clients. The first client
+//! to come back gets its snapshot from the hub task itself, which re-seeds
+//! its mirror from that same snapshot before handling anything else, so
+//! every later change is compared with exactly what that client was told.
+//!
+//! | module | what |
+//! |---|---|
+//! | `fanout` | [`LiveHub`]: SSE frames serialised once, one broadcast to every client |
+//! | `task` | the hub task: what it follows and when it resyncs or goes idle |
+//! | `project` | engine events projected into [`LiveEvent`](app::model::LiveEvent)s |
+//! | `external` | changes made outside the app, found against a mirror of what clients saw |
+//! | `keyspace` | Redis keyspace notifications: enabling them, listening on every primary |
+
+mod external;
+mod fanout;
+pub mod keyspace;
+mod project;
+mod task;
+
+use app::api::ServerContext;
+use app::model::ExternalWatch;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use fanout::{Frame, LiveHub, SnapshotError};
+use keyspace::KeyEvent;
+
+/// Starts the hub task. `keys` carries keyspace notifications (`None`:
+/// poll the cache every second instead).
+pub fn start(
+    ctx: ServerContext,
+    keys: Option<mpsc::Receiver<KeyEvent>>,
+    shutdown: CancellationToken,
+) -> (LiveHub, tokio::task::JoinHandle<()>) {
+    let (hub, requests) = LiveHub::new(ctx);
+    let task = task::Task::new(hub.clone(), keys, requests);
+    let join = tokio::spawn(
+        task.run(shutdown)
+            .instrument(tracing::info_span!("live_hub")),
+    );
+    (hub, join)
+}
+
+/// How outside changes are watched, for the dashboard.
+pub fn watch_mode(keyspace: bool) -> ExternalWatch {
+    if keyspace {
+        ExternalWatch::Keyspace
+    } else {
+        ExternalWatch::Polling
+    }
+}

@@ -1,0 +1,106 @@
+//! Engine events projected into the live feed's events; the mirror of
+//! what clients saw follows the app's own writes.
+
+use app::model::{LiveEvent, ReconcileResponse, WriteOrigin, epoch_ms, millis};
+use prefetch::{Event, WriteOutcome};
+
+use super::task::Task;
+
+impl Task {
+    pub(super) async fn on_engine(&mut self, event: Event) {
+        match event {
+            Event::Primary(tx) => {
+                let at_ms = epoch_ms(tx.committed_at);
+                for change in &tx.changes {
+                    self.hub.send(&LiveEvent::Primary {
+                        version: change.version.to_string(),
+                        op: change.op().into(),
+                        id: change.id.clone(),
+                        fields: change.kind.fields().map(|f| (**f).clone()),
+                        at_ms,
+                    });
+                }
+            }
+            Event::SyncApplied { writes, .. } => self.project_applied(&writes),
+            Event::Invalidated { id, existed: true } => {
+                self.set_mirror(&id, None, None);
+                self.hub.send(&LiveEvent::Cache {
+                    id,
+                    fields: None,
+                    expires_at_ms: None,
+                    source: WriteOrigin::Admin,
+                    lag_ms: None,
+                });
+            }
+            Event::Cleared { deleted } => {
+                self.mirror.clear();
+                self.hub.send(&LiveEvent::Cleared { deleted });
+            }
+            Event::StateLost { reason } => {
+                self.hub.send(&LiveEvent::StateLost { reason });
+            }
+            Event::Prefetched {
+                loaded,
+                swept,
+                elapsed,
+                reason,
+            } => {
+                self.hub.send(&LiveEvent::Prefetched {
+                    loaded,
+                    swept,
+                    elapsed_ms: millis(elapsed),
+                    reason: reason.into(),
+                });
+                self.resync().await;
+            }
+            Event::Reconciled(report) => {
+                self.hub.send(&LiveEvent::Reconciled(ReconcileResponse::new(
+                    &report,
+                    std::time::SystemTime::now(),
+                )));
+            }
+            Event::Fault {
+                kind, id, outcome, ..
+            } => self.hub.send(&LiveEvent::Fault {
+                kind: kind.as_str().to_owned(),
+                id,
+                outcome: outcome.map(|o| outcome_text(o).to_owned()),
+            }),
+            Event::Worker(state) => self.hub.send(&LiveEvent::Worker {
+                state: state.into(),
+            }),
+            Event::StatsReset => self.stats(true),
+            _ => {}
+        }
+    }
+
+    /// Writes the worker applied: the mirror follows, and clients are told.
+    fn project_applied(&mut self, writes: &[prefetch::AppliedWrite]) {
+        let ttl = self.hub.ctx.engine.cache().ttl_config();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        if self.is_idle() {
+            return; // nobody to tell; the next client re-seeds the mirror
+        }
+        for w in writes.iter().filter(|w| w.outcome == WriteOutcome::Applied) {
+            let fields = w.fields.as_ref().map(|f| (**f).clone());
+            let expires = fields
+                .as_ref()
+                .map(|_| epoch_ms(w.at).saturating_add(ttl_ms));
+            self.set_mirror(&w.id, fields.clone(), expires);
+            self.hub.send(&LiveEvent::Cache {
+                id: w.id.clone(),
+                fields,
+                expires_at_ms: expires,
+                source: WriteOrigin::Sync,
+                lag_ms: Some(millis(w.lag)),
+            });
+        }
+    }
+}
+
+fn outcome_text(o: WriteOutcome) -> &'static str {
+    match o {
+        WriteOutcome::Applied => "applied",
+        WriteOutcome::Stale => "stale",
+    }
+}

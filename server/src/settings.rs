@@ -1,0 +1,287 @@
+//! [`Settings`]: the flags resolved once, checked against each other, into
+//! typed values the start-up code takes as they are.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prefetch::{CacheConfig, EngineConfig, MemoryCheck};
+use prefetch_pipeline::PipelineConfig;
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// What the server runs with, resolved from [`Config`].
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Which Redis.
+    pub redis: RedisTarget,
+    /// The source of truth.
+    pub primary: PrimaryKind,
+    /// Running as a replica of a pipeline.
+    pub pipeline: Option<PipelineConfig>,
+    /// The engine's configuration.
+    pub engine: EngineConfig,
+    /// The token the mutation and admin endpoints require.
+    pub admin_token: Option<String>,
+    /// Whether `/fault` is on.
+    pub faults: bool,
+    /// How often to reconcile on a schedule (`None`: only on request).
+    pub reconcile_every: Option<Duration>,
+    /// HTTP event loops.
+    pub http_threads: u16,
+    /// How long a client may take to send a request.
+    pub client_timeout: Duration,
+    /// The PostgreSQL side of `--primary postgres…`.
+    pub pg: PgSettings,
+    /// The stream side of `--primary stream:<key>`.
+    pub stream: StreamSettings,
+    /// The mock's read latency.
+    pub mock_latency: Duration,
+}
+
+/// Which Redis the cache lives in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One node at this URL.
+    Url(String),
+    /// A Redis Cluster, given by some of its nodes.
+    Cluster(Vec<String>),
+    /// Nothing given: the one on localhost:6379 if it answers, else a
+    /// private one; with `forced`, a private one in any case.
+    Default {
+        /// `--embedded-redis`.
+        forced: bool,
+    },
+}
+
+/// The source of truth the server mirrors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrimaryKind {
+    /// The embedded mock table.
+    Mock,
+    /// A private PostgreSQL started for this run.
+    EmbeddedPostgres,
+    /// The PostgreSQL at this URL.
+    Postgres(String),
+    /// A Debezium Server or RDI change stream with this key.
+    Stream(String),
+}
+
+impl PrimaryKind {
+    /// Whether every replica of a pipeline could reach it (the mock and a
+    /// private PostgreSQL belong to one process).
+    pub fn shared(&self) -> bool {
+        matches!(self, PrimaryKind::Postgres(_) | PrimaryKind::Stream(_))
+    }
+}
+
+/// `--pg-*`.
+#[derive(Clone, Debug)]
+pub struct PgSettings {
+    /// The table.
+    pub table: String,
+    /// The replication slot.
+    pub slot: Option<String>,
+    /// The publication.
+    pub publication: Option<String>,
+}
+
+/// `--stream-*`.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    /// The Redis holding the stream (default: the cache's).
+    pub redis_url: Option<String>,
+    /// Columns naming records instead of the events' key.
+    pub id_columns: Vec<String>,
+    /// Load even when the stream lost entries.
+    pub allow_trimmed: bool,
+}
+
+impl Config {
+    /// Every flag checked, alone and against the others.
+    pub fn resolve(&self) -> Result<Settings, Error> {
+        let admin_token = self.admin_token().map_err(Error::Config)?;
+        let primary = self.primary_kind().map_err(Error::Config)?;
+        let pipeline = self.pipeline_config(&primary)?;
+        Ok(Settings {
+            listen: SocketAddr::new(self.host, self.port),
+            redis: self.redis_target(),
+            primary,
+            pipeline,
+            engine: self.engine_config(),
+            admin_token,
+            faults: self.faults || self.host.is_loopback(),
+            reconcile_every: (self.reconcile_every > 0)
+                .then(|| Duration::from_secs(self.reconcile_every)),
+            http_threads: self.http_threads,
+            client_timeout: Duration::from_secs(self.client_timeout_secs),
+            pg: PgSettings {
+                table: self.pg_table.clone(),
+                slot: self.pg_slot.clone(),
+                publication: self.pg_publication.clone(),
+            },
+            stream: StreamSettings {
+                redis_url: self.stream_redis_url.clone(),
+                id_columns: self.stream_id_columns.clone(),
+                allow_trimmed: self.stream_allow_trimmed,
+            },
+            mock_latency: Duration::from_millis(self.primary_latency_ms),
+        })
+    }
+
+    /// Which primary `--primary` names.
+    fn primary_kind(&self) -> Result<PrimaryKind, String> {
+        let p = self.primary.trim();
+        match p {
+            "mock" => Ok(PrimaryKind::Mock),
+            "postgres" | "postgresql" => Ok(PrimaryKind::EmbeddedPostgres),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(PrimaryKind::Postgres(url.to_owned()))
+            }
+            stream if stream.starts_with("stream:") => match &stream["stream:".len()..] {
+                "" => Err("--primary stream:<key> needs the stream's key".into()),
+                key => Ok(PrimaryKind::Stream(key.to_owned())),
+            },
+            other => Err(format!(
+                "--primary must be mock, postgres, a postgres:// URL or stream:<key>, not '{other}'"
+            )),
+        }
+    }
+
+    fn redis_target(&self) -> RedisTarget {
+        if !self.redis_cluster.is_empty() {
+            return RedisTarget::Cluster(self.redis_cluster.clone());
+        }
+        match self.given_redis_url() {
+            Some(url) => RedisTarget::Url(url),
+            None => RedisTarget::Default {
+                forced: self.embedded_redis,
+            },
+        }
+    }
+
+    fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            cache: CacheConfig {
+                prefix: self.cache_prefix.clone(),
+                ttl: Duration::from_secs(self.ttl_seconds),
+                wait_replicas: self.redis_wait_replicas,
+                ..CacheConfig::default()
+            },
+            memory_check: if self.memory_check == "warn" {
+                MemoryCheck::Warn
+            } else {
+                MemoryCheck::Refuse
+            },
+            // Replicas of a pipeline write the same cache: every load guarded.
+            shared_writers: self.pipeline.is_some(),
+            ..EngineConfig::default()
+        }
+    }
+
+    /// `--pipeline` and what it needs: a primary every replica shares, a
+    /// valid name, a cache prefix apart from the pipeline's keys.
+    fn pipeline_config(&self, primary: &PrimaryKind) -> Result<Option<PipelineConfig>, Error> {
+        let Some(name) = &self.pipeline else {
+            return Ok(None);
+        };
+        if !primary.shared() {
+            return Err(Error::Config(
+                "--pipeline needs a primary every replica shares: a postgres:// URL or stream:<key> (the mock and --primary postgres are private to one process)".into(),
+            ));
+        }
+        let mut pipeline = PipelineConfig::new(name, self.replica_name());
+        pipeline.partitions = self.pipeline_partitions;
+        pipeline
+            .validate()
+            .map_err(|e| Error::Config(format!("--pipeline/--replica: {e}")))?;
+        if self.cache_prefix.starts_with(&pipeline.key_prefix())
+            || pipeline.key_prefix().starts_with(&self.cache_prefix)
+        {
+            return Err(Error::Config(format!(
+                "--cache-prefix '{}' overlaps the pipeline's keys ('{}…')",
+                self.cache_prefix,
+                pipeline.key_prefix()
+            )));
+        }
+        Ok(Some(pipeline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn flags_resolve_into_typed_settings() {
+        let s = Config::try_parse_from(["server"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(s.redis, RedisTarget::Default { forced: false });
+        assert_eq!(s.primary, PrimaryKind::Mock);
+        assert_eq!(s.engine.memory_check, MemoryCheck::Refuse);
+        assert!(s.faults, "on loopback");
+        assert_eq!(s.reconcile_every, None);
+        let s = Config::try_parse_from([
+            "server",
+            "--redis-cluster",
+            "redis://a:1,redis://b:2",
+            "--memory-check",
+            "warn",
+            "--reconcile-every",
+            "30",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.redis,
+            RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert_eq!(s.engine.memory_check, MemoryCheck::Warn);
+        assert_eq!(s.reconcile_every, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn the_primary_is_the_mock_unless_postgres_is_named() {
+        let c = Config::try_parse_from(["server"]).unwrap();
+        assert_eq!(c.primary_kind().unwrap(), PrimaryKind::Mock);
+        let c = Config::try_parse_from(["server", "--primary", "postgres"]).unwrap();
+        assert_eq!(c.primary_kind().unwrap(), PrimaryKind::EmbeddedPostgres);
+        let c = Config::try_parse_from(["server", "--primary", "postgres://u@h/db"]).unwrap();
+        assert_eq!(
+            c.primary_kind().unwrap(),
+            PrimaryKind::Postgres("postgres://u@h/db".into())
+        );
+        let c = Config::try_parse_from(["server", "--primary", "mysql://x"]).unwrap();
+        assert!(c.primary_kind().is_err());
+        let c = Config::try_parse_from(["server", "--primary", "stream:data:a.b.c"]).unwrap();
+        assert_eq!(
+            c.primary_kind().unwrap(),
+            PrimaryKind::Stream("data:a.b.c".into())
+        );
+        let c = Config::try_parse_from(["server", "--primary", "stream:"]).unwrap();
+        assert!(c.primary_kind().is_err());
+    }
+
+    #[test]
+    fn a_pipeline_needs_a_shared_primary_a_valid_name_and_its_own_keys() {
+        let resolve = |args: &[&str]| {
+            let mut all = vec!["server"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().resolve()
+        };
+        assert!(resolve(&["--pipeline", "p"]).is_err(), "the mock");
+        assert!(resolve(&["--pipeline", "p", "--primary", "postgres"]).is_err());
+        let pg = ["--primary", "postgres://u@h/db"];
+        assert!(resolve(&[&pg[..], &["--pipeline", "p"]].concat()).is_ok());
+        assert!(resolve(&[&pg[..], &["--pipeline", "a{b"]].concat()).is_err());
+        let overlap = [&pg[..], &["--pipeline", "p", "--cache-prefix", "prefetch:"]].concat();
+        assert!(resolve(&overlap).is_err());
+    }
+}
