@@ -1,6 +1,8 @@
-//! The live-feed hub: turns engine events, keyspace notifications and stats
-//! into [`LiveEvent`](app::model::LiveEvent)s, serialises each once, and fans them out to every SSE
-//! client through one broadcast channel.
+//! The live-feed hub: engine events, keyspace notifications and stats as
+//! live events, each serialised once, fanned out to every SSE client.
+//!
+//! They become [`LiveEvent`](app::model::LiveEvent)s, sent through one
+//! broadcast channel.
 //!
 //! Nothing here can block the engine or another client: the hub reads a
 //! lossy broadcast of engine events, and clients read a lossy broadcast of
