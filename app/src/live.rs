@@ -240,7 +240,7 @@ impl LiveState {
                 reason,
             } => {
                 let source = match reason {
-                    PrefetchReasonDto::SelfHeal => "heal",
+                    PrefetchReasonDto::SelfHeal | PrefetchReasonDto::Refill => "heal",
                     PrefetchReasonDto::Start | PrefetchReasonDto::Requested => "admin",
                 };
                 let detail = format!(
@@ -294,6 +294,9 @@ impl LiveState {
                 c.remove(&id);
             }
         });
+        if source == WriteOrigin::Renewed {
+            return; // only the TTL moved: nothing to flash or log
+        }
         self.touch(&id);
         let detail = lag_ms
             .map(|l| format!("lag {} ms", fixed(l, 2)))

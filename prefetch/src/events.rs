@@ -48,6 +48,8 @@ pub enum PrefetchReason {
     Requested,
     /// Redis had lost the cache's state and the engine refilled it.
     SelfHeal,
+    /// Sync was stopped long enough for keys to expire, and is back.
+    Refill,
 }
 
 /// What a fault did to one change, for the live feed.

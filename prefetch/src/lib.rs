@@ -117,7 +117,8 @@ pub use cache::{
 };
 pub use cluster::{ClusterNode, Connection, Redis, RedisClient, RedisNode, SlotMap};
 pub use engine::{
-    Engine, EngineConfig, EngineStats, MemoryCheck, MemoryStatus, PrefetchReport, ReadResult,
+    Connections, Engine, EngineConfig, EngineStats, MemoryCheck, MemoryStatus, PrefetchReport,
+    ReadResult, RenewalStatus,
 };
 pub use error::{BoxError, Error, Result};
 pub use events::{AppliedWrite, Event, EventBus, PrefetchReason, WriteOutcome};

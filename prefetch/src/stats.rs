@@ -41,6 +41,9 @@ pub struct Stats {
     /// Apply attempts Redis refused for lack of memory (`OOM`); each is
     /// retried, nothing is dropped.
     pub sync_oom_retries: u64,
+    /// Times sync came back after being stopped long enough for keys to
+    /// expire, and the cache was refilled.
+    pub refills: u64,
 }
 
 impl Stats {
@@ -82,6 +85,7 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) reprefetches: AtomicU64,
     pub(crate) self_heals: AtomicU64,
+    pub(crate) refills: AtomicU64,
     pub(crate) oom: AtomicU64,
     pub(crate) lag: LagHistogram,
     /// Redis latency of reads, in microseconds.
@@ -106,6 +110,7 @@ impl Counters {
             reprefetches: self.reprefetches.load(Relaxed),
             self_heals: self.self_heals.load(Relaxed),
             sync_oom_retries: self.oom.load(Relaxed),
+            refills: self.refills.load(Relaxed),
         }
     }
 
@@ -136,6 +141,7 @@ impl Counters {
             &self.retries,
             &self.reprefetches,
             &self.self_heals,
+            &self.refills,
             &self.oom,
         ] {
             c.store(0, Relaxed);

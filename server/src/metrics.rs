@@ -177,6 +177,7 @@ impl EngineCollector {
             "Times Redis had lost the cache's state and it was refilled.",
             s.cache.self_heals,
         )?;
+        self.renewal_series(e, s)?;
         let memory = s.memory.clone().unwrap_or_default();
         gauge(
             e,
@@ -189,6 +190,33 @@ impl EngineCollector {
             "prefetch_redis_memory_budget_bytes",
             "maxmemory less the headroom (0: no limit).",
             memory.budget as f64,
+        )?;
+        Ok(())
+    }
+
+    /// TTL renewal and the refills after sync was stopped.
+    fn renewal_series(
+        &self,
+        e: &mut DescriptorEncoder<'_>,
+        s: &prefetch::EngineStats,
+    ) -> std::fmt::Result {
+        gauge(
+            e,
+            "prefetch_ttl_renewal_active",
+            "1 while cached keys' TTLs are renewed (0: sync is not healthy, keys expire).",
+            if s.renewal.active { 1.0 } else { 0.0 },
+        )?;
+        counter(
+            e,
+            "prefetch_ttl_renewed_keys",
+            "Keys whose TTL renewal extended.",
+            s.renewal.renewed,
+        )?;
+        counter(
+            e,
+            "prefetch_refills",
+            "Refills after sync was stopped long enough for keys to expire.",
+            s.cache.refills,
         )?;
         Ok(())
     }

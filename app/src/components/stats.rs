@@ -34,7 +34,7 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
 
 /// Every counter the panel shows: its key (for tests and styles), label
 /// and value.
-fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String); 15] {
+fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String); 17] {
     [
         ("hits", "Hits", s.hits.to_string()),
         ("misses", "Misses", s.misses.to_string()),
@@ -102,5 +102,7 @@ fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String
             "Primary read latency",
             format!("{} ms", s.primary_read_latency_ms),
         ),
+        ("ttl_renewal", "TTL renewal", s.ttl_renewal.clone()),
+        ("refills", "Refills", s.refills.to_string()),
     ]
 }

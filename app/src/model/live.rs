@@ -28,6 +28,8 @@ pub enum WriteOrigin {
     External,
     /// Redis expired the key (its safety-net TTL ran out).
     Expired,
+    /// TTL renewal extended the key's TTL (sync is healthy).
+    Renewed,
 }
 
 impl WriteOrigin {
@@ -37,6 +39,7 @@ impl WriteOrigin {
             WriteOrigin::Admin => "admin",
             WriteOrigin::External => "external",
             WriteOrigin::Expired => "expired",
+            WriteOrigin::Renewed => "renewed",
         }
     }
 }

@@ -64,6 +64,12 @@ pub struct StatsDto {
     pub memory_used_bytes: u64,
     pub memory_budget_bytes: u64,
     pub worker: WorkerStateDto,
+    /// TTL renewal: `on`, or why it is suspended (keys then expire).
+    #[serde(default)]
+    pub ttl_renewal: String,
+    /// Refills after sync was stopped long enough for keys to expire.
+    #[serde(default)]
+    pub refills: u64,
 }
 
 /// What the sync worker is doing.
@@ -114,6 +120,8 @@ pub enum PrefetchReasonDto {
     Start,
     Requested,
     SelfHeal,
+    /// Sync came back after keys could have expired.
+    Refill,
 }
 
 /// The source of truth, as the dashboard header shows it.

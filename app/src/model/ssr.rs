@@ -56,6 +56,12 @@ impl StatsDto {
             memory_used_bytes: s.memory.as_ref().map_or(0, |m| m.used),
             memory_budget_bytes: s.memory.as_ref().map_or(0, |m| m.budget),
             worker: s.worker.into(),
+            ttl_renewal: match (&s.renewal.active, &s.renewal.suspended) {
+                (true, _) => "on".to_owned(),
+                (false, Some(why)) => format!("suspended: {why}"),
+                (false, None) => "off".to_owned(),
+            },
+            refills: c.refills,
         }
     }
 }
@@ -87,6 +93,7 @@ impl From<PrefetchReason> for PrefetchReasonDto {
             PrefetchReason::Start => PrefetchReasonDto::Start,
             PrefetchReason::Requested => PrefetchReasonDto::Requested,
             PrefetchReason::SelfHeal => PrefetchReasonDto::SelfHeal,
+            PrefetchReason::Refill => PrefetchReasonDto::Refill,
         }
     }
 }

@@ -90,9 +90,19 @@ pub async fn engine(
     table: &str,
     test: &str,
 ) -> (PgEngine, prefetch::PrefetchReport) {
+    engine_with(redis, url, table, engine_config(test)).await
+}
+
+/// [`engine`] with a configuration of the test's own.
+pub async fn engine_with(
+    redis: &TestRedis,
+    url: &str,
+    table: &str,
+    config: prefetch::EngineConfig,
+) -> (PgEngine, prefetch::PrefetchReport) {
     let events = EventBus::default();
     let source = source(url, table, &events).await;
-    Engine::start(redis.conn().await, source, events, engine_config(test))
+    Engine::start(redis.conn().await, source, events, config)
         .await
         .expect("engine starts")
 }

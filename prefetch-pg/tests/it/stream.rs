@@ -312,3 +312,64 @@ async fn confirmed(sql: &tokio_postgres::Client, slot: &str) -> i64 {
     .unwrap()
     .get(0)
 }
+
+/// PostgreSQL stopped past the TTL: TTL renewal is suspended (the source is
+/// disconnected), so the keys expire; PostgreSQL back: the cache refills by
+/// itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_stopped_past_the_ttl_keys_expire_and_come_back_with_it() {
+    let own = std::sync::Arc::new(std::sync::Mutex::new(
+        tokio::task::spawn_blocking(prefetch_pg::launcher::PostgresServer::start)
+            .await
+            .unwrap()
+            .expect("a private PostgreSQL"),
+    ));
+    let url = own.lock().unwrap().url("postgres");
+    let redis = TestRedis::start();
+    let mut config = prefetch::testing::engine_config("pgttl");
+    config.cache.ttl = Duration::from_secs(3);
+    let (engine, report) = crate::engine_with(&redis, &url, "categories", config).await;
+    assert_eq!(report.loaded, 5);
+    let stopped = std::sync::Arc::clone(&own);
+    tokio::task::spawn_blocking(move || stopped.lock().unwrap().stop())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !engine.ids().await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "keys did not expire with PostgreSQL down ({:?})",
+            engine.renewal()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!engine.renewal().active);
+    let restarted = std::sync::Arc::clone(&own);
+    tokio::task::spawn_blocking(move || {
+        restarted
+            .lock()
+            .unwrap()
+            .restart()
+            .expect("PostgreSQL comes back")
+    })
+    .await
+    .unwrap();
+    let sql = connect(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while engine.ids().await.unwrap().len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "no refill after PostgreSQL came back ({:?})",
+            engine.renewal()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_mirrors(&engine, &sql).await;
+    assert_eq!(engine.stats().cache.refills, 1);
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
+    engine.source().close();
+    drop(engine);
+    tokio::task::spawn_blocking(move || drop(own))
+        .await
+        .unwrap();
+}

@@ -6,10 +6,12 @@
 //! | `reprefetch` | loads: the first one, re-prefetch without a pause, the memory budget |
 //! | `heal` | self-healing: a Redis that lost the cache's state is noticed and refilled |
 //! | `reconcile` | the source against Redis, differences classified and repaired |
+//! | `ttl` | TTL renewal while sync is healthy; a refill when it comes back |
 
 mod heal;
 mod reconcile;
 mod reprefetch;
+mod ttl;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -26,6 +28,7 @@ use crate::stats::Stats;
 use crate::sync::{SyncConfig, SyncHandle, behind};
 
 pub use reprefetch::{MemoryCheck, MemoryStatus, PrefetchReport};
+pub use ttl::RenewalStatus;
 
 /// How long a snapshot window stays open without being renewed (a loader
 /// that died lets it lapse after this); its renewer runs every third of it.
@@ -53,6 +56,10 @@ pub struct EngineConfig {
     /// one change feed): the first load goes through the version guard too,
     /// never through plain pipelines with the worker paused.
     pub shared_writers: bool,
+    /// Keep every cached key's TTL from running out while sync is healthy
+    /// (see [`RenewalStatus`]); without it a row nobody changes expires
+    /// after the TTL.
+    pub renew_ttls: bool,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +72,7 @@ impl Default for EngineConfig {
             memory_check: MemoryCheck::Refuse,
             memory_headroom: 0.1,
             shared_writers: false,
+            renew_ttls: true,
         }
     }
 }
@@ -78,6 +86,19 @@ pub struct ReadResult {
     pub lookup: Lookup,
     /// Remaining TTL ([`Ttl::Missing`] on a miss).
     pub ttl: Ttl,
+}
+
+/// The connections an engine runs on.
+#[derive(Clone, Debug)]
+pub struct Connections<C> {
+    /// Reads (a server gives each event loop its own, see
+    /// [`Engine::with_reader`]).
+    pub reads: C,
+    /// Loads, applies, sweeps, reconciliation.
+    pub writes: C,
+    /// Background work that must not queue ahead of reads or writes: TTL
+    /// renewal.
+    pub background: C,
 }
 
 /// Cache counters plus the worker's and the source's state.
@@ -97,6 +118,8 @@ pub struct EngineStats {
     pub source: SourceStatus,
     /// Redis memory against the budget, as last checked.
     pub memory: Option<MemoryStatus>,
+    /// What TTL renewal is doing.
+    pub renewal: RenewalStatus,
 }
 
 /// A running prefetch cache: [`PrefetchCache`], a [`Source`] and the sync
@@ -121,6 +144,8 @@ struct Inner<S: ?Sized, C> {
     admin: tokio::sync::Mutex<()>,
     pause_timeout: Duration,
     healer: Mutex<Option<JoinHandle<()>>>,
+    renewer: Mutex<Option<JoinHandle<()>>>,
+    renewal: Mutex<RenewalStatus>,
     last_reconcile: Mutex<Option<(SystemTime, ReconcileReport)>>,
     memory: Mutex<Option<MemoryStatus>>,
     /// Records the last load wrote (what a re-prefetch overwrites).
@@ -171,7 +196,7 @@ where
     /// [`start`](Self::start) with a connection of its own for writes
     /// (loads, applies, sweeps, reconciliation), so that a user's read
     /// never queues behind a batch of writes: see
-    /// [`PrefetchCache::with_writer`].
+    /// [`PrefetchCache::with_writer`]. TTL renewal shares the writer's.
     pub async fn start_with_writer(
         reads: C,
         writes: C,
@@ -179,6 +204,27 @@ where
         events: EventBus,
         config: EngineConfig,
     ) -> Result<(Self, PrefetchReport)> {
+        let connections = Connections {
+            reads,
+            background: writes.clone(),
+            writes,
+        };
+        Self::start_on(connections, source, events, config).await
+    }
+
+    /// [`start`](Self::start) on three connections: reads, writes, and the
+    /// background work that must not queue ahead of either (TTL renewal).
+    pub async fn start_on(
+        connections: Connections<C>,
+        source: Arc<S>,
+        events: EventBus,
+        config: EngineConfig,
+    ) -> Result<(Self, PrefetchReport)> {
+        let Connections {
+            reads,
+            writes,
+            background,
+        } = connections;
         crate::keys::KeySpace::new(config.cache.prefix.clone()).validate()?;
         let cache = PrefetchCache::new(reads, config.cache, source.id()).with_writer(writes);
         cache.load_library().await?;
@@ -190,6 +236,13 @@ where
             );
         }
         let state = cache.state().await?;
+        // Whether the source resumes after the position Redis holds: asked
+        // before the worker starts pulling, so that what it pulls first is
+        // exactly what follows that position.
+        let resumed = state.source.as_deref() == Some(cache.source_id())
+            && state.loading.is_none()
+            && state.position.is_some()
+            && source.open(state.position).await?;
         let lost = Arc::new(Notify::new());
         let sync = SyncHandle::spawn(
             cache.clone(),
@@ -207,6 +260,8 @@ where
                 admin: tokio::sync::Mutex::new(()),
                 pause_timeout: config.pause_timeout,
                 healer: Mutex::new(None),
+                renewer: Mutex::new(None),
+                renewal: Mutex::new(RenewalStatus::default()),
                 last_reconcile: Mutex::new(None),
                 memory: Mutex::new(None),
                 last_loaded: std::sync::atomic::AtomicU64::new(0),
@@ -215,8 +270,18 @@ where
                 source,
             }),
         };
-        let (report, resyncs_covered) = engine.first_load(&state, config.shared_writers).await?;
+        let (report, resyncs_covered) = engine
+            .first_load(&state, resumed, config.shared_writers)
+            .await?;
         engine.spawn_healer(lost, config.heal_interval, resyncs_covered);
+        if config.renew_ttls {
+            let renewer = ttl::spawn(&engine, background);
+            *engine
+                .inner
+                .renewer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(renewer);
+        }
         Ok((engine, report))
     }
 
@@ -321,6 +386,7 @@ where
             applied: self.inner.sync.applied(),
             source,
             memory: self.memory(),
+            renewal: self.renewal(),
         }
     }
 
@@ -350,6 +416,15 @@ where
             .take();
         if let Some(healer) = healer {
             healer.abort();
+        }
+        let renewer = self
+            .inner
+            .renewer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(renewer) = renewer {
+            renewer.abort();
         }
         self.inner.sync.stop(timeout).await
     }

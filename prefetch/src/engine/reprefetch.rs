@@ -65,23 +65,20 @@ where
     S: Source + ?Sized,
     C: crate::Connection,
 {
-    /// The load at start: none when Redis holds this source's state and the
-    /// source can deliver everything after its position; otherwise a
-    /// snapshot, through the guard when Redis holds this source's cache (or
-    /// other engines share it), else with plain pipelines into a reset
-    /// cache while the worker waits. Also returns how many fresh-snapshot
-    /// requests of the source the result covers.
+    /// The load at start: none when the source `resumed` after the position
+    /// Redis holds for it; otherwise a snapshot, through the guard when
+    /// Redis holds this source's cache (or other engines share it), else
+    /// with plain pipelines into a reset cache while the worker waits. Also
+    /// returns how many fresh-snapshot requests of the source the result
+    /// covers.
     pub(super) async fn first_load(
         &self,
         state: &crate::cache::CacheState,
+        resumed: bool,
         shared_writers: bool,
     ) -> Result<(PrefetchReport, u64)> {
         let inner = &self.inner;
         let ours = state.source.as_deref() == Some(inner.cache.source_id());
-        let resumed = ours
-            && state.loading.is_none()
-            && state.position.is_some()
-            && inner.source.open(state.position).await?;
         // Requests for a fresh snapshot the source makes from here on are
         // not covered by what Redis holds or is about to load.
         let covered = inner.source.status().resync_requests;
@@ -132,9 +129,14 @@ where
     /// no longer has, orphans). Readers never miss a key that exists
     /// throughout.
     pub async fn reprefetch(&self) -> Result<PrefetchReport> {
+        self.load_guarded(PrefetchReason::Requested).await
+    }
+
+    /// A re-prefetch for `reason`, serialised with the other admin
+    /// operations.
+    pub(super) async fn load_guarded(&self, reason: PrefetchReason) -> Result<PrefetchReport> {
         let _admin = self.inner.admin.lock().await;
-        self.load(LoadMode::Guarded, PrefetchReason::Requested)
-            .await
+        self.load(LoadMode::Guarded, reason).await
     }
 
     pub(super) async fn load(
@@ -212,6 +214,9 @@ where
         self.inner.sync.mark_applied(version);
         if reason != PrefetchReason::Start {
             cache.counters().reprefetches.fetch_add(1, Relaxed);
+        }
+        if reason == PrefetchReason::Refill {
+            cache.counters().refills.fetch_add(1, Relaxed);
         }
         let report = PrefetchReport {
             loaded,

@@ -14,6 +14,7 @@ mod primary;
 mod removal;
 mod reprefetch;
 mod sync;
+mod ttl;
 
 use std::time::Duration;
 

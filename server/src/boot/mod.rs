@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use app::serve::DemoEngine;
 use prefetch::{
-    Engine, EventBus, Faults, FaultyConnection, FaultySource, PrefetchReport, Primary, Source,
+    Connections, Engine, EventBus, Faults, FaultyConnection, FaultySource, PrefetchReport, Primary,
+    Source,
 };
 use prefetch_pg::PgSource;
 use prefetch_pg::launcher::PostgresServer;
@@ -77,15 +78,14 @@ pub async fn engine(
         ),
         None => (source, FaultyConnection::clean(redis.writes.clone())),
     };
-    let reads = FaultyConnection::clean(redis.reads.clone());
-    let (engine, report) = Engine::start_with_writer(
-        reads,
+    let connections = Connections {
+        reads: FaultyConnection::clean(redis.reads.clone()),
         writes,
-        source,
-        events.clone(),
-        settings.engine.clone(),
-    )
-    .await?;
+        // TTL renewal's pages never queue ahead of a read or a write.
+        background: FaultyConnection::clean(redis.connection().await?),
+    };
+    let (engine, report) =
+        Engine::start_on(connections, source, events.clone(), settings.engine.clone()).await?;
     Ok(Started {
         engine,
         primary: primary.primary,

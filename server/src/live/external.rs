@@ -135,6 +135,25 @@ impl Task {
         if same {
             return;
         }
+        // Only the expiry moved, forward to about now plus the TTL: the
+        // engine's TTL renewal, not someone outside.
+        let renewed = match (known, &actual) {
+            (Some(k), Some(a)) => {
+                let ttl_ms = i64::try_from(self.hub.ctx.engine.cache().ttl_config().as_millis())
+                    .unwrap_or(i64::MAX / 2);
+                k.fields == a.fields
+                    && a.expires_at_ms.is_some_and(|at| {
+                        k.expires_at_ms.is_some_and(|before| at > before)
+                            && (at - (now_ms() + ttl_ms)).abs() <= EXPIRY_TOLERANCE_MS
+                    })
+            }
+            _ => false,
+        };
+        let source = if renewed {
+            WriteOrigin::Renewed
+        } else {
+            source
+        };
         let (fields, expires) = match actual {
             Some(a) => (Some(a.fields), a.expires_at_ms),
             None => (None, None),

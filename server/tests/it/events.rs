@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use prefetch::testing::TestRedis;
+
 use crate::common::{TestServer, is_cache, upsert_elsewhere};
 use app::model::{LiveEvent, WriteOrigin};
 use redis::AsyncCommands;
@@ -122,6 +124,33 @@ async fn outside_writes_and_ttl_expiry_show_up_too() {
             || is_cache(e, "cat-005", WriteOrigin::External, false)
     })
     .await;
+}
+
+/// TTL renewal moves every key's expiry forward: the feed tells clients
+/// the new TTLs as renewals, never as changes from outside.
+#[tokio::test]
+async fn ttl_renewals_reach_the_feed_as_renewals_not_as_outside_changes() {
+    let srv = TestServer::start_on(TestRedis::start(), &["--ttl-seconds", "3"]).await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    let (mut renewed, mut external) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_millis(2600);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match feed.next(left).await {
+            Some(LiveEvent::Cache {
+                source: WriteOrigin::Renewed,
+                ..
+            }) => renewed += 1,
+            Some(LiveEvent::Cache {
+                source: WriteOrigin::External,
+                ..
+            }) => external += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(renewed >= 5, "every key renewed at least once ({renewed})");
+    assert_eq!(external, 0);
 }
 
 #[tokio::test]

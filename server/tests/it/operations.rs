@@ -43,6 +43,9 @@ async fn metrics_scrape_with_every_name_and_type() {
         ("prefetch_worker_running", "gauge"),
         ("prefetch_reprefetches", "counter"),
         ("prefetch_self_heals", "counter"),
+        ("prefetch_ttl_renewal_active", "gauge"),
+        ("prefetch_ttl_renewed_keys", "counter"),
+        ("prefetch_refills", "counter"),
         ("prefetch_redis_memory_used_bytes", "gauge"),
         ("prefetch_redis_memory_budget_bytes", "gauge"),
         ("prefetch_drift_keys", "gauge"),
@@ -159,11 +162,31 @@ async fn faults_and_worker_control_over_http() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, read) = srv.get("/read?id=cat-002").await;
     assert_eq!(read["record"]["name"], "Bakery", "paused: nothing applied");
+    // Paused, TTL renewal stops (keys would expire): the stats and the
+    // metrics say so, and why.
+    let (_, stats) = srv.get("/stats").await;
+    assert_eq!(
+        stats["ttl_renewal"], "suspended: the sync worker is paused",
+        "{stats}"
+    );
+    let metrics = reqwest::get(srv.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("prefetch_ttl_renewal_active 0"),
+        "{metrics}"
+    );
     let (status, body) = srv.post("/worker", "action=resume").await;
     assert_eq!(status, 200, "{body}");
     srv.engine().settle(SECOND).await.unwrap();
     let (_, read) = srv.get("/read?id=cat-002").await;
     assert_eq!(read["record"]["name"], "queued");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, stats) = srv.get("/stats").await;
+    assert_eq!(stats["ttl_renewal"], "on", "{stats}");
 
     for (form, needle) in [
         ("kind=explode", "'kind' must be"),
