@@ -8,6 +8,11 @@ WITH_BROWSER=1 "$ROOT/scripts/setup.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$ROOT"
 
+# The real-size tests run once per run on a 1,000,000-row table (generated
+# in PostgreSQL); set these lower for a quick local run.
+export PREFETCH_REAL_SIZE_ROWS="${PREFETCH_REAL_SIZE_ROWS:-1000000}"
+export PF_REAL_SIZE_ROWS="${PF_REAL_SIZE_ROWS:-1000000}"
+
 echo "== cargo test (workspace)" >&2
 cargo test --workspace
 

@@ -21,21 +21,26 @@ use crate::model::*;
 pub const NO_INPUT_ENDPOINTS: [&str; 4] =
     ["/clear", "/reprefetch", "/reset", "/dead-letters/replay"];
 
-/// `GET /categories`: cached ids and primary ids, both sorted.
+/// `GET /categories` (`?after=ID`): cached ids and primary ids, both
+/// sorted; above 1,000 records, a page (see [`crate::page`]) whose `next`
+/// names where the next page starts, also as a `Link` header.
 #[server(prefix = "", endpoint = "categories", input = GetUrl, name = Categories)]
-pub async fn categories() -> Result<CategoriesResponse, AppError> {
+pub async fn categories(after: Option<String>) -> Result<CategoriesResponse, AppError> {
     let ctx = ssr::ctx()?;
-    let (cache_ids, primary) = tokio::join!(ctx.engine.ids(), ctx.primary.records());
-    let cache_ids = cache_ids.map_err(ssr::engine_error)?;
-    let primary_ids = primary
-        .map_err(ssr::engine_error)?
-        .iter()
-        .filter_map(|r| r.id().map(str::to_owned))
-        .collect();
-    Ok(CategoriesResponse {
-        cache_ids,
-        primary_ids,
-    })
+    let after = ssr::present(after);
+    let answer = crate::page::categories(&ctx, after.as_deref())
+        .await
+        .map_err(ssr::engine_error)?;
+    if let Some(next) = &answer.next {
+        ssr::link_next(
+            "/categories",
+            &ViewDto {
+                after: Some(next.clone()),
+                ..ViewDto::default()
+            },
+        );
+    }
+    Ok(answer)
 }
 
 /// `GET /read?id=`: one `HGETALL`+`TTL` round trip, never the primary. A miss
@@ -201,12 +206,29 @@ pub async fn reset_stats() -> Result<StatsDto, AppError> {
     Ok(ssr::stats(&ctx))
 }
 
-/// `GET /state`: primary and cache side by side with TTLs and stats; what the
-/// page renders on the server and what the live feed sends on connect.
+/// `GET /state` (`?cursor=&q=` or `?after=ID`): primary and cache side by
+/// side with TTLs and stats, for the whole table when it is small and one
+/// page when it is large (see [`crate::page`]); what the page renders on
+/// the server and what the live feed sends on connect.
 #[server(prefix = "", endpoint = "state", input = GetUrl, name = GetDashboard)]
-pub async fn dashboard() -> Result<DashboardState, AppError> {
+pub async fn dashboard(
+    cursor: Option<String>,
+    q: Option<String>,
+    after: Option<String>,
+) -> Result<DashboardState, AppError> {
     let ctx = ssr::ctx()?;
-    dashboard_state(&ctx).await.map_err(ssr::engine_error)
+    let view = ViewDto {
+        cursor: ssr::present(cursor),
+        query: ssr::present(q),
+        after: ssr::present(after),
+    };
+    let state = crate::page::dashboard_state(&ctx, &view)
+        .await
+        .map_err(ssr::engine_error)?;
+    if let Some(next) = state.page.as_ref().and_then(PageDto::next_view) {
+        ssr::link_next("/state", &next);
+    }
+    Ok(state)
 }
 
 /// `POST /reconcile` (`repair`=`true` to fix): a fresh snapshot of the
@@ -359,7 +381,7 @@ pub async fn worker_control(action: Option<String>) -> Result<WorkerResponse, Ap
 }
 
 #[cfg(feature = "ssr")]
-pub use ssr::{ServerContext, dashboard_state, now_ms};
+pub use ssr::{ServerContext, now_ms};
 
 #[cfg(feature = "ssr")]
 use crate::model::millis;
@@ -369,7 +391,7 @@ mod ssr {
     use std::time::SystemTime;
 
     use crate::error::AppError;
-    use crate::model::{CacheEntryDto, DashboardState, SourceDto, StatsDto, epoch_ms};
+    use crate::model::{StatsDto, ViewDto, epoch_ms};
 
     pub use crate::error::ssr::{BAD_REQUEST, engine_error, fail};
 
@@ -404,33 +426,11 @@ mod ssr {
         epoch_ms(SystemTime::now())
     }
 
-    /// The dashboard's view of the engine; also the live feed's snapshot.
-    pub async fn dashboard_state(ctx: &ServerContext) -> Result<DashboardState, prefetch::Error> {
-        let (primary, cache) = tokio::join!(ctx.primary.records(), ctx.engine.entries());
-        let (primary, cache) = (primary?, cache?);
-        let now = now_ms();
-        let engine_stats = ctx.engine.stats();
-        let source = SourceDto::from(&engine_stats.source);
-        let prefix = ctx.engine.cache().prefix().to_owned();
-        let ttl_seconds = ctx.engine.cache().ttl_config().as_secs();
-        let src = &ctx.primary;
-        Ok(DashboardState {
-            primary: primary.into_iter().map(|r| r.into_fields()).collect(),
-            source,
-            cache: cache
-                .into_iter()
-                .map(|e| CacheEntryDto::from_entry(e, now))
-                .collect(),
-            stats: StatsDto::new(engine_stats, src.reads(), src.read_latency()),
-            prefix,
-            ttl_seconds,
-            external: ctx.external,
-            server_time_ms: now,
-            reconcile: ctx
-                .engine
-                .last_reconcile()
-                .map(|(at, r)| crate::model::ReconcileResponse::new(&r, at)),
-            faults: ctx.faults.is_some(),
-        })
+    /// `Link: <path?view>; rel="next"` on the current answer.
+    pub fn link_next(path: &str, next: &ViewDto) {
+        let link = format!("<{path}{}>; rel=\"next\"", next.query_string());
+        if let Ok(value) = http::HeaderValue::from_str(&link) {
+            crate::serve::add_header(http::header::LINK, value);
+        }
     }
 }

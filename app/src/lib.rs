@@ -9,6 +9,7 @@
 //! | `model` | wire types: the JSON API's answers, the live feed's events |
 //! | `serve` | how the server runs a server function (feature `ssr`) |
 //! | `error` | the one error answer, and engine errors mapped to statuses |
+//! | `page` | what a view shows: the whole table when small, a page when large (feature `ssr`) |
 //! | `api` | the reference API, written once as server functions |
 //! | `live` | the live feed's client state and its `EventSource` hook |
 //! | `components` | the dashboard's panels |
@@ -22,6 +23,9 @@ pub mod model;
 pub mod serve;
 
 pub mod error;
+
+#[cfg(feature = "ssr")]
+pub mod page;
 
 pub mod api;
 pub mod live;

@@ -119,6 +119,8 @@ pub struct LiveState {
     pub reconcile: RwSignal<Option<ReconcileResponse>>,
     /// Whether fault injection is enabled on this server.
     pub faults: RwSignal<bool>,
+    /// The page shown (`None`: the whole table, which is small).
+    pub page: RwSignal<Option<PageDto>>,
     /// The chart's points, oldest first.
     pub samples: RwSignal<VecDeque<Sample>>,
     /// Per-id change counters; a row flashes whenever its counter moves.
@@ -147,6 +149,7 @@ impl LiveState {
             log: RwSignal::new(VecDeque::new()),
             reconcile: RwSignal::new(None),
             faults: RwSignal::new(false),
+            page: RwSignal::new(None),
             samples: RwSignal::new(VecDeque::new()),
             changes: RwSignal::new(BTreeMap::new()),
             now_ms: RwSignal::new(snapshot.server_time_ms),
@@ -174,6 +177,7 @@ impl LiveState {
         self.ttl_seconds.set(s.ttl_seconds);
         self.reconcile.set(s.reconcile);
         self.faults.set(s.faults);
+        self.page.set(s.page);
     }
 
     /// Adds a chart point from the current counters.
@@ -305,10 +309,7 @@ impl LiveState {
     }
 
     fn apply_reconciled(&self, report: ReconcileResponse) {
-        let found = report.missing.len()
-            + report.orphaned.len()
-            + report.stale.len()
-            + report.changed_outside.len();
+        let found = report.totals.drift();
         self.push_log(
             "reconcile",
             if report.repaired > 0 {
@@ -424,76 +425,4 @@ pub fn use_live_state(snapshot: &DashboardState) -> LiveState {
 }
 
 #[cfg(feature = "hydrate")]
-mod browser {
-    use std::time::Duration;
-
-    use leptos::prelude::*;
-    use wasm_bindgen::JsCast;
-    use wasm_bindgen::closure::Closure;
-    use web_sys::{EventSource, MessageEvent};
-
-    use super::{Connection, LiveState};
-    use crate::model::LiveEvent;
-
-    /// Opens `/events`. The handlers live as long as the page (the dashboard
-    /// is never unmounted), so their closures are leaked on purpose.
-    pub fn connect(state: LiveState) {
-        let Ok(source) = EventSource::new("/events") else {
-            state.connection.set(Connection::Reconnecting);
-            retry(state);
-            return;
-        };
-
-        let on_open = Closure::<dyn FnMut()>::new(move || {
-            state.connection.set(Connection::Live);
-        });
-        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
-            let Some(text) = ev.data().as_string() else {
-                return;
-            };
-            // from_slice, like server_fn's JSON codec: one deserializer instantiation
-            // per type instead of two.
-            match serde_json::from_slice::<LiveEvent>(text.as_bytes()) {
-                Ok(event) => state.apply(event),
-                Err(e) => leptos::logging::warn!("unreadable live event: {e}"),
-            }
-        });
-        let es = source.clone();
-        let on_error = Closure::<dyn FnMut()>::new(move || {
-            state.connection.set(Connection::Reconnecting);
-            // CLOSED means the browser gave up (e.g. a non-SSE reply):
-            // reopen ourselves. Otherwise it is already retrying.
-            if es.ready_state() == EventSource::CLOSED {
-                retry(state);
-            }
-        });
-        source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-        source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-        on_open.forget();
-        on_message.forget();
-        on_error.forget();
-    }
-
-    fn retry(state: LiveState) {
-        set_timeout(move || connect(state), Duration::from_secs(1));
-    }
-
-    /// Advances the estimated server clock so TTLs count down, and takes a
-    /// chart point every second.
-    pub fn start_clock(state: LiveState) {
-        let ticks = std::cell::Cell::new(0u32);
-        let tick = move || {
-            let offset = state.clock_offset_ms.get_untracked();
-            state.now_ms.set(js_sys::Date::now() as i64 + offset);
-            ticks.set(ticks.get().wrapping_add(1));
-            if ticks.get().is_multiple_of(2) {
-                state.sample();
-            }
-        };
-        tick();
-        if let Ok(handle) = set_interval_with_handle(tick, Duration::from_millis(500)) {
-            on_cleanup(move || handle.clear());
-        }
-    }
-}
+mod browser;

@@ -86,6 +86,7 @@ pub trait DeadLetters: Send + Sync + std::fmt::Debug {
 struct Call {
     ctx: ServerContext,
     status: Cell<Option<StatusCode>>,
+    headers: std::cell::RefCell<Vec<(http::HeaderName, http::HeaderValue)>>,
 }
 
 tokio::task_local! {
@@ -110,6 +111,12 @@ pub fn set_status(status: StatusCode) {
     }
 }
 
+/// Adds a header to the current server-function response (inside a
+/// dispatch; a render ignores it).
+pub fn add_header(name: http::HeaderName, value: http::HeaderValue) {
+    let _ = CALL.try_with(|call| call.headers.borrow_mut().push((name, value)));
+}
+
 /// Runs server function `S` for `req` with `ctx`.
 ///
 /// Decodes its arguments (query or form, per its codec), runs its body,
@@ -124,15 +131,17 @@ where
     let call = Call {
         ctx,
         status: Cell::new(None),
+        headers: Default::default(),
     };
-    let (mut res, status) = CALL
+    let (mut res, status, headers) = CALL
         .scope(call, async {
             let res = S::run_on_server(req).await;
-            (res, CALL.with(|call| call.status.get()))
+            CALL.with(|call| (res, call.status.get(), call.headers.take()))
         })
         .await;
     if let Some(status) = status {
         *res.status_mut() = status;
     }
+    res.headers_mut().extend(headers);
     res
 }

@@ -332,7 +332,7 @@ impl StreamSource {
                 tx.committed_at = tx.committed_at.min(SystemTime::now());
                 let tx = Arc::new(tx);
                 if !tx.changes.is_empty() {
-                    self.events.publish(|| Event::Primary(Arc::clone(&tx)));
+                    self.events.publish(|| Event::primary(&tx));
                 }
                 out.push(tx);
             }
@@ -423,9 +423,47 @@ impl Source for StreamSource {
     }
 }
 
+/// The stream's view pages over its fold: each call reads the stream from
+/// the start (a change stream has no index to page by).
 impl Primary for StreamSource {
-    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>> {
-        async move { Ok(self.fold().await?.1) }.boxed()
+    fn records_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
+        async move {
+            let mut records = self.fold().await?.1;
+            records.sort_by(|a, b| a.id().cmp(&b.id()));
+            Ok(records
+                .into_iter()
+                .filter(|r| after.is_none_or(|after| r.id().is_some_and(|id| id > after)))
+                .take(limit)
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn records_for<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Record>>> {
+        async move {
+            let mut records: Vec<Record> = self
+                .fold()
+                .await?
+                .1
+                .into_iter()
+                .filter(|r| r.id().is_some_and(|id| ids.iter().any(|want| want == id)))
+                .collect();
+            records.sort_by(|a, b| a.id().cmp(&b.id()));
+            Ok(records)
+        }
+        .boxed()
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<prefetch::RowCount>> {
+        async move {
+            let rows = self.fold().await?.1.len() as u64;
+            Ok(prefetch::RowCount { rows, exact: true })
+        }
+        .boxed()
     }
 
     fn update_field<'a>(

@@ -9,6 +9,15 @@
 //! and the heartbeat messages, become transactions without changes: they
 //! move the position, so the slot never pins WAL while the table is idle,
 //! and they measure lag.
+//!
+//! A transaction larger than [`PART_CHANGES`] goes out in parts as it
+//! arrives (PostgreSQL sends a transaction only once it has committed), so
+//! that a million-row `UPDATE` is never held whole: each part's position is
+//! its last change's version `(commit LSN, n)`, after everything committed
+//! before and before the transaction's own end. Acknowledging a part does
+//! not move the slot (see the source's `ack`): after a restart PostgreSQL
+//! sends the whole transaction again and the version guard refuses what
+//! Redis already holds.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -24,7 +33,11 @@ struct Building {
     commit: u64,
     ord: u32,
     changes: Vec<Change>,
+    committed_at: SystemTime,
 }
+
+/// Changes a transaction part holds at most.
+pub(crate) const PART_CHANGES: usize = 4096;
 
 impl Building {
     fn version(&mut self) -> Version {
@@ -74,13 +87,30 @@ impl Assembler {
         self.tx.is_some()
     }
 
-    /// `Begin`: a transaction that commits at `final_lsn`.
-    pub(crate) fn begin(&mut self, final_lsn: u64) {
+    /// `Begin`: a transaction that commits at `final_lsn`, at
+    /// `commit_micros` (Unix microseconds).
+    pub(crate) fn begin(&mut self, final_lsn: u64, commit_micros: i64) {
         self.tx = Some(Building {
             commit: final_lsn,
             ord: 0,
             changes: Vec::new(),
+            committed_at: unix_micros(commit_micros),
         });
+    }
+
+    /// The changes assembled so far as a part of the transaction, once
+    /// there are [`PART_CHANGES`] of them (see the module docs).
+    pub(crate) fn take_part(&mut self) -> Option<Transaction> {
+        let tx = self
+            .tx
+            .as_mut()
+            .filter(|tx| tx.changes.len() >= PART_CHANGES)?;
+        let mut part = Transaction::new(
+            Version::new(tx.commit, tx.ord),
+            std::mem::take(&mut tx.changes),
+        );
+        part.committed_at = tx.committed_at;
+        Some(part)
     }
 
     /// `Relation` for the table: its columns as the stream will send them.
@@ -159,8 +189,7 @@ impl Assembler {
     pub(crate) fn commit(&mut self, end_lsn: u64, commit_micros: i64) -> Option<Transaction> {
         let done = self.tx.take()?;
         let mut t = Transaction::new(Version::new(end_lsn, 0), done.changes);
-        t.committed_at =
-            SystemTime::UNIX_EPOCH + Duration::from_micros(commit_micros.max(0).unsigned_abs());
+        t.committed_at = unix_micros(commit_micros);
         Some(t)
     }
 
@@ -191,6 +220,10 @@ impl Assembler {
             .filter_map(|(name, value)| Some((name.to_string(), self.value_text(name, value)?)))
             .collect()
     }
+}
+
+fn unix_micros(micros: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_micros(micros.max(0).unsigned_abs())
 }
 
 /// Reads `missing` columns of the row whose key `fields` holds.

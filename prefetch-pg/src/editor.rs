@@ -23,33 +23,126 @@ pub struct PgEditor {
 }
 
 impl PgEditor {
-    async fn select_records(&self) -> Result<Vec<Record>, PgError> {
-        match self.try_select_records().await {
+    /// Runs `query` (built for the table as it is now) and reads its rows
+    /// as records; a column dropped meanwhile makes it read the catalog
+    /// again and retry once.
+    async fn select<F>(&self, query: F, params: &[String]) -> Result<Vec<Record>, PgError>
+    where
+        F: Fn(&TableInfo) -> String,
+    {
+        match self.try_select(&query, params).await {
             Err(e) if undefined_column(&e) => {
                 self.shared.refresh_table().await?;
-                self.try_select_records().await
+                self.try_select(&query, params).await
             }
             other => other,
         }
     }
 
-    async fn try_select_records(&self) -> Result<Vec<Record>, PgError> {
+    async fn try_select<F>(&self, query: &F, params: &[String]) -> Result<Vec<Record>, PgError>
+    where
+        F: Fn(&TableInfo) -> String,
+    {
         let table = self.shared.table();
         let client = self.shared.sql.client().await?;
-        let order: Vec<String> = table.key.iter().map(|k| ident(k)).collect();
-        let rows = client
-            .query(
-                &format!("{} ORDER BY {}", table.select_text(), order.join(", ")),
-                &[],
-            )
-            .await?;
+        let params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&query(&table), &params).await?;
         Ok(rows
             .iter()
-            .filter_map(|r| {
-                let values = (0..table.columns.len()).map(|i| r.get(i)).collect();
-                table.record(values).map(Record::new)
-            })
+            .filter_map(|r| Self::row_record(&table, r))
             .collect())
+    }
+
+    /// Records after the key of `after`, in key order.
+    async fn page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
+        let table = self.shared.table();
+        let after = match after {
+            Some(id) => match table.key_of(id) {
+                Ok(parts) => Some(parts),
+                // Not an id of this table: sort it as the key's first part.
+                Err(_) => Some(vec![id.to_owned()]),
+            },
+            None => None,
+        };
+        let limit = if limit == usize::MAX {
+            "ALL".to_owned()
+        } else {
+            limit.to_string()
+        };
+        let params = after.clone().unwrap_or_default();
+        let records = self
+            .select(
+                |t| {
+                    let order = t.key_order();
+                    let filter = match &after {
+                        Some(parts) => format!(" WHERE {}", t.key_after(1, parts.len())),
+                        None => String::new(),
+                    };
+                    format!("{}{filter} ORDER BY {order} LIMIT {limit}", t.select_text())
+                },
+                &params,
+            )
+            .await?;
+        Ok(records)
+    }
+
+    /// The records with these ids.
+    async fn lookup(&self, ids: &[String]) -> Result<Vec<Record>> {
+        let table = self.shared.table();
+        let keys: Vec<Vec<String>> = ids.iter().filter_map(|id| table.key_of(id).ok()).collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let width = table.key.len();
+        let params: Vec<String> = keys.into_iter().flatten().collect();
+        let records = self
+            .select(
+                |t| {
+                    let order = t.key_order();
+                    let any: Vec<String> = (0..params.len() / width)
+                        .map(|i| format!("({})", t.key_predicate(1 + i * width)))
+                        .collect();
+                    format!(
+                        "{} WHERE {} ORDER BY {order}",
+                        t.select_text(),
+                        any.join(" OR ")
+                    )
+                },
+                &params,
+            )
+            .await?;
+        Ok(records)
+    }
+
+    /// The planner's estimate for a large table, an exact count for a
+    /// small one (below 100,000 rows, counting is cheap).
+    async fn rows(&self) -> Result<prefetch::RowCount> {
+        let table = self.shared.table();
+        let client = self.shared.sql.client().await?;
+        let estimate: Option<f32> = client
+            .query_opt(
+                "SELECT reltuples FROM pg_class WHERE oid = $1::text::regclass",
+                &[&table.qualified()],
+            )
+            .await
+            .map_err(PgError::from)?
+            .map(|r| r.get(0));
+        if let Some(estimate) = estimate.filter(|e| *e >= 100_000.0) {
+            return Ok(prefetch::RowCount {
+                rows: estimate as u64,
+                exact: false,
+            });
+        }
+        let exact: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {}", table.qualified()), &[])
+            .await
+            .map_err(PgError::from)?
+            .get(0);
+        Ok(prefetch::RowCount {
+            rows: exact.unsigned_abs(),
+            exact: true,
+        })
     }
 
     fn returning(table: &TableInfo) -> String {
@@ -191,8 +284,20 @@ impl PgEditor {
 }
 
 impl Primary for PgEditor {
-    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>> {
-        async move { Ok(self.select_records().await?) }.boxed()
+    fn records_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
+        self.page(after, limit).boxed()
+    }
+
+    fn records_for<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Record>>> {
+        self.lookup(ids).boxed()
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<prefetch::RowCount>> {
+        self.rows().boxed()
     }
 
     fn update_field<'a>(

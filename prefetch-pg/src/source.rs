@@ -285,6 +285,11 @@ impl Source for PgSource {
 
     fn ack(&self, upto: Version) -> BoxFuture<'_, Result<()>> {
         self.feed.ack(upto);
+        if upto.ord != 0 {
+            // A part of a large transaction: the slot moves once all of it
+            // is in Redis (PostgreSQL resends a transaction whole).
+            return async { Ok(()) }.boxed();
+        }
         self.shared.acked.fetch_max(upto.commit, Relaxed);
         if let Some(feedback) = self
             .shared

@@ -98,6 +98,19 @@ impl TableInfo {
         format!("SELECT {} FROM {}", cols.join(", "), self.qualified())
     }
 
+    /// `"s"."t"."k1", …`: the key columns for an `ORDER BY` after
+    /// [`select_text`](Self::select_text). Qualified, because a bare name
+    /// would sort by the selected `::text` column of the same name, in text
+    /// order (`10` before `9`), not the key's own order.
+    pub fn key_order(&self) -> String {
+        let table = self.qualified();
+        self.key
+            .iter()
+            .map(|k| format!("{table}.{}", ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// A record from values in column order (`None` is NULL), or `None`
     /// when a key column is NULL (impossible for a primary key).
     pub fn record(&self, values: Vec<Option<String>>) -> Option<Fields> {
@@ -138,6 +151,23 @@ impl TableInfo {
             return Err(prefetch::Error::NotFound(id.to_owned()));
         }
         Ok(parts)
+    }
+
+    /// `("k1", "k2") > (CAST($n::text AS t1), …)` over the first `parts`
+    /// key columns, numbering parameters from `first`: the rows after a
+    /// key in key order.
+    pub fn key_after(&self, first: usize, parts: usize) -> String {
+        let keys: Vec<&String> = self.key.iter().take(parts.max(1)).collect();
+        let cols: Vec<String> = keys.iter().map(|k| ident(k)).collect();
+        let values: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let ty = self.column(k).map_or("text", |c| c.sql_type.as_str());
+                format!("CAST(${}::text AS {ty})", first + i)
+            })
+            .collect();
+        format!("({}) > ({})", cols.join(", "), values.join(", "))
     }
 
     /// `"k1" = CAST($n::text AS type) AND …`, numbering parameters from `first`.

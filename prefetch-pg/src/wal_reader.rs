@@ -92,9 +92,20 @@ async fn session(shared: &Arc<Shared>, sender: &ChangeSender) -> Result<(), PgEr
             event.event_type,
         )
         .await?;
+        send_new(sender, assembler.take_part());
         stream.maybe_send_feedback().await;
+        // Back-pressure: while the worker is behind (or paused), stop
+        // reading; PostgreSQL keeps the rest in the slot. Feedback goes on,
+        // so the connection stays alive.
+        while sender.backlog() >= FEED_LIMIT && !token.is_cancelled() {
+            sender.wait_below(FEED_LIMIT, Duration::from_secs(1)).await;
+            stream.maybe_send_feedback().await;
+        }
     }
 }
+
+/// Changes the feed holds, unacknowledged, before the reader waits.
+const FEED_LIMIT: usize = 4 * crate::decode::PART_CHANGES;
 
 /// Hands one message to the assembler.
 async fn dispatch(
@@ -106,7 +117,11 @@ async fn dispatch(
     event: EventType,
 ) -> Result<(), PgError> {
     match event {
-        EventType::Begin { final_lsn, .. } => assembler.begin(final_lsn.value()),
+        EventType::Begin {
+            final_lsn,
+            commit_timestamp,
+            ..
+        } => assembler.begin(final_lsn.value(), commit_timestamp.timestamp_micros()),
         EventType::Relation {
             namespace,
             relation_name,
@@ -164,18 +179,22 @@ async fn dispatch(
             commit_timestamp,
             ..
         } => {
-            if let Some(t) = assembler.commit(end_lsn.value(), commit_timestamp.timestamp_micros())
-            {
-                // After a reconnect PostgreSQL resends from the confirmed
-                // position; what the feed already holds is not sent twice.
-                if sender.head().is_none_or(|head| t.position > head) {
-                    sender.send(t);
-                }
-            }
+            let t = assembler.commit(end_lsn.value(), commit_timestamp.timestamp_micros());
+            send_new(sender, t);
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Sends `tx` unless the feed already holds it: after a reconnect
+/// PostgreSQL resends from the confirmed position.
+fn send_new(sender: &ChangeSender, tx: Option<prefetch::Transaction>) {
+    if let Some(tx) = tx
+        && sender.head().is_none_or(|head| tx.position > head)
+    {
+        sender.send(tx);
+    }
 }
 
 fn ours(table: &TableInfo, schema: &str, name: &str) -> bool {

@@ -139,6 +139,33 @@ pub enum Event {
     Worker(WorkerState),
     /// The counters were zeroed.
     StatsReset,
+    /// More changes at once than events carry row by row (over
+    /// [`EventBus::ROW_LIMIT`]): a transaction from the source (`applied`
+    /// false, instead of [`Event::Primary`]) or a batch the worker applied
+    /// (`applied` true, instead of [`Event::SyncApplied`]). A subscriber
+    /// that mirrors rows reads the ones it shows again. This keeps what
+    /// the bus buffers bounded: a million-row `UPDATE` is never held in it.
+    Bulk {
+        /// Whether the worker applied them (else the source committed them).
+        applied: bool,
+        /// How many changes.
+        changes: usize,
+    },
+}
+
+impl Event {
+    /// [`Event::Primary`] for `tx`, or [`Event::Bulk`] when it holds more
+    /// than [`EventBus::ROW_LIMIT`] changes.
+    pub fn primary(tx: &Arc<Transaction>) -> Event {
+        if tx.changes.len() > EventBus::ROW_LIMIT {
+            Event::Bulk {
+                applied: false,
+                changes: tx.changes.len(),
+            }
+        } else {
+            Event::Primary(Arc::clone(tx))
+        }
+    }
 }
 
 /// The sending side of the event feed. Cheap to clone.
@@ -148,6 +175,9 @@ pub struct EventBus {
 }
 
 impl EventBus {
+    /// Changes an event carries row by row at most (see [`Event::Bulk`]).
+    pub const ROW_LIMIT: usize = 256;
+
     /// A bus buffering up to `capacity` events per subscriber.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
@@ -168,8 +198,11 @@ impl EventBus {
     }
 }
 
+/// The default bus buffers 1,024 events: with [`EventBus::ROW_LIMIT`], at
+/// most about 260,000 rows' worth (a subscriber that falls further behind
+/// is told it lagged, and reads again).
 impl Default for EventBus {
     fn default() -> Self {
-        Self::new(4096)
+        Self::new(1024)
     }
 }

@@ -6,7 +6,9 @@
 //! until it is acknowledged, hands each out once, and can hand out again
 //! everything after a given position ([`ChangeFeed::rewind`]) when a
 //! consumer restarts. It is unbounded, so a sender never waits for a paused
-//! consumer; acknowledging is what frees memory.
+//! consumer; acknowledging is what frees memory. A sender that can wait
+//! (a replication reader: the database keeps what it has not read) bounds
+//! it with [`ChangeSender::wait_below`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +47,7 @@ pub fn channel(events: EventBus) -> (ChangeSender, ChangeFeed) {
             senders: 1,
         }),
         notify: Notify::new(),
+        drained: Notify::new(),
         events,
     });
     (
@@ -58,6 +61,8 @@ pub fn channel(events: EventBus) -> (ChangeSender, ChangeFeed) {
 struct Shared {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when an acknowledgement frees memory.
+    drained: Notify,
     events: EventBus,
 }
 
@@ -119,9 +124,7 @@ impl ChangeSender {
             state.head = Some(state.head.map_or(tx.position, |h| h.max(tx.position)));
             state.log.push_back(Arc::clone(&tx));
             // Published under the lock, so subscribers see send order.
-            self.shared
-                .events
-                .publish(|| Event::Primary(Arc::clone(&tx)));
+            self.shared.events.publish(|| Event::primary(&tx));
         }
         self.shared.notify.notify_waiters();
         tx
@@ -130,6 +133,29 @@ impl ChangeSender {
     /// The position of the newest transaction sent.
     pub fn head(&self) -> Option<Version> {
         self.shared.state().head
+    }
+
+    /// Changes sent but not yet acknowledged.
+    pub fn backlog(&self) -> usize {
+        self.shared.state().queued_changes
+    }
+
+    /// Waits, up to `at_most`, until fewer than `limit` changes are waiting
+    /// for an acknowledgement; returns whether they are. Back-pressure for
+    /// a sender that can hold back (the source keeps what it has not sent).
+    pub async fn wait_below(&self, limit: usize, at_most: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + at_most;
+        loop {
+            let drained = self.shared.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.backlog() < limit {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 
@@ -192,6 +218,8 @@ impl ChangeFeed {
             state.next = state.next.saturating_sub(1);
         }
         state.acked = Some(state.acked.map_or(upto, |a| a.max(upto)));
+        drop(state);
+        self.shared.drained.notify_waiters();
     }
 
     /// Hands out again everything after `after` (`None`: everything kept).

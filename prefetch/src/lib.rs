@@ -32,6 +32,7 @@
 //! |---|---|
 //! | `error` | [`Error`] |
 //! | `model` | [`Record`], [`Version`], [`Change`], [`Transaction`], validation |
+//! | `bloom` | sets of ids in a few bytes each: exact when small, Bloom filters when large |
 //! | `keys` | key naming, bookkeeping keys, tombstone keys, slots, glob escaping |
 //! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
 //! | `events` | [`EventBus`]: a lossy feed of what happened, for dashboards |
@@ -83,6 +84,7 @@
 mod error;
 mod model;
 
+mod bloom;
 mod keys;
 mod stats;
 
@@ -113,7 +115,7 @@ pub mod testing;
 
 pub use cache::{
     BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
-    DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, SnapshotWindow, Ttl,
+    DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, ScanCursor, ScanPage, SnapshotWindow, Ttl,
 };
 pub use cluster::{ClusterNode, Connection, Redis, RedisClient, RedisNode, SlotMap};
 pub use engine::{
@@ -131,11 +133,11 @@ pub use keys::{
 #[cfg(feature = "mock")]
 pub use mock::{DEFAULT_READ_LATENCY, MockPrimary, Mutation, seed_records};
 pub use model::{
-    Change, ChangeKind, Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN, Op,
-    ParseVersionError, RESERVED_FIELD_PREFIX, ReconcileReport, Record, Transaction, Version,
-    WorkerState, decode_key, encode_key, validate_field, validate_id,
+    Change, ChangeKind, DriftTotals, Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN,
+    Op, ParseVersionError, REPORT_IDS, RESERVED_FIELD_PREFIX, ReconcileReport, Record, Transaction,
+    Version, WorkerState, decode_key, encode_key, validate_field, validate_id,
 };
-pub use primary::Primary;
+pub use primary::{Primary, RowCount};
 pub use source::{BoxFuture, BoxStream, Source, SourceSnapshot, SourceStatus};
 pub use stats::{HistogramSnapshot, Histograms, LagSummary, Stats};
 pub use sync::{PauseGuard, SyncConfig, SyncHandle};

@@ -372,9 +372,42 @@ impl Source for MockPrimary {
 }
 
 impl Primary for MockPrimary {
-    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>> {
-        let records = self.inspect().0;
+    fn records_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
+        let records: Vec<Record> = {
+            let table = self.table();
+            let range = match after {
+                Some(after) => table.records.range::<str, _>((
+                    std::ops::Bound::Excluded(after),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => table.records.range::<str, _>(..),
+            };
+            range.take(limit).map(|(_, r)| r.clone()).collect()
+        };
         async move { Ok(records) }.boxed()
+    }
+
+    fn records_for<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Record>>> {
+        let records: Vec<Record> = {
+            let table = self.table();
+            let mut found: Vec<Record> = ids
+                .iter()
+                .filter_map(|id| table.records.get(id).cloned())
+                .collect();
+            found.sort_by(|a, b| a.id().cmp(&b.id()));
+            found.dedup_by(|a, b| a.id() == b.id());
+            found
+        };
+        async move { Ok(records) }.boxed()
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<crate::primary::RowCount>> {
+        let rows = self.table().records.len() as u64;
+        async move { Ok(crate::primary::RowCount { rows, exact: true }) }.boxed()
     }
 
     fn update_field<'a>(

@@ -12,12 +12,41 @@ use crate::error::Result;
 use crate::model::Record;
 use crate::source::BoxFuture;
 
+/// How many records a primary holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowCount {
+    /// The count.
+    pub rows: u64,
+    /// Whether it is exact (false: an estimate, such as PostgreSQL's
+    /// planner statistics for a large table).
+    pub exact: bool,
+}
+
 /// A source the demo can inspect and edit: what the reference API's
 /// mutations and the dashboard's primary column need.
+///
+/// The views are paged: no call has to hold the whole table.
 pub trait Primary: Send + Sync + 'static {
-    /// Every record, sorted by id: the dashboard's view of the source
-    /// (not counted as a primary read).
-    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>>;
+    /// At most `limit` records whose id sorts after `after` (from the first
+    /// when `None`), in the primary's key order (not counted as primary
+    /// reads: the dashboard's view of the source).
+    fn records_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Record>>>;
+
+    /// The records with these ids that exist, in the primary's key order.
+    fn records_for<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<Record>>>;
+
+    /// How many records it holds.
+    fn count(&self) -> BoxFuture<'_, Result<RowCount>>;
+
+    /// Every record, in key order: for small tables and tests (a large one
+    /// is read a page at a time with [`records_after`](Self::records_after)).
+    fn records(&self) -> BoxFuture<'_, Result<Vec<Record>>> {
+        self.records_after(None, usize::MAX)
+    }
 
     /// Sets one field of an existing record; returns its new state.
     fn update_field<'a>(

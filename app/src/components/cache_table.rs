@@ -1,7 +1,7 @@
 use leptos::prelude::*;
 
 use crate::live::{LiveState, RowStatus};
-use crate::model::{CATEGORY_FIELDS, CacheEntryDto, Fields};
+use crate::model::{CATEGORY_FIELDS, CacheEntryDto, Fields, PageDto};
 
 /// Primary and cache side by side, one row per id, live.
 ///
@@ -40,11 +40,9 @@ pub fn CacheTable(state: LiveState) -> impl IntoView {
                 <span class="tag stale">{move || counts.get()[1]} " stale"</span>
                 <span class="tag missing">{move || counts.get()[2]} " missing from cache"</span>
                 <span class="tag orphaned">{move || counts.get()[3]} " orphaned in cache"</span>
-                <span class="muted">
-                    {move || state.primary.with(|p| p.len())} " in primary · "
-                    {move || state.cache.with(|c| c.len())} " in cache (" <code>{move || state.prefix.get()}</code> "*)"
-                </span>
+                <span class="muted" id="totals">{move || totals(state)} " (" <code>{move || state.prefix.get()}</code> "*)"</span>
             </p>
+            {move || state.page.get().map(|page| view! { <Pager page=page/> })}
             <div class="table-scroll">
                 <table id="state-table">
                     <thead>
@@ -68,6 +66,73 @@ pub fn CacheTable(state: LiveState) -> impl IntoView {
                 </table>
             </div>
         </section>
+    }
+}
+
+/// The table's size: counted rows when it is shown whole, else the page's
+/// rows and the totals from counters.
+fn totals(state: LiveState) -> String {
+    let (primary, cache) = (
+        state.primary.with(|p| p.len()),
+        state.cache.with(|c| c.len()),
+    );
+    state.page.with(|page| match page {
+        None => format!("{primary} in primary · {cache} in cache"),
+        Some(p) => format!(
+            "{} rows on this page · {}{} rows in primary · {} keys in cache",
+            state.all_ids().len(),
+            if p.primary_exact { "" } else { "about " },
+            thousands(p.primary_rows),
+            thousands(p.cache_keys),
+        ),
+    })
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Paging and search for a large table: plain links and a `GET` form, so
+/// they work before (and without) the page's script.
+#[component]
+fn Pager(page: PageDto) -> impl IntoView {
+    let next = page.next_view().map(|v| format!("/{}", v.query_string()));
+    let searching = !page.query.is_empty();
+    let what = if page.order == PageDto::PRIMARY {
+        "In the primary's key order".to_owned()
+    } else if searching {
+        format!("Cached ids starting with \u{201c}{}\u{201d}", page.query)
+    } else {
+        "Cached keys, in Redis SCAN order".to_owned()
+    };
+    view! {
+        <nav class="pager" id="pager" aria-label="Pages of the table"
+            data-order=page.order.clone() data-start=page.start.clone()>
+            <form method="get" action="/" role="search" class="search">
+                <input type="search" name="q" id="search" value=page.query.clone()
+                    placeholder="id or key prefix" aria-label="Search by id or key prefix"/>
+                <button type="submit">"Search"</button>
+            </form>
+            <span class="muted where">{what}</span>
+            <span class="links">
+                {(searching || !page.start.is_empty()).then(|| view! {
+                    <a href="/" data-page="first">{if searching { "Clear search" } else { "First page" }}</a>
+                })}
+                {match next {
+                    Some(href) => view! { <a href=href rel="next" data-page="next">"Next page \u{2192}"</a> }.into_any(),
+                    None => view! { <span class="muted" data-page="end">"Last page"</span> }.into_any(),
+                }}
+            </span>
+        </nav>
     }
 }
 

@@ -12,7 +12,7 @@ use crate::model::fixed;
 pub fn DriftPanel(state: LiveState) -> impl IntoView {
     let check = FormPost::<Reconcile>::new();
     report(check, |r| {
-        let drift = r.missing.len() + r.orphaned.len() + r.stale.len() + r.changed_outside.len();
+        let drift = r.totals.drift();
         if r.repaired > 0 {
             format!("Repaired {} keys ({drift} had drifted).", r.repaired)
         } else if drift == 0 {
@@ -26,21 +26,22 @@ pub fn DriftPanel(state: LiveState) -> impl IntoView {
             let Some(r) = r else {
                 return Either::Left(view! { <p class="muted">"Not reconciled yet."</p> });
             };
+            let t = &r.totals;
             let rows = [
-                ("missing", "missing", &r.missing),
-                ("orphaned", "orphaned", &r.orphaned),
-                ("stale", "stale (an event was lost)", &r.stale),
-                ("changed_outside", "changed outside", &r.changed_outside),
-                ("in_flight", "in flight", &r.in_flight),
+                ("missing", "missing", &r.missing, t.missing),
+                ("orphaned", "orphaned", &r.orphaned, t.orphaned),
+                ("stale", "stale (an event was lost)", &r.stale, t.stale),
+                ("changed_outside", "changed outside", &r.changed_outside, t.changed_outside),
+                ("in_flight", "in flight", &r.in_flight, t.in_flight),
             ]
             .into_iter()
-            .map(|(key, label, ids)| {
+            .map(|(key, label, ids, total)| {
                 let shown: Vec<String> = ids.iter().take(8).cloned().collect();
-                let more = ids.len().saturating_sub(8);
+                let more = total.saturating_sub(shown.len());
                 view! {
                     <dt>{label}</dt>
-                    <dd data-drift=key data-count=ids.len()>
-                        {ids.len()}
+                    <dd data-drift=key data-count=total>
+                        {total}
                         {(!shown.is_empty()).then(|| format!(": {}", shown.join(", ")))}
                         {(more > 0).then(|| format!(" and {more} more"))}
                     </dd>

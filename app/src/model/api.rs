@@ -47,6 +47,30 @@ pub struct ReconcileResponse {
     pub elapsed_ms: f64,
     /// When it finished (server clock, ms since the epoch).
     pub at_ms: i64,
+    /// How many of each kind there were (the lists hold the first 1,000).
+    #[serde(default)]
+    pub totals: DriftTotalsDto,
+    /// Whether keys only Redis holds were found exactly (false above
+    /// 200,000 rows, where a Bloom filter decides).
+    #[serde(default)]
+    pub exact: bool,
+}
+
+/// How many findings of each kind a reconciliation made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftTotalsDto {
+    pub missing: usize,
+    pub orphaned: usize,
+    pub stale: usize,
+    pub changed_outside: usize,
+    pub in_flight: usize,
+}
+
+impl DriftTotalsDto {
+    /// Differences that are drift (in-flight changes aside).
+    pub fn drift(&self) -> usize {
+        self.missing + self.orphaned + self.stale + self.changed_outside
+    }
 }
 
 /// `POST /fault`: what is now queued for the sync worker.
@@ -72,11 +96,17 @@ pub struct WorkerResponse {
     pub worker: WorkerStateDto,
 }
 
-/// `GET /categories`.
+/// `GET /categories`: the reference answer up to 1,000 records.
+///
+/// Above, a page of the primary's ids (`?after=ID` for the next) and which
+/// of them are cached, with `next` (and a `Link` header) naming where the
+/// next page starts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CategoriesResponse {
     pub cache_ids: Vec<String>,
     pub primary_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// `GET /read?id=`.

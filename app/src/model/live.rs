@@ -72,6 +72,119 @@ pub struct DashboardState {
     pub reconcile: Option<ReconcileResponse>,
     /// Whether the fault-injection endpoints are enabled.
     pub faults: bool,
+    /// The page shown (`None`: the whole table, which is small).
+    #[serde(default)]
+    pub page: Option<PageDto>,
+}
+
+/// Which rows a dashboard, a `/state` call or a live-feed client shows: the
+/// whole table when it is small, else one page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDto {
+    /// A page of the cached keys from this cursor (`0:0`: the first).
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Only ids starting with this (a search; implies a page).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// A page of the primary's records after this id (the API's paging).
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+impl ViewDto {
+    /// The query string that asks for this view (`?cursor=…&q=…`), empty
+    /// for the default view.
+    pub fn query_string(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, value) in [
+            ("cursor", &self.cursor),
+            ("q", &self.query),
+            ("after", &self.after),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                parts.push(format!("{name}={}", encode_component(v)));
+            }
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded` escaping of one value.
+fn encode_component(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// One page of a large table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageDto {
+    /// What the page is ordered by: `cache` (the cached keys, in `SCAN`
+    /// order, from a cursor) or `primary` (the primary's key order).
+    pub order: String,
+    /// Where this page starts (a cursor, or the id it follows; empty: the
+    /// first page).
+    pub start: String,
+    /// Where the next page starts, if there is one.
+    pub next: Option<String>,
+    /// The search, if any.
+    pub query: String,
+    /// Rows asked for per page.
+    pub size: usize,
+    /// Keys in the cache, as last counted.
+    pub cache_keys: u64,
+    /// Records in the primary.
+    pub primary_rows: u64,
+    /// Whether `primary_rows` is exact (false: the database's estimate).
+    pub primary_exact: bool,
+}
+
+impl PageDto {
+    /// The view that shows this page again (the live feed's URL).
+    pub fn view(&self) -> ViewDto {
+        let start = Some(self.start.clone()).filter(|s| !s.is_empty());
+        if self.order == PageDto::PRIMARY {
+            ViewDto {
+                after: start,
+                ..ViewDto::default()
+            }
+        } else {
+            ViewDto {
+                cursor: start,
+                query: Some(self.query.clone()).filter(|q| !q.is_empty()),
+                after: None,
+            }
+        }
+    }
+
+    /// The view of the next page, if there is one.
+    pub fn next_view(&self) -> Option<ViewDto> {
+        let next = self.next.clone()?;
+        Some(
+            PageDto {
+                start: next,
+                ..self.clone()
+            }
+            .view(),
+        )
+    }
+
+    /// `order` of a page of the primary's records (`?after=`).
+    pub const PRIMARY: &'static str = "primary";
+    /// `order` of a page of the cached keys (`?cursor=`).
+    pub const CACHE: &'static str = "cache";
 }
 
 /// One message of the live feed (`GET /events`), shared by the server and

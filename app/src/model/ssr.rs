@@ -122,6 +122,14 @@ impl ReconcileResponse {
             verified: r.verified,
             elapsed_ms: millis(r.elapsed),
             at_ms: epoch_ms(at),
+            totals: DriftTotalsDto {
+                missing: r.totals.missing,
+                orphaned: r.totals.orphaned,
+                stale: r.totals.stale,
+                changed_outside: r.totals.changed_outside,
+                in_flight: r.totals.in_flight,
+            },
+            exact: r.exact,
         }
     }
 }

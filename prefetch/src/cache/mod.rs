@@ -3,6 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | `read` | reads: `HGETALL` (+ `TTL`), listing and peeking for dashboards |
+//! | `scan` | the cached ids a page at a time, from a cursor |
 //! | `write` | guarded writes: a batch of changes through the version guard, `WAIT` |
 //! | `load` | loads and sweeps: plain bulk loads, snapshot writes, the sweep, load marks |
 //! | `window` | snapshot windows: what keeps a snapshot write off a newer change |
@@ -10,6 +11,7 @@
 
 mod load;
 mod read;
+mod scan;
 mod state;
 mod window;
 mod write;
@@ -27,6 +29,7 @@ use crate::keys::KeySpace;
 use crate::stats::{Counters, Stats};
 
 pub use read::{CachedEntry, Lookup, Ttl};
+pub use scan::{ScanCursor, ScanPage};
 pub use state::{CacheState, MemoryInfo};
 pub use window::SnapshotWindow;
 pub use write::BatchOutcome;

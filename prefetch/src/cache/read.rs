@@ -10,7 +10,6 @@ use super::{PrefetchCache, SCAN_COUNT};
 use crate::cluster::{self, Connection};
 use crate::error::Result;
 use crate::guard::{self, Stored};
-use crate::keys::Tombstone;
 use crate::model::{Fields, Record, Version};
 
 /// Remaining lifetime of a key, with Redis `TTL` semantics.
@@ -129,40 +128,11 @@ impl<C: Connection> PrefetchCache<C> {
     /// Every id currently cached, sorted, each once.
     pub async fn ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
-        let mut in_hash = Vec::new();
-        for mut node in self.conn.primaries().await? {
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys) =
-                    scan_page(&mut node, cursor, self.inner.keys.scan_pattern()).await?;
-                for key in keys {
-                    let Some(id) = self.inner.keys.id_of(&key) else {
-                        continue;
-                    };
-                    if self.inner.keys.tombstone(&key) == Tombstone::InHash {
-                        in_hash.push(key);
-                    } else {
-                        ids.push(id.to_owned());
-                    }
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        // Only keys with `}` and no hash tag can hold a tombstone: check those.
-        if !in_hash.is_empty() {
-            let deleted = cluster::pipelined(&self.conn, &in_hash, 1, |pipe, key| {
-                pipe.cmd("HEXISTS").arg(key).arg(guard::DELETED_FIELD);
-            })
-            .await?;
-            for (key, d) in in_hash.iter().zip(deleted) {
-                let deleted: bool = redis::from_redis_value(d).map_err(redis::RedisError::from)?;
-                if let (false, Some(id)) = (deleted, self.inner.keys.id_of(key)) {
-                    ids.push(id.to_owned());
-                }
-            }
+        let mut from = Some(super::ScanCursor::START);
+        while let Some(at) = from {
+            let page = self.scan_ids(at, "", SCAN_COUNT).await?;
+            ids.extend(page.ids);
+            from = page.next;
         }
         // SCAN may return a key more than once.
         ids.sort_unstable();
@@ -186,21 +156,44 @@ impl<C: Connection> PrefetchCache<C> {
         let ids = self.ids().await?;
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(SCAN_COUNT) {
-            let keys: Vec<String> = chunk.iter().map(|id| self.key(id)).collect();
-            let values = cluster::pipelined(&self.conn, &keys, 2, |pipe, key| {
-                pipe.add_command(hgetall(key)).cmd("TTL").arg(key);
-            })
-            .await?;
-            for (id, pair) in chunk.iter().zip(values.chunks(2)) {
-                let [fields, ttl] = pair else { continue };
-                let fields: Fields =
-                    redis::from_redis_value(fields.clone()).map_err(redis::RedisError::from)?;
-                let ttl: i64 =
-                    redis::from_redis_value(ttl.clone()).map_err(redis::RedisError::from)?;
-                // The key may have vanished between SCAN and HGETALL.
-                if let Some(entry) = entry_of(id, fields, ttl) {
-                    out.push(entry);
-                }
+            out.extend(self.entries_of(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    /// Which of `ids` are cached (a record, not a tombstone), in the order
+    /// given: one pipelined `EXISTS` per key (and `HEXISTS` for the rare key
+    /// that keeps its tombstone inside).
+    pub async fn cached_of(&self, ids: &[String]) -> Result<Vec<bool>> {
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        let values = cluster::pipelined(&self.conn, &keys, 2, |pipe, key| {
+            pipe.cmd("EXISTS").arg(key);
+            pipe.cmd("HEXISTS").arg(key).arg(guard::DELETED_FIELD);
+        })
+        .await?;
+        Ok(values
+            .chunks(2)
+            .map(|pair| matches!(pair, [redis::Value::Int(1), redis::Value::Int(0)]))
+            .collect())
+    }
+
+    /// The cached records among `ids`, with their TTLs, in the order given:
+    /// one pipelined `HGETALL` + `TTL` per key.
+    pub async fn entries_of(&self, ids: &[String]) -> Result<Vec<CachedEntry>> {
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        let values = cluster::pipelined(&self.conn, &keys, 2, |pipe, key| {
+            pipe.add_command(hgetall(key)).cmd("TTL").arg(key);
+        })
+        .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, pair) in ids.iter().zip(values.chunks(2)) {
+            let [fields, ttl] = pair else { continue };
+            let fields: Fields =
+                redis::from_redis_value(fields.clone()).map_err(redis::RedisError::from)?;
+            let ttl: i64 = redis::from_redis_value(ttl.clone()).map_err(redis::RedisError::from)?;
+            // The key may have vanished between SCAN and HGETALL.
+            if let Some(entry) = entry_of(id, fields, ttl) {
+                out.push(entry);
             }
         }
         Ok(out)

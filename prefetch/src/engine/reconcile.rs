@@ -12,20 +12,28 @@
 //!
 //! Keys found correct get their TTL refreshed, so rows that never change do
 //! not expire while reconciliation runs.
+//!
+//! Memory stays bounded whatever the table holds: rows are compared a chunk
+//! at a time; suspects are rechecked (and repaired) a batch at a time; the
+//! snapshot's ids, needed to find keys only Redis holds, are kept exactly up
+//! to 200,000 and in a Bloom filter above (about 2 bytes an id); the
+//! report lists at most [`REPORT_IDS`] ids per kind and counts them all.
 
-use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 
 use super::{Engine, WINDOW_LEASE};
+use crate::bloom::IdSet;
 use crate::cache::PrefetchCache;
+use crate::cache::ScanCursor;
 use crate::error::Result;
 use crate::events::Event;
 use crate::guard::{self, Stored};
-use crate::model::{Fields, ID_FIELD, ReconcileReport, Record, Version, WorkerState};
+use crate::model::{Fields, ID_FIELD, REPORT_IDS, ReconcileReport, Record, Version, WorkerState};
 use crate::source::Source;
+use crate::source::SourceSnapshot;
 
 /// Keys per pipelined read.
 const CHUNK: usize = 1000;
@@ -98,9 +106,12 @@ where
     Ok(out)
 }
 
+/// Suspects held before they are rechecked (after the worker caught up).
+const SUSPECTS: usize = 10_000;
+
 /// Compares `source` with `cache`; see the module docs. `settle` waits until
 /// the sync worker has applied everything up to the snapshot's version
-/// (before the recheck); `repair` writes the fixes, inside a snapshot
+/// (before each recheck); `repair` writes the fixes, inside a snapshot
 /// window of `window_lease`.
 pub async fn reconcile<C, S, F, Fut>(
     cache: &PrefetchCache<C>,
@@ -112,7 +123,7 @@ pub async fn reconcile<C, S, F, Fut>(
 where
     C: crate::Connection,
     S: Source + ?Sized,
-    F: FnOnce(Version) -> Fut,
+    F: Fn(Version) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let started = Instant::now();
@@ -122,155 +133,214 @@ where
         true => Some(cache.open_window(window_lease).await?),
         false => None,
     };
-    let report = compare(cache, source, repair, settle, started).await;
+    let snapshot = source.snapshot().await;
+    let report = match snapshot {
+        Ok(snapshot) => {
+            let mut run = Run::new(cache, &snapshot, repair, settle);
+            run.compare(snapshot).await.map(|()| run.finish(started))
+        }
+        Err(e) => Err(e),
+    };
     if let Some(window) = window {
         window.close().await?;
     }
     report
 }
 
-/// What the first pass found: keys that matched, keys to look at again
-/// once the worker caught up, and every id the snapshot held.
-#[derive(Default)]
-struct FirstPass {
-    seen: HashSet<String>,
-    suspects: Vec<(String, Option<Fields>)>,
-    verified: Vec<String>,
+/// What a reconciliation differs by, for [`Run::note`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Missing,
+    Orphaned,
+    Stale,
+    ChangedOutside,
+    InFlight,
 }
 
-async fn compare<C, S, F, Fut>(
-    cache: &PrefetchCache<C>,
-    source: &S,
+/// One reconciliation under way.
+struct Run<'a, C, F> {
+    cache: &'a PrefetchCache<C>,
+    at: Version,
     repair: bool,
     settle: F,
-    started: Instant,
-) -> Result<ReconcileReport>
+    report: ReconcileReport,
+    /// Every id the snapshot held.
+    seen: IdSet,
+    /// Differences to look at again once the worker caught up.
+    suspects: Vec<(String, Option<Fields>)>,
+}
+
+impl<'a, C, F, Fut> Run<'a, C, F>
 where
     C: crate::Connection,
-    S: Source + ?Sized,
-    F: FnOnce(Version) -> Fut,
+    F: Fn(Version) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let snapshot = source.snapshot().await?;
-    let at = snapshot.version;
-    let mut report = ReconcileReport {
-        version: at,
-        ..ReconcileReport::default()
-    };
-    let mut pass = first_pass(cache, snapshot, &mut report).await?;
-    // Keys only Redis has.
-    for id in cache.ids().await? {
-        if pass.seen.contains(&id) {
-            continue;
+    fn new(
+        cache: &'a PrefetchCache<C>,
+        snapshot: &SourceSnapshot,
+        repair: bool,
+        settle: F,
+    ) -> Self {
+        let seen = IdSet::for_ids(snapshot.rows.unwrap_or(0));
+        Self {
+            cache,
+            at: snapshot.version,
+            repair,
+            settle,
+            report: ReconcileReport {
+                version: snapshot.version,
+                exact: seen.is_exact(),
+                ..ReconcileReport::default()
+            },
+            seen,
+            suspects: Vec::new(),
         }
-        report.checked += 1;
-        pass.suspects.push((id, None));
     }
-    // Recheck once the worker has caught up with the snapshot: what was
-    // merely in flight resolves now.
-    if !pass.suspects.is_empty() {
-        settle(at).await;
+
+    /// Counts a finding, and lists it while the list has room.
+    fn note(&mut self, kind: Kind, id: &str) {
+        let (list, total) = match kind {
+            Kind::Missing => (&mut self.report.missing, &mut self.report.totals.missing),
+            Kind::Orphaned => (&mut self.report.orphaned, &mut self.report.totals.orphaned),
+            Kind::Stale => (&mut self.report.stale, &mut self.report.totals.stale),
+            Kind::ChangedOutside => (
+                &mut self.report.changed_outside,
+                &mut self.report.totals.changed_outside,
+            ),
+            Kind::InFlight => (
+                &mut self.report.in_flight,
+                &mut self.report.totals.in_flight,
+            ),
+        };
+        *total += 1;
+        if list.len() < REPORT_IDS {
+            list.push(id.to_owned());
+        }
     }
-    let (repair_rows, orphans) = recheck(cache, &pass.suspects, at, &mut report).await?;
-    // TTLs of verified keys start over: rows that never change never expire
-    // while reconciliation runs.
-    let ttl = cache.ttl_config().as_secs();
-    for part in pass.verified.chunks(CHUNK) {
-        let keys: Vec<String> = part.iter().map(|id| cache.key(id)).collect();
-        crate::cluster::pipelined(&cache.writer(), &keys, 0, |pipe, key| {
+
+    /// Every row of the snapshot against Redis, then every key only Redis
+    /// holds.
+    async fn compare(&mut self, snapshot: SourceSnapshot) -> Result<()> {
+        let mut chunks = snapshot.chunks;
+        while let Some(chunk) = chunks.next().await {
+            let rows: Vec<(String, Fields)> = chunk?
+                .into_iter()
+                .filter_map(|r: Record| Some((r.id()?.to_owned(), r.into_fields())))
+                .collect();
+            for part in rows.chunks(CHUNK) {
+                self.first_look(part).await?;
+            }
+        }
+        let mut from = Some(ScanCursor::START);
+        while let Some(at) = from {
+            let page = self.cache.scan_ids(at, "", CHUNK).await?;
+            for id in page.ids {
+                if !self.seen.contains(&id) {
+                    self.report.checked += 1;
+                    self.suspect(id, None).await?;
+                }
+            }
+            from = page.next;
+        }
+        self.recheck().await
+    }
+
+    /// Rows of the snapshot against what Redis holds for them; keys found
+    /// correct get their TTL back at once.
+    async fn first_look(&mut self, part: &[(String, Fields)]) -> Result<()> {
+        let ids: Vec<String> = part.iter().map(|(id, _)| id.clone()).collect();
+        let stored = read(self.cache, &ids).await?;
+        let mut verified = Vec::new();
+        for ((id, row), (s, tomb)) in part.iter().zip(stored) {
+            self.report.checked += 1;
+            self.seen.insert(id);
+            match classify(Some(&s), tomb, Some(row), self.at) {
+                Finding::Ok => verified.push(self.cache.key(id)),
+                Finding::InFlight => self.note(Kind::InFlight, id),
+                _ => self.suspect(id.clone(), Some(row.clone())).await?,
+            }
+        }
+        self.report.verified += verified.len();
+        let ttl = self.cache.ttl_config().as_secs();
+        crate::cluster::pipelined(&self.cache.writer(), &verified, 0, |pipe, key| {
             pipe.cmd("EXPIRE").arg(key).arg(ttl);
         })
         .await?;
+        Ok(())
     }
-    report.verified = pass.verified.len();
-    if repair {
-        report.repaired += cache.write_snapshot(&repair_rows, at).await?;
-        if !orphans.is_empty() {
-            let keys: Vec<String> = orphans.iter().map(|id| cache.key(id)).collect();
-            report.repaired += cache.sweep_keys(at, &keys).await?;
-        }
-    }
-    for list in [
-        &mut report.missing,
-        &mut report.orphaned,
-        &mut report.stale,
-        &mut report.changed_outside,
-        &mut report.in_flight,
-    ] {
-        let sorted: BTreeSet<String> = list.drain(..).collect();
-        list.extend(sorted);
-    }
-    report.elapsed = started.elapsed();
-    Ok(report)
-}
 
-/// Every row of the snapshot against what Redis holds for it.
-async fn first_pass<C: crate::Connection>(
-    cache: &PrefetchCache<C>,
-    snapshot: crate::source::SourceSnapshot,
-    report: &mut ReconcileReport,
-) -> Result<FirstPass> {
-    let at = snapshot.version;
-    let mut pass = FirstPass::default();
-    let mut chunks = snapshot.chunks;
-    while let Some(chunk) = chunks.next().await {
-        let rows: Vec<(String, Fields)> = chunk?
-            .into_iter()
-            .filter_map(|r: Record| Some((r.id()?.to_owned(), r.into_fields())))
-            .collect();
-        for part in rows.chunks(CHUNK) {
+    /// Holds a difference for the recheck; rechecks when enough are held.
+    async fn suspect(&mut self, id: String, row: Option<Fields>) -> Result<()> {
+        self.suspects.push((id, row));
+        if self.suspects.len() >= SUSPECTS {
+            self.recheck().await?;
+        }
+        Ok(())
+    }
+
+    /// The suspects classified for good (once the worker caught up with the
+    /// snapshot), and with `repair`, fixed.
+    async fn recheck(&mut self) -> Result<()> {
+        if self.suspects.is_empty() {
+            return Ok(());
+        }
+        (self.settle)(self.at).await;
+        let mut suspects = std::mem::take(&mut self.suspects);
+        // `SCAN` may name a key twice.
+        suspects.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        suspects.dedup_by(|a, b| a.0 == b.0);
+        let mut repair_rows: Vec<Record> = Vec::new();
+        let mut orphans: Vec<String> = Vec::new();
+        for part in suspects.chunks(CHUNK) {
             let ids: Vec<String> = part.iter().map(|(id, _)| id.clone()).collect();
-            let stored = read(cache, &ids).await?;
+            let stored = read(self.cache, &ids).await?;
             for ((id, row), (s, tomb)) in part.iter().zip(stored) {
-                report.checked += 1;
-                pass.seen.insert(id.clone());
-                match classify(Some(&s), tomb, Some(row), at) {
-                    Finding::Ok => pass.verified.push(id.clone()),
-                    Finding::InFlight => report.in_flight.push(id.clone()),
-                    _ => pass.suspects.push((id.clone(), Some(row.clone()))),
-                }
-            }
-        }
-    }
-    Ok(pass)
-}
-
-/// The suspects classified for good (the worker has caught up); returns the
-/// rows a repair writes and the orphans it sweeps.
-async fn recheck<C: crate::Connection>(
-    cache: &PrefetchCache<C>,
-    suspects: &[(String, Option<Fields>)],
-    at: Version,
-    report: &mut ReconcileReport,
-) -> Result<(Vec<Record>, Vec<String>)> {
-    let mut repair_rows: Vec<Record> = Vec::new();
-    let mut orphans: Vec<String> = Vec::new();
-    for part in suspects.chunks(CHUNK) {
-        let ids: Vec<String> = part.iter().map(|(id, _)| id.clone()).collect();
-        let stored = read(cache, &ids).await?;
-        for ((id, row), (s, tomb)) in part.iter().zip(stored) {
-            let live = !s.deleted && !s.fields.is_empty();
-            match (row, classify(Some(&s), tomb, row.as_ref(), at)) {
-                (_, Finding::Ok | Finding::InFlight) => report.in_flight.push(id.clone()),
-                (None, _) if live => {
-                    report.orphaned.push(id.clone());
-                    orphans.push(id.clone());
-                }
-                (None, _) => report.in_flight.push(id.clone()),
-                (Some(row), finding) => {
-                    match finding {
-                        Finding::Missing => report.missing.push(id.clone()),
-                        Finding::Stale => report.stale.push(id.clone()),
-                        _ => report.changed_outside.push(id.clone()),
+                let live = !s.deleted && !s.fields.is_empty();
+                match (row, classify(Some(&s), tomb, row.as_ref(), self.at)) {
+                    (_, Finding::Ok | Finding::InFlight) => self.note(Kind::InFlight, id),
+                    (None, _) if live => {
+                        self.note(Kind::Orphaned, id);
+                        orphans.push(self.cache.key(id));
                     }
-                    let mut row = row.clone();
-                    row.entry(ID_FIELD.to_owned()).or_insert_with(|| id.clone());
-                    repair_rows.push(Record::new(row));
+                    (None, _) => self.note(Kind::InFlight, id),
+                    (Some(row), finding) => {
+                        let kind = match finding {
+                            Finding::Missing => Kind::Missing,
+                            Finding::Stale => Kind::Stale,
+                            _ => Kind::ChangedOutside,
+                        };
+                        self.note(kind, id);
+                        let mut row = row.clone();
+                        row.entry(ID_FIELD.to_owned()).or_insert_with(|| id.clone());
+                        repair_rows.push(Record::new(row));
+                    }
                 }
             }
         }
+        if self.repair {
+            self.report.repaired += self.cache.write_snapshot(&repair_rows, self.at).await?;
+            if !orphans.is_empty() {
+                self.report.repaired += self.cache.sweep_keys(self.at, &orphans).await?;
+            }
+        }
+        Ok(())
     }
-    Ok((repair_rows, orphans))
+
+    fn finish(mut self, started: Instant) -> ReconcileReport {
+        for list in [
+            &mut self.report.missing,
+            &mut self.report.orphaned,
+            &mut self.report.stale,
+            &mut self.report.changed_outside,
+            &mut self.report.in_flight,
+        ] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        self.report.elapsed = started.elapsed();
+        self.report
+    }
 }
 
 impl<S, C> Engine<S, C>
@@ -290,20 +360,23 @@ where
             self.inner.source.as_ref(),
             repair,
             WINDOW_LEASE,
-            |at| async move {
-                // Changes the source had already sent get up to 5 s to land:
-                // everything up to the snapshot's version, or up to the
-                // newest sent if that is older (a source's positions need not
-                // reach its snapshot versions). A paused worker lands nothing.
-                let Some(head) = source.status().head else {
-                    return;
-                };
-                if sync.state() == WorkerState::Paused {
-                    return;
+            move |at| {
+                let (source, sync) = (source.clone(), sync.clone());
+                async move {
+                    // Changes the source had already sent get up to 5 s to land:
+                    // everything up to the snapshot's version, or up to the
+                    // newest sent if that is older (a source's positions need not
+                    // reach its snapshot versions). A paused worker lands nothing.
+                    let Some(head) = source.status().head else {
+                        return;
+                    };
+                    if sync.state() == WorkerState::Paused {
+                        return;
+                    }
+                    let _ = sync
+                        .wait_applied(at.min(head), Duration::from_secs(5))
+                        .await;
                 }
-                let _ = sync
-                    .wait_applied(at.min(head), Duration::from_secs(5))
-                    .await;
             },
         )
         .await?;

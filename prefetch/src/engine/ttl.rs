@@ -45,6 +45,8 @@ pub struct RenewalStatus {
     pub walks: u64,
     /// Refills after keys could have expired while sync was stopped.
     pub refills: u64,
+    /// Keys the last complete walk met (a count of the cache, as of then).
+    pub keys: u64,
 }
 
 impl<S, C> Engine<S, C>
@@ -52,6 +54,19 @@ where
     S: Source + ?Sized,
     C: crate::Connection,
 {
+    /// How many keys the cache holds, as last counted (by the last TTL
+    /// renewal walk, else the last load): a count that costs nothing.
+    pub fn cached_keys(&self) -> u64 {
+        let renewal = self.renewal();
+        if renewal.walks > 0 {
+            renewal.keys
+        } else {
+            self.inner
+                .last_loaded
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
     /// What TTL renewal is doing.
     pub fn renewal(&self) -> RenewalStatus {
         self.inner
@@ -214,7 +229,7 @@ where
     drop(first);
     // The pause between pages spreads them over the period.
     let gap = period.mul_f64(0.8) / u32::try_from(pages.max(1)).unwrap_or(u32::MAX);
-    let (mut renewed, mut made) = (0u64, 0u64);
+    let (mut renewed, mut made, mut met) = (0u64, 0u64, 0u64);
     for mut node in conn.primaries().await? {
         let mut cursor = 0u64;
         loop {
@@ -230,6 +245,7 @@ where
             let done = renew(conn, &keys, &page, ttl).await?;
             renewed += done;
             made += 1;
+            met += page.len() as u64;
             let Some(engine) = upgrade(engine) else {
                 return Ok(None);
             };
@@ -246,7 +262,10 @@ where
         }
     }
     if let Some(engine) = upgrade(engine) {
-        engine.set_renewal(|r| r.walks += 1);
+        engine.set_renewal(|r| {
+            r.walks += 1;
+            r.keys = met;
+        });
         tracing::debug!(renewed, pages = made, "TTL renewal walk done");
     }
     Ok(Some(made))

@@ -18,5 +18,5 @@ pub use record::{
     Fields, ID_FIELD, MAX_FIELD_LEN, MAX_ID_LEN, MAX_VALUE_LEN, RESERVED_FIELD_PREFIX, Record,
     decode_key, encode_key, validate_field, validate_id,
 };
-pub use report::{ReconcileReport, WorkerState};
+pub use report::{DriftTotals, REPORT_IDS, ReconcileReport, WorkerState};
 pub use version::{ParseVersionError, Version};

@@ -38,16 +38,25 @@ impl WorkerState {
 pub struct ReconcileReport {
     /// Records compared (source rows plus keys only Redis had).
     pub checked: usize,
-    /// In the source, not in Redis.
+    /// In the source, not in Redis (the first [`REPORT_IDS`], sorted).
     pub missing: Vec<String>,
-    /// In Redis, not in the source.
+    /// In Redis, not in the source (the first [`REPORT_IDS`], sorted).
     pub orphaned: Vec<String>,
-    /// Redis holds an older version the pipeline wrote: a change was lost.
+    /// Redis holds an older version the pipeline wrote: a change was lost
+    /// (the first [`REPORT_IDS`], sorted).
     pub stale: Vec<String>,
-    /// Redis holds something the pipeline did not write.
+    /// Redis holds something the pipeline did not write (the first
+    /// [`REPORT_IDS`], sorted).
     pub changed_outside: Vec<String>,
-    /// Differences that resolved on a recheck (changes under way).
+    /// Differences that resolved on a recheck (changes under way; the
+    /// first [`REPORT_IDS`], sorted).
     pub in_flight: Vec<String>,
+    /// How many of each kind there were, listed or not.
+    pub totals: DriftTotals,
+    /// Whether keys only Redis holds were found exactly (false above
+    /// 200,000 rows: a Bloom filter of the snapshot's ids decides, and may
+    /// miss one orphan in a thousand per run; each run draws a new seed).
+    pub exact: bool,
     /// Keys written or removed to repair the differences.
     pub repaired: usize,
     /// Keys found correct, whose TTL was refreshed.
@@ -58,23 +67,41 @@ pub struct ReconcileReport {
     pub elapsed: Duration,
 }
 
+/// Ids a report lists per kind at most (its totals count them all), so a
+/// report stays small whatever drifted.
+pub const REPORT_IDS: usize = 1000;
+
+/// How many findings of each kind a reconciliation made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriftTotals {
+    /// In the source, not in Redis.
+    pub missing: usize,
+    /// In Redis, not in the source.
+    pub orphaned: usize,
+    /// A change was lost.
+    pub stale: usize,
+    /// Written outside the pipeline.
+    pub changed_outside: usize,
+    /// Resolved on a recheck.
+    pub in_flight: usize,
+}
+
 impl ReconcileReport {
     /// Whether Redis matched the source (in-flight changes aside).
     pub fn is_clean(&self) -> bool {
-        self.missing.is_empty()
-            && self.orphaned.is_empty()
-            && self.stale.is_empty()
-            && self.changed_outside.is_empty()
+        let t = &self.totals;
+        t.missing + t.orphaned + t.stale + t.changed_outside == 0
     }
 
     /// The number of findings of each kind, by the kind's name.
     pub fn counts(&self) -> [(&'static str, usize); 5] {
+        let t = &self.totals;
         [
-            ("missing", self.missing.len()),
-            ("orphaned", self.orphaned.len()),
-            ("stale", self.stale.len()),
-            ("changed_outside", self.changed_outside.len()),
-            ("in_flight", self.in_flight.len()),
+            ("missing", t.missing),
+            ("orphaned", t.orphaned),
+            ("stale", t.stale),
+            ("changed_outside", t.changed_outside),
+            ("in_flight", t.in_flight),
         ]
     }
 }

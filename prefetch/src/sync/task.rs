@@ -216,6 +216,12 @@ where
             return; // a heartbeat
         }
         self.events.publish(|| {
+            if outcome.written.len() > EventBus::ROW_LIMIT {
+                return Event::Bulk {
+                    applied: true,
+                    changes: outcome.applied,
+                };
+            }
             let writes = outcome
                 .written
                 .iter()

@@ -5,7 +5,7 @@
 //! in the same run, as a ratio, over several repetitions (median, min, max).
 //! Prints a markdown table and writes `target/bench/report.{md,json}`.
 //!
-//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,replicas,cluster,page,ui` runs only some sections.
+//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,replicas,cluster,page,ui,realsize` runs only some sections.
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run; figures are then
 //! not comparable with a full run).
 
@@ -34,6 +34,7 @@ mod memory;
 mod page;
 mod postgres;
 mod read;
+mod realsize;
 mod replicas;
 mod report;
 mod sync;
@@ -166,6 +167,9 @@ fn main() -> Result<()> {
         }
         if wanted("cluster") {
             cluster::cluster(&redis, &s, &mut report).await?;
+        }
+        if wanted("realsize") {
+            realsize::real_size(&redis, &s, &mut report).await?;
         }
         Ok::<_, BoxError>(())
     })?;

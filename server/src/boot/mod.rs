@@ -127,10 +127,10 @@ async fn reconcile_every(engine: DemoEngine, every: Duration, shutdown: Cancella
             ),
             Ok(r) => tracing::warn!(
                 checked = r.checked,
-                missing = r.missing.len(),
-                orphaned = r.orphaned.len(),
-                stale = r.stale.len(),
-                changed_outside = r.changed_outside.len(),
+                missing = r.totals.missing,
+                orphaned = r.totals.orphaned,
+                stale = r.totals.stale,
+                changed_outside = r.totals.changed_outside,
                 "reconciliation found drift (POST /reconcile with repair=true fixes it)"
             ),
             Err(e) => tracing::warn!(error = %e, "reconciliation failed"),

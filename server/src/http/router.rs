@@ -1,7 +1,6 @@
 //! The router: the reference API (server functions), the page, the live
 //! feed, static files; every request goes through the edge layer.
 
-use app::api::dashboard_state;
 use app::error::AppError;
 use app::{FormError, shell};
 use axum::Router;
@@ -116,8 +115,10 @@ async fn page(State(state): State<AppState>, req: Request) -> Response {
     if let Some(res) = security::token_login(&state, req.uri().query()) {
         return res;
     }
-    let snapshot = match dashboard_state(&state.ctx).await {
+    let view = super::sse::view_of(req.uri().query());
+    let snapshot = match app::page::dashboard_state(&state.ctx, &view).await {
         Ok(snapshot) => Some(snapshot),
+        Err(e) if let Some(res) = super::sse::bad_view(&e) => return res,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the state for the page");
             None

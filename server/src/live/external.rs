@@ -3,12 +3,14 @@
 //! cache, when polling) re-read and compared with the mirror of what
 //! clients were told.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use app::api::now_ms;
 use app::model::{Fields, LiveEvent, WriteOrigin, expires_at};
+use prefetch::CachedEntry;
 
-use super::task::{Mirrored, Task};
+use super::task::Task;
+use super::views::{Mirrored, lock};
 
 /// More keys than this pending at once: resync instead of checking each.
 const MAX_PENDING: usize = 512;
@@ -42,11 +44,12 @@ impl Task {
     /// Re-reads keys that keyspace notifications named and reports those
     /// that differ from what clients were told: changes from outside.
     pub(super) async fn check_pending(&mut self) {
-        let ids = std::mem::take(&mut self.pending);
+        let mut ids = std::mem::take(&mut self.pending);
         let expired = std::mem::take(&mut self.expired);
         if !self.following().await {
             return;
         }
+        ids.retain(|id| self.follows(id));
         if ids.len() > MAX_PENDING {
             self.resync().await;
             return;
@@ -168,39 +171,77 @@ impl Task {
         });
     }
 
-    /// Polling fallback: diff the whole cache against the mirror.
+    /// Polling fallback: diff the rows clients show against the mirror.
     pub(super) async fn poll(&mut self) {
         if !self.following().await {
             return;
         }
-        let entries = match self.hub.ctx.engine.cache().entries().await {
+        if self.whole {
+            self.poll_whole().await;
+        } else {
+            let ids = lock(&self.hub.views).ids();
+            self.recheck(&ids).await;
+        }
+    }
+
+    /// Re-reads `ids` and reports those that differ from the mirror.
+    pub(super) async fn recheck(&mut self, ids: &[String]) {
+        match self.hub.ctx.engine.cache().entries_of(ids).await {
+            Ok(entries) => {
+                let found = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
+                self.compare(ids.iter().cloned(), found).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot re-read the rows clients show"),
+        }
+    }
+
+    /// Re-reads the whole (small) cache and reports every difference from
+    /// the mirror; a cache grown past [`FULL_LIMIT`](app::page::FULL_LIMIT) makes every client
+    /// take a page instead.
+    pub(super) async fn poll_whole(&mut self) {
+        let ids = match self.small_cache().await {
+            Ok(Some(ids)) => ids,
+            Ok(None) => {
+                self.whole = false;
+                self.resync().await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cache poll failed");
+                return;
+            }
+        };
+        let entries = match self.hub.ctx.engine.cache().entries_of(&ids).await {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::debug!(error = %e, "cache poll failed");
                 return;
             }
         };
+        let found: BTreeMap<String, CachedEntry> =
+            entries.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let mut all: BTreeSet<String> = self.mirror.keys().cloned().collect();
+        all.extend(found.keys().cloned());
+        self.compare(all.into_iter(), found).await;
+    }
+
+    /// Reports each of `ids` whose entry in `found` (or absence) differs
+    /// from the mirror.
+    async fn compare(
+        &mut self,
+        ids: impl Iterator<Item = String>,
+        mut found: BTreeMap<String, CachedEntry>,
+    ) {
         // The app's own writes that landed before the read may still be
         // queued for us: mirror them first, or they would look external.
         self.drain_engine_events().await;
         let now = now_ms();
-        let mut seen = BTreeSet::new();
-        for e in entries {
-            seen.insert(e.id.clone());
-            let actual = Mirrored {
+        for id in ids {
+            let actual = found.remove(&id).map(|e| Mirrored {
                 expires_at_ms: expires_at(e.ttl, now),
                 fields: e.fields,
-            };
-            self.report_if_changed(&e.id, Some(actual), WriteOrigin::External);
-        }
-        let gone: Vec<String> = self
-            .mirror
-            .keys()
-            .filter(|id| !seen.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.report_if_changed(&id, None, WriteOrigin::External);
+            });
+            self.report_if_changed(&id, actual, WriteOrigin::External);
         }
     }
 }

@@ -120,6 +120,7 @@ pub fn spawn_listener<C: ConnectionLike + Send + 'static>(
                         }
                         connected_before = true;
                         let mut messages = pubsub.on_message();
+                        let mut overflowed = false;
                         loop {
                             let msg = tokio::select! {
                                 _ = shutdown.cancelled() => return,
@@ -137,9 +138,11 @@ pub fn spawn_listener<C: ConnectionLike + Send + 'static>(
                                 id: id.to_owned(),
                                 op: KeyOp::of(&event),
                             };
-                            if tx.try_send(event).is_err() {
-                                // The hub is behind: coalesce everything into one resync.
-                                let _ = tx.send(KeyEvent::Resync).await;
+                            // Never wait for the hub: redis-rs would buffer every
+                            // notification meanwhile. While it is behind, one
+                            // resync, sent once it has room, covers them all.
+                            if overflowed || tx.try_send(event).is_err() {
+                                overflowed = tx.try_send(KeyEvent::Resync).is_err();
                             }
                         }
                         tracing::warn!("keyspace subscription ended; reconnecting");

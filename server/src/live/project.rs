@@ -4,7 +4,12 @@
 use app::model::{LiveEvent, ReconcileResponse, WriteOrigin, epoch_ms, millis};
 use prefetch::{Event, WriteOutcome};
 
+use std::sync::Arc;
+
+use app::page::FULL_LIMIT;
+
 use super::task::Task;
+use super::views::lock;
 
 impl Task {
     pub(super) async fn on_engine(&mut self, event: Event) {
@@ -12,6 +17,9 @@ impl Task {
             Event::Primary(tx) => {
                 let at_ms = epoch_ms(tx.committed_at);
                 for change in &tx.changes {
+                    if change.op() != prefetch::Op::Truncate && !self.follows(&change.id) {
+                        continue; // a row nobody shows: the counters tell
+                    }
                     self.hub.send(&LiveEvent::Primary {
                         version: change.version.to_string(),
                         op: change.op().into(),
@@ -21,8 +29,18 @@ impl Task {
                     });
                 }
             }
-            Event::SyncApplied { writes, .. } => self.project_applied(&writes),
-            Event::Invalidated { id, existed: true } => {
+            // Too many rows to follow one by one: the clients' rows are
+            // read again once the burst settles (next stats tick).
+            Event::Bulk { .. } => self.bulk_due = true,
+            Event::SyncApplied { writes, .. } => {
+                // Overflow: the whole table is no longer small, so every
+                // client takes a page instead.
+                let overflow = self.project_applied(&writes);
+                if overflow {
+                    self.resync().await;
+                }
+            }
+            Event::Invalidated { id, existed: true } if self.follows(&id) => {
                 self.set_mirror(&id, None, None);
                 self.hub.send(&LiveEvent::Cache {
                     id,
@@ -74,14 +92,23 @@ impl Task {
         }
     }
 
-    /// Writes the worker applied: the mirror follows, and clients are told.
-    fn project_applied(&mut self, writes: &[prefetch::AppliedWrite]) {
+    /// Writes the worker applied to rows some client shows: the mirror
+    /// follows, and clients are told. True when the hub followed the whole
+    /// table and it has outgrown [`FULL_LIMIT`].
+    fn project_applied(&mut self, writes: &[prefetch::AppliedWrite]) -> bool {
         let ttl = self.hub.ctx.engine.cache().ttl_config();
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
         if self.is_idle() {
-            return; // nobody to tell; the next client re-seeds the mirror
+            return false; // nobody to tell; the next client re-seeds the mirror
         }
-        for w in writes.iter().filter(|w| w.outcome == WriteOutcome::Applied) {
+        let views = Arc::clone(&self.hub.views);
+        let views = lock(&views);
+        let whole = self.whole;
+        let shown = writes
+            .iter()
+            .filter(|w| w.outcome == WriteOutcome::Applied)
+            .filter(|w| whole || views.on_page(&w.id));
+        for w in shown {
             let fields = w.fields.as_ref().map(|f| (**f).clone());
             let expires = fields
                 .as_ref()
@@ -95,6 +122,7 @@ impl Task {
                 lag_ms: Some(millis(w.lag)),
             });
         }
+        self.whole && self.mirror.len() > FULL_LIMIT
     }
 }
 

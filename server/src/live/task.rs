@@ -6,15 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use app::api::dashboard_state;
-use app::model::{Fields, LiveEvent, SourceDto, StatsDto};
-use prefetch::Event;
+use app::api::now_ms;
+use app::model::{LiveEvent, SourceDto, StatsDto, expires_at};
+use app::page::FULL_LIMIT;
+use prefetch::{Event, ScanCursor};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::{Frame, LiveHub, SnapshotRequest};
+use super::fanout::{Follow, LiveHub};
 use super::keyspace::{KeyEvent, KeyOp};
+use super::views::{Mirrored, lock};
 
 /// Keyspace notifications are checked this long after they arrive, so the
 /// app's own writes (reported through the engine) are already mirrored.
@@ -24,41 +26,42 @@ const STATS_INTERVAL: Duration = Duration::from_millis(250);
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What the clients were last told about one key.
-#[derive(Debug, PartialEq)]
-pub(super) struct Mirrored {
-    pub(super) fields: Fields,
-    pub(super) expires_at_ms: Option<i64>,
-}
-
 pub(super) struct Task {
     pub(super) hub: LiveHub,
     pub(super) engine_rx: broadcast::Receiver<Event>,
     pub(super) keys: Option<mpsc::Receiver<KeyEvent>>,
-    pub(super) requests: mpsc::Receiver<SnapshotRequest>,
+    follow_rx: mpsc::Receiver<Follow>,
+    /// What clients were told, for the rows the hub follows.
     pub(super) mirror: BTreeMap<String, Mirrored>,
     pub(super) pending: BTreeSet<String>,
     pub(super) expired: BTreeSet<String>,
+    /// Whether the hub follows every row: some client shows the whole
+    /// table, and it is small (otherwise, the rows some client shows).
+    pub(super) whole: bool,
     pub(super) last_stats: Option<StatsDto>,
     pub(super) last_source: Option<SourceDto>,
+    /// A bulk change arrived: resync on the next stats tick.
+    pub(super) bulk_due: bool,
 }
 
 impl Task {
     pub(super) fn new(
         hub: LiveHub,
         keys: Option<mpsc::Receiver<KeyEvent>>,
-        requests: mpsc::Receiver<SnapshotRequest>,
+        follow_rx: mpsc::Receiver<Follow>,
     ) -> Self {
         Self {
             engine_rx: hub.ctx.engine.subscribe(),
             hub,
             keys,
-            requests,
+            follow_rx,
             mirror: BTreeMap::new(),
             pending: BTreeSet::new(),
             expired: BTreeSet::new(),
+            whole: false,
             last_stats: None,
             last_source: None,
+            bulk_due: false,
         }
     }
 }
@@ -97,24 +100,39 @@ impl Task {
                 },
                 key = key_event => match key {
                     Some(KeyEvent::Key { id, op }) => {
-                        if op == KeyOp::Expired {
-                            self.expired.insert(id.clone());
+                        // Rows nobody shows are not followed: a bulk load
+                        // costs the hub a lookup per key, nothing kept.
+                        if self.follows(&id) {
+                            if op == KeyOp::Expired {
+                                self.expired.insert(id.clone());
+                            }
+                            self.pending.insert(id);
+                            check_at.get_or_insert_with(|| Instant::now() + EXTERNAL_SETTLE);
                         }
-                        self.pending.insert(id);
-                        check_at.get_or_insert_with(|| Instant::now() + EXTERNAL_SETTLE);
                     }
                     Some(KeyEvent::Resync) => self.resync().await,
                     None => self.keys = None,
                 },
-                Some(reply) = self.requests.recv() => self.snapshot_for(reply).await,
+                Some(follow) = self.follow_rx.recv() => self.on_follow(follow).await,
                 _ = check => {
                     check_at = None;
                     self.check_pending().await;
                 }
                 _ = poll_tick.tick(), if polling => self.poll().await,
-                _ = stats_tick.tick(), if self.hub.watched() => self.stats(false),
+                _ = stats_tick.tick(), if self.hub.watched() => {
+                    if std::mem::take(&mut self.bulk_due) {
+                        self.resync().await;
+                    }
+                    self.stats(false);
+                    self.prune();
+                }
             }
         }
+    }
+
+    /// Whether the hub follows row `id` (some client shows it).
+    pub(super) fn follows(&self, id: &str) -> bool {
+        self.whole || lock(&self.hub.views).on_page(id)
     }
 
     /// Applies every engine event already queued for the hub.
@@ -131,45 +149,87 @@ impl Task {
         }
     }
 
-    /// Sends everyone a fresh snapshot and re-seeds the mirror from it
-    /// (with nobody watching: goes idle instead).
+    /// Re-seeds the mirror from the cache and asks every client to take a
+    /// fresh snapshot of its own view (with nobody watching: goes idle
+    /// instead). The mirror is read first: whatever changes after it is
+    /// reported on top of each client's newer snapshot, where replaying it
+    /// changes nothing.
     pub(super) async fn resync(&mut self) {
         if !self.hub.watched() {
             self.go_idle();
             return;
         }
-        match dashboard_state(&self.hub.ctx).await {
-            Ok(state) => {
-                self.seed(&state);
-                self.hub.send(&LiveEvent::Snapshot(Box::new(state)));
-            }
+        match self.reseed().await {
+            Ok(()) => self.hub.ask_resync(),
             Err(e) => tracing::warn!(error = %e, "live feed resync failed"),
         }
     }
 
-    /// The mirror becomes exactly what `state` shows; the hub follows the
-    /// cache again.
-    fn seed(&mut self, state: &app::model::DashboardState) {
-        self.mirror = state
-            .cache
-            .iter()
+    /// The mirror becomes what the cache holds for the rows the clients
+    /// show; the hub follows the cache again.
+    async fn reseed(&mut self) -> prefetch::Result<()> {
+        let (whole, mut ids) = {
+            let views = lock(&self.hub.views);
+            (views.whole(), views.ids())
+        };
+        self.whole = false;
+        if whole && let Some(all) = self.small_cache().await? {
+            self.whole = true;
+            ids = all;
+        }
+        let entries = self.hub.ctx.engine.cache().entries_of(&ids).await?;
+        let now = now_ms();
+        self.mirror = entries
+            .into_iter()
             .map(|e| {
                 (
-                    e.id.clone(),
+                    e.id,
                     Mirrored {
-                        fields: e.fields.clone(),
-                        expires_at_ms: e.expires_at_ms,
+                        expires_at_ms: expires_at(e.ttl, now),
+                        fields: e.fields,
                     },
                 )
             })
             .collect();
-        self.last_stats = Some(state.stats.clone());
-        self.last_source = Some(state.source.clone());
         self.hub.idle.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Every cached id, when there are at most [`FULL_LIMIT`].
+    pub(super) async fn small_cache(&self) -> prefetch::Result<Option<Vec<String>>> {
+        let page = self
+            .hub
+            .ctx
+            .engine
+            .cache()
+            .scan_ids(ScanCursor::START, "", FULL_LIMIT + 1)
+            .await?;
+        Ok((page.next.is_none() && page.ids.len() <= FULL_LIMIT).then_some(page.ids))
+    }
+
+    /// A client was just told `follow.told`: the hub follows those rows
+    /// from there, and re-reads them at once, so that a change made since
+    /// the client's snapshot is reported to it.
+    async fn on_follow(&mut self, follow: Follow) {
+        if self.is_idle() {
+            self.mirror.clear();
+            self.whole = false;
+            self.hub.idle.store(false, Ordering::Release);
+        }
+        let ids: Vec<String> = follow.told.iter().map(|(id, _)| id.clone()).collect();
+        for (id, told) in follow.told {
+            self.mirror.entry(id).or_insert(told);
+        }
+        if follow.whole {
+            self.whole = true;
+            self.poll_whole().await;
+        } else {
+            self.recheck(&ids).await;
+        }
     }
 
     pub(super) fn is_idle(&self) -> bool {
-        self.hub.idle.load(Ordering::Acquire)
+        self.hub.is_idle()
     }
 
     /// Nobody watches: stop following the cache (the mirror goes stale).
@@ -181,12 +241,13 @@ impl Task {
         self.mirror.clear();
         self.pending.clear();
         self.expired.clear();
+        self.whole = false;
     }
 
     /// Whether to look at the cache now: false (and idle) with nobody
     /// watching. A client that arrived while the hub was going idle made
-    /// its own snapshot, older than what the hub dropped: it gets a fresh
-    /// one, and the mirror is re-seeded from it.
+    /// its own snapshot, older than what the hub dropped: it is asked for
+    /// a fresh one, after the mirror is re-seeded.
     pub(super) async fn following(&mut self) -> bool {
         if !self.hub.watched() {
             self.go_idle();
@@ -199,23 +260,15 @@ impl Task {
         true
     }
 
-    /// A snapshot for a client arriving while the hub is idle, made here so
-    /// that the mirror is re-seeded from exactly what that client is told,
-    /// before any later change is compared with it.
-    async fn snapshot_for(&mut self, reply: SnapshotRequest) {
-        // Engine events already queued describe writes the snapshot will
-        // include: take them first.
-        self.drain_engine_events().await;
-        let answer = match dashboard_state(&self.hub.ctx).await {
-            Ok(state) => {
-                if self.is_idle() {
-                    self.seed(&state);
-                }
-                Frame::snapshot(state)
-            }
-            Err(e) => Err(e.into()),
-        };
-        let _ = reply.send(answer);
+    /// Forgets the rows no client shows any more.
+    fn prune(&mut self) {
+        if self.whole {
+            return;
+        }
+        let views = lock(&self.hub.views);
+        if self.mirror.len() > 2 * views.rows() + 64 {
+            self.mirror.retain(|id, _| views.on_page(id));
+        }
     }
 
     pub(super) fn stats(&mut self, force: bool) {

@@ -220,6 +220,12 @@ pub fn spawn_binary_with(redis_url: &str, port: u16, extra: &[&str]) -> Child {
 /// The server binary on the Redis `redis` names (`--redis-url URL` or
 /// `--redis-cluster URLS`), once it says it is running.
 pub fn spawn_binary_on(redis: &[&str], port: u16, extra: &[&str]) -> Child {
+    spawn_binary_within(redis, port, extra, Duration::from_secs(20))
+}
+
+/// [`spawn_binary_on`], waiting up to `within` for it to say it is running
+/// (a large initial load).
+pub fn spawn_binary_within(redis: &[&str], port: u16, extra: &[&str], within: Duration) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
         .args(redis)
         .args(["--port", &port.to_string(), "--primary-latency-ms", "0"])
@@ -230,14 +236,21 @@ pub fn spawn_binary_on(redis: &[&str], port: u16, extra: &[&str]) -> Child {
         .spawn()
         .expect("spawn the server binary");
     let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + within;
     for line in lines.by_ref() {
         if line.unwrap_or_default().contains("sync worker running") {
             break;
         }
         assert!(Instant::now() < deadline, "server did not start");
     }
-    std::thread::spawn(move || for _ in lines {});
+    // Warnings and errors go on to the test's output (shown when it fails).
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("server: {line}");
+            }
+        }
+    });
     child
 }
 

@@ -17,6 +17,7 @@ mod load;
 mod operations;
 mod postgres;
 mod races;
+mod real_size;
 mod replicas;
 mod security;
 mod stream;

@@ -1,0 +1,224 @@
+//! What a view shows (feature `ssr`): the whole table when it is small,
+//! one page when it is large, so that no answer, page or live-feed frame
+//! grows with the table.
+//!
+//! - Up to [`FULL_LIMIT`] records on both sides, the dashboard, `/state`
+//!   and `/categories` answer exactly as the reference demos do.
+//! - Above, the dashboard shows a page of [`PAGE_ROWS`] cached keys from a
+//!   `SCAN` cursor (optionally those whose id starts with a search), each
+//!   beside the primary's record of the same id; `/state?after=ID` and
+//!   `/categories?after=ID` page through the primary's key order instead,
+//!   at most [`API_PAGE_ROWS`] records or [`PAGE_BYTES`] a page.
+//! - Totals come from counters: the cache's keys as the last TTL renewal
+//!   walk (or load) counted them, the primary's own count or estimate.
+
+use std::time::SystemTime;
+
+use prefetch::{CachedEntry, Record, ScanCursor};
+
+use crate::model::{
+    CacheEntryDto, CategoriesResponse, DashboardState, PageDto, ReconcileResponse, SourceDto,
+    StatsDto, ViewDto, epoch_ms,
+};
+use crate::serve::ServerContext;
+
+/// Records (on either side) up to which a table is shown whole.
+pub const FULL_LIMIT: usize = 1000;
+/// Rows a dashboard page shows.
+pub const PAGE_ROWS: usize = 50;
+/// Records an API page (`?after=`) holds at most.
+pub const API_PAGE_ROWS: usize = 1000;
+/// Field bytes an API page holds at most, so that an answer stays well
+/// under 1 MB whatever the rows hold.
+pub const PAGE_BYTES: usize = 256 * 1024;
+
+/// The whole table, when both sides hold at most [`FULL_LIMIT`] records:
+/// the primary's records and the cached ids, sorted.
+async fn small_table(ctx: &ServerContext) -> prefetch::Result<Option<(Vec<Record>, Vec<String>)>> {
+    let (primary, cached) = tokio::join!(
+        ctx.primary.records_after(None, FULL_LIMIT + 1),
+        ctx.engine
+            .cache()
+            .scan_ids(ScanCursor::START, "", FULL_LIMIT + 1),
+    );
+    let (primary, cached) = (primary?, cached?);
+    let mut ids = cached.ids;
+    ids.sort_unstable();
+    ids.dedup();
+    if primary.len() > FULL_LIMIT || ids.len() > FULL_LIMIT || cached.next.is_some() {
+        return Ok(None);
+    }
+    Ok(Some((primary, ids)))
+}
+
+/// `GET /categories` (`?after=ID`): see the module docs.
+pub async fn categories(
+    ctx: &ServerContext,
+    after: Option<&str>,
+) -> prefetch::Result<CategoriesResponse> {
+    if after.is_none()
+        && let Some((primary, cache_ids)) = small_table(ctx).await?
+    {
+        return Ok(CategoriesResponse {
+            cache_ids,
+            primary_ids: ids_of(&primary),
+            next: None,
+        });
+    }
+    let (records, next) = primary_page(ctx, after).await?;
+    let primary_ids = ids_of(&records);
+    let cached = ctx.engine.cache().cached_of(&primary_ids).await?;
+    Ok(CategoriesResponse {
+        cache_ids: primary_ids
+            .iter()
+            .zip(cached)
+            .filter(|(_, c)| *c)
+            .map(|(id, _)| id.clone())
+            .collect(),
+        primary_ids,
+        next,
+    })
+}
+
+/// The dashboard's state for `view`; also `/state` and the live feed's
+/// snapshot.
+pub async fn dashboard_state(
+    ctx: &ServerContext,
+    view: &ViewDto,
+) -> prefetch::Result<DashboardState> {
+    let cursor = view.cursor.as_deref().filter(|c| !c.is_empty());
+    let query = search_of(ctx, view);
+    if let Some(after) = view.after.as_deref() {
+        let (records, next) = primary_page(ctx, Some(after)).await?;
+        let ids = ids_of(&records);
+        let cache = ctx.engine.cache().entries_of(&ids).await?;
+        let page = page_info(ctx, PageDto::PRIMARY, after, next, "", API_PAGE_ROWS).await?;
+        return Ok(state(ctx, records, cache, Some(page)));
+    }
+    if cursor.is_none()
+        && query.is_empty()
+        && let Some((primary, ids)) = small_table(ctx).await?
+    {
+        let cache = ctx.engine.cache().entries_of(&ids).await?;
+        return Ok(state(ctx, primary, cache, None));
+    }
+    let from = match cursor {
+        Some(c) => c.parse()?,
+        None => ScanCursor::START,
+    };
+    let scanned = ctx.engine.cache().scan_ids(from, &query, PAGE_ROWS).await?;
+    let mut ids = Vec::with_capacity(scanned.ids.len() + 1);
+    if cursor.is_none() && !query.is_empty() {
+        // A search's first page starts with the id itself, when it is a
+        // record on either side (SCAN order would bury it).
+        ids.push(query.clone());
+    }
+    let mut seen = std::collections::HashSet::new();
+    ids.extend(scanned.ids);
+    ids.retain(|id| seen.insert(id.clone()));
+    let (primary, cache) = tokio::join!(
+        ctx.primary.records_for(&ids),
+        ctx.engine.cache().entries_of(&ids)
+    );
+    let next = scanned.next.map(|c| c.to_string());
+    let start = cursor.unwrap_or_default().to_owned();
+    let page = page_info(ctx, PageDto::CACHE, &start, next, &query, PAGE_ROWS).await?;
+    Ok(state(ctx, primary?, cache?, Some(page)))
+}
+
+/// A view's search, as an id prefix: surrounding blanks and the cache's
+/// key prefix (someone pasting a whole key) taken off.
+fn search_of(ctx: &ServerContext, view: &ViewDto) -> String {
+    let query = view.query.as_deref().unwrap_or_default().trim();
+    query
+        .strip_prefix(ctx.engine.cache().prefix())
+        .unwrap_or(query)
+        .to_owned()
+}
+
+/// The primary's records after `after`, at most [`API_PAGE_ROWS`] and
+/// [`PAGE_BYTES`], and the id the next page follows (if there is one).
+async fn primary_page(
+    ctx: &ServerContext,
+    after: Option<&str>,
+) -> prefetch::Result<(Vec<Record>, Option<String>)> {
+    let mut records = ctx.primary.records_after(after, API_PAGE_ROWS + 1).await?;
+    let mut bytes = 0;
+    let fits = records
+        .iter()
+        .take_while(|r| {
+            bytes += r
+                .fields()
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>();
+            bytes <= PAGE_BYTES
+        })
+        .count()
+        .clamp(1, API_PAGE_ROWS);
+    let more = records.len() > fits;
+    records.truncate(fits);
+    let next = more
+        .then(|| records.last().and_then(|r| r.id().map(str::to_owned)))
+        .flatten();
+    Ok((records, next))
+}
+
+async fn page_info(
+    ctx: &ServerContext,
+    order: &str,
+    start: &str,
+    next: Option<String>,
+    query: &str,
+    size: usize,
+) -> prefetch::Result<PageDto> {
+    let rows = ctx.primary.count().await?;
+    Ok(PageDto {
+        order: order.to_owned(),
+        start: start.to_owned(),
+        next,
+        query: query.to_owned(),
+        size,
+        cache_keys: ctx.engine.cached_keys(),
+        primary_rows: rows.rows,
+        primary_exact: rows.exact,
+    })
+}
+
+fn ids_of(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| r.id().map(str::to_owned))
+        .collect()
+}
+
+fn state(
+    ctx: &ServerContext,
+    primary: Vec<Record>,
+    cache: Vec<CachedEntry>,
+    page: Option<PageDto>,
+) -> DashboardState {
+    let now = epoch_ms(SystemTime::now());
+    let engine_stats = ctx.engine.stats();
+    let source = SourceDto::from(&engine_stats.source);
+    let p = &ctx.primary;
+    DashboardState {
+        primary: primary.into_iter().map(Record::into_fields).collect(),
+        source,
+        cache: cache
+            .into_iter()
+            .map(|e| CacheEntryDto::from_entry(e, now))
+            .collect(),
+        stats: StatsDto::new(engine_stats, p.reads(), p.read_latency()),
+        prefix: ctx.engine.cache().prefix().to_owned(),
+        ttl_seconds: ctx.engine.cache().ttl_config().as_secs(),
+        external: ctx.external,
+        server_time_ms: now,
+        reconcile: ctx
+            .engine
+            .last_reconcile()
+            .map(|(at, r)| ReconcileResponse::new(&r, at)),
+        faults: ctx.faults.is_some(),
+        page,
+    }
+}
