@@ -9,8 +9,8 @@
 //!   beside the primary's record of the same id; `/state?after=ID` and
 //!   `/categories?after=ID` page through the primary's key order instead,
 //!   at most [`API_PAGE_ROWS`] records or [`PAGE_BYTES`] a page.
-//! - Totals come from counters: the cache's keys as the last TTL renewal
-//!   walk (or load) counted them, the primary's own count or estimate.
+//! - Totals come from counters: Redis's `DBSIZE`, the primary's own count
+//!   or estimate.
 
 use std::time::SystemTime;
 
@@ -179,7 +179,7 @@ async fn page_info(
         next,
         query: query.to_owned(),
         size,
-        cache_keys: ctx.engine.cached_keys(),
+        cache_keys: ctx.engine.cache().db_keys().await?,
         primary_rows: rows.rows,
         primary_exact: rows.exact,
     })

@@ -79,7 +79,7 @@ fn totals(state: LiveState) -> String {
     state.page.with(|page| match page {
         None => format!("{primary} in primary · {cache} in cache"),
         Some(p) => format!(
-            "{} rows on this page · {}{} rows in primary · {} keys in cache",
+            "{} rows on this page · {}{} rows in primary · {} keys in Redis",
             state.all_ids().len(),
             if p.primary_exact { "" } else { "about " },
             thousands(p.primary_rows),

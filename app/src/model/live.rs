@@ -143,7 +143,8 @@ pub struct PageDto {
     pub query: String,
     /// Rows asked for per page.
     pub size: usize,
-    /// Keys in the cache, as last counted.
+    /// Keys in Redis (`DBSIZE`): the cache's keys and whatever else the
+    /// database holds.
     pub cache_keys: u64,
     /// Records in the primary.
     pub primary_rows: u64,

@@ -125,6 +125,18 @@ impl<C: Connection> PrefetchCache<C> {
         }
     }
 
+    /// How many keys Redis holds (`DBSIZE`, summed over a cluster's
+    /// primaries): the cache's keys, its state, and anything else stored
+    /// in the same database. Always current, and O(1) per node.
+    pub async fn db_keys(&self) -> Result<u64> {
+        let mut total = 0;
+        for mut node in self.conn.primaries().await? {
+            let n: u64 = redis::cmd("DBSIZE").query_async(&mut node).await?;
+            total += n;
+        }
+        Ok(total)
+    }
+
     /// Every id currently cached, sorted, each once.
     pub async fn ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
