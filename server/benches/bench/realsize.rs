@@ -7,6 +7,9 @@
 //!   `used_memory` on both sides;
 //! - the dashboard's open time in Chromium (navigation to hydrated), and
 //!   the size and time of `/`, `/state` and `/categories`;
+//! - the TTL renewal's steady cost on Redis (CPU share, `EXPIRE`s a second,
+//!   CPU per key) next to the same count of raw `EXPIRE … GT` through
+//!   `redis-cli --pipe`;
 //! - an `UPDATE` of 1,000,000 rows in one transaction, commit → the last
 //!   row visible in Redis, next to `pg_recvlogical` receiving the same
 //!   transaction (to /dev/null) and `redis-cli --pipe` of 1,000,000 rows.
@@ -232,11 +235,7 @@ fn page_open(base: &str) -> Option<serde_json::Value> {
     if !status.success() {
         return None;
     }
-    let dir = PathBuf::from("end2end/test-results");
-    let found = std::fs::read_dir(&dir).ok()?.flatten().find_map(|d| {
-        let p = d.path().join("page-open.json");
-        p.exists().then_some(p)
-    })?;
+    let found = PathBuf::from("end2end/test-results/page-open.json");
     serde_json::from_str(&std::fs::read_to_string(found).ok()?).ok()
 }
 
@@ -326,11 +325,11 @@ pub async fn real_size(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
 
     // A million-row UPDATE in one transaction.
     let updated = UPDATED.min(n);
-    sql.batch_execute(
-        "CREATE PUBLICATION bench_raw FOR TABLE items;
-         SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput');",
-    )
-    .await?;
+    sql.batch_execute("CREATE PUBLICATION bench_raw FOR TABLE items")
+        .await?;
+    // On its own: a slot cannot be created in a transaction that wrote.
+    sql.batch_execute("SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')")
+        .await?;
     let t = Instant::now();
     sql.batch_execute(&format!(
         "UPDATE items SET name = name || ' v2' WHERE id <= {updated}"
@@ -417,9 +416,124 @@ pub async fn real_size(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
 
     let _ = child.kill();
     let _ = child.wait();
+    renewal_cost(redis, &mut conn, &url, n, &dir, report).await?;
     flushall(&mut conn).await?;
     drop(sql);
     tokio::task::spawn_blocking(move || drop(pg)).await?;
+    Ok(())
+}
+
+/// Redis's CPU seconds (user + sys) and its `EXPIRE` and `SCAN` calls.
+async fn redis_usage(conn: &mut MultiplexedConnection) -> Result<(f64, u64, u64)> {
+    let info: String = redis::cmd("INFO").arg("all").query_async(conn).await?;
+    let num = |prefix: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let calls = |cmd: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((num("used_cpu_user:") + num("used_cpu_sys:"), calls("expire"), calls("scan")))
+}
+
+/// One TTL renewal walk over the `n` loaded keys, next to `n` raw
+/// `EXPIRE … GT` at full speed. The server starts again on the same Redis
+/// (it loads nothing) with a 120 s TTL: its first walk starts after a
+/// third of it, paced to spread over 32 s, which `n` keys outrun, so the
+/// walk goes as fast as it can. Every key holds about an hour, so neither
+/// side changes a TTL: both pay for `EXPIRE … GT`'s check.
+async fn renewal_cost(
+    redis: &TestRedis,
+    conn: &mut MultiplexedConnection,
+    url: &str,
+    n: u64,
+    dir: &Path,
+    report: &mut Report,
+) -> Result<()> {
+    const TTL: &str = "120";
+    let port = prefetch::launcher::free_port()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--redis-url", &redis.url, "--port", &port.to_string()])
+        .args(["--primary", url, "--pg-table", "items", "--cache-prefix", PREFIX])
+        .args(["--ttl-seconds", TTL, "--primary-latency-ms", "0"])
+        .env("RUST_LOG", "warn")
+        .env("LEPTOS_SITE_ROOT", super::common::site_root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Wait for the walk to start (EXPIRE calls move), then for it to have
+    // covered every key.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (_, before, _) = redis_usage(conn).await?;
+    let (mut cpu0, mut exp0, mut scan0) = redis_usage(conn).await?;
+    while exp0 == before {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("the renewal walk never started".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (cpu0, exp0, scan0) = redis_usage(conn).await?;
+    }
+    let t = Instant::now();
+    let (mut cpu1, mut exp1, mut scan1) = (cpu0, exp0, scan0);
+    while exp1 - before < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (cpu1, exp1, scan1) = redis_usage(conn).await?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (cpu, expires, scans) = (cpu1 - cpu0, exp1 - exp0, scan1 - scan0);
+    let ours_rate = expires as f64 / secs;
+    let ours_us = cpu * 1e6 / (expires.max(1) as f64);
+    let file = dir.join("real-expire.resp");
+    {
+        let mut out = BufWriter::new(std::fs::File::create(&file)?);
+        let mut buf = Vec::new();
+        for id in 1..=n {
+            buf.clear();
+            resp(&["EXPIRE", &format!("{PREFIX}{id}"), TTL, "GT"], &mut buf);
+            std::io::Write::write_all(&mut out, &buf)?;
+        }
+        std::io::Write::flush(&mut out)?;
+    }
+    let (raw0, _, _) = redis_usage(conn).await?;
+    let raw_ms = redis_cli_pipe(redis, &file)?;
+    let (raw1, _, _) = redis_usage(conn).await?;
+    let _ = std::fs::remove_file(&file);
+    let raw_us = (raw1 - raw0) * 1e6 / n as f64;
+    let raw_rate = n as f64 / (raw_ms / 1000.0);
+    println!(
+        "renewal walk: {expires} EXPIRE + {scans} SCAN in {secs:.1} s, Redis CPU {:.0} %, {ours_us:.2} µs/key; raw: {raw_rate:.0}/s, {raw_us:.2} µs/key",
+        cpu * 100.0 / secs
+    );
+    report.row(
+        "realsize",
+        format!("one TTL renewal walk over {n} keys (120 s TTL: paced over 32 s, or as fast as it goes)"),
+        format!(
+            "{} s, {} keys/s, Redis CPU {:.0} %, {ours_us:.2} µs Redis CPU per key (SCAN included)",
+            fmt_num(secs),
+            fmt_num(ours_rate),
+            cpu * 100.0 / secs
+        ),
+        format!(
+            "{n} raw EXPIRE … GT through redis-cli --pipe: {}/s, {raw_us:.2} µs Redis CPU per key",
+            fmt_num(raw_rate)
+        ),
+        Some(ours_us / raw_us),
+        "–",
+        None,
+    );
+    report.data(
+        "ttl_renewal",
+        serde_json::json!({"keys": n, "walk_s": secs, "expires": expires, "scans": scans,
+            "redis_cpu_s": cpu, "us_per_key": ours_us, "raw_per_s": raw_rate, "raw_us_per_key": raw_us}),
+    );
     Ok(())
 }
 

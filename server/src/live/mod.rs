@@ -25,7 +25,7 @@
 //! |---|---|
 //! | `fanout` | [`LiveHub`]: SSE frames serialised once, one broadcast to every client |
 //! | `task` | the hub task: what it follows and when it resyncs or goes idle |
-//! | `views` | which rows each client shows, counted across clients |
+//! | `views` | which rows each client shows (counted across clients), the frames sent and what clients were told |
 //! | `project` | engine events projected into [`LiveEvent`](app::model::LiveEvent)s |
 //! | `external` | changes made outside the app, found against a mirror of what clients saw |
 //! | `keyspace` | Redis keyspace notifications: enabling them, listening on every primary |
