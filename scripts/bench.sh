@@ -4,9 +4,10 @@
 # reads vs bare redis-rs and redis-benchmark, versioned sync bursts and
 # sustained rates vs raw MULTI/EXEC, re-prefetch under readers, the
 # PostgreSQL initial load vs COPY + --pipe and commit-to-Redis lag, HTTP
-# under wrk vs raw HGETALL, memory, page weight, and the UI's figures in
-# Chromium. Prints a markdown table and writes
-# target/bench/report.{md,json}. Takes about 25 minutes after the build.
+# under wrk vs raw HGETALL, memory, page weight, the UI's figures in
+# Chromium, and a 10,000,000-row table (load, RSS, page open, a million-row
+# UPDATE, TTL renewal). Prints a markdown table and writes
+# target/bench/report.{md,json}. Takes about 30 minutes after the build.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WITH_BENCH=1 WITH_WASM_OPT=1 WITH_BROWSER=1 "$ROOT/scripts/setup.sh"
