@@ -438,7 +438,11 @@ async fn redis_usage(conn: &mut MultiplexedConnection) -> Result<(f64, u64, u64)
             .and_then(|v| v.split(',').next()?.parse().ok())
             .unwrap_or(0)
     };
-    Ok((num("used_cpu_user:") + num("used_cpu_sys:"), calls("expire"), calls("scan")))
+    Ok((
+        num("used_cpu_user:") + num("used_cpu_sys:"),
+        calls("expire"),
+        calls("scan"),
+    ))
 }
 
 /// One TTL renewal walk over the `n` loaded keys, next to `n` raw
@@ -459,7 +463,14 @@ async fn renewal_cost(
     let port = prefetch::launcher::free_port()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
         .args(["--redis-url", &redis.url, "--port", &port.to_string()])
-        .args(["--primary", url, "--pg-table", "items", "--cache-prefix", PREFIX])
+        .args([
+            "--primary",
+            url,
+            "--pg-table",
+            "items",
+            "--cache-prefix",
+            PREFIX,
+        ])
         .args(["--ttl-seconds", TTL, "--primary-latency-ms", "0"])
         .env("RUST_LOG", "warn")
         .env("LEPTOS_SITE_ROOT", super::common::site_root())
@@ -514,7 +525,9 @@ async fn renewal_cost(
     );
     report.row(
         "realsize",
-        format!("one TTL renewal walk over {n} keys (120 s TTL: paced over 32 s, or as fast as it goes)"),
+        format!(
+            "one TTL renewal walk over {n} keys (120 s TTL: paced over 32 s, or as fast as it goes)"
+        ),
         format!(
             "{} s, {} keys/s, Redis CPU {:.0} %, {ours_us:.2} µs Redis CPU per key (SCAN included)",
             fmt_num(secs),

@@ -54,6 +54,17 @@ async fn categories_lists_both_sides_sorted() {
     assert_eq!(status, 200);
     let ids = json!(["cat-001", "cat-002", "cat-003", "cat-004", "cat-005"]);
     assert_eq!(body, json!({"cache_ids": ids, "primary_ids": ids}));
+    // Byte for byte the reference answer: no page, no `next`, no `Link`.
+    let res = reqwest::get(srv.url("/categories")).await.unwrap();
+    assert!(
+        res.headers().get("link").is_none(),
+        "a small table has one page"
+    );
+    let ids = r#"["cat-001","cat-002","cat-003","cat-004","cat-005"]"#;
+    assert_eq!(
+        res.text().await.unwrap(),
+        format!(r#"{{"cache_ids":{ids},"primary_ids":{ids}}}"#)
+    );
 }
 
 #[tokio::test]
