@@ -260,3 +260,91 @@ async fn the_server_killed_mid_stream_restarts_and_converges_with_no_key_moving_
     crate::common::sigterm(server.id());
     let _ = server.wait();
 }
+
+/// `name` of `key` in Redis.
+async fn cached_name(conn: &mut prefetch::Redis, key: &str) -> Option<String> {
+    redis::cmd("HGET")
+        .arg(key)
+        .arg("name")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_transaction_cut_by_kill_9_is_sent_again_whole_and_converges() {
+    // 200,000 changes in one transaction reach the worker in parts of
+    // 4,096; the server is killed after the first parts are in Redis and
+    // before the last. The slot must not have moved past the transaction:
+    // after the restart every row is there, and no key ever went back.
+    const ROWS: i64 = 200_000;
+    let url = postgres_database("bigtx").await;
+    let sql = postgres_client(&url).await;
+    sql.batch_execute(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL); \
+         INSERT INTO items SELECT g, 'Item ' || g FROM generate_series(1, {ROWS}) g;"
+    ))
+    .await
+    .unwrap();
+    let redis = TestRedis::spawn_own(true);
+    let flags = [
+        "--primary",
+        url.as_str(),
+        "--pg-table",
+        "items",
+        "--cache-prefix",
+        "bigtx:",
+    ];
+    let port = free_port();
+    let mut server = spawn_binary_with(&redis.url, port, &flags);
+    let mut conn = redis.redis().await;
+
+    sql.batch_execute("UPDATE items SET name = name || ' v2'")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cached_name(&mut conn, "bigtx:1").await.as_deref() != Some("Item 1 v2") {
+        assert!(Instant::now() < deadline, "the first part never arrived");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    let last = format!("bigtx:{ROWS}");
+    assert_eq!(
+        cached_name(&mut conn, &last).await,
+        Some(format!("Item {ROWS}")),
+        "killed too late: the whole transaction was already in Redis"
+    );
+
+    let mut server = spawn_binary_with(&redis.url, port, &flags);
+    let want = format!("Item {ROWS} v2");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cached_name(&mut conn, &last).await.as_deref() != Some(want.as_str()) {
+        assert!(Instant::now() < deadline, "the rest never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Resumed from the slot: the rest of the transaction came again from
+    // PostgreSQL, nothing was loaded (a slot that had moved past it would
+    // have needed a fresh snapshot).
+    let http = reqwest::Client::new();
+    let res = http
+        .get(format!("http://127.0.0.1:{port}/stats"))
+        .send()
+        .await
+        .unwrap();
+    let (_, stats) = crate::common::json_of(res).await;
+    assert_eq!(stats["prefetched"], 0, "{stats}");
+    // Every row, checked in Redis against the table.
+    let res = http
+        .post(format!("http://127.0.0.1:{port}/reconcile"))
+        .send()
+        .await
+        .unwrap();
+    let (status, report) = crate::common::json_of(res).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["verified"], ROWS, "{report}");
+    let totals = report["totals"].as_object().unwrap();
+    assert!(totals.values().all(|v| v == 0), "{report}");
+    crate::common::sigterm(server.id());
+    let _ = server.wait();
+}
