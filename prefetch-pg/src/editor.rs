@@ -3,6 +3,7 @@
 //! ([`Primary`]). The engine never uses it; the changes it makes reach
 //! Redis through the replication stream like anyone else's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -14,6 +15,16 @@ use tokio_postgres::types::ToSql;
 use crate::error::PgError;
 use crate::shared::{Shared, undefined_column};
 use crate::table::{TableInfo, ident};
+
+/// Rows up to which the primary's count is exact (above: the planner's
+/// estimate, or "more than this").
+const EXACT_COUNT_LIMIT: u64 = 100_000;
+
+/// Whether PostgreSQL refused a value as no value of its column's type
+/// (SQLSTATE class 22: invalid text representation, out of range…).
+fn not_of_the_type(e: &PgError) -> bool {
+    matches!(e, PgError::Sql(e) if e.as_db_error().is_some_and(|d| d.code().code().starts_with("22")))
+}
 
 /// The table, read and written with SQL. Made by
 /// [`PgSource::editor`](crate::PgSource::editor).
@@ -87,36 +98,59 @@ impl PgEditor {
         Ok(records)
     }
 
-    /// The records with these ids.
+    /// The records with these ids. An id that is no value of the key's
+    /// type (a search for `abc` on a bigint key, a key someone wrote by
+    /// hand) is no record: it is skipped, not an error for the others.
     async fn lookup(&self, ids: &[String]) -> Result<Vec<Record>> {
         let table = self.shared.table();
         let keys: Vec<Vec<String>> = ids.iter().filter_map(|id| table.key_of(id).ok()).collect();
+        match self.lookup_keys(&keys).await {
+            Err(e) if not_of_the_type(&e) => {
+                let mut out = Vec::new();
+                for key in &keys {
+                    match self.lookup_keys(std::slice::from_ref(key)).await {
+                        Ok(found) => out.extend(found),
+                        Err(e) if not_of_the_type(&e) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                let order: HashMap<&str, usize> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| (id.as_str(), i))
+                    .collect();
+                out.sort_by_key(|r| r.id().and_then(|id| order.get(id).copied()));
+                Ok(out)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    async fn lookup_keys(&self, keys: &[Vec<String>]) -> Result<Vec<Record>, PgError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let width = table.key.len();
-        let params: Vec<String> = keys.into_iter().flatten().collect();
-        let records = self
-            .select(
-                |t| {
-                    let order = t.key_order();
-                    let any: Vec<String> = (0..params.len() / width)
-                        .map(|i| format!("({})", t.key_predicate(1 + i * width)))
-                        .collect();
-                    format!(
-                        "{} WHERE {} ORDER BY {order}",
-                        t.select_text(),
-                        any.join(" OR ")
-                    )
-                },
-                &params,
-            )
-            .await?;
-        Ok(records)
+        let width = self.shared.table().key.len();
+        let params: Vec<String> = keys.iter().flatten().cloned().collect();
+        self.select(
+            |t| {
+                let order = t.key_order();
+                let any: Vec<String> = (0..params.len() / width)
+                    .map(|i| format!("({})", t.key_predicate(1 + i * width)))
+                    .collect();
+                format!(
+                    "{} WHERE {} ORDER BY {order}",
+                    t.select_text(),
+                    any.join(" OR ")
+                )
+            },
+            &params,
+        )
+        .await
     }
 
     /// The planner's estimate for a large table, an exact count for a
-    /// small one (below 100,000 rows, counting is cheap).
+    /// small one (up to [`EXACT_COUNT_LIMIT`] rows, counting is cheap).
     async fn rows(&self) -> Result<prefetch::RowCount> {
         let table = self.shared.table();
         let client = self.shared.sql.client().await?;
@@ -128,20 +162,30 @@ impl PgEditor {
             .await
             .map_err(PgError::from)?
             .map(|r| r.get(0));
-        if let Some(estimate) = estimate.filter(|e| *e >= 100_000.0) {
+        if let Some(estimate) = estimate.filter(|e| *e > EXACT_COUNT_LIMIT as f32) {
             return Ok(prefetch::RowCount {
                 rows: estimate as u64,
                 exact: false,
             });
         }
-        let exact: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {}", table.qualified()), &[])
+        // Counted up to the limit only: a large table never analysed (no
+        // estimate yet) costs no full scan per page.
+        let counted: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS s",
+                    table.qualified(),
+                    EXACT_COUNT_LIMIT + 1
+                ),
+                &[],
+            )
             .await
             .map_err(PgError::from)?
             .get(0);
+        let counted = counted.unsigned_abs();
         Ok(prefetch::RowCount {
-            rows: exact.unsigned_abs(),
-            exact: true,
+            rows: counted.max(estimate.unwrap_or(0.0) as u64),
+            exact: counted <= EXACT_COUNT_LIMIT,
         })
     }
 

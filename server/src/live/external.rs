@@ -49,6 +49,12 @@ impl Task {
         if !self.following().await {
             return;
         }
+        if self.resync_due.is_some() {
+            // A bulk change is being applied: what the notifications name
+            // is the worker's own writes, not yet in the mirror; the resync
+            // that is due re-reads every row shown.
+            return;
+        }
         ids.retain(|id| self.follows(id));
         if ids.len() > MAX_PENDING {
             self.resync().await;
@@ -173,7 +179,7 @@ impl Task {
 
     /// Polling fallback: diff the rows clients show against the mirror.
     pub(super) async fn poll(&mut self) {
-        if !self.following().await {
+        if !self.following().await || self.resync_due.is_some() {
             return;
         }
         if self.whole {

@@ -8,7 +8,7 @@ use app::api::ServerContext;
 use app::model::{DashboardState, LiveEvent, ViewDto};
 use tokio::sync::{broadcast, mpsc};
 
-use super::views::{ClientView, Frame, Mirrored, Views, Watching};
+use super::views::{ClientView, Frame, Mirrored, Opening, Views, Watching};
 
 /// Frames buffered per SSE client before it is resynchronised.
 const CLIENT_BUFFER: usize = 1024;
@@ -71,6 +71,7 @@ impl LiveHub {
     /// A new client's snapshot of `view`, and its place among the views
     /// the hub follows (for as long as the [`Watching`] lives).
     pub async fn open(&self, view: &ViewDto) -> Result<(Frame, Watching), SnapshotError> {
+        let _opening = Opening::new(&self.views);
         let (frame, client) = self.snapshot(view).await?;
         Ok((frame, Watching::new(&self.views, client)))
     }
@@ -82,6 +83,7 @@ impl LiveHub {
         view: &ViewDto,
         watching: &mut Watching,
     ) -> Result<Frame, SnapshotError> {
+        let _opening = Opening::new(&self.views);
         let (frame, client) = self.snapshot(view).await?;
         watching.replace(client);
         Ok(frame)

@@ -31,7 +31,7 @@ impl Task {
             }
             // Too many rows to follow one by one: the clients' rows are
             // read again once the burst settles (next stats tick).
-            Event::Bulk { .. } => self.bulk_due = true,
+            Event::Bulk { .. } => self.bulk(),
             Event::SyncApplied { writes, .. } => {
                 // Overflow: the whole table is no longer small, so every
                 // client takes a page instead.

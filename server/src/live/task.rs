@@ -26,6 +26,10 @@ const STATS_INTERVAL: Duration = Duration::from_millis(250);
 
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// During a long bulk change, clients get a fresh snapshot at most this
+/// often.
+const BULK_RESYNC_MAX: Duration = Duration::from_secs(2);
+
 pub(super) struct Task {
     pub(super) hub: LiveHub,
     pub(super) engine_rx: broadcast::Receiver<Event>,
@@ -40,8 +44,10 @@ pub(super) struct Task {
     pub(super) whole: bool,
     pub(super) last_stats: Option<StatsDto>,
     pub(super) last_source: Option<SourceDto>,
-    /// A bulk change arrived: resync on the next stats tick.
-    pub(super) bulk_due: bool,
+    /// Since when a resync is due (a bulk change arrived, or a resync
+    /// failed), and when the last bulk change arrived: see [`Task::tick`].
+    pub(super) resync_due: Option<Instant>,
+    pub(super) last_bulk: Option<Instant>,
 }
 
 impl Task {
@@ -61,7 +67,8 @@ impl Task {
             whole: false,
             last_stats: None,
             last_source: None,
-            bulk_due: false,
+            resync_due: None,
+            last_bulk: None,
         }
     }
 }
@@ -119,20 +126,42 @@ impl Task {
                     self.check_pending().await;
                 }
                 _ = poll_tick.tick(), if polling => self.poll().await,
-                _ = stats_tick.tick(), if self.hub.watched() => {
-                    if std::mem::take(&mut self.bulk_due) {
-                        self.resync().await;
-                    }
-                    self.stats(false);
-                    self.prune();
-                }
+                _ = stats_tick.tick(), if self.hub.watched() => self.tick().await,
             }
         }
     }
 
-    /// Whether the hub follows row `id` (some client shows it).
+    /// Whether the hub follows row `id`: some client shows it, or a
+    /// client's snapshot is being taken (its rows are not known yet).
     pub(super) fn follows(&self, id: &str) -> bool {
-        self.whole || lock(&self.hub.views).on_page(id)
+        if self.whole {
+            return true;
+        }
+        let views = lock(&self.hub.views);
+        views.opening() || views.on_page(id)
+    }
+
+    /// A bulk change arrived: the clients' rows are read again once the
+    /// burst settles (see [`Task::tick`]).
+    pub(super) fn bulk(&mut self) {
+        let now = Instant::now();
+        self.resync_due.get_or_insert(now);
+        self.last_bulk = Some(now);
+    }
+
+    /// Every stats tick: a due resync once no bulk change came for a tick
+    /// (or at the latest every [`BULK_RESYNC_MAX`] during a long one), the
+    /// stats, and the mirror pruned to the rows clients show.
+    async fn tick(&mut self) {
+        if let Some(since) = self.resync_due {
+            let quiet = self.last_bulk.is_none_or(|b| b.elapsed() >= STATS_INTERVAL);
+            if quiet || since.elapsed() >= BULK_RESYNC_MAX {
+                self.resync_due = None;
+                self.resync().await;
+            }
+        }
+        self.stats(false);
+        self.prune();
     }
 
     /// Applies every engine event already queued for the hub.
@@ -161,7 +190,10 @@ impl Task {
         }
         match self.reseed().await {
             Ok(()) => self.hub.ask_resync(),
-            Err(e) => tracing::warn!(error = %e, "live feed resync failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "live feed resync failed; retrying on the next tick");
+                self.resync_due.get_or_insert_with(Instant::now);
+            }
         }
     }
 
@@ -172,9 +204,9 @@ impl Task {
             let views = lock(&self.hub.views);
             (views.whole(), views.ids())
         };
-        self.whole = false;
+        let mut follows_all = false;
         if whole && let Some(all) = self.small_cache().await? {
-            self.whole = true;
+            follows_all = true;
             ids = all;
         }
         let entries = self.hub.ctx.engine.cache().entries_of(&ids).await?;
@@ -191,6 +223,7 @@ impl Task {
                 )
             })
             .collect();
+        self.whole = follows_all;
         self.hub.idle.store(false, Ordering::Release);
         Ok(())
     }
@@ -265,8 +298,11 @@ impl Task {
         if self.whole {
             return;
         }
+        // Rows nobody shows stop being followed: their entries would go
+        // stale, and a row that comes back into view starts from what its
+        // new snapshot told.
         let views = lock(&self.hub.views);
-        if self.mirror.len() > 2 * views.rows() + 64 {
+        if !views.opening() && self.mirror.len() > views.rows() {
             self.mirror.retain(|id, _| views.on_page(id));
         }
     }

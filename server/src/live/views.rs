@@ -46,9 +46,17 @@ impl ClientView {
 pub struct Views {
     whole: usize,
     rows: HashMap<String, usize>,
+    /// Snapshots being taken: until each is counted, its rows are not
+    /// known, so the hub follows every row.
+    opening: usize,
 }
 
 impl Views {
+    /// Whether a client's snapshot is being taken (see [`Opening`]).
+    pub fn opening(&self) -> bool {
+        self.opening > 0
+    }
+
     /// Whether some client shows row `id` on a page.
     pub fn on_page(&self, id: &str) -> bool {
         self.rows.contains_key(id)
@@ -94,6 +102,31 @@ impl Views {
                 }
             }
         }
+    }
+}
+
+/// A snapshot being taken, from before it reads anything until its view is
+/// counted: meanwhile the hub follows every row, so that a change made
+/// while the snapshot is read is never dropped as nobody's.
+#[derive(Debug)]
+pub struct Opening {
+    views: Arc<Mutex<Views>>,
+}
+
+impl Opening {
+    /// Counts one snapshot being taken until dropped.
+    pub fn new(views: &Arc<Mutex<Views>>) -> Self {
+        lock(views).opening += 1;
+        Self {
+            views: Arc::clone(views),
+        }
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        let mut views = lock(&self.views);
+        views.opening = views.opening.saturating_sub(1);
     }
 }
 

@@ -140,6 +140,51 @@ async fn a_change_made_with_sql_reaches_both_columns_of_the_live_feed_within_a_s
     .await;
 }
 
+#[tokio::test]
+async fn a_bulk_change_reaches_clients_as_a_snapshot_and_is_never_called_external() {
+    // 300 rows in one transaction: more than an event carries row by row,
+    // so the hub re-reads the clients' rows; the worker's own writes must
+    // not be reported as changes made outside the app meanwhile.
+    let url = postgres_database("bulk").await;
+    let srv = TestServer::start_on(TestRedis::start(), &["--primary", &url]).await;
+    let mut feed = srv.events().await;
+    feed.next(SECOND).await.expect("snapshot");
+    let sql = postgres_client(&url).await;
+    sql.batch_execute(
+        "INSERT INTO categories (id, name) \
+         SELECT 'bulk-' || lpad(g::text, 3, '0'), 'Bulk ' || g FROM generate_series(1, 300) g",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut shown = 0;
+    while shown < 305 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match feed.next(left).await.expect("a snapshot with every row") {
+            LiveEvent::Cache {
+                id,
+                source: WriteOrigin::External,
+                ..
+            } => panic!("the worker's write of {id} was reported as external"),
+            LiveEvent::Snapshot(state) => shown = state.cache.len(),
+            _ => {}
+        }
+    }
+    // And for a while after.
+    while let Some(ev) = feed.next(Duration::from_millis(1500)).await {
+        assert!(
+            !matches!(
+                ev,
+                LiveEvent::Cache {
+                    source: WriteOrigin::External,
+                    ..
+                }
+            ),
+            "{ev:?}"
+        );
+    }
+}
+
 /// Every record's version, straight from Redis.
 async fn versions(conn: &prefetch::Redis, prefix: &str) -> HashMap<String, Version> {
     use prefetch::Connection;

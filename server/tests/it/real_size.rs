@@ -52,6 +52,7 @@ impl Drop for Running {
 
 struct Big {
     base: String,
+    redis: String,
     http: reqwest::Client,
     pid: u32,
     sql: tokio_postgres::Client,
@@ -177,6 +178,7 @@ async fn a_table_of_real_size_keeps_memory_and_answers_bounded_and_pages_exactly
     eprintln!("real size: serving after {:?}", started.elapsed());
     let big = Big {
         base: format!("http://127.0.0.1:{port}"),
+        redis: redis.url.clone(),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -191,6 +193,7 @@ async fn a_table_of_real_size_keeps_memory_and_answers_bounded_and_pages_exactly
     a_prefix_search_finds_exactly_the_matching_ids(&big).await;
     the_page_and_the_live_snapshot_stay_small(&big).await;
     bad_cursors_get_400(&big).await;
+    ids_that_are_no_key_do_not_break_a_page(&big).await;
     wide_rows_make_shorter_pages(&big).await;
 
     let started = Instant::now();
@@ -342,6 +345,34 @@ async fn wide_rows_make_shorter_pages(big: &Big) {
         body["page"]["next"], last,
         "the next page follows the last row"
     );
+}
+
+async fn ids_that_are_no_key_do_not_break_a_page(big: &Big) {
+    // A search that is no bigint, and a key written by hand whose id is
+    // none: no record, not an error.
+    let (status, body, _) = big.json("/state?q=abc").await;
+    assert_eq!(status, 200, "{body}");
+    let mut redis = redis::Client::open(big.redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("big:zzz")
+        .arg("name")
+        .arg("by hand")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (status, body, _) = big.json("/state?q=zzz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cache"][0]["id"], "zzz", "{body}");
+    assert_eq!(body["primary"], serde_json::json!([]), "{body}");
+    let _: () = redis::cmd("DEL")
+        .arg("big:zzz")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
 }
 
 async fn bad_cursors_get_400(big: &Big) {
