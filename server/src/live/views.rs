@@ -52,7 +52,7 @@ pub struct Views {
 }
 
 impl Views {
-    /// Whether a client's snapshot is being taken (see [`Opening`]).
+    /// Whether a client's snapshot is being taken (its rows not yet known).
     pub fn opening(&self) -> bool {
         self.opening > 0
     }
