@@ -170,8 +170,12 @@ async fn a_bulk_change_reaches_clients_as_a_snapshot_and_is_never_called_externa
             _ => {}
         }
     }
-    // And for a while after.
-    while let Some(ev) = feed.next(Duration::from_millis(1500)).await {
+    // And for 1.5 s after (stats events keep coming: bounded by time).
+    let until = Instant::now() + Duration::from_millis(1500);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Some(ev) = feed.next(left).await else {
+            break;
+        };
         assert!(
             !matches!(
                 ev,
