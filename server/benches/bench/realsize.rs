@@ -275,9 +275,11 @@ pub async fn real_size(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
     // Ours: the release server binary, from start to serving.
     let port = prefetch::launcher::free_port()?;
     let t = Instant::now();
-    let (mut child, curve) = spawn_server(redis, &url, port)?;
+    let (child, curve) = spawn_server(redis, &url, port)?;
+    // Killed however this section ends (an error included).
+    let child = Running(child);
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let pid = child.id();
+    let pid = child.0.id();
     let load_peak = status_kb(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
     let ours_mib = used_memory(&mut conn).await?;
     println!(
@@ -414,8 +416,7 @@ pub async fn real_size(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
         }),
     );
 
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     renewal_cost(redis, &mut conn, &url, n, &dir, report).await?;
     flushall(&mut conn).await?;
     drop(sql);
@@ -461,22 +462,24 @@ async fn renewal_cost(
 ) -> Result<()> {
     const TTL: &str = "120";
     let port = prefetch::launcher::free_port()?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--redis-url", &redis.url, "--port", &port.to_string()])
-        .args([
-            "--primary",
-            url,
-            "--pg-table",
-            "items",
-            "--cache-prefix",
-            PREFIX,
-        ])
-        .args(["--ttl-seconds", TTL, "--primary-latency-ms", "0"])
-        .env("RUST_LOG", "warn")
-        .env("LEPTOS_SITE_ROOT", super::common::site_root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let child = Running(
+        Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["--redis-url", &redis.url, "--port", &port.to_string()])
+            .args([
+                "--primary",
+                url,
+                "--pg-table",
+                "items",
+                "--cache-prefix",
+                PREFIX,
+            ])
+            .args(["--ttl-seconds", TTL, "--primary-latency-ms", "0"])
+            .env("RUST_LOG", "warn")
+            .env("LEPTOS_SITE_ROOT", super::common::site_root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     // Wait for the walk to start (EXPIRE calls move), then for it to have
     // covered every key.
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -484,7 +487,6 @@ async fn renewal_cost(
     let (mut cpu0, mut exp0, mut scan0) = redis_usage(conn).await?;
     while exp0 == before {
         if Instant::now() > deadline {
-            let _ = child.kill();
             return Err("the renewal walk never started".into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -497,8 +499,7 @@ async fn renewal_cost(
         (cpu1, exp1, scan1) = redis_usage(conn).await?;
     }
     let secs = t.elapsed().as_secs_f64();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let (cpu, expires, scans) = (cpu1 - cpu0, exp1 - exp0, scan1 - scan0);
     let ours_rate = expires as f64 / secs;
     let ours_us = cpu * 1e6 / (expires.max(1) as f64);
@@ -548,6 +549,16 @@ async fn renewal_cost(
             "redis_cpu_s": cpu, "us_per_key": ours_us, "raw_per_s": raw_rate, "raw_us_per_key": raw_us}),
     );
     Ok(())
+}
+
+/// A server process, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A PostgreSQL client program from Debian's versioned directory.
