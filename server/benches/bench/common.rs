@@ -31,6 +31,26 @@ pub fn records(n: usize) -> Vec<Record> {
         .collect()
 }
 
+/// A record of the demo's shape from one line of `COPY … TO STDOUT` (id,
+/// name, display_order, featured, parent_id, tab-separated).
+pub fn copy_record(line: &str) -> Option<Record> {
+    let cols: Vec<&str> = line.split('\t').collect();
+    let [id, name, order, featured, parent] = cols[..] else {
+        return None;
+    };
+    Some(
+        [
+            ("id", id),
+            ("name", name),
+            ("display_order", order),
+            ("featured", featured),
+            ("parent_id", parent),
+        ]
+        .into_iter()
+        .collect(),
+    )
+}
+
 pub async fn flushall(conn: &mut MultiplexedConnection) -> Result<()> {
     redis::cmd("FLUSHALL").query_async::<()>(conn).await?;
     Ok(())

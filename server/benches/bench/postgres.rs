@@ -131,22 +131,11 @@ async fn initial_load(
         copy.push(t.elapsed().as_secs_f64() * 1000.0);
         if rep == 0 {
             let mut recs = Vec::with_capacity(rows);
-            for line in String::from_utf8_lossy(&text).lines() {
-                let cols: Vec<&str> = line.split('\t').collect();
-                if let [id, name, order, featured, parent] = cols[..] {
-                    recs.push(
-                        [
-                            ("id", id),
-                            ("name", name),
-                            ("display_order", order),
-                            ("featured", featured),
-                            ("parent_id", parent),
-                        ]
-                        .into_iter()
-                        .collect::<Record>(),
-                    );
-                }
-            }
+            recs.extend(
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .filter_map(copy_record),
+            );
             pipe_file(&recs, "bench:pgpipe:", 3600, &file)?;
         }
         flushall(conn).await?;

@@ -133,19 +133,10 @@ async fn copy_to_pipe_files(sql: &Client, all: &Path, first: &Path) -> Result<f6
             text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
         };
         for line in String::from_utf8_lossy(&text[..end]).lines() {
-            let cols: Vec<&str> = line.split('\t').collect();
-            let [id, name, order, featured, parent] = cols[..] else {
+            let Some(record) = copy_record(line) else {
                 continue;
             };
-            let record: Record = [
-                ("id", id),
-                ("name", name),
-                ("display_order", order),
-                ("featured", featured),
-                ("parent_id", parent),
-            ]
-            .into_iter()
-            .collect();
+            let id = record.id().unwrap_or_default();
             let key = format!("{PREFIX}{id}");
             let hash = prefetch::hash_text(record.fields());
             buf.clear();
@@ -173,22 +164,22 @@ async fn copy_to_pipe_files(sql: &Client, all: &Path, first: &Path) -> Result<f6
     Ok(copy_ms)
 }
 
+/// The release server binary on `url`'s `items` under [`PREFIX`], on
+/// `redis` and `port`, serving the benchmark's site.
+fn server_command(redis: &TestRedis, url: &str, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
+    cmd.args(["--redis-url", &redis.url, "--port", &port.to_string()])
+        .args(["--primary", url, "--pg-table", "items"])
+        .args(["--cache-prefix", PREFIX, "--primary-latency-ms", "0"])
+        .env("LEPTOS_SITE_ROOT", super::common::site_root());
+    cmd
+}
+
 /// The release server on `url`'s `items`, once it has loaded, and its
 /// memory curve from the start; its stdout drained in the background.
 fn spawn_server(redis: &TestRedis, url: &str, port: u16) -> Result<(Child, RssCurve)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--redis-url", &redis.url, "--port", &port.to_string()])
-        .args([
-            "--primary",
-            url,
-            "--pg-table",
-            "items",
-            "--cache-prefix",
-            PREFIX,
-        ])
-        .args(["--primary-latency-ms", "0"])
+    let mut child = server_command(redis, url, port)
         .env("RUST_LOG", "warn,server=info")
-        .env("LEPTOS_SITE_ROOT", super::common::site_root())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -463,19 +454,9 @@ async fn renewal_cost(
     const TTL: &str = "120";
     let port = prefetch::launcher::free_port()?;
     let child = Running(
-        Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(["--redis-url", &redis.url, "--port", &port.to_string()])
-            .args([
-                "--primary",
-                url,
-                "--pg-table",
-                "items",
-                "--cache-prefix",
-                PREFIX,
-            ])
-            .args(["--ttl-seconds", TTL, "--primary-latency-ms", "0"])
+        server_command(redis, url, port)
+            .args(["--ttl-seconds", TTL])
             .env("RUST_LOG", "warn")
-            .env("LEPTOS_SITE_ROOT", super::common::site_root())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
