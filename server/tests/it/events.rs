@@ -10,6 +10,9 @@ use app::model::{LiveEvent, WriteOrigin};
 use redis::AsyncCommands;
 
 const SECOND: Duration = Duration::from_secs(1);
+/// How long a test waits for something that must happen (generous: CI runs
+/// these beside a 1,000,000-row test on two cores).
+const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn the_feed_opens_with_a_snapshot_of_both_sides() {
@@ -20,7 +23,7 @@ async fn the_feed_opens_with_a_snapshot_of_both_sides() {
         "{}",
         feed.content_type
     );
-    let Some(LiveEvent::Snapshot(state)) = feed.next(SECOND).await else {
+    let Some(LiveEvent::Snapshot(state)) = feed.next(WAIT).await else {
         panic!("first event must be a snapshot");
     };
     assert_eq!(state.primary.len(), 5);
@@ -36,13 +39,13 @@ async fn the_feed_opens_with_a_snapshot_of_both_sides() {
 async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_second() {
     let srv = TestServer::start().await;
     let mut feed = srv.events().await;
-    feed.next(SECOND).await.expect("snapshot");
+    feed.next(WAIT).await.expect("snapshot");
 
     srv.post("/update", "id=cat-001&field=name&value=Drinks")
         .await;
     let ev = feed
         .expect(
-            SECOND,
+            WAIT,
             "primary upsert",
             |e| matches!(e, LiveEvent::Primary { id, op, .. } if id == "cat-001" && op.as_str() == "upsert"),
         )
@@ -56,7 +59,7 @@ async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_secon
     };
     assert_eq!(fields["name"], "Drinks");
     let ev = feed
-        .expect(SECOND, "sync write", |e| {
+        .expect(WAIT, "sync write", |e| {
             is_cache(e, "cat-001", WriteOrigin::Sync, true)
         })
         .await;
@@ -72,24 +75,24 @@ async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_secon
     assert!(expires_at_ms.is_some());
 
     srv.post("/delete", "id=cat-004").await;
-    feed.expect(SECOND, "primary delete", |e| {
+    feed.expect(WAIT, "primary delete", |e| {
         matches!(e, LiveEvent::Primary { id, op, fields: None, .. } if id == "cat-004" && op.as_str() == "delete")
     })
     .await;
-    feed.expect(SECOND, "sync delete", |e| {
+    feed.expect(WAIT, "sync delete", |e| {
         is_cache(e, "cat-004", WriteOrigin::Sync, false)
     })
     .await;
 
     srv.post("/invalidate", "id=cat-002").await;
-    feed.expect(SECOND, "admin invalidate", |e| {
+    feed.expect(WAIT, "admin invalidate", |e| {
         is_cache(e, "cat-002", WriteOrigin::Admin, false)
     })
     .await;
 
     let mut conn = srv.redis.conn().await;
     let _: () = conn.del(format!("{}cat-003", srv.prefix)).await.unwrap();
-    feed.expect(SECOND, "external DEL", |e| {
+    feed.expect(WAIT, "external DEL", |e| {
         is_cache(e, "cat-003", WriteOrigin::External, false)
     })
     .await;
@@ -99,13 +102,13 @@ async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_secon
 async fn outside_writes_and_ttl_expiry_show_up_too() {
     let srv = TestServer::start().await;
     let mut feed = srv.events().await;
-    feed.next(SECOND).await.expect("snapshot");
+    feed.next(WAIT).await.expect("snapshot");
     let mut conn = srv.redis.conn().await;
     let key = format!("{}cat-005", srv.prefix);
 
     let _: () = conn.hset(&key, "name", "Edited by hand").await.unwrap();
     let ev = feed
-        .expect(SECOND, "external HSET", |e| {
+        .expect(WAIT, "external HSET", |e| {
             is_cache(e, "cat-005", WriteOrigin::External, true)
         })
         .await;
@@ -132,7 +135,7 @@ async fn outside_writes_and_ttl_expiry_show_up_too() {
 async fn ttl_renewals_reach_the_feed_as_renewals_not_as_outside_changes() {
     let srv = TestServer::start_on(TestRedis::start(), &["--ttl-seconds", "3"]).await;
     let mut feed = srv.events().await;
-    feed.next(SECOND).await.expect("snapshot");
+    feed.next(WAIT).await.expect("snapshot");
     let (mut renewed, mut external) = (0, 0);
     let deadline = std::time::Instant::now() + Duration::from_millis(2600);
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
@@ -158,24 +161,24 @@ async fn clear_and_reprefetch_reach_every_client() {
     let srv = TestServer::start().await;
     let mut a = srv.events().await;
     let mut b = srv.events().await;
-    a.next(SECOND).await.expect("snapshot");
-    b.next(SECOND).await.expect("snapshot");
+    a.next(WAIT).await.expect("snapshot");
+    b.next(WAIT).await.expect("snapshot");
 
     srv.post("/clear", "").await;
     for feed in [&mut a, &mut b] {
-        feed.expect(SECOND, "cleared", |e| {
+        feed.expect(WAIT, "cleared", |e| {
             matches!(e, LiveEvent::Cleared { deleted: 5 })
         })
         .await;
     }
     srv.post("/reprefetch", "").await;
     for feed in [&mut a, &mut b] {
-        feed.expect(SECOND, "prefetched", |e| {
+        feed.expect(WAIT, "prefetched", |e| {
             matches!(e, LiveEvent::Prefetched { loaded: 5, .. })
         })
         .await;
         let ev = feed
-            .expect(SECOND, "fresh snapshot", |e| {
+            .expect(WAIT, "fresh snapshot", |e| {
                 matches!(e, LiveEvent::Snapshot(_))
             })
             .await;
@@ -190,24 +193,24 @@ async fn clear_and_reprefetch_reach_every_client() {
 async fn stats_and_worker_state_are_pushed() {
     let srv = TestServer::start().await;
     let mut feed = srv.events().await;
-    feed.next(SECOND).await.expect("snapshot");
+    feed.next(WAIT).await.expect("snapshot");
     srv.get("/read?id=cat-001").await;
     feed.expect(
-        SECOND,
+        WAIT,
         "stats with the hit",
         |e| matches!(e, LiveEvent::Stats(s) if s.hits == 1),
     )
     .await;
     let pause = srv.engine().sync().pause(SECOND).await.unwrap();
     feed.expect(
-        SECOND,
+        WAIT,
         "worker paused",
         |e| matches!(e, LiveEvent::Worker { state } if state.as_str() == "paused"),
     )
     .await;
     pause.resume();
     feed.expect(
-        SECOND,
+        WAIT,
         "worker running",
         |e| matches!(e, LiveEvent::Worker { state } if state.as_str() == "running"),
     )
@@ -218,7 +221,7 @@ async fn stats_and_worker_state_are_pushed() {
 async fn shutdown_ends_open_streams() {
     let srv = TestServer::start().await;
     let mut feed = srv.events().await;
-    feed.next(SECOND).await.expect("snapshot");
+    feed.next(WAIT).await.expect("snapshot");
     let stopped = tokio::time::Instant::now();
     srv.stop().await;
     // Drain whatever was in flight; the stream must then end, not hang.
@@ -237,7 +240,7 @@ async fn where_config_is_refused_outside_changes_are_polled_instead() {
         prefetch::testing::TestRedis::spawn_with(false, &["--rename-command", "CONFIG", ""]);
     let srv = TestServer::start_on(redis, &[]).await;
     let mut feed = srv.events().await;
-    let Some(LiveEvent::Snapshot(state)) = feed.next(SECOND).await else {
+    let Some(LiveEvent::Snapshot(state)) = feed.next(WAIT).await else {
         panic!("first event must be a snapshot");
     };
     assert_eq!(
@@ -256,7 +259,7 @@ async fn where_config_is_refused_outside_changes_are_polled_instead() {
     // The app's own writes are not misreported as outside changes.
     srv.post("/update", "id=cat-001&field=name&value=Mine")
         .await;
-    feed.expect(SECOND, "sync write", |e| {
+    feed.expect(WAIT, "sync write", |e| {
         is_cache(e, "cat-001", WriteOrigin::Sync, true)
     })
     .await;
@@ -279,10 +282,10 @@ async fn where_config_is_refused_outside_changes_are_polled_instead() {
 async fn without_a_pipeline_every_write_the_server_did_not_make_is_external() {
     let srv = TestServer::start().await;
     let mut feed = srv.events().await;
-    feed.next(SECOND).await.expect("snapshot");
+    feed.next(WAIT).await.expect("snapshot");
     let v = prefetch::Version::new(u64::from(u32::MAX) << 20, 0);
     upsert_elsewhere(&srv, v).await;
-    feed.expect(SECOND, "a versioned write from elsewhere", |e| {
+    feed.expect(WAIT, "a versioned write from elsewhere", |e| {
         is_cache(e, "cat-002", WriteOrigin::External, true)
     })
     .await;
@@ -343,7 +346,7 @@ async fn with_nobody_watching_the_hub_reads_nothing_and_the_next_client_is_told_
     }
 
     let mut feed = srv.events().await;
-    let Some(LiveEvent::Snapshot(state)) = feed.next(SECOND).await else {
+    let Some(LiveEvent::Snapshot(state)) = feed.next(WAIT).await else {
         panic!("first event must be a snapshot");
     };
     let shown = state
@@ -355,13 +358,13 @@ async fn with_nobody_watching_the_hub_reads_nothing_and_the_next_client_is_told_
     // Back to a value the hub saw before it went idle: still a change for
     // this client.
     let _: () = conn.hset(&key, "name", "Produce").await.unwrap();
-    feed.expect(SECOND, "outside HSET after the client came", |e| {
+    feed.expect(WAIT, "outside HSET after the client came", |e| {
         is_cache(e, "cat-003", WriteOrigin::External, true)
     })
     .await;
     srv.post("/update", "id=cat-001&field=name&value=Mine%20again")
         .await;
-    feed.expect(SECOND, "sync write", |e| {
+    feed.expect(WAIT, "sync write", |e| {
         is_cache(e, "cat-001", WriteOrigin::Sync, true)
     })
     .await;

@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use crate::common::{TestServer, is_cache, upsert_elsewhere};
 
 const SECOND: Duration = Duration::from_secs(1);
+/// How long a test waits for something that must happen (generous: CI runs
+/// these beside a 1,000,000-row test on two cores).
+const WAIT: Duration = Duration::from_secs(10);
 const STREAM: &str = "data:shop.public.categories";
 
 /// One entry as RDI writes it: `extended`, JSON without schemas; the row as
@@ -81,16 +84,16 @@ async fn a_server_on_an_rdi_stream_answers_like_the_mock_and_stays_live() {
     }
 
     let mut feed = srv.events().await;
-    feed.next(SECOND).await.expect("snapshot");
+    feed.next(WAIT).await.expect("snapshot");
     let renamed = json!({"id": "cat-004", "name": "From the stream", "display_order": 4,
                          "featured": false, "parent_id": ""});
     xadd(&srv.redis, &rdi_entry("u", "cat-004", renamed)).await;
-    feed.expect(SECOND, "primary update", |e| {
+    feed.expect(WAIT, "primary update", |e| {
         matches!(e, LiveEvent::Primary { id, fields: Some(f), .. }
             if id == "cat-004" && f["name"] == "From the stream")
     })
     .await;
-    feed.expect(SECOND, "cache write", |e| {
+    feed.expect(WAIT, "cache write", |e| {
         matches!(e, LiveEvent::Cache { id, fields: Some(f), source: WriteOrigin::Sync, .. }
             if id == "cat-004" && f["name"] == "From the stream")
     })
@@ -270,11 +273,11 @@ async fn writes_another_replica_applied_are_labelled_sync() {
     let primary = format!("stream:{STREAM}");
     let srv = TestServer::start_on(redis, &["--primary", &primary, "--pipeline", "lbl"]).await;
     let mut feed = srv.events().await;
-    feed.next(SECOND).await.expect("snapshot");
+    feed.next(WAIT).await.expect("snapshot");
     // The cache core directly, as another replica would: no engine event.
     upsert_elsewhere(&srv, prefetch::Version::new(u64::MAX - 10, 0)).await;
     let cache = srv.engine().cache();
-    feed.expect(SECOND, "upsert applied elsewhere", |e| {
+    feed.expect(WAIT, "upsert applied elsewhere", |e| {
         is_cache(e, "cat-002", WriteOrigin::Sync, true)
     })
     .await;
@@ -283,7 +286,7 @@ async fn writes_another_replica_applied_are_labelled_sync() {
         .apply_batch(&[prefetch::Change::delete("cat-003", later)], None)
         .await
         .unwrap();
-    feed.expect(SECOND, "delete applied elsewhere", |e| {
+    feed.expect(WAIT, "delete applied elsewhere", |e| {
         is_cache(e, "cat-003", WriteOrigin::Sync, false)
     })
     .await;
@@ -293,7 +296,7 @@ async fn writes_another_replica_applied_are_labelled_sync() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    feed.expect(SECOND, "outside delete", |e| {
+    feed.expect(WAIT, "outside delete", |e| {
         is_cache(e, "cat-004", WriteOrigin::External, false)
     })
     .await;
