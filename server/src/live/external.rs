@@ -71,32 +71,40 @@ impl Task {
                     continue;
                 }
             };
-            // New fields that hash to what an applier wrote, with its
-            // version, or a delete that left a tombstone: another replica
-            // of the pipeline applied them (the app's own writes were
-            // drained above).
-            let replicated = self.hub.ctx.replicated();
-            let applied_elsewhere = replicated
-                && match &entry {
-                    Some(e) => {
-                        e.version.is_some()
-                            && e.intact
-                            && self.mirror.get(&id).is_none_or(|m| m.fields != e.fields)
-                    }
-                    None => self.mirror.contains_key(&id) && self.tombstoned(&id).await,
-                };
+            let source = if expired.contains(&id) {
+                WriteOrigin::Expired
+            } else {
+                self.origin(&id, entry.as_ref()).await
+            };
             let actual = entry.map(|e| Mirrored {
                 expires_at_ms: expires_at(e.ttl, now),
                 fields: e.fields,
             });
-            let source = if expired.contains(&id) {
-                WriteOrigin::Expired
-            } else if applied_elsewhere {
-                WriteOrigin::Sync
-            } else {
-                WriteOrigin::External
-            };
             self.report_if_changed(&id, actual, source);
+        }
+    }
+
+    /// Who made what the cache now holds for `id` (`entry`), when it is
+    /// not the app's own write (those were drained from the engine's
+    /// events first): new fields that hash to what an applier wrote, with
+    /// its version, or a delete that left a tombstone, were applied by
+    /// another replica of the pipeline; anything else is an outside write.
+    async fn origin(&self, id: &str, entry: Option<&CachedEntry>) -> WriteOrigin {
+        if !self.hub.ctx.replicated() {
+            return WriteOrigin::External;
+        }
+        let applied_elsewhere = match entry {
+            Some(e) => {
+                e.version.is_some()
+                    && e.intact
+                    && self.mirror.get(id).is_none_or(|m| m.fields != e.fields)
+            }
+            None => self.mirror.contains_key(id) && self.tombstoned(id).await,
+        };
+        if applied_elsewhere {
+            WriteOrigin::Sync
+        } else {
+            WriteOrigin::External
         }
     }
 
@@ -243,11 +251,13 @@ impl Task {
         self.drain_engine_events().await;
         let now = now_ms();
         for id in ids {
-            let actual = found.remove(&id).map(|e| Mirrored {
+            let entry = found.remove(&id);
+            let source = self.origin(&id, entry.as_ref()).await;
+            let actual = entry.map(|e| Mirrored {
                 expires_at_ms: expires_at(e.ttl, now),
                 fields: e.fields,
             });
-            self.report_if_changed(&id, actual, WriteOrigin::External);
+            self.report_if_changed(&id, actual, source);
         }
     }
 }

@@ -303,6 +303,27 @@ async fn writes_another_replica_applied_are_labelled_sync() {
     srv.stop().await;
 }
 
+/// The same label when the hub learns of the write by re-reading rows (by
+/// polling here: a Redis that refuses CONFIG gives no keyspace
+/// notifications; also when a notification came before the client that
+/// shows the row was counted): every path that reports a change tells the
+/// applier's writes from an outside one.
+#[tokio::test]
+async fn writes_another_replica_applied_are_labelled_sync_when_polled_too() {
+    let redis = TestRedis::spawn_with(false, &["--rename-command", "CONFIG", ""]);
+    seed(&redis).await;
+    let primary = format!("stream:{STREAM}");
+    let srv = TestServer::start_on(redis, &["--primary", &primary, "--pipeline", "lblp"]).await;
+    let mut feed = srv.events().await;
+    feed.next(WAIT).await.expect("snapshot");
+    upsert_elsewhere(&srv, prefetch::Version::new(u64::MAX - 10, 0)).await;
+    feed.expect(WAIT, "polled upsert applied elsewhere", |e| {
+        is_cache(e, "cat-002", WriteOrigin::Sync, true)
+    })
+    .await;
+    srv.stop().await;
+}
+
 #[tokio::test]
 async fn a_pipeline_on_a_primary_private_to_one_process_is_refused() {
     let redis = TestRedis::start();
