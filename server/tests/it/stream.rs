@@ -9,7 +9,7 @@ use app::model::{LiveEvent, WriteOrigin};
 use prefetch::testing::TestRedis;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, is_cache, upsert_elsewhere};
+use crate::common::{TestServer, is_cache};
 
 const SECOND: Duration = Duration::from_secs(1);
 /// How long a test waits for something that must happen (generous: CI runs
@@ -262,6 +262,60 @@ async fn dead_letters_are_listed_and_replayed_from_the_api() {
     plain.stop().await;
 }
 
+/// A write as another replica of the pipeline makes it: through the cache
+/// core directly, no engine event.
+async fn apply_elsewhere(srv: &TestServer, change: prefetch::Change) {
+    srv.engine()
+        .cache()
+        .apply_batch(&[change], None)
+        .await
+        .unwrap();
+}
+
+/// Makes the write `change(attempt)` until the feed reports a row event
+/// `want` accepts; an event `wrong` accepts fails at once. A snapshot
+/// meanwhile means the write was folded into a resync (a fresh pipeline's
+/// first snapshot makes every replica re-prefetch once, at a moment of its
+/// own), so the write is made again, as a new one.
+async fn until_reported(
+    srv: &TestServer,
+    feed: &mut crate::common::SseClient,
+    what: &str,
+    change: impl Fn(u64) -> prefetch::Change,
+    want: impl Fn(&LiveEvent) -> bool,
+    wrong: impl Fn(&LiveEvent) -> bool,
+) {
+    for attempt in 0..5 {
+        apply_elsewhere(srv, change(attempt)).await;
+        let deadline = std::time::Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match feed.next(left).await {
+                Some(ev) if want(&ev) => return,
+                Some(ev) if wrong(&ev) => panic!("{what}: {ev:?}"),
+                Some(LiveEvent::Snapshot(_)) => break,
+                Some(_) => continue,
+                None => panic!("no {what} event within {WAIT:?}"),
+            }
+        }
+    }
+    panic!("{what}: a resync after each of 5 writes");
+}
+
+fn elsewhere(attempt: u64) -> prefetch::Change {
+    let fields: prefetch::Fields = [
+        ("id", "cat-002".to_owned()),
+        ("name", format!("Elsewhere {attempt}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    prefetch::Change::upsert(
+        "cat-002",
+        fields,
+        prefetch::Version::new(u64::MAX - 100 + attempt, 0),
+    )
+}
+
 /// Writes another replica of a pipeline applied reach this replica only
 /// through keyspace notifications; they carry the applier's version (and a
 /// delete leaves a tombstone), so the feed labels them as sync. A plain
@@ -274,21 +328,35 @@ async fn writes_another_replica_applied_are_labelled_sync() {
     let srv = TestServer::start_on(redis, &["--primary", &primary, "--pipeline", "lbl"]).await;
     let mut feed = srv.events().await;
     feed.next(WAIT).await.expect("snapshot");
-    // The cache core directly, as another replica would: no engine event.
-    upsert_elsewhere(&srv, prefetch::Version::new(u64::MAX - 10, 0)).await;
-    let cache = srv.engine().cache();
-    feed.expect(WAIT, "upsert applied elsewhere", |e| {
-        is_cache(e, "cat-002", WriteOrigin::Sync, true)
-    })
+    until_reported(
+        &srv,
+        &mut feed,
+        "upsert applied elsewhere",
+        elsewhere,
+        |e| is_cache(e, "cat-002", WriteOrigin::Sync, true),
+        |e| is_cache(e, "cat-002", WriteOrigin::External, true),
+    )
     .await;
-    let later = prefetch::Version::new(u64::MAX - 9, 0);
-    cache
-        .apply_batch(&[prefetch::Change::delete("cat-003", later)], None)
-        .await
-        .unwrap();
-    feed.expect(WAIT, "delete applied elsewhere", |e| {
-        is_cache(e, "cat-003", WriteOrigin::Sync, false)
-    })
+    let gone = ["cat-003", "cat-005", "cat-001", "cat-002", "cat-003"];
+    until_reported(
+        &srv,
+        &mut feed,
+        "delete applied elsewhere",
+        |a| {
+            prefetch::Change::delete(
+                gone[a as usize],
+                prefetch::Version::new(u64::MAX - 9 + a, 0),
+            )
+        },
+        |e| {
+            gone.iter()
+                .any(|id| is_cache(e, id, WriteOrigin::Sync, false))
+        },
+        |e| {
+            gone.iter()
+                .any(|id| is_cache(e, id, WriteOrigin::External, false))
+        },
+    )
     .await;
     let mut conn = srv.redis.conn().await;
     let _: i64 = redis::cmd("DEL")
@@ -316,10 +384,14 @@ async fn writes_another_replica_applied_are_labelled_sync_when_polled_too() {
     let srv = TestServer::start_on(redis, &["--primary", &primary, "--pipeline", "lblp"]).await;
     let mut feed = srv.events().await;
     feed.next(WAIT).await.expect("snapshot");
-    upsert_elsewhere(&srv, prefetch::Version::new(u64::MAX - 10, 0)).await;
-    feed.expect(WAIT, "polled upsert applied elsewhere", |e| {
-        is_cache(e, "cat-002", WriteOrigin::Sync, true)
-    })
+    until_reported(
+        &srv,
+        &mut feed,
+        "polled upsert applied elsewhere",
+        elsewhere,
+        |e| is_cache(e, "cat-002", WriteOrigin::Sync, true),
+        |e| is_cache(e, "cat-002", WriteOrigin::External, true),
+    )
     .await;
     srv.stop().await;
 }
