@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use pg_walstream::{ColumnValue, RowData};
-use prefetch::{Change, Fields, Transaction, Version};
+use prefetch::{Change, Fields, Record, Transaction, Version};
 
 use crate::error::PgError;
 use crate::table::{TableInfo, ident, text_value};
@@ -45,10 +45,11 @@ impl Building {
         Version::new(self.commit, self.ord)
     }
 
-    fn upsert(&mut self, fields: Fields) {
-        let id = fields.get(prefetch::ID_FIELD).cloned().unwrap_or_default();
+    fn upsert(&mut self, record: Record) {
+        let id = record.id().unwrap_or_default().to_owned();
         let v = self.version();
-        self.changes.push(Change::upsert(id, fields, v));
+        self.changes
+            .push(Change::upsert(id, record.into_fields(), v));
     }
 
     fn delete(&mut self, table: &TableInfo, key: &[String]) {
@@ -73,8 +74,8 @@ impl Assembler {
     pub(crate) fn new(table: &TableInfo) -> Self {
         Self {
             types: table
-                .columns
-                .iter()
+                .selected()
+                .into_iter()
                 .map(|c| (c.name.clone(), c.type_oid))
                 .collect(),
             tx: None,
@@ -118,8 +119,8 @@ impl Assembler {
     /// added, dropped or retyped: the rows in Redis hold the old shape).
     pub(crate) fn relation(&mut self, table: &TableInfo, columns: Vec<(String, u32)>) -> bool {
         let known: Vec<(String, u32)> = table
-            .columns
-            .iter()
+            .selected()
+            .into_iter()
             .map(|c| (c.name.clone(), c.type_oid))
             .collect();
         let changed = columns != known;
@@ -129,9 +130,9 @@ impl Assembler {
 
     /// `Insert` of a row of the table.
     pub(crate) fn insert(&mut self, table: &TableInfo, row: &RowData) {
-        let fields = table.finish(self.decode(row));
-        if let (Some(tx), Some(fields)) = (self.tx.as_mut(), fields) {
-            tx.upsert(fields);
+        let record = table.finish(self.decode(row));
+        if let (Some(tx), Some(record)) = (self.tx.as_mut(), record) {
+            tx.upsert(record);
         }
     }
 
@@ -142,8 +143,8 @@ impl Assembler {
     pub(crate) fn update_values(&self, table: &TableInfo, new: &RowData) -> (Fields, Vec<String>) {
         let fields = self.decode(new);
         let missing = table
-            .columns
-            .iter()
+            .selected()
+            .into_iter()
             .filter(|c| new.get(&c.name).is_none())
             .map(|c| c.name.clone())
             .collect();
@@ -154,14 +155,15 @@ impl Assembler {
     pub(crate) fn update(&mut self, table: &TableInfo, old: Option<&RowData>, fields: Fields) {
         let old_key = old.and_then(|old| self.key(table, old));
         let Some(tx) = self.tx.as_mut() else { return };
+        let record = table.finish(fields);
         if let Some(old_key) = old_key {
-            let new_key: Option<Vec<&String>> = table.key.iter().map(|k| fields.get(k)).collect();
-            if new_key.is_some_and(|new| old_key.iter().collect::<Vec<_>>() != new) {
+            let parts: Vec<&str> = old_key.iter().map(String::as_str).collect();
+            if record.as_ref().and_then(Record::id) != Some(table.id_of(&parts).as_str()) {
                 tx.delete(table, &old_key);
             }
         }
-        if let Some(fields) = table.finish(fields) {
-            tx.upsert(fields);
+        if let Some(record) = record {
+            tx.upsert(record);
         }
     }
 

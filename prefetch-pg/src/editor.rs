@@ -86,11 +86,11 @@ impl PgEditor {
             .select(
                 |t| {
                     let order = t.key_order();
-                    let filter = match &after {
-                        Some(parts) => format!(" WHERE {}", t.key_after(1, parts.len())),
-                        None => String::new(),
+                    let select = match &after {
+                        Some(parts) => t.select_where(&t.key_after(1, parts.len())),
+                        None => t.select_text(),
                     };
-                    format!("{}{filter} ORDER BY {order} LIMIT {limit}", t.select_text())
+                    format!("{select} ORDER BY {order} LIMIT {limit}")
                 },
                 &params,
             )
@@ -138,11 +138,8 @@ impl PgEditor {
                 let any: Vec<String> = (0..params.len() / width)
                     .map(|i| format!("({})", t.key_predicate(1 + i * width)))
                     .collect();
-                format!(
-                    "{} WHERE {} ORDER BY {order}",
-                    t.select_text(),
-                    any.join(" OR ")
-                )
+                let any = format!("({})", any.join(" OR "));
+                format!("{} ORDER BY {order}", t.select_where(&any))
             },
             &params,
         )
@@ -174,7 +171,7 @@ impl PgEditor {
             .query_one(
                 &format!(
                     "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS s",
-                    table.qualified(),
+                    table.from_clause(),
                     EXACT_COUNT_LIMIT + 1
                 ),
                 &[],
@@ -189,24 +186,33 @@ impl PgEditor {
         })
     }
 
+    /// A table declared in a tables file is edited in PostgreSQL, where its
+    /// projection, filter and names are the user's own; the demo's editor
+    /// edits the demo's table only.
+    fn editable(table: &TableInfo) -> Result<()> {
+        if table.mapping.is_some() {
+            return Err(prefetch::Error::ReadOnly(format!(
+                "{} is declared in a tables file: change its rows in PostgreSQL",
+                table.qualified().replace('"', "")
+            )));
+        }
+        Ok(())
+    }
+
     fn returning(table: &TableInfo) -> String {
-        let cols: Vec<String> = table
-            .columns
-            .iter()
-            .map(|c| format!("{}::text", ident(&c.name)))
-            .collect();
-        cols.join(", ")
+        table.select_list()
     }
 
     fn row_record(table: &TableInfo, row: &tokio_postgres::Row) -> Option<Record> {
-        let values = (0..table.columns.len()).map(|i| row.get(i)).collect();
-        table.record(values).map(Record::new)
+        let values = (0..table.selected().len()).map(|i| row.get(i)).collect();
+        table.record(values)
     }
 
     async fn update(&self, id: &str, field: &str, value: &str) -> Result<Record> {
         let id = validate_id(id)?;
         validate_field(field, value)?;
         let table = self.shared.table();
+        Self::editable(&table)?;
         let column = table
             .column(field)
             .ok_or_else(|| prefetch::Error::InvalidField(format!("unknown column '{field}'")))?;
@@ -238,6 +244,7 @@ impl PgEditor {
 
     async fn insert(&self, record: Record) -> Result<Record> {
         let table = self.shared.table();
+        Self::editable(&table)?;
         let mut fields = record.into_fields();
         if let Some(raw) = fields.get(prefetch::ID_FIELD).cloned() {
             let id = validate_id(&raw)?.to_owned();
@@ -307,6 +314,7 @@ impl PgEditor {
     async fn remove(&self, id: &str) -> Result<String> {
         let id = validate_id(id)?;
         let table = self.shared.table();
+        Self::editable(&table)?;
         let key = table.key_of(id)?;
         let query = format!(
             "DELETE FROM {} WHERE {}",

@@ -6,8 +6,9 @@ use std::time::Duration;
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    /// A SQL statement failed.
-    #[error(transparent)]
+    /// A SQL statement failed (with PostgreSQL's own message, detail and
+    /// hint when the server answered).
+    #[error("{}", sql_message(.0))]
     Sql(#[from] tokio_postgres::Error),
     /// The replication connection failed.
     #[error(transparent)]
@@ -31,6 +32,22 @@ pub enum PgError {
     /// The replication protocol said something this source cannot follow.
     #[error("replication protocol: {0}")]
     Protocol(String),
+}
+
+/// `e` as PostgreSQL put it: its severity, message, detail and hint, or
+/// the client's own text when the server did not answer.
+fn sql_message(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return e.to_string();
+    };
+    let mut out = format!("{}: {}", db.severity(), db.message());
+    if let Some(detail) = db.detail() {
+        out.push_str(&format!(" ({detail})"));
+    }
+    if let Some(hint) = db.hint() {
+        out.push_str(&format!("; hint: {hint}"));
+    }
+    out
 }
 
 impl PgError {

@@ -33,6 +33,7 @@
 //! |---|---|
 //! | `error` | [`PgError`] |
 //! | `table` | a table's columns and key, rows as records, SQL quoting |
+//! | `tables` | the tables file: which tables, their keys, columns, names, filters |
 //! | `shared` | what the source, its reader, heartbeat and editor share |
 //! | `sql` | catalog queries, the demo table, the publication |
 //! | `slot` | the replication slot: found or created, temporary slots |
@@ -65,6 +66,7 @@
 
 mod error;
 pub mod table;
+pub mod tables;
 
 mod shared;
 mod sql;
@@ -86,3 +88,4 @@ pub use editor::PgEditor;
 pub use error::PgError;
 pub use heartbeat::HEARTBEAT_PREFIX;
 pub use source::{PgConfig, PgSource};
+pub use sql::run_script;

@@ -45,7 +45,8 @@ impl Shared {
     pub(crate) async fn refresh_table(&self) -> Result<(), PgError> {
         let table = self.table();
         let client = self.sql.client().await?;
-        let info = sql::table_info(&client, &table.schema, &table.name).await?;
+        let info =
+            sql::table_info(&client, &table.schema, &table.name, table.mapping.clone()).await?;
         if info != *table {
             self.set_table(info);
         }

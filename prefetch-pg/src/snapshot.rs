@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pg_walstream::{Lsn, PgReplicationConnection};
-use prefetch::Fields;
+use prefetch::Record;
 
 use crate::error::PgError;
 use crate::table::{TableInfo, ident, literal};
@@ -103,7 +103,7 @@ impl SlotSnapshot {
             })?
             .value();
         let count = conn
-            .exec_async(&format!("SELECT count(*) FROM {}", table.qualified()))
+            .exec_async(&format!("SELECT count(*) FROM {}", table.from_clause()))
             .await?;
         let rows = count
             .get_value(0, 0)
@@ -124,7 +124,7 @@ impl SlotSnapshot {
 
     /// The next chunk of records, or `None` once the table is read through
     /// (the transaction is then committed).
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<Fields>>, PgError> {
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<Record>>, PgError> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(None);
         };
@@ -137,12 +137,12 @@ impl SlotSnapshot {
             self.conn = None;
             return Ok(None);
         }
-        let cols = i32::try_from(self.table.columns.len()).unwrap_or(i32::MAX);
+        let cols = i32::try_from(self.table.selected().len()).unwrap_or(i32::MAX);
         let mut out = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
         for r in 0..rows {
             let values = (0..cols).map(|c| result.get_value(r, c)).collect();
-            if let Some(fields) = self.table.record(values) {
-                out.push(fields);
+            if let Some(record) = self.table.record(values) {
+                out.push(record);
             }
         }
         Ok(Some(out))

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use pg_walstream::CancellationToken;
 use prefetch::{
-    BoxFuture, ChangeFeed, ChangeSender, EventBus, Record, Result, Source, SourceSnapshot,
-    SourceStatus, Transaction, Version,
+    BoxFuture, ChangeFeed, ChangeSender, EventBus, Result, Source, SourceSnapshot, SourceStatus,
+    Transaction, Version,
 };
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -21,6 +21,7 @@ use crate::shared::{Shared, undefined_column};
 use crate::snapshot::SlotSnapshot;
 use crate::sql::{self, Sql};
 use crate::table::TableInfo;
+use crate::tables::TableSpec;
 
 /// How to reach and mirror a table.
 #[derive(Clone, Debug)]
@@ -40,6 +41,10 @@ pub struct PgConfig {
     pub heartbeat: Duration,
     /// How long creating a slot may wait for transactions already running.
     pub slot_wait: Duration,
+    /// The table's declaration in a tables file (key template, columns,
+    /// names, filter); `None`: the demo's way, every column named by the
+    /// primary key.
+    pub spec: Option<TableSpec>,
 }
 
 impl PgConfig {
@@ -53,6 +58,7 @@ impl PgConfig {
             publication: None,
             heartbeat: Duration::from_secs(1),
             slot_wait: Duration::from_secs(10),
+            spec: None,
         }
     }
 }
@@ -104,7 +110,15 @@ impl PgSource {
             tracing::info!(table = %config.table, "creating the demo table and its five categories");
             sql::create_demo_table(&client, &schema, &name).await?;
         }
-        let table = sql::table_info(&client, &schema, &name).await?;
+        let table = match &config.spec {
+            None => sql::table_info(&client, &schema, &name, None).await?,
+            Some(spec) => {
+                let mut table = sql::catalog(&client, &schema, &name).await?;
+                table.mapping = Some(Arc::new(spec.mapping(&table)?));
+                table.validate().map_err(|e| spec.error(e))?;
+                table
+            }
+        };
         let db: String = client
             .query_one("SELECT current_database()", &[])
             .await?
@@ -122,7 +136,12 @@ impl PgSource {
             .publication
             .clone()
             .unwrap_or_else(|| sql::object_name(&["prefetch", &schema, &name]));
-        sql::ensure_publication(&client, &publication, &table).await?;
+        sql::ensure_publication(&client, &publication, &table)
+            .await
+            .map_err(|e| match &config.spec {
+                Some(spec) => spec.error(e),
+                None => e,
+            })?;
         let id = format!("postgres:{system}:{db}:{slot}");
         let (sender, feed) = prefetch::feed::channel(events);
         let details = vec![
@@ -247,7 +266,7 @@ impl PgSource {
         let rows = Some(snap.rows);
         let chunks = futures::stream::try_unfold(snap, |mut snap| async move {
             match snap.next_chunk().await {
-                Ok(Some(rows)) => Ok(Some((rows.into_iter().map(Record::new).collect(), snap))),
+                Ok(Some(rows)) => Ok(Some((rows, snap))),
                 Ok(None) => Ok(None),
                 Err(e) => Err(prefetch::Error::from(e)),
             }

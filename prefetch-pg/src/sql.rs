@@ -7,7 +7,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::PgError;
-use crate::table::{Column, TableInfo, ident};
+use crate::table::{Column, Mapping, TableInfo, ident};
 
 /// One shared `tokio-postgres` client; a closed one is replaced on next use.
 #[derive(Debug)]
@@ -43,6 +43,12 @@ impl Sql {
         *slot = Some(Arc::clone(&client));
         Ok(client)
     }
+}
+
+/// Runs the SQL script `text` (several statements) on the database at `url`.
+pub async fn run_script(url: &str, text: &str) -> Result<(), PgError> {
+    Sql::new(url).client().await?.batch_execute(text).await?;
+    Ok(())
 }
 
 /// `schema.table` or `table` (schema `public`), as written by the user.
@@ -85,8 +91,21 @@ pub async fn create_demo_table(c: &Client, schema: &str, name: &str) -> Result<(
     Ok(())
 }
 
-/// The table as the catalog describes it now.
-pub async fn table_info(c: &Client, schema: &str, name: &str) -> Result<TableInfo, PgError> {
+/// The table as the catalog describes it now, mapped by `mapping`, checked.
+pub async fn table_info(
+    c: &Client,
+    schema: &str,
+    name: &str,
+    mapping: Option<Arc<Mapping>>,
+) -> Result<TableInfo, PgError> {
+    let mut info = catalog(c, schema, name).await?;
+    info.mapping = mapping;
+    info.validate()?;
+    Ok(info)
+}
+
+/// The table as the catalog describes it now, unmapped and unchecked.
+pub async fn catalog(c: &Client, schema: &str, name: &str) -> Result<TableInfo, PgError> {
     let qualified = format!("{}.{}", ident(schema), ident(name));
     let columns = c
         .query(
@@ -120,17 +139,22 @@ pub async fn table_info(c: &Client, schema: &str, name: &str) -> Result<TableInf
         name: name.to_owned(),
         columns,
         key,
+        mapping: None,
     };
-    info.validate()?;
     Ok(info)
 }
 
-/// Creates `publication` for the table, or adds the table to it.
+/// Creates `publication` for the table, or adds the table to it; for a
+/// mapped table, with its column list and row filter (see
+/// [`publish_mapped`]).
 pub async fn ensure_publication(
     c: &Client,
     publication: &str,
     table: &TableInfo,
 ) -> Result<(), PgError> {
+    if table.mapping.is_some() {
+        return publish_mapped(c, publication, table).await;
+    }
     let exists: bool = c
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
@@ -164,6 +188,105 @@ pub async fn ensure_publication(
         .await?;
     }
     Ok(())
+}
+
+/// `"s"."t" ("c1", …) WHERE (filter)`: the table as a mapped publication
+/// member.
+fn member(table: &TableInfo) -> String {
+    let mut out = table.qualified();
+    if let Some(m) = &table.mapping {
+        let cols: Vec<String> = table.selected().iter().map(|c| ident(&c.name)).collect();
+        out.push_str(&format!(" ({})", cols.join(", ")));
+        if let Some(f) = &m.filter {
+            out.push_str(&format!(" WHERE ({f})"));
+        }
+    }
+    out
+}
+
+/// Creates or re-points `publication` at the mapped table, with the
+/// mapping's column list and row filter, in one transaction that also
+/// checks that PostgreSQL will still accept `UPDATE` and `DELETE` on the
+/// table: a filter or a column list the replica identity does not cover
+/// would make PostgreSQL refuse the application's own writes. Then nothing
+/// is changed and the error says which statements would fix it.
+async fn publish_mapped(c: &Client, publication: &str, table: &TableInfo) -> Result<(), PgError> {
+    let exists: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&publication],
+        )
+        .await?
+        .get(0);
+    let verb = if exists {
+        format!("ALTER PUBLICATION {} SET TABLE", ident(publication))
+    } else {
+        format!("CREATE PUBLICATION {} FOR TABLE", ident(publication))
+    };
+    let key = ident(&table.key[0]);
+    let t = table.qualified();
+    c.batch_execute("BEGIN").await?;
+    let probe = format!(
+        "{verb} {member};
+         UPDATE {t} SET {key} = {key} WHERE false;
+         DELETE FROM {t} WHERE false;",
+        member = member(table)
+    );
+    match c.batch_execute(&probe).await {
+        Ok(()) => {
+            c.batch_execute("COMMIT").await?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = c.batch_execute("ROLLBACK").await;
+            let e = PgError::from(e);
+            let identity = e.to_string().contains("replica identity");
+            Err(PgError::Schema(if identity {
+                format!("{e}. {}", identity_advice(table))
+            } else {
+                format!("PostgreSQL refused the table's publication: {e}")
+            }))
+        }
+    }
+}
+
+/// What to run so that the replica identity covers a mapped table's filter
+/// and column list (never run unasked: the table is the user's).
+fn identity_advice(table: &TableInfo) -> String {
+    let Some(m) = &table.mapping else {
+        return String::new();
+    };
+    let t = table.qualified();
+    let in_filter: Vec<&str> = table
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .filter(|c| m.filter.as_deref().is_some_and(|f| mentions(f, c)))
+        .filter(|c| !table.key.iter().any(|k| k == c))
+        .collect();
+    if table.selected().len() == table.columns.len() {
+        return format!("To publish this filter, run: ALTER TABLE {t} REPLICA IDENTITY FULL;");
+    }
+    let mut cols: Vec<String> = table.key.iter().map(|k| ident(k)).collect();
+    cols.extend(in_filter.iter().map(|c| ident(c)));
+    let index = ident(&format!("{}_prefetch_ident", table.name));
+    format!(
+        "The replica identity must cover the filter's columns and lie within the column list; make them NOT NULL, add them to `columns`, then run: CREATE UNIQUE INDEX {index} ON {t} ({}); ALTER TABLE {t} REPLICA IDENTITY USING INDEX {index};",
+        cols.join(", ")
+    )
+}
+
+/// Whether SQL text `sql` names `column` as a word.
+fn mentions(sql: &str, column: &str) -> bool {
+    sql.match_indices(column).any(|(at, _)| {
+        let word = |c: char| c.is_alphanumeric() || c == '_';
+        let before = sql[..at].chars().next_back().is_none_or(|c| !word(c));
+        let after = sql[at + column.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !word(c));
+        before && after
+    })
 }
 
 /// A name PostgreSQL accepts for a slot or publication: lowercase letters,

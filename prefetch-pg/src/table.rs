@@ -1,10 +1,16 @@
 //! The mirrored table as the catalog describes it, and how its rows become
-//! records: every column's text form (booleans as `true`/`false`), NULL as
-//! an absent field, and an id made from the primary key.
+//! records.
+//!
+//! Every column's text form (booleans as `true`/`false`), NULL as an absent
+//! field, and an id made from the primary key; or, for a table declared in
+//! a tables file, its [`Mapping`]: a key template, the columns selected,
+//! their names in Redis and a row filter.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use prefetch::{Fields, ID_FIELD};
+use prefetch::{Fields, ID_FIELD, KeyTemplate, Record};
 pub use prefetch::{decode_key, encode_key};
 
 use crate::error::PgError;
@@ -35,6 +41,27 @@ pub struct TableInfo {
     pub columns: Vec<Column>,
     /// The primary key's columns, in key order.
     pub key: Vec<String>,
+    /// How a declared table's rows become records (`None`: every column,
+    /// named by the primary key, as the demo's table).
+    pub mapping: Option<Arc<Mapping>>,
+}
+
+/// How the rows of a table declared in a tables file become records.
+///
+/// The projection and the filter are PostgreSQL's own (the publication's
+/// column list and row filter), so the stream carries nothing else; the
+/// snapshot and the editor's view select the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The key template; its columns are the primary key's. A record's id
+    /// is its key less the template's literal prefix (the cache's prefix).
+    pub template: KeyTemplate,
+    /// The columns kept, in table order.
+    pub columns: Vec<String>,
+    /// Column → field name in Redis, for the columns renamed.
+    pub rename: BTreeMap<String, String>,
+    /// A SQL boolean expression over the row: the rows kept.
+    pub filter: Option<String>,
 }
 
 /// `"name"` with embedded quotes doubled: a safe SQL identifier.
@@ -72,13 +99,16 @@ impl TableInfo {
                 self.qualified()
             )));
         }
-        if self.synthetic_id() && self.column(ID_FIELD).is_some() {
+        if self.mapping.is_none() && self.synthetic_id() && self.column(ID_FIELD).is_some() {
             return Err(PgError::Schema(format!(
                 "table {} has a column named 'id' that is not its primary key; records are named by the key",
                 self.qualified()
             )));
         }
-        if let Some(c) = self.columns.iter().find(|c| c.name.starts_with("__")) {
+        if let Some(m) = &self.mapping {
+            self.validate_mapping(m)?;
+        }
+        if let Some(c) = self.selected().iter().find(|c| c.name.starts_with("__")) {
             return Err(PgError::Schema(format!(
                 "column '{}' of {}: names starting with '__' are reserved for the cache",
                 c.name,
@@ -88,14 +118,106 @@ impl TableInfo {
         Ok(())
     }
 
-    /// `SELECT "c1"::text, "c2"::text, … FROM "s"."t"` (in column order).
-    pub fn select_text(&self) -> String {
+    /// The columns records are made of, in table order: every one, or
+    /// those a mapping selects (what the stream sends).
+    pub fn selected(&self) -> Vec<&Column> {
+        match &self.mapping {
+            Some(m) => self
+                .columns
+                .iter()
+                .filter(|c| m.columns.contains(&c.name))
+                .collect(),
+            None => self.columns.iter().collect(),
+        }
+    }
+
+    /// `"c1"::text, "c2"::text, …` over the [`selected`](Self::selected)
+    /// columns.
+    pub fn select_list(&self) -> String {
         let cols: Vec<String> = self
-            .columns
+            .selected()
             .iter()
             .map(|c| format!("{}::text", ident(&c.name)))
             .collect();
-        format!("SELECT {} FROM {}", cols.join(", "), self.qualified())
+        cols.join(", ")
+    }
+
+    /// `"s"."t"`, with ` WHERE (filter)` when a mapping filters rows.
+    pub fn from_clause(&self) -> String {
+        match self.mapping.as_ref().and_then(|m| m.filter.as_ref()) {
+            Some(f) => format!("{} WHERE ({f})", self.qualified()),
+            None => self.qualified(),
+        }
+    }
+
+    /// A mapping must name columns the table has, key rows by exactly the
+    /// primary key, and rename to names no other field has.
+    fn validate_mapping(&self, m: &Mapping) -> Result<(), PgError> {
+        let table = self.qualified().replace('"', "");
+        let bad = |why: String| Err(PgError::Schema(format!("table {table}: {why}")));
+        for c in &m.columns {
+            if self.column(c).is_none() {
+                return bad(format!(
+                    "`columns` names {c:?}, which the table does not have"
+                ));
+            }
+        }
+        let mut key: Vec<&str> = self.key.iter().map(String::as_str).collect();
+        let mut named = m.template.columns();
+        for c in &named {
+            if !m.columns.iter().any(|s| s == c) {
+                return bad(format!(
+                    "the key template names {c:?}, which `columns` leaves out"
+                ));
+            }
+        }
+        key.sort_unstable();
+        named.sort_unstable();
+        if key != named {
+            return bad(format!(
+                "the key template must name exactly the primary key's columns ({}), so that each row has one key and a delete can name it",
+                self.key.join(", ")
+            ));
+        }
+        for (from, to) in &m.rename {
+            if !m.columns.contains(from) {
+                return bad(format!(
+                    "`rename` names {from:?}, which `columns` leaves out"
+                ));
+            }
+            if to.is_empty() || to.starts_with("__") {
+                return bad(format!(
+                    "`rename` of {from:?}: {to:?} is not a field name the cache can use"
+                ));
+            }
+            let clash = m
+                .columns
+                .iter()
+                .any(|c| c != from && c == to && !m.rename.contains_key(c))
+                || m.rename.iter().any(|(f, t)| f != from && t == to);
+            if clash {
+                return bad(format!(
+                    "`rename` of {from:?}: another field is already called {to:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `SELECT "c1"::text, … FROM "s"."t"` over the selected columns and
+    /// the rows the filter keeps.
+    pub fn select_text(&self) -> String {
+        format!("SELECT {} FROM {}", self.select_list(), self.from_clause())
+    }
+
+    /// [`select_text`](Self::select_text) with `condition` too.
+    pub fn select_where(&self, condition: &str) -> String {
+        let joiner = if self.mapping.as_ref().is_some_and(|m| m.filter.is_some()) {
+            " AND "
+        } else {
+            " WHERE "
+        };
+        format!("{}{joiner}{condition}", self.select_text())
     }
 
     /// `"s"."t"."k1", …`: the key columns for an `ORDER BY` after
@@ -111,11 +233,12 @@ impl TableInfo {
             .join(", ")
     }
 
-    /// A record from values in column order (`None` is NULL), or `None`
-    /// when a key column is NULL (impossible for a primary key).
-    pub fn record(&self, values: Vec<Option<String>>) -> Option<Fields> {
+    /// A record from values in [`selected`](Self::selected) column order
+    /// (`None` is NULL), or `None` when a key column is NULL (impossible
+    /// for a primary key).
+    pub fn record(&self, values: Vec<Option<String>>) -> Option<Record> {
         let mut fields = Fields::new();
-        for (col, value) in self.columns.iter().zip(values) {
+        for (col, value) in self.selected().into_iter().zip(values) {
             if let Some(v) = value {
                 fields.insert(col.name.clone(), v);
             }
@@ -123,8 +246,20 @@ impl TableInfo {
         self.finish(fields)
     }
 
-    /// Adds the synthetic `id` when needed; `None` if a key column is absent.
-    pub fn finish(&self, mut fields: Fields) -> Option<Fields> {
+    /// The record of a row's column values: named by the key template and
+    /// renamed by a mapping, else with the synthetic `id` when needed;
+    /// `None` if a key column is absent.
+    pub fn finish(&self, mut fields: Fields) -> Option<Record> {
+        if let Some(m) = &self.mapping {
+            let key = m.template.render(|c| fields.get(c).map(String::as_str))?;
+            let id = key[m.template.prefix().len()..].to_owned();
+            for (from, to) in &m.rename {
+                if let Some(v) = fields.remove(from) {
+                    fields.insert(to.clone(), v);
+                }
+            }
+            return Some(Record::with_id(id, fields));
+        }
         if self.synthetic_id() {
             let parts: Option<Vec<&str>> = self
                 .key
@@ -136,19 +271,45 @@ impl TableInfo {
         } else if !fields.contains_key(ID_FIELD) {
             return None;
         }
-        Some(fields)
+        Some(Record::new(fields))
     }
 
     /// The record id of a row with these key values (in key order).
     pub fn id_of(&self, key_values: &[&str]) -> String {
-        encode_key(key_values)
+        match &self.mapping {
+            Some(m) => {
+                let value = |c: &str| {
+                    let i = self.key.iter().position(|k| k == c)?;
+                    key_values.get(i).copied()
+                };
+                let key = m.template.render(value).unwrap_or_default();
+                key.get(m.template.prefix().len()..)
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+            None => encode_key(key_values),
+        }
     }
 
     /// The key values of a record id, in key order.
     pub fn key_of(&self, id: &str) -> Result<Vec<String>, prefetch::Error> {
+        let not_found = || prefetch::Error::NotFound(id.to_owned());
+        if let Some(m) = &self.mapping {
+            let key = format!("{}{id}", m.template.prefix());
+            let values = m.template.values_of(&key).ok_or_else(not_found)?;
+            let columns = m.template.columns();
+            return self
+                .key
+                .iter()
+                .map(|k| {
+                    let i = columns.iter().position(|c| c == k).ok_or_else(not_found)?;
+                    Ok(values[i].clone())
+                })
+                .collect();
+        }
         let parts = decode_key(id);
         if parts.len() != self.key.len() {
-            return Err(prefetch::Error::NotFound(id.to_owned()));
+            return Err(not_found());
         }
         Ok(parts)
     }
@@ -214,6 +375,7 @@ mod tests {
                 })
                 .collect(),
             key: key.iter().map(|k| (*k).to_owned()).collect(),
+            mapping: None,
         }
     }
 
@@ -228,18 +390,55 @@ mod tests {
                 Some("true".into()),
             ])
             .unwrap();
-        assert_eq!(rec.get("id").map(String::as_str), Some("eu:42"));
-        assert!(!rec.contains_key("name"), "NULL is an absent field");
+        assert_eq!(rec.id(), Some("eu:42"));
+        assert_eq!(rec.get("id"), Some("eu:42"));
+        assert_eq!(rec.get("name"), None, "NULL is an absent field");
         let plain = table(&["id"], &["id", "name"]);
         assert!(!plain.synthetic_id());
         assert_eq!(
             plain
                 .record(vec![Some("cat-1".into()), Some("n".into())])
-                .unwrap()["id"],
-            "cat-1"
+                .unwrap()
+                .get("id"),
+            Some("cat-1")
         );
         assert_eq!(text_value(BOOL_OID, "t"), "true");
         assert_eq!(text_value(25, "t"), "t");
+    }
+
+    #[test]
+    fn a_mapping_names_rows_by_the_template_and_keeps_only_what_it_selects() {
+        let mut t = table(
+            &["region", "code"],
+            &["region", "code", "name", "secret", "id"],
+        );
+        t.mapping = Some(Arc::new(Mapping {
+            template: KeyTemplate::parse("item:{region}:{code}").unwrap(),
+            columns: vec!["code".into(), "region".into(), "name".into(), "id".into()],
+            rename: [("name".to_owned(), "title".to_owned())].into(),
+            filter: Some("name <> ''".into()),
+        }));
+        t.validate().unwrap();
+        assert_eq!(
+            t.select_text(),
+            r#"SELECT "region"::text, "code"::text, "name"::text, "id"::text FROM "public"."t" WHERE (name <> '')"#
+        );
+        assert!(t.select_where("x").ends_with("WHERE (name <> '') AND x"));
+        let rec = t
+            .record(vec![
+                Some("e:u".into()),
+                Some("4 2".into()),
+                Some("n".into()),
+                Some("7".into()),
+            ])
+            .unwrap();
+        assert_eq!(rec.id(), Some("e%3Au:4%202"));
+        assert_eq!(rec.get("title"), Some("n"));
+        assert_eq!(rec.get("name"), None);
+        assert_eq!(rec.get("id"), Some("7"), "the table's own id column stays");
+        assert_eq!(t.key_of("e%3Au:4%202").unwrap(), ["e:u", "4 2"]);
+        assert_eq!(t.id_of(&["e:u", "4 2"]), "e%3Au:4%202");
+        assert!(t.key_of("e:u:42").is_err());
     }
 
     #[test]

@@ -135,7 +135,9 @@ async fn dispatch(
             if assembler.relation(table, now) {
                 // A column was added, dropped or retyped: rows in Redis
                 // hold the old shape; a fresh snapshot rewrites them all.
-                match crate::sql::table_info(sql, &table.schema, &table.name).await {
+                match crate::sql::table_info(sql, &table.schema, &table.name, table.mapping.clone())
+                    .await
+                {
                     Ok(info) => shared.set_table(info),
                     Err(e) => tracing::warn!(error = %e, "cannot re-read the table's columns"),
                 }

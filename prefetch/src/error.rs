@@ -30,6 +30,9 @@ pub enum Error {
     /// A field name or value is empty, too long, or otherwise unusable.
     #[error("invalid field: {0}")]
     InvalidField(String),
+    /// A key template cannot name rows safely (see [`KeyTemplate`](crate::KeyTemplate)).
+    #[error("{0}")]
+    InvalidTemplate(String),
     /// The source holds no record with this id.
     #[error("unknown record '{0}'")]
     NotFound(String),

@@ -34,6 +34,7 @@
 //! | `model` | [`Record`], [`Version`], [`Change`], [`Transaction`], validation |
 //! | `bloom` | sets of ids in a few bytes each: exact when small, Bloom filters when large |
 //! | `keys` | key naming, bookkeeping keys, tombstone keys, slots, glob escaping |
+//! | `template` | [`KeyTemplate`]: a row's key from its columns, escaped, and back |
 //! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
 //! | `events` | [`EventBus`]: a lossy feed of what happened, for dashboards |
 //! | `feed` | [`ChangeSender`] / [`ChangeFeed`]: the push API for any CDC adapter |
@@ -87,6 +88,7 @@ mod model;
 mod bloom;
 mod keys;
 mod stats;
+mod template;
 
 mod events;
 pub mod feed;
@@ -141,3 +143,4 @@ pub use primary::{Primary, RowCount};
 pub use source::{BoxFuture, BoxStream, Source, SourceSnapshot, SourceStatus};
 pub use stats::{HistogramSnapshot, Histograms, LagSummary, Stats};
 pub use sync::{PauseGuard, SyncConfig, SyncHandle};
+pub use template::{KeyTemplate, Piece, escape_key_value, unescape_key_value};

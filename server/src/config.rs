@@ -62,6 +62,16 @@ pub struct Config {
     /// as the demo's categories table, with its five rows, when missing.
     #[arg(long, env = "PREFETCH_PG_TABLE", default_value = "categories")]
     pub pg_table: String,
+    /// A tables file (TOML): the table to hold and how its rows become keys
+    /// (key template, columns, names, row filter, TTL); see
+    /// docs/tables.md. Needs a PostgreSQL primary; replaces `--pg-table`,
+    /// and the key template's prefix replaces `--cache-prefix`.
+    #[arg(long = "config", env = "PREFETCH_CONFIG", value_name = "FILE")]
+    pub tables_file: Option<String>,
+    /// A SQL file the private PostgreSQL (`--primary postgres`) runs once
+    /// before the snapshot: the schema and rows of a tables file's example.
+    #[arg(long, env = "PREFETCH_PG_INIT", value_name = "FILE.sql")]
+    pub pg_init: Option<String>,
     /// The replication slot (default `prefetch_<database>_<schema>_<table>`).
     #[arg(long, env = "PREFETCH_PG_SLOT")]
     pub pg_slot: Option<String>,

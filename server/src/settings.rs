@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use prefetch::{CacheConfig, EngineConfig, MemoryCheck};
+use prefetch_pg::tables::{TableSpec, TablesFile};
 use prefetch_pipeline::PipelineConfig;
 
 use crate::config::Config;
@@ -77,11 +78,15 @@ impl PrimaryKind {
     }
 }
 
-/// `--pg-*`.
+/// `--pg-*` and `--config`.
 #[derive(Clone, Debug)]
 pub struct PgSettings {
     /// The table.
     pub table: String,
+    /// Its declaration in the tables file (`--config`).
+    pub spec: Option<TableSpec>,
+    /// The SQL file the private PostgreSQL runs first (`--pg-init`).
+    pub init: Option<String>,
     /// The replication slot.
     pub slot: Option<String>,
     /// The publication.
@@ -105,12 +110,25 @@ impl Config {
         let admin_token = self.admin_token().map_err(Error::Config)?;
         let primary = self.primary_kind().map_err(Error::Config)?;
         let pipeline = self.pipeline_config(&primary)?;
+        let spec = self.table_spec(&primary)?;
+        let mut engine = self.engine_config();
+        if let Some(spec) = &spec {
+            engine.cache.prefix = spec.key_prefix();
+            if let Some(ttl) = spec.ttl_secs {
+                engine.cache.ttl = Duration::from_secs(ttl);
+            }
+        }
+        if self.pg_init.is_some() && primary != PrimaryKind::EmbeddedPostgres {
+            return Err(Error::Config(
+                "--pg-init runs a schema file on the private PostgreSQL only (--primary postgres); on your own database, run it with psql".into(),
+            ));
+        }
         Ok(Settings {
             listen: SocketAddr::new(self.host, self.port),
             redis: self.redis_target(),
             primary,
             pipeline,
-            engine: self.engine_config(),
+            engine,
             admin_token,
             faults: self.faults || self.host.is_loopback(),
             reconcile_every: (self.reconcile_every > 0)
@@ -118,7 +136,11 @@ impl Config {
             http_threads: self.http_threads,
             client_timeout: Duration::from_secs(self.client_timeout_secs),
             pg: PgSettings {
-                table: self.pg_table.clone(),
+                table: spec
+                    .as_ref()
+                    .map_or_else(|| self.pg_table.clone(), |s| s.table.clone()),
+                spec,
+                init: self.pg_init.clone(),
                 slot: self.pg_slot.clone(),
                 publication: self.pg_publication.clone(),
             },
@@ -147,6 +169,33 @@ impl Config {
             other => Err(format!(
                 "--primary must be mock, postgres, a postgres:// URL or stream:<key>, not '{other}'"
             )),
+        }
+    }
+
+    /// The table `--config` declares: a PostgreSQL primary only, and one
+    /// table per process in this version.
+    fn table_spec(&self, primary: &PrimaryKind) -> Result<Option<TableSpec>, Error> {
+        let Some(path) = &self.tables_file else {
+            return Ok(None);
+        };
+        if !matches!(
+            primary,
+            PrimaryKind::Postgres(_) | PrimaryKind::EmbeddedPostgres
+        ) {
+            return Err(Error::Config(
+                "--config needs a PostgreSQL primary (--primary postgres or a postgres:// URL)"
+                    .into(),
+            ));
+        }
+        let file = TablesFile::read(path).map_err(|e| Error::Config(e.to_string()))?;
+        let mut tables = file.tables.into_iter();
+        match (tables.next(), tables.next()) {
+            (Some(spec), None) => Ok(Some(spec)),
+            (Some(_), Some(second)) => Err(Error::Config(format!(
+                "{}: this version holds one table per process; run one server per [[table]] (each with a file of its own)",
+                second.origin
+            ))),
+            (None, _) => Err(Error::Config(format!("{path}: no [[table]] declared"))),
         }
     }
 
@@ -283,5 +332,53 @@ mod tests {
         assert!(resolve(&[&pg[..], &["--pipeline", "a{b"]].concat()).is_err());
         let overlap = [&pg[..], &["--pipeline", "p", "--cache-prefix", "prefetch:"]].concat();
         assert!(resolve(&overlap).is_err());
+    }
+
+    #[test]
+    fn a_tables_file_sets_the_table_prefix_and_ttl_and_needs_postgres() {
+        let dir = std::env::temp_dir().join(format!("prefetch-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let one = write(
+            "one.toml",
+            "[[table]]\ntable = \"shop.items\"\nttl_secs = 60\n",
+        );
+        let two = write(
+            "two.toml",
+            "[[table]]\ntable = \"a\"\n\n[[table]]\ntable = \"b\"\n",
+        );
+        let resolve = |args: &[&str]| {
+            let mut all = vec!["server"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().resolve()
+        };
+        let s = resolve(&["--primary", "postgres://u@h/db", "--config", &one]).unwrap();
+        assert_eq!(s.pg.table, "shop.items");
+        assert_eq!(s.engine.cache.prefix, "shop.items:");
+        assert_eq!(s.engine.cache.ttl, Duration::from_secs(60));
+        let err = resolve(&["--primary", "postgres", "--config", &two]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("two.toml:4: this version holds one table"),
+            "{err}"
+        );
+        let err = resolve(&["--config", &one]).unwrap_err();
+        assert!(
+            err.to_string().contains("needs a PostgreSQL primary"),
+            "{err}"
+        );
+        let err = resolve(&["--primary", "postgres://u@h/db", "--pg-init", &one]).unwrap_err();
+        assert!(err.to_string().contains("private PostgreSQL only"), "{err}");
+        let missing = dir.join("missing.toml").to_string_lossy().into_owned();
+        let err = resolve(&["--primary", "postgres", "--config", &missing]).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot read the tables file"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,6 +4,7 @@
 // Test code: a failed unwrap is a failed test, with its place.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod declared;
 mod edge;
 mod stream;
 

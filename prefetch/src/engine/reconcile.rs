@@ -31,7 +31,7 @@ use crate::cache::ScanCursor;
 use crate::error::Result;
 use crate::events::Event;
 use crate::guard::{self, Stored};
-use crate::model::{Fields, ID_FIELD, REPORT_IDS, ReconcileReport, Record, Version, WorkerState};
+use crate::model::{Fields, REPORT_IDS, ReconcileReport, Record, Version, WorkerState};
 use crate::source::Source;
 use crate::source::SourceSnapshot;
 
@@ -311,9 +311,7 @@ where
                             _ => Kind::ChangedOutside,
                         };
                         self.note(kind, id);
-                        let mut row = row.clone();
-                        row.entry(ID_FIELD.to_owned()).or_insert_with(|| id.clone());
-                        repair_rows.push(Record::new(row));
+                        repair_rows.push(Record::with_id(id.clone(), row.clone()));
                     }
                 }
             }

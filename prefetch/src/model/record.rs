@@ -33,19 +33,36 @@ pub type Fields = BTreeMap<String, String>;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     fields: Fields,
+    id: Option<String>,
 }
 
 impl Record {
-    /// A record holding exactly `fields`.
+    /// A record holding exactly `fields`, named by its `id` field.
     pub fn new(fields: Fields) -> Self {
-        Self { fields }
+        Self { fields, id: None }
     }
 
-    /// The record's id: its non-empty `id` field.
+    /// A record named `id` holding exactly `fields` (which need no `id`
+    /// field: a row whose key comes from a template).
+    ///
+    /// ```
+    /// let r = prefetch::Record::with_id("product:a1", Default::default());
+    /// assert_eq!(r.id(), Some("product:a1"));
+    /// assert!(r.fields().is_empty());
+    /// ```
+    pub fn with_id(id: impl Into<String>, fields: Fields) -> Self {
+        Self {
+            fields,
+            id: Some(id.into()),
+        }
+    }
+
+    /// The record's id: the one it was made with, else its non-empty `id`
+    /// field.
     pub fn id(&self) -> Option<&str> {
-        self.fields
-            .get(ID_FIELD)
-            .map(String::as_str)
+        self.id
+            .as_deref()
+            .or_else(|| self.fields.get(ID_FIELD).map(String::as_str))
             .filter(|id| !id.is_empty())
     }
 
@@ -72,18 +89,17 @@ impl Record {
 
 impl From<Fields> for Record {
     fn from(fields: Fields) -> Self {
-        Self { fields }
+        Self::new(fields)
     }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Record {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self {
-            fields: iter
-                .into_iter()
+        Self::new(
+            iter.into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
-        }
+        )
     }
 }
 

@@ -83,18 +83,23 @@ where
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
                     self.cache.counters().retries.fetch_add(1, Relaxed);
-                    if matches!(e, Error::StateLost) {
-                        self.lost.notify_one();
-                    }
                     if e.is_out_of_memory() {
                         self.cache.counters().oom.fetch_add(1, Relaxed);
                     }
-                    tracing::warn!(
-                        error = %e,
-                        attempt,
-                        transactions = self.batch.len(),
-                        "sync apply failed; will retry"
-                    );
+                    if matches!(e, Error::StateLost) {
+                        // The healer says so (at warn) when Redis did lose
+                        // it; at start the first load has not written it
+                        // yet, which is no news.
+                        self.lost.notify_one();
+                        tracing::debug!(attempt, "no cache state in Redis; will retry");
+                    } else {
+                        tracing::warn!(
+                            error = %e,
+                            attempt,
+                            transactions = self.batch.len(),
+                            "sync apply failed; will retry"
+                        );
+                    }
                     if !self.back_off(attempt, &mut control).await {
                         return;
                     }

@@ -71,6 +71,9 @@ impl PrimarySetup {
                     url = %url,
                     "started a private PostgreSQL at {url} (temporary data directory, wal_level=logical; stopped on exit)"
                 );
+                if let Some(path) = &settings.pg.init {
+                    run_init(&url, path).await?;
+                }
                 open_postgres(settings, url, Some(pg), events).await
             }
         }
@@ -130,6 +133,17 @@ async fn open_stream(
     })
 }
 
+/// `--pg-init`: the schema file, run on the private PostgreSQL.
+async fn run_init(url: &str, path: &str) -> Result<(), Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("--pg-init {path}: {e}")))?;
+    prefetch_pg::run_script(url, &text)
+        .await
+        .map_err(|e| Error::Config(format!("--pg-init {path}: {e}")))?;
+    tracing::info!(file = %path, "ran {path} on the private PostgreSQL");
+    Ok(())
+}
+
 async fn open_postgres(
     settings: &Settings,
     url: String,
@@ -137,6 +151,8 @@ async fn open_postgres(
     events: &EventBus,
 ) -> Result<PrimarySetup, Error> {
     let mut config = PgConfig::new(&url, &settings.pg.table);
+    config.create_demo_table = settings.pg.spec.is_none();
+    config.spec = settings.pg.spec.clone();
     config.slot = settings.pg.slot.clone();
     config.publication = settings.pg.publication.clone();
     let source = PgSource::connect(config.clone(), events.clone())

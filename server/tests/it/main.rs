@@ -21,3 +21,4 @@ mod real_size;
 mod replicas;
 mod security;
 mod stream;
+mod tables;

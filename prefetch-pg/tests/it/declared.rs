@@ -1,0 +1,251 @@
+//! A table declared in a tables file: its key template, columns, names and
+//! row filter, against a real PostgreSQL and a real Redis. What the file
+//! leaves out never leaves the database; a row crossing the filter leaves
+//! or enters the cache; hostile key values cannot forge keys.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prefetch::testing::{TestRedis, engine_config};
+use prefetch::{Engine, EventBus, Fields};
+use prefetch_pg::tables::TablesFile;
+use prefetch_pg::{PgConfig, PgError, PgSource};
+use tokio_postgres::Client;
+
+use crate::{PgEngine, assert_mirrors, caught_up, connect, database};
+
+const LINES: &str = r#"
+[[table]]
+table    = "order_lines"
+key      = "line:{order_id}:{line_no}"
+columns  = ["order_id", "line_no", "sku", "qty", "active"]
+rename   = { qty = "quantity" }
+filter   = "active"
+"#;
+
+/// Order lines: a composite key, a cost and a note that must never reach
+/// Redis, and an `active` flag the filter reads (so the replica identity is
+/// an index over the key and the flag, as PostgreSQL requires).
+const SCHEMA: &str = "
+    CREATE TABLE order_lines (
+        order_id text NOT NULL, line_no integer NOT NULL,
+        sku text, qty integer, cost numeric, note text,
+        active boolean NOT NULL DEFAULT true,
+        PRIMARY KEY (order_id, line_no));
+    CREATE UNIQUE INDEX order_lines_ident ON order_lines (order_id, line_no, active);
+    ALTER TABLE order_lines REPLICA IDENTITY USING INDEX order_lines_ident;
+    INSERT INTO order_lines VALUES
+        ('o1', 1, 'sku-1', 2, 9.99, 'secret-note-1', true),
+        ('o1', 2, 'sku-2', 1, 5.00, 'secret-note-2', false),
+        ('a:b', 1, 'sku-3', 7, 1.00, 'secret-note-3', true),
+        ('{x} %3A', 3, 'sku-4', 4, 2.00, 'secret-note-4', true);";
+
+fn config(url: &str, file: &str) -> PgConfig {
+    let spec = TablesFile::parse("tables.toml", file)
+        .unwrap()
+        .tables
+        .remove(0);
+    let mut config = PgConfig::new(url, &spec.table);
+    config.create_demo_table = false;
+    config.heartbeat = Duration::from_millis(200);
+    config.spec = Some(spec);
+    config
+}
+
+async fn declared_engine(redis: &TestRedis, url: &str, file: &str, prefix: &str) -> PgEngine {
+    let events = EventBus::default();
+    let source = PgSource::connect(config(url, file), events.clone())
+        .await
+        .expect("source connects");
+    let mut engine_config = engine_config("declared");
+    engine_config.cache.prefix = prefix.to_owned();
+    Engine::start(redis.conn().await, source, events, engine_config)
+        .await
+        .expect("engine starts")
+        .0
+}
+
+/// Every key in Redis under `prefix`, with its fields (metadata left out).
+async fn redis_rows(redis: &TestRedis, prefix: &str) -> BTreeMap<String, Fields> {
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let fields: Fields = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let fields: Fields = fields
+            .into_iter()
+            .filter(|(f, _)| !f.starts_with("__"))
+            .collect();
+        if !fields.is_empty() {
+            out.insert(key, fields);
+        }
+    }
+    out
+}
+
+/// What Redis must hold, computed from the table with the mapping written
+/// out by hand (the keys' escapes included).
+async fn expected(sql: &Client) -> BTreeMap<String, Fields> {
+    let rows = sql
+        .query(
+            "SELECT order_id, line_no::text, sku, qty::text, active::text FROM order_lines WHERE active",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let order: String = r.get(0);
+            let escaped = order
+                .replace('%', "%25")
+                .replace(':', "%3A")
+                .replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace(' ', "%20");
+            let line: String = r.get(1);
+            let mut fields = Fields::new();
+            fields.insert("order_id".into(), order.clone());
+            fields.insert("line_no".into(), line.clone());
+            for (i, name) in [(2, "sku"), (3, "quantity"), (4, "active")] {
+                if let Some(v) = r.get::<_, Option<String>>(i) {
+                    fields.insert(name.into(), v);
+                }
+            }
+            (format!("line:{escaped}:{line}"), fields)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_declared_table_holds_its_columns_and_rows_under_its_template_and_follows_the_filter() {
+    let url = database("declared").await;
+    let sql = connect(&url).await;
+    sql.batch_execute(SCHEMA).await.unwrap();
+    let redis = TestRedis::start();
+    let engine = declared_engine(&redis, &url, LINES, "line:").await;
+    assert_eq!(redis_rows(&redis, "line:").await, expected(&sql).await);
+    assert!(
+        redis_rows(&redis, "line:").await["line:%7Bx%7D%20%253A:3"].contains_key("quantity"),
+        "a hostile key value is escaped, the renamed column present"
+    );
+
+    // Across the filter both ways, a hostile insert, a change to a column
+    // the file leaves out, a delete, and a key change.
+    sql.batch_execute(
+        "UPDATE order_lines SET active = false WHERE order_id = 'o1' AND line_no = 1;
+         UPDATE order_lines SET active = true WHERE order_id = 'o1' AND line_no = 2;
+         INSERT INTO order_lines VALUES ('line:o9:1', 1, 'forged', 1, 1, 'secret-note-5', true);
+         UPDATE order_lines SET cost = 123.45, note = 'secret-note-6' WHERE order_id = 'a:b';
+         DELETE FROM order_lines WHERE order_id = '{x} %3A';
+         UPDATE order_lines SET line_no = 5 WHERE order_id = 'a:b';",
+    )
+    .await
+    .unwrap();
+    caught_up(&engine, &sql).await;
+    let rows = redis_rows(&redis, "line:").await;
+    assert_eq!(rows, expected(&sql).await);
+    assert!(
+        !rows.contains_key("line:o1:1"),
+        "filtered out: its key is gone"
+    );
+    assert!(
+        rows.contains_key("line:o1:2"),
+        "filtered in: its key is there"
+    );
+    assert!(rows.contains_key("line:line%3Ao9%3A1:1"));
+    assert!(!rows.contains_key("line:a%3Ab:1") && rows.contains_key("line:a%3Ab:5"));
+    // Nothing the file leaves out is anywhere in Redis.
+    let mut conn = redis.conn().await;
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in all {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if kind != "hash" {
+            continue;
+        }
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for f in fields {
+            assert!(
+                !f.starts_with("secret-note") && f != "cost" && f != "note" && f != "123.45",
+                "{key} holds {f:?}"
+            );
+        }
+    }
+    // The editor's view applies the same mapping: the generic mirror check.
+    assert_mirrors(&engine, &sql).await;
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
+}
+
+async fn refused(url: &str, file: &str) -> String {
+    let err: PgError = PgSource::connect(config(url, file), EventBus::default())
+        .await
+        .expect_err("the declaration is refused");
+    err.to_string()
+}
+
+#[tokio::test]
+async fn declarations_postgresql_or_the_cache_cannot_serve_are_refused_with_the_line_and_nothing_changes()
+ {
+    let url = database("refused").await;
+    let sql = connect(&url).await;
+    sql.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, name text, secret text, active boolean NOT NULL);
+         INSERT INTO items VALUES (1, 'one', 's', true);",
+    )
+    .await
+    .unwrap();
+    let t = |extra: &str| format!("[[table]]\ntable = \"items\"\n{extra}\n");
+    for (extra, want) in [
+        (
+            "key = \"item:{name}\"",
+            "exactly the primary key's columns (id)",
+        ),
+        ("columns = [\"id\", \"nope\"]", "`columns` names \"nope\""),
+        ("columns = [\"name\"]", "`columns` leaves out"),
+        ("rename = { secret = \"__v\" }", "not a field name"),
+        ("filter = \"no_such_column > 1\"", "no_such_column"),
+        // The filter reads a column outside the replica identity (the key).
+        (
+            "filter = \"active\"",
+            "ALTER TABLE \"public\".\"items\" REPLICA IDENTITY FULL",
+        ),
+        (
+            "columns = [\"id\", \"name\", \"active\"]\nfilter = \"active\"",
+            "CREATE UNIQUE INDEX \"items_prefetch_ident\" ON \"public\".\"items\" (\"id\", \"active\")",
+        ),
+    ] {
+        let err = refused(&url, &t(extra)).await;
+        assert!(err.starts_with("tables.toml:1: "), "{extra}: {err}");
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    // Nothing was left behind: no publication, and the application's own
+    // writes still work.
+    let publications: i64 = sql
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(publications, 0);
+    sql.batch_execute("UPDATE items SET name = 'uno' WHERE id = 1; DELETE FROM items WHERE id = 1")
+        .await
+        .unwrap();
+}

@@ -1,0 +1,125 @@
+//! The server with a tables file (`--config`): the shipped example on a
+//! real PostgreSQL, read through the reference API; a file the database
+//! cannot serve refused at start with its line.
+
+use std::time::{Duration, Instant};
+
+use prefetch::testing::TestRedis;
+use serde_json::Value;
+
+use crate::common::{TestServer, postgres_client, postgres_database};
+
+fn example(file: &str) -> String {
+    format!("{}/../examples/shop/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads `id` until `done` says yes (at most 10 s).
+async fn read_until(srv: &TestServer, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = srv.get(&format!("/read?id={id}")).await;
+        assert_eq!(status, 200, "{body}");
+        if done(&body) || Instant::now() > deadline {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves_out() {
+    let url = postgres_database("shop").await;
+    let schema = example("schema.sql");
+    let sql = postgres_client(&url).await;
+    sql.batch_execute(&std::fs::read_to_string(&schema).unwrap())
+        .await
+        .unwrap();
+    let tables = example("tables.toml");
+    let srv = TestServer::start_on(
+        TestRedis::start(),
+        &["--primary", &url, "--config", &tables],
+    )
+    .await;
+    let mut redis = srv.redis.conn().await;
+    let title: Option<String> = redis::cmd("HGET")
+        .arg("product:SKU-00001")
+        .arg("title")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(title.as_deref(), Some("Product 1"), "keyed by the template");
+
+    let (_, read) = srv.get("/read?id=SKU-00001").await;
+    assert_eq!(read["hit"], true, "{read}");
+    let record = read["record"].as_object().unwrap();
+    assert_eq!(record["title"], "Product 1");
+    assert_eq!(record["tags"], "{odd}");
+    assert!(
+        !record.contains_key("cost") && !record.contains_key("name"),
+        "{read}"
+    );
+    let (_, inactive) = srv.get("/read?id=SKU-00010").await;
+    assert_eq!(inactive["hit"], false, "filtered out: {inactive}");
+
+    // psql moves a row out of the filter and another into it.
+    sql.batch_execute(
+        "UPDATE products SET active = false WHERE sku = 'SKU-00001';
+         UPDATE products SET active = true, name = 'Back' WHERE sku = 'SKU-00010';",
+    )
+    .await
+    .unwrap();
+    let gone = read_until(&srv, "SKU-00001", |b| b["hit"] == false).await;
+    assert_eq!(gone["hit"], false, "{gone}");
+    let back = read_until(&srv, "SKU-00010", |b| b["hit"] == true).await;
+    assert_eq!(back["record"]["title"], "Back", "{back}");
+
+    // The table is edited in PostgreSQL, not through the demo's API.
+    let (status, body) = srv
+        .post("/update", "id=SKU-00002&field=title&value=x")
+        .await;
+    assert!((400..500).contains(&status), "{status} {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("PostgreSQL"),
+        "{body}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_tables_file_the_database_cannot_serve_stops_the_start_with_its_line() {
+    let url = postgres_database("shop_bad").await;
+    let sql = postgres_client(&url).await;
+    sql.batch_execute(&std::fs::read_to_string(example("schema.sql")).unwrap())
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("prefetch-tables-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "# a comment\n[[table]]\ntable = \"products\"\nkey = \"product:{sku}\"\nfilter = \"price > 'x'\"\n",
+    )
+    .unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let redis = TestRedis::start();
+    let config = <server::Config as clap::Parser>::try_parse_from([
+        "server",
+        "--redis-url",
+        redis.url.as_str(),
+        "--primary",
+        &url,
+        "--config",
+        &path,
+    ])
+    .unwrap();
+    let err = match server::start(config, None).await {
+        Ok(_) => panic!("a filter PostgreSQL rejects must stop the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&format!("{path}:2: ")), "{err}");
+    assert!(err.contains("invalid input syntax"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
