@@ -75,10 +75,15 @@ impl RowStatus {
         }
     }
 
-    /// The status of an id with these two sides.
+    /// The status of an id with these two sides (the `id` field left out:
+    /// it names the row, and a declared table's hash need not hold it).
     pub fn of(primary: Option<&Fields>, cached: Option<&Fields>) -> Self {
+        let same = |p: &Fields, c: &Fields| {
+            let data = |f: &Fields| f.iter().filter(|(k, _)| *k != "id").count();
+            data(p) == data(c) && p.iter().all(|(k, v)| k == "id" || c.get(k) == Some(v))
+        };
         match (primary, cached) {
-            (Some(p), Some(c)) if p == c => RowStatus::Ok,
+            (Some(p), Some(c)) if same(p, c) => RowStatus::Ok,
             (Some(_), Some(_)) => RowStatus::Stale,
             (Some(_), None) => RowStatus::Missing,
             (None, Some(_)) => RowStatus::Orphaned,
@@ -121,6 +126,8 @@ pub struct LiveState {
     pub faults: RwSignal<bool>,
     /// The page shown (`None`: the whole table, which is small).
     pub page: RwSignal<Option<PageDto>>,
+    /// The fields shown beside the id, in order.
+    pub columns: RwSignal<Vec<String>>,
     /// The chart's points, oldest first.
     pub samples: RwSignal<VecDeque<Sample>>,
     /// Per-id change counters; a row flashes whenever its counter moves.
@@ -150,6 +157,7 @@ impl LiveState {
             reconcile: RwSignal::new(None),
             faults: RwSignal::new(false),
             page: RwSignal::new(None),
+            columns: RwSignal::new(Vec::new()),
             samples: RwSignal::new(VecDeque::new()),
             changes: RwSignal::new(BTreeMap::new()),
             now_ms: RwSignal::new(snapshot.server_time_ms),
@@ -178,6 +186,11 @@ impl LiveState {
         self.reconcile.set(s.reconcile);
         self.faults.set(s.faults);
         self.page.set(s.page);
+        self.columns.set(if s.columns.is_empty() {
+            CATEGORY_FIELDS[1..].iter().map(|f| (*f).to_owned()).collect()
+        } else {
+            s.columns
+        });
     }
 
     /// Adds a chart point from the current counters.

@@ -14,7 +14,7 @@
 
 use std::time::SystemTime;
 
-use prefetch::{CachedEntry, Record, ScanCursor};
+use prefetch::{CachedEntry, Fields, ID_FIELD, Record, ScanCursor};
 
 use crate::model::{
     CacheEntryDto, CategoriesResponse, DashboardState, PageDto, ReconcileResponse, SourceDto,
@@ -203,7 +203,7 @@ fn state(
     let source = SourceDto::from(&engine_stats.source);
     let p = &ctx.primary;
     DashboardState {
-        primary: primary.into_iter().map(Record::into_fields).collect(),
+        primary: primary.into_iter().map(named_fields).collect(),
         source,
         cache: cache
             .into_iter()
@@ -220,5 +220,21 @@ fn state(
             .map(|(at, r)| ReconcileResponse::new(&r, at)),
         faults: ctx.faults.is_some(),
         page,
+        columns: p
+            .columns()
+            .map(|cols| cols.into_iter().filter(|c| c != ID_FIELD).collect())
+            .unwrap_or_default(),
     }
+}
+
+/// A primary record's fields as the dashboard keys them: `id` is the
+/// record's name (a declared table's key less its prefix), whatever the
+/// table's own columns hold.
+fn named_fields(record: Record) -> Fields {
+    let id = record.id().map(str::to_owned);
+    let mut fields = record.into_fields();
+    if let Some(id) = id {
+        fields.insert(ID_FIELD.to_owned(), id);
+    }
+    fields
 }

@@ -40,10 +40,11 @@ test("a large table opens at once, pages through Redis and finds an id by prefix
 
   const large = await open();
   console.log(`real size: dashboard interactive after ${large.ms} ms at ${ROWS} rows, ${small.ms} ms at 5 rows`);
-  // Within a second, or (on a machine busy with other work) no slower
-  // than the five-row page allows for noise: the table's size costs the
-  // page nothing. docs/benchmarks.md has the release figure at 10,000,000.
-  expect(large.ms).toBeLessThan(Math.max(1_000, 1.5 * small.ms));
+  // The table's size costs the page nothing: not a timing (the release
+  // figure at 10,000,000 rows is in docs/benchmarks.md), a guard against
+  // a page that grows with the table (a whole-table page took minutes at
+  // 1,000,000 rows), with room for a machine busy with other tests.
+  expect(large.ms).toBeLessThan(Math.max(2_000, 3 * small.ms));
   expect(large.bytes).toBeLessThan(1 << 20);
   await expect(page.locator("#conn")).toHaveAttribute("data-state", "live");
 

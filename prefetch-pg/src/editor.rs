@@ -377,6 +377,10 @@ impl Primary for PgEditor {
         self.shared.reads.store(0, Relaxed);
     }
 
+    fn columns(&self) -> Option<Vec<String>> {
+        Some(self.shared.table().field_names())
+    }
+
     fn read_latency(&self) -> Duration {
         Duration::from_micros(self.shared.read_latency_us.load(Relaxed))
     }

@@ -131,6 +131,21 @@ impl TableInfo {
         }
     }
 
+    /// The field names records hold, in column order (renamed by a
+    /// mapping).
+    pub fn field_names(&self) -> Vec<String> {
+        self.selected()
+            .iter()
+            .map(|c| {
+                self.mapping
+                    .as_ref()
+                    .and_then(|m| m.rename.get(&c.name))
+                    .unwrap_or(&c.name)
+                    .clone()
+            })
+            .collect()
+    }
+
     /// `"c1"::text, "c2"::text, …` over the [`selected`](Self::selected)
     /// columns.
     pub fn select_list(&self) -> String {
@@ -177,6 +192,12 @@ impl TableInfo {
             return bad(format!(
                 "the key template must name exactly the primary key's columns ({}), so that each row has one key and a delete can name it",
                 self.key.join(", ")
+            ));
+        }
+        let id_field = |c: &String| m.rename.get(c).unwrap_or(c) == ID_FIELD;
+        if m.columns.iter().any(id_field) && self.key != [ID_FIELD] {
+            return bad(format!(
+                "a field called {ID_FIELD:?} that is not the whole key would hide the row's name on the dashboard; rename it (rename = {{ id = \"…\" }})"
             ));
         }
         for (from, to) in &m.rename {

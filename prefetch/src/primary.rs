@@ -71,4 +71,10 @@ pub trait Primary: Send + Sync + 'static {
     /// How long a read of the source takes (configured for the mock,
     /// measured for a database).
     fn read_latency(&self) -> Duration;
+
+    /// The fields its records hold, in display order (`None`: the demo's
+    /// categories, `id`, `name`, `display_order`, `featured`, `parent_id`).
+    fn columns(&self) -> Option<Vec<String>> {
+        None
+    }
 }

@@ -1,7 +1,7 @@
 use leptos::prelude::*;
 
 use crate::live::{LiveState, RowStatus};
-use crate::model::{CATEGORY_FIELDS, CacheEntryDto, Fields, PageDto};
+use crate::model::{CacheEntryDto, Fields, PageDto};
 
 /// Primary and cache side by side, one row per id, live.
 ///
@@ -48,14 +48,14 @@ pub fn CacheTable(state: LiveState) -> impl IntoView {
                     <thead>
                         <tr>
                             <th rowspan="2">"id"</th>
-                            <th colspan="4" class="group">"Primary (source of truth)"</th>
-                            <th colspan="4" class="group">"Redis cache"</th>
+                            <th colspan=move || state.columns.with(Vec::len) class="group">"Primary (source of truth)"</th>
+                            <th colspan=move || state.columns.with(Vec::len) class="group">"Redis cache"</th>
                             <th rowspan="2">"TTL"</th>
                             <th rowspan="2">"state"</th>
                         </tr>
                         <tr>
-                            {CATEGORY_FIELDS[1..].iter().map(|f| view! { <th class="p">{*f}</th> }).collect_view()}
-                            {CATEGORY_FIELDS[1..].iter().map(|f| view! { <th class="c">{*f}</th> }).collect_view()}
+                            {move || state.columns.get().into_iter().map(|f| view! { <th class="p">{f}</th> }).collect_view()}
+                            {move || state.columns.get().into_iter().map(|f| view! { <th class="c">{f}</th> }).collect_view()}
                         </tr>
                     </thead>
                     <tbody>
@@ -157,6 +157,7 @@ fn CacheRow(state: LiveState, id: String) -> impl IntoView {
     // One reactive boundary for the row's field cells (rather than one per
     // cell) keeps the WASM small; a rebuild only patches changed text.
     let cells = move || {
+        let columns = state.columns.get();
         row.with(|(primary, cached)| {
             let cached = cached.as_ref().map(|c| &c.fields);
             let value = |fields: Option<&Fields>, field: &str| -> String {
@@ -164,18 +165,18 @@ fn CacheRow(state: LiveState, id: String) -> impl IntoView {
                     .and_then(|f| f.get(field).cloned())
                     .unwrap_or_else(|| "—".into())
             };
-            let primary_cells = CATEGORY_FIELDS[1..]
+            let primary_cells = columns
                 .iter()
-                .map(|f| view! { <td class="p" data-field=*f>{value(primary.as_ref(), f)}</td> })
+                .map(|f| view! { <td class="p" data-field=f.clone()>{value(primary.as_ref(), f)}</td> })
                 .collect_view();
-            let cache_cells = CATEGORY_FIELDS[1..]
+            let cache_cells = columns
                 .iter()
                 .map(|f| {
                     let differs = match (primary, cached) {
-                        (Some(p), Some(c)) => p.get(*f) != c.get(*f),
+                        (Some(p), Some(c)) => p.get(f) != c.get(f),
                         _ => false,
                     };
-                    view! { <td class="c" data-field=*f class:diff=differs>{value(cached, f)}</td> }
+                    view! { <td class="c" data-field=f.clone() class:diff=differs>{value(cached, f)}</td> }
                 })
                 .collect_view();
             view! { {primary_cells} {cache_cells} }

@@ -6,7 +6,7 @@ use leptos::server_fn::ServerFn;
 use super::{FormPost, id_options, on_submit, report};
 use crate::api::ReadCategory;
 use crate::live::LiveState;
-use crate::model::{CATEGORY_FIELDS, fixed};
+use crate::model::fixed;
 
 /// Read one category through the cache: `GET /read`, the same call any API
 /// client makes. Without WASM the form still works (it shows the JSON).
@@ -41,11 +41,15 @@ pub fn ReadPanel(state: LiveState) -> impl IntoView {
                     {if r.hit {
                         Either::Left(view! {
                             <dl id="read-fields">
-                                {CATEGORY_FIELDS
-                                    .iter()
+                                {std::iter::once("id".to_owned())
+                                    .chain(state.columns.get_untracked())
                                     .map(|f| {
-                                        let v = fields.get(*f).cloned().unwrap_or_default();
-                                        view! { <dt>{*f}</dt><dd data-field=*f>{v}</dd> }
+                                        let v = if f == "id" {
+                                            fields.get(&f).cloned().unwrap_or_else(|| r.id.clone())
+                                        } else {
+                                            fields.get(&f).cloned().unwrap_or_default()
+                                        };
+                                        view! { <dt>{f.clone()}</dt><dd data-field=f>{v}</dd> }
                                     })
                                     .collect_view()}
                             </dl>

@@ -75,6 +75,9 @@ pub struct DashboardState {
     /// The page shown (`None`: the whole table, which is small).
     #[serde(default)]
     pub page: Option<PageDto>,
+    /// The fields shown beside the id, in order (empty: the demo's).
+    #[serde(default)]
+    pub columns: Vec<String>,
 }
 
 /// Which rows a dashboard, a `/state` call or a live-feed client shows: the

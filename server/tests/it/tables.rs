@@ -4,10 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use app::model::{LiveEvent, WriteOrigin};
 use prefetch::testing::TestRedis;
 use serde_json::Value;
 
-use crate::common::{TestServer, postgres_client, postgres_database};
+use crate::common::{TestServer, is_cache, postgres_client, postgres_database};
+
+const WAIT: Duration = Duration::from_secs(10);
 
 fn example(file: &str) -> String {
     format!("{}/../examples/shop/{file}", env!("CARGO_MANIFEST_DIR"))
@@ -61,6 +64,20 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
     let (_, inactive) = srv.get("/read?id=SKU-00010").await;
     assert_eq!(inactive["hit"], false, "filtered out: {inactive}");
 
+    // The dashboard's view: the table's own fields, every row in sync.
+    let mut feed = srv.events().await;
+    let Some(LiveEvent::Snapshot(state)) = feed.next(WAIT).await else {
+        panic!("first event must be a snapshot");
+    };
+    assert_eq!(state.columns, ["sku", "title", "price", "active", "tags"]);
+    let named: Vec<&str> = state
+        .primary
+        .iter()
+        .filter_map(|f| f.get("id").map(String::as_str))
+        .collect();
+    assert_eq!(named.len(), 900, "every active product, named by its key");
+    assert!(named.contains(&"SKU-00001") && !named.contains(&"SKU-00010"));
+
     // psql moves a row out of the filter and another into it.
     sql.batch_execute(
         "UPDATE products SET active = false WHERE sku = 'SKU-00001';
@@ -72,6 +89,15 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
     assert_eq!(gone["hit"], false, "{gone}");
     let back = read_until(&srv, "SKU-00010", |b| b["hit"] == true).await;
     assert_eq!(back["record"]["title"], "Back", "{back}");
+    // On the live feed in commit order.
+    feed.expect(WAIT, "the row filtered out, live", |e| {
+        is_cache(e, "SKU-00001", WriteOrigin::Sync, false)
+    })
+    .await;
+    feed.expect(WAIT, "the row filtered in, live", |e| {
+        is_cache(e, "SKU-00010", WriteOrigin::Sync, true)
+    })
+    .await;
 
     // The table is edited in PostgreSQL, not through the demo's API.
     let (status, body) = srv
