@@ -187,7 +187,10 @@ impl LiveState {
         self.faults.set(s.faults);
         self.page.set(s.page);
         self.columns.set(if s.columns.is_empty() {
-            CATEGORY_FIELDS[1..].iter().map(|f| (*f).to_owned()).collect()
+            CATEGORY_FIELDS[1..]
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect()
         } else {
             s.columns
         });
