@@ -35,11 +35,12 @@ pub const PAGE_BYTES: usize = 256 * 1024;
 /// The whole table, when both sides hold at most [`FULL_LIMIT`] records:
 /// the primary's records and the cached ids, sorted.
 async fn small_table(ctx: &ServerContext) -> prefetch::Result<Option<(Vec<Record>, Vec<String>)>> {
+    let table = ctx.primary.id_prefix();
     let (primary, cached) = tokio::join!(
         ctx.primary.records_after(None, FULL_LIMIT + 1),
         ctx.engine
             .cache()
-            .scan_ids(ScanCursor::START, "", FULL_LIMIT + 1),
+            .scan_ids(ScanCursor::START, &table, FULL_LIMIT + 1),
     );
     let (primary, cached) = (primary?, cached?);
     let mut ids = cached.ids;
@@ -96,7 +97,7 @@ pub async fn dashboard_state(
         return Ok(state(ctx, records, cache, Some(page)));
     }
     if cursor.is_none()
-        && query.is_empty()
+        && query == ctx.primary.id_prefix()
         && let Some((primary, ids)) = small_table(ctx).await?
     {
         let cache = ctx.engine.cache().entries_of(&ids).await?;
@@ -108,7 +109,7 @@ pub async fn dashboard_state(
     };
     let scanned = ctx.engine.cache().scan_ids(from, &query, PAGE_ROWS).await?;
     let mut ids = Vec::with_capacity(scanned.ids.len() + 1);
-    if cursor.is_none() && !query.is_empty() {
+    if cursor.is_none() && query != ctx.primary.id_prefix() {
         // A search's first page starts with the id itself, when it is a
         // record on either side (SCAN order would bury it).
         ids.push(query.clone());
@@ -127,13 +128,19 @@ pub async fn dashboard_state(
 }
 
 /// A view's search, as an id prefix: surrounding blanks and the cache's
-/// key prefix (someone pasting a whole key) taken off.
+/// key prefix (someone pasting a whole key) taken off; within the shown
+/// table's ids when the cache holds several tables.
 fn search_of(ctx: &ServerContext, view: &ViewDto) -> String {
     let query = view.query.as_deref().unwrap_or_default().trim();
-    query
+    let query = query
         .strip_prefix(ctx.engine.cache().prefix())
-        .unwrap_or(query)
-        .to_owned()
+        .unwrap_or(query);
+    let table = ctx.primary.id_prefix();
+    if query.starts_with(&table) {
+        query.to_owned()
+    } else {
+        format!("{table}{query}")
+    }
 }
 
 /// The primary's records after `after`, at most [`API_PAGE_ROWS`] and

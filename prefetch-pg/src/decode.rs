@@ -59,24 +59,36 @@ impl Building {
     }
 }
 
-/// Assembles the table's changes into transactions. The caller hands it
+/// Assembles the tables' changes into transactions. The caller hands it
 /// the table as currently known with every message (the catalog may have
 /// been read again since).
 #[derive(Default)]
 pub(crate) struct Assembler {
-    /// Column name → type OID, as the last `Relation` message said.
-    types: HashMap<String, u32>,
+    /// Per table (`schema.name`): column name → type OID, as the last
+    /// `Relation` message said.
+    types: HashMap<String, HashMap<String, u32>>,
     tx: Option<Building>,
 }
 
+/// `schema.name`, the assembler's name for a table.
+fn name_of(table: &TableInfo) -> String {
+    format!("{}.{}", table.schema, table.name)
+}
+
 impl Assembler {
-    /// Starts with the table's columns as the catalog says.
-    pub(crate) fn new(table: &TableInfo) -> Self {
+    /// Starts with the tables' columns as the catalog says.
+    pub(crate) fn new(tables: &[std::sync::Arc<TableInfo>]) -> Self {
         Self {
-            types: table
-                .selected()
-                .into_iter()
-                .map(|c| (c.name.clone(), c.type_oid))
+            types: tables
+                .iter()
+                .map(|t| {
+                    let columns = t
+                        .selected()
+                        .into_iter()
+                        .map(|c| (c.name.clone(), c.type_oid))
+                        .collect();
+                    (name_of(t), columns)
+                })
                 .collect(),
             tx: None,
         }
@@ -124,13 +136,14 @@ impl Assembler {
             .map(|c| (c.name.clone(), c.type_oid))
             .collect();
         let changed = columns != known;
-        self.types = columns.into_iter().collect();
+        self.types
+            .insert(name_of(table), columns.into_iter().collect());
         changed
     }
 
     /// `Insert` of a row of the table.
     pub(crate) fn insert(&mut self, table: &TableInfo, row: &RowData) {
-        let record = table.finish(self.decode(row));
+        let record = table.finish(self.decode(table, row));
         if let (Some(tx), Some(record)) = (self.tx.as_mut(), record) {
             tx.upsert(record);
         }
@@ -141,7 +154,7 @@ impl Assembler {
     /// caller reads back with [`fill_unchanged`]); a key that changed also
     /// deletes the old key's record.
     pub(crate) fn update_values(&self, table: &TableInfo, new: &RowData) -> (Fields, Vec<String>) {
-        let fields = self.decode(new);
+        let fields = self.decode(table, new);
         let missing = table
             .selected()
             .into_iter()
@@ -175,11 +188,12 @@ impl Assembler {
         }
     }
 
-    /// `Truncate` of some tables; ours among them empties the cache.
-    pub(crate) fn truncate(&mut self, table: &TableInfo, tables: &[&str]) {
-        let qualified = format!("{}.{}", table.schema, table.name);
+    /// `Truncate` of some tables (`truncated`) when the cache holds one
+    /// table, `ours`: it empties the cache.
+    pub(crate) fn truncate(&mut self, ours: &TableInfo, truncated: &[&str]) {
+        let qualified = name_of(ours);
         if let Some(tx) = self.tx.as_mut()
-            && tables.iter().any(|t| *t == qualified)
+            && truncated.iter().any(|t| *t == qualified)
         {
             let v = tx.version();
             tx.changes.push(Change::truncate(v));
@@ -198,30 +212,35 @@ impl Assembler {
     /// The table's key in a row (`None` when a key column is missing or
     /// NULL).
     fn key(&self, table: &TableInfo, row: &RowData) -> Option<Vec<String>> {
+        let types = self.types.get(&name_of(table));
         table
             .key
             .iter()
-            .map(|k| self.value_text(k, row.get(k)?))
+            .map(|k| value_text(types, k, row.get(k)?))
             .collect()
-    }
-
-    fn value_text(&self, column: &str, value: &ColumnValue) -> Option<String> {
-        if value.is_null() {
-            return None;
-        }
-        let raw = value.as_str()?;
-        Some(text_value(
-            self.types.get(column).copied().unwrap_or(0),
-            raw,
-        ))
     }
 
     /// The columns present in a row, as record fields (NULL absent).
-    fn decode(&self, row: &RowData) -> Fields {
+    fn decode(&self, table: &TableInfo, row: &RowData) -> Fields {
+        let types = self.types.get(&name_of(table));
         row.iter()
-            .filter_map(|(name, value)| Some((name.to_string(), self.value_text(name, value)?)))
+            .filter_map(|(name, value)| Some((name.to_string(), value_text(types, name, value)?)))
             .collect()
     }
+}
+
+/// A value as the record holds it, given its table's column types.
+fn value_text(
+    types: Option<&HashMap<String, u32>>,
+    column: &str,
+    value: &ColumnValue,
+) -> Option<String> {
+    if value.is_null() {
+        return None;
+    }
+    let raw = value.as_str()?;
+    let oid = types.and_then(|t| t.get(column)).copied().unwrap_or(0);
+    Some(text_value(oid, raw))
 }
 
 fn unix_micros(micros: i64) -> SystemTime {

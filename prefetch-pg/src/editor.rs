@@ -381,6 +381,10 @@ impl Primary for PgEditor {
         Some(self.shared.table().field_names())
     }
 
+    fn id_prefix(&self) -> String {
+        self.shared.table().id_prefix().to_owned()
+    }
+
     fn read_latency(&self) -> Duration {
         Duration::from_micros(self.shared.read_latency_us.load(Relaxed))
     }

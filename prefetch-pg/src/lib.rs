@@ -33,6 +33,7 @@
 //! |---|---|
 //! | `error` | [`PgError`] |
 //! | `table` | a table's columns and key, rows as records, SQL quoting |
+//! | `mapping` | how a declared table's rows become records, checked against the table |
 //! | `tables` | the tables file: which tables, their keys, columns, names, filters |
 //! | `shared` | what the source, its reader, heartbeat and editor share |
 //! | `sql` | catalog queries, the demo table, the publication |
@@ -65,6 +66,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod mapping;
 pub mod table;
 pub mod tables;
 

@@ -1,5 +1,5 @@
 //! [`Shared`]: what the source, its WAL reader, its heartbeat and its
-//! editor share: the connections' addresses, the table as last read from
+//! editor share: the connections' addresses, the tables as last read from
 //! the catalog, the slot, and the counters they report.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -18,7 +18,9 @@ pub(crate) struct Shared {
     pub(crate) sql: Sql,
     pub(crate) slot: String,
     pub(crate) publication: String,
-    pub(crate) table: RwLock<Arc<TableInfo>>,
+    /// The tables kept, as last read from the catalog (the first is the
+    /// editor's).
+    pub(crate) tables: RwLock<Arc<Vec<Arc<TableInfo>>>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) connected: AtomicBool,
     /// The newest position acknowledged (an LSN).
@@ -33,22 +35,49 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Every table kept.
+    pub(crate) fn tables(&self) -> Arc<Vec<Arc<TableInfo>>> {
+        Arc::clone(&self.tables.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The first table: the one the editor shows and edits.
     pub(crate) fn table(&self) -> Arc<TableInfo> {
-        Arc::clone(&self.table.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.tables()[0])
     }
 
+    /// The table called `schema.name`, if it is kept.
+    pub(crate) fn find(&self, schema: &str, name: &str) -> Option<Arc<TableInfo>> {
+        self.tables()
+            .iter()
+            .find(|t| t.schema == schema && t.name == name)
+            .cloned()
+    }
+
+    /// Replaces the table of the same name with `info`.
     pub(crate) fn set_table(&self, info: TableInfo) {
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(info);
+        let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        let next: Vec<Arc<TableInfo>> = tables
+            .iter()
+            .map(|t| {
+                if t.schema == info.schema && t.name == info.name {
+                    Arc::new(info.clone())
+                } else {
+                    Arc::clone(t)
+                }
+            })
+            .collect();
+        *tables = Arc::new(next);
     }
 
-    /// Reads the table's columns again (a column was added or dropped).
+    /// Reads the tables' columns again (a column was added or dropped).
     pub(crate) async fn refresh_table(&self) -> Result<(), PgError> {
-        let table = self.table();
         let client = self.sql.client().await?;
-        let info =
-            sql::table_info(&client, &table.schema, &table.name, table.mapping.clone()).await?;
-        if info != *table {
-            self.set_table(info);
+        for table in self.tables().iter() {
+            let info =
+                sql::table_info(&client, &table.schema, &table.name, table.mapping.clone()).await?;
+            if info != **table {
+                self.set_table(info);
+            }
         }
         Ok(())
     }

@@ -59,7 +59,7 @@ pub(crate) async fn open(
                 &client,
                 &shared.slot,
                 false,
-                shared.table(),
+                shared.tables().to_vec(),
                 wait,
             )
             .await?;
@@ -85,7 +85,15 @@ pub(crate) async fn temporary_snapshot(
         &std::process::id().to_string(),
         &SNAPSHOTS.fetch_add(1, Relaxed).to_string(),
     ]);
-    SlotSnapshot::begin(&shared.url, &client, &temp, true, shared.table(), wait).await
+    SlotSnapshot::begin(
+        &shared.url,
+        &client,
+        &temp,
+        true,
+        shared.tables().to_vec(),
+        wait,
+    )
+    .await
 }
 
 static SNAPSHOTS: AtomicU64 = AtomicU64::new(0);

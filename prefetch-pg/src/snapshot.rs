@@ -1,7 +1,7 @@
 //! An exact snapshot: a replication slot created inside a `REPEATABLE READ`
 //! transaction with `USE_SNAPSHOT` makes that transaction see the database
-//! exactly at the slot's consistent point, and the table is read from a
-//! cursor in it, chunk by chunk.
+//! exactly at the slot's consistent point, and the tables are read from a
+//! cursor in it, one after the other, chunk by chunk.
 //!
 //! Every transaction that commits after the consistent point is decoded
 //! from the slot (or from an older slot, which has already passed it), so
@@ -30,9 +30,11 @@ pub struct SlotSnapshot {
     /// The slot's consistent point: the snapshot shows exactly every
     /// transaction committed before it.
     pub consistent_point: u64,
-    /// Rows in the table as of the consistent point.
+    /// Rows in the tables as of the consistent point.
     pub rows: u64,
-    table: Arc<TableInfo>,
+    tables: Vec<Arc<TableInfo>>,
+    /// The table the open cursor reads.
+    reading: usize,
 }
 
 impl std::fmt::Debug for SlotSnapshot {
@@ -51,7 +53,7 @@ pub fn replication_url(url: &str, application_name: &str) -> String {
 
 impl SlotSnapshot {
     /// Creates `slot` (temporary or not) with `USE_SNAPSHOT` and opens a
-    /// cursor over the table at its consistent point. Waits at most `wait`
+    /// cursor over the first of `tables` at its consistent point. Waits at most `wait`
     /// for transactions that were already running (slot creation waits for
     /// them); then fails with [`PgError::SlotBlocked`], naming them, and
     /// makes sure the slot is not created behind its back.
@@ -60,7 +62,7 @@ impl SlotSnapshot {
         sql: &tokio_postgres::Client,
         slot: &str,
         temporary: bool,
-        table: Arc<TableInfo>,
+        tables: Vec<Arc<TableInfo>>,
         wait: Duration,
     ) -> Result<Self, PgError> {
         let app = format!(
@@ -102,23 +104,26 @@ impl SlotSnapshot {
                 PgError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into())
             })?
             .value();
-        let count = conn
-            .exec_async(&format!("SELECT count(*) FROM {}", table.from_clause()))
-            .await?;
-        let rows = count
-            .get_value(0, 0)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        conn.exec_async(&format!(
-            "DECLARE prefetch_snapshot NO SCROLL CURSOR FOR {}",
-            table.select_text()
-        ))
-        .await?;
+        let mut rows = 0u64;
+        for table in &tables {
+            let count = conn
+                .exec_async(&format!("SELECT count(*) FROM {}", table.from_clause()))
+                .await?;
+            rows += count
+                .get_value(0, 0)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        let Some(first) = tables.first() else {
+            return Err(PgError::Schema("a snapshot of no table".into()));
+        };
+        conn.exec_async(&declare(first)).await?;
         Ok(Self {
             conn: Some(conn),
             consistent_point,
             rows,
-            table,
+            tables,
+            reading: 0,
         })
     }
 
@@ -128,25 +133,49 @@ impl SlotSnapshot {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(None);
         };
-        let result = conn
-            .exec_async(&format!("FETCH {FETCH_ROWS} FROM prefetch_snapshot"))
-            .await?;
-        let rows = result.ntuples();
-        if rows == 0 {
-            conn.exec_async("COMMIT").await?;
-            self.conn = None;
+        let (result, rows) = loop {
+            let result = conn
+                .exec_async(&format!("FETCH {FETCH_ROWS} FROM prefetch_snapshot"))
+                .await?;
+            let rows = result.ntuples();
+            if rows > 0 {
+                break (result, rows);
+            }
+            // This table is read through: the next one, or the end.
+            conn.exec_async("CLOSE prefetch_snapshot").await?;
+            self.reading += 1;
+            match self.tables.get(self.reading) {
+                Some(next) => {
+                    conn.exec_async(&declare(next)).await?;
+                }
+                None => {
+                    conn.exec_async("COMMIT").await?;
+                    self.conn = None;
+                    return Ok(None);
+                }
+            }
+        };
+        let Some(table) = self.tables.get(self.reading) else {
             return Ok(None);
-        }
-        let cols = i32::try_from(self.table.selected().len()).unwrap_or(i32::MAX);
+        };
+        let cols = i32::try_from(table.selected().len()).unwrap_or(i32::MAX);
         let mut out = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
         for r in 0..rows {
             let values = (0..cols).map(|c| result.get_value(r, c)).collect();
-            if let Some(record) = self.table.record(values) {
+            if let Some(record) = table.record(values) {
                 out.push(record);
             }
         }
         Ok(Some(out))
     }
+}
+
+/// The cursor over one table's rows, as the snapshot reads them.
+fn declare(table: &TableInfo) -> String {
+    format!(
+        "DECLARE prefetch_snapshot NO SCROLL CURSOR FOR {}",
+        table.select_text()
+    )
 }
 
 /// The transactions in the way of a slot creation, as one line.

@@ -41,10 +41,11 @@ pub struct PgConfig {
     pub heartbeat: Duration,
     /// How long creating a slot may wait for transactions already running.
     pub slot_wait: Duration,
-    /// The table's declaration in a tables file (key template, columns,
-    /// names, filter); `None`: the demo's way, every column named by the
-    /// primary key.
-    pub spec: Option<TableSpec>,
+    /// The tables declared in a tables file (key template, columns,
+    /// names, filter), all in one slot and one publication; `table` is then
+    /// the first's name. Empty: `table` the demo's way, every column named
+    /// by the primary key.
+    pub tables: Vec<TableSpec>,
 }
 
 impl PgConfig {
@@ -58,7 +59,7 @@ impl PgConfig {
             publication: None,
             heartbeat: Duration::from_secs(1),
             slot_wait: Duration::from_secs(10),
-            spec: None,
+            tables: Vec::new(),
         }
     }
 }
@@ -101,7 +102,7 @@ impl PgSource {
         let sql = Sql::new(&config.url);
         let client = sql.client().await?;
         let (schema, name) = sql::split_name(&config.table);
-        if !sql::table_exists(&client, &schema, &name).await? {
+        if config.tables.is_empty() && !sql::table_exists(&client, &schema, &name).await? {
             if !config.create_demo_table {
                 return Err(PgError::Schema(format!(
                     "table {schema}.{name} does not exist"
@@ -110,14 +111,12 @@ impl PgSource {
             tracing::info!(table = %config.table, "creating the demo table and its five categories");
             sql::create_demo_table(&client, &schema, &name).await?;
         }
-        let table = match &config.spec {
-            None => sql::table_info(&client, &schema, &name, None).await?,
-            Some(spec) => {
-                let mut table = sql::catalog(&client, &schema, &name).await?;
-                table.mapping = Some(Arc::new(spec.mapping(&table)?));
-                table.validate().map_err(|e| spec.error(e))?;
-                table
-            }
+        let tables = if config.tables.is_empty() {
+            vec![Arc::new(
+                sql::table_info(&client, &schema, &name, None).await?,
+            )]
+        } else {
+            declared(&client, &config.tables).await?
         };
         let db: String = client
             .query_one("SELECT current_database()", &[])
@@ -136,17 +135,19 @@ impl PgSource {
             .publication
             .clone()
             .unwrap_or_else(|| sql::object_name(&["prefetch", &schema, &name]));
-        sql::ensure_publication(&client, &publication, &table)
-            .await
-            .map_err(|e| match &config.spec {
-                Some(spec) => spec.error(e),
-                None => e,
-            })?;
+        sql::ensure_publication(&client, &publication, &tables).await?;
         let id = format!("postgres:{system}:{db}:{slot}");
         let (sender, feed) = prefetch::feed::channel(events);
         let details = vec![
             ("PostgreSQL".to_owned(), version),
-            ("table".to_owned(), table.qualified().replace('"', "")),
+            (
+                if tables.len() > 1 { "tables" } else { "table" }.to_owned(),
+                tables
+                    .iter()
+                    .map(|t| t.qualified().replace('"', ""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             ("slot".to_owned(), slot.clone()),
         ];
         Ok(Arc::new(Self {
@@ -155,7 +156,7 @@ impl PgSource {
                 sql,
                 slot,
                 publication,
-                table: RwLock::new(Arc::new(table)),
+                tables: RwLock::new(Arc::new(tables)),
                 cancel: CancellationToken::new(),
                 connected: AtomicBool::new(false),
                 acked: AtomicU64::new(0),
@@ -174,9 +175,14 @@ impl PgSource {
         }))
     }
 
-    /// The table as last read from the catalog.
+    /// The (first) table as last read from the catalog.
     pub fn table(&self) -> Arc<TableInfo> {
         self.shared.table()
+    }
+
+    /// Every table kept, as last read from the catalog.
+    pub fn tables(&self) -> Vec<Arc<TableInfo>> {
+        self.shared.tables().to_vec()
     }
 
     /// The replication slot's name.
@@ -277,6 +283,27 @@ impl PgSource {
             chunks: Box::pin(chunks),
         })
     }
+}
+
+/// The declared tables as the catalog describes them, each mapped and
+/// checked (errors name the file and line of the table).
+async fn declared(
+    client: &tokio_postgres::Client,
+    specs: &[TableSpec],
+) -> Result<Vec<Arc<TableInfo>>, PgError> {
+    let prefix = crate::tables::cache_prefix(specs);
+    let mut tables = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let (schema, name) = sql::split_name(&spec.table);
+        if !sql::table_exists(client, &schema, &name).await? {
+            return Err(spec.error(format!("table {schema}.{name} does not exist")));
+        }
+        let mut table = sql::catalog(client, &schema, &name).await?;
+        table.mapping = Some(Arc::new(spec.mapping(&table, &prefix)?));
+        table.validate().map_err(|e| spec.error(e))?;
+        tables.push(Arc::new(table));
+    }
+    Ok(tables)
 }
 
 impl Drop for PgSource {

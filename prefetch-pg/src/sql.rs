@@ -144,24 +144,19 @@ pub async fn catalog(c: &Client, schema: &str, name: &str) -> Result<TableInfo, 
     Ok(info)
 }
 
-/// Creates `publication` for the table, or adds the table to it; for a
-/// mapped table, with its column list and row filter (see
-/// [`publish_mapped`]).
+/// Creates `publication` for the table, or adds the table to it; for
+/// tables declared in a tables file, with their column lists and row
+/// filters (see [`publish_mapped`]).
 pub async fn ensure_publication(
     c: &Client,
     publication: &str,
-    table: &TableInfo,
+    tables: &[Arc<TableInfo>],
 ) -> Result<(), PgError> {
-    if table.mapping.is_some() {
-        return publish_mapped(c, publication, table).await;
-    }
-    let exists: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&publication],
-        )
-        .await?
-        .get(0);
+    let table = match tables {
+        [one] if one.mapping.is_none() => one,
+        _ => return publish_mapped(c, publication, tables).await,
+    };
+    let exists = publication_exists(c, publication).await?;
     if !exists {
         c.batch_execute(&format!(
             "CREATE PUBLICATION {} FOR TABLE {}",
@@ -190,6 +185,15 @@ pub async fn ensure_publication(
     Ok(())
 }
 
+async fn publication_exists(c: &Client, publication: &str) -> Result<bool, PgError> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+        &[&publication],
+    )
+    .await?
+    .get(0))
+}
+
 /// `"s"."t" ("c1", …) WHERE (filter)`: the table as a mapped publication
 /// member.
 fn member(table: &TableInfo) -> String {
@@ -204,50 +208,76 @@ fn member(table: &TableInfo) -> String {
     out
 }
 
-/// Creates or re-points `publication` at the mapped table, with the
-/// mapping's column list and row filter, in one transaction that also
-/// checks that PostgreSQL will still accept `UPDATE` and `DELETE` on the
-/// table: a filter or a column list the replica identity does not cover
-/// would make PostgreSQL refuse the application's own writes. Then nothing
-/// is changed and the error says which statements would fix it.
-async fn publish_mapped(c: &Client, publication: &str, table: &TableInfo) -> Result<(), PgError> {
-    let exists: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&publication],
-        )
-        .await?
-        .get(0);
-    let verb = if exists {
-        format!("ALTER PUBLICATION {} SET TABLE", ident(publication))
-    } else {
-        format!("CREATE PUBLICATION {} FOR TABLE", ident(publication))
-    };
-    let key = ident(&table.key[0]);
-    let t = table.qualified();
+/// Creates or re-points `publication` at exactly the declared tables, with
+/// their column lists and row filters, in one transaction that also checks
+/// that PostgreSQL will still accept `UPDATE` and `DELETE` on each: a
+/// filter or a column list the replica identity does not cover would make
+/// PostgreSQL refuse the application's own writes. On any refusal nothing
+/// is changed, and the error names the table's declaration (and, for the
+/// replica identity, the statements that would fix it).
+async fn publish_mapped(
+    c: &Client,
+    publication: &str,
+    tables: &[Arc<TableInfo>],
+) -> Result<(), PgError> {
+    let exists = publication_exists(c, publication).await?;
     c.batch_execute("BEGIN").await?;
-    let probe = format!(
-        "{verb} {member};
-         UPDATE {t} SET {key} = {key} WHERE false;
-         DELETE FROM {t} WHERE false;",
-        member = member(table)
-    );
-    match c.batch_execute(&probe).await {
+    let outcome = publish_in_transaction(c, publication, exists, tables).await;
+    match outcome {
         Ok(()) => {
             c.batch_execute("COMMIT").await?;
             Ok(())
         }
         Err(e) => {
             let _ = c.batch_execute("ROLLBACK").await;
-            let e = PgError::from(e);
-            let identity = e.to_string().contains("replica identity");
-            Err(PgError::Schema(if identity {
-                format!("{e}. {}", identity_advice(table))
-            } else {
-                format!("PostgreSQL refused the table's publication: {e}")
-            }))
+            Err(e)
         }
     }
+}
+
+async fn publish_in_transaction(
+    c: &Client,
+    publication: &str,
+    exists: bool,
+    tables: &[Arc<TableInfo>],
+) -> Result<(), PgError> {
+    let origin = |t: &TableInfo| {
+        t.mapping
+            .as_ref()
+            .map_or("", |m| m.origin.as_str())
+            .to_owned()
+    };
+    for (i, table) in tables.iter().enumerate() {
+        // One statement per table, so that a refusal names its table.
+        let verb = match (i, exists) {
+            (0, true) => format!("ALTER PUBLICATION {} SET TABLE", ident(publication)),
+            (0, false) => format!("CREATE PUBLICATION {} FOR TABLE", ident(publication)),
+            _ => format!("ALTER PUBLICATION {} ADD TABLE", ident(publication)),
+        };
+        if let Err(e) = c.batch_execute(&format!("{verb} {}", member(table))).await {
+            return Err(PgError::Schema(format!(
+                "{}: PostgreSQL refused the table's publication: {}",
+                origin(table),
+                PgError::from(e)
+            )));
+        }
+    }
+    for table in tables {
+        let key = ident(&table.key[0]);
+        let t = table.qualified();
+        let probe =
+            format!("UPDATE {t} SET {key} = {key} WHERE false; DELETE FROM {t} WHERE false;");
+        if let Err(e) = c.batch_execute(&probe).await {
+            let e = PgError::from(e);
+            let advice = if e.to_string().contains("replica identity") {
+                identity_advice(table)
+            } else {
+                String::new()
+            };
+            return Err(PgError::Schema(format!("{}: {e}. {advice}", origin(table))));
+        }
+    }
+    Ok(())
 }
 
 /// What to run so that the replica identity covers a mapped table's filter

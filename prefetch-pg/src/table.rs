@@ -6,11 +6,12 @@
 //! a tables file, its [`Mapping`]: a key template, the columns selected,
 //! their names in Redis and a row filter.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use prefetch::{Fields, ID_FIELD, KeyTemplate, Record};
+use prefetch::{Fields, ID_FIELD, Record};
+
+pub use crate::mapping::Mapping;
 pub use prefetch::{decode_key, encode_key};
 
 use crate::error::PgError;
@@ -44,24 +45,6 @@ pub struct TableInfo {
     /// How a declared table's rows become records (`None`: every column,
     /// named by the primary key, as the demo's table).
     pub mapping: Option<Arc<Mapping>>,
-}
-
-/// How the rows of a table declared in a tables file become records.
-///
-/// The projection and the filter are PostgreSQL's own (the publication's
-/// column list and row filter), so the stream carries nothing else; the
-/// snapshot and the editor's view select the same.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    /// The key template; its columns are the primary key's. A record's id
-    /// is its key less the template's literal prefix (the cache's prefix).
-    pub template: KeyTemplate,
-    /// The columns kept, in table order.
-    pub columns: Vec<String>,
-    /// Column → field name in Redis, for the columns renamed.
-    pub rename: BTreeMap<String, String>,
-    /// A SQL boolean expression over the row: the rows kept.
-    pub filter: Option<String>,
 }
 
 /// `"name"` with embedded quotes doubled: a safe SQL identifier.
@@ -106,7 +89,8 @@ impl TableInfo {
             )));
         }
         if let Some(m) = &self.mapping {
-            self.validate_mapping(m)?;
+            let name = self.qualified().replace('"', "");
+            m.validate(&name, |c| self.column(c).is_some(), &self.key)?;
         }
         if let Some(c) = self.selected().iter().find(|c| c.name.starts_with("__")) {
             return Err(PgError::Schema(format!(
@@ -129,6 +113,17 @@ impl TableInfo {
                 .collect(),
             None => self.columns.iter().collect(),
         }
+    }
+
+    /// What every id of this table's records starts with, in the cache's
+    /// ids: empty, unless the cache holds several tables.
+    pub fn id_prefix(&self) -> &str {
+        self.mapping.as_ref().map_or("", |m| {
+            m.template
+                .prefix()
+                .strip_prefix(m.cache_prefix.as_str())
+                .unwrap_or_default()
+        })
     }
 
     /// The field names records hold, in column order (renamed by a
@@ -163,66 +158,6 @@ impl TableInfo {
             Some(f) => format!("{} WHERE ({f})", self.qualified()),
             None => self.qualified(),
         }
-    }
-
-    /// A mapping must name columns the table has, key rows by exactly the
-    /// primary key, and rename to names no other field has.
-    fn validate_mapping(&self, m: &Mapping) -> Result<(), PgError> {
-        let table = self.qualified().replace('"', "");
-        let bad = |why: String| Err(PgError::Schema(format!("table {table}: {why}")));
-        for c in &m.columns {
-            if self.column(c).is_none() {
-                return bad(format!(
-                    "`columns` names {c:?}, which the table does not have"
-                ));
-            }
-        }
-        let mut key: Vec<&str> = self.key.iter().map(String::as_str).collect();
-        let mut named = m.template.columns();
-        for c in &named {
-            if !m.columns.iter().any(|s| s == c) {
-                return bad(format!(
-                    "the key template names {c:?}, which `columns` leaves out"
-                ));
-            }
-        }
-        key.sort_unstable();
-        named.sort_unstable();
-        if key != named {
-            return bad(format!(
-                "the key template must name exactly the primary key's columns ({}), so that each row has one key and a delete can name it",
-                self.key.join(", ")
-            ));
-        }
-        let id_field = |c: &String| m.rename.get(c).unwrap_or(c) == ID_FIELD;
-        if m.columns.iter().any(id_field) && self.key != [ID_FIELD] {
-            return bad(format!(
-                "a field called {ID_FIELD:?} that is not the whole key would hide the row's name on the dashboard; rename it (rename = {{ id = \"…\" }})"
-            ));
-        }
-        for (from, to) in &m.rename {
-            if !m.columns.contains(from) {
-                return bad(format!(
-                    "`rename` names {from:?}, which `columns` leaves out"
-                ));
-            }
-            if to.is_empty() || to.starts_with("__") {
-                return bad(format!(
-                    "`rename` of {from:?}: {to:?} is not a field name the cache can use"
-                ));
-            }
-            let clash = m
-                .columns
-                .iter()
-                .any(|c| c != from && c == to && !m.rename.contains_key(c))
-                || m.rename.iter().any(|(f, t)| f != from && t == to);
-            if clash {
-                return bad(format!(
-                    "`rename` of {from:?}: another field is already called {to:?}"
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// `SELECT "c1"::text, … FROM "s"."t"` over the selected columns and
@@ -273,7 +208,7 @@ impl TableInfo {
     pub fn finish(&self, mut fields: Fields) -> Option<Record> {
         if let Some(m) = &self.mapping {
             let key = m.template.render(|c| fields.get(c).map(String::as_str))?;
-            let id = key[m.template.prefix().len()..].to_owned();
+            let id = m.id_of_key(&key)?;
             for (from, to) in &m.rename {
                 if let Some(v) = fields.remove(from) {
                     fields.insert(to.clone(), v);
@@ -304,9 +239,7 @@ impl TableInfo {
                     key_values.get(i).copied()
                 };
                 let key = m.template.render(value).unwrap_or_default();
-                key.get(m.template.prefix().len()..)
-                    .unwrap_or_default()
-                    .to_owned()
+                m.id_of_key(&key).unwrap_or_default()
             }
             None => encode_key(key_values),
         }
@@ -316,7 +249,7 @@ impl TableInfo {
     pub fn key_of(&self, id: &str) -> Result<Vec<String>, prefetch::Error> {
         let not_found = || prefetch::Error::NotFound(id.to_owned());
         if let Some(m) = &self.mapping {
-            let key = format!("{}{id}", m.template.prefix());
+            let key = format!("{}{id}", m.cache_prefix);
             let values = m.template.values_of(&key).ok_or_else(not_found)?;
             let columns = m.template.columns();
             return self
@@ -382,6 +315,7 @@ pub fn text_value(type_oid: u32, raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prefetch::KeyTemplate;
 
     fn table(key: &[&str], cols: &[&str]) -> TableInfo {
         TableInfo {
@@ -436,8 +370,14 @@ mod tests {
         t.mapping = Some(Arc::new(Mapping {
             template: KeyTemplate::parse("item:{region}:{code}").unwrap(),
             columns: vec!["code".into(), "region".into(), "name".into(), "id".into()],
-            rename: [("name".to_owned(), "title".to_owned())].into(),
+            rename: [
+                ("name".to_owned(), "title".to_owned()),
+                ("id".to_owned(), "ext_id".to_owned()),
+            ]
+            .into(),
             filter: Some("name <> ''".into()),
+            cache_prefix: "item:".into(),
+            origin: "t.toml:1".into(),
         }));
         t.validate().unwrap();
         assert_eq!(
@@ -456,7 +396,16 @@ mod tests {
         assert_eq!(rec.id(), Some("e%3Au:4%202"));
         assert_eq!(rec.get("title"), Some("n"));
         assert_eq!(rec.get("name"), None);
-        assert_eq!(rec.get("id"), Some("7"), "the table's own id column stays");
+        assert_eq!(
+            rec.get("ext_id"),
+            Some("7"),
+            "the table's own id column, renamed"
+        );
+        let mut unrenamed = t.clone();
+        if let Some(m) = unrenamed.mapping.as_mut() {
+            Arc::make_mut(m).rename.remove("id");
+        }
+        assert!(unrenamed.validate().is_err(), "a non-key field called id");
         assert_eq!(t.key_of("e%3Au:4%202").unwrap(), ["e:u", "4 2"]);
         assert_eq!(t.id_of(&["e:u", "4 2"]), "e%3Au:4%202");
         assert!(t.key_of("e:u:42").is_err());

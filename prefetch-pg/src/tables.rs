@@ -245,7 +245,7 @@ impl TableSpec {
     /// The mapping of this declaration onto `table` as the catalog
     /// describes it: the default key `<table>:{pk1}:{pk2}…` and every
     /// column unless the file says otherwise.
-    pub fn mapping(&self, table: &TableInfo) -> Result<Mapping, PgError> {
+    pub fn mapping(&self, table: &TableInfo, cache_prefix: &str) -> Result<Mapping, PgError> {
         if table.key.is_empty() {
             return Err(self.error(format!(
                 "table {} has no primary key; the cache needs one to name its rows",
@@ -269,13 +269,55 @@ impl TableSpec {
             Some(cols) => cols.clone(),
             None => table.columns.iter().map(|c| c.name.clone()).collect(),
         };
+        if !template.prefix().starts_with(cache_prefix) {
+            return Err(self.error(format!(
+                "the key template {template} does not start with the cache's prefix {cache_prefix:?}"
+            )));
+        }
         Ok(Mapping {
             template,
             columns,
             rename: self.rename.clone(),
             filter: self.filter.clone(),
+            cache_prefix: cache_prefix.to_owned(),
+            origin: self.origin.clone(),
         })
     }
+}
+
+/// The cache's key prefix for these tables: one table's key prefix, or
+/// what the prefixes of several have in common (often nothing).
+///
+/// ```
+/// use prefetch_pg::tables::{TablesFile, cache_prefix};
+/// let f = TablesFile::parse("t.toml", "[[table]]\ntable = \"a\"\nkey = \"shop:a:{id}\"\n[[table]]\ntable = \"b\"\nkey = \"shop:b:{id}\"\n").unwrap();
+/// assert_eq!(cache_prefix(&f.tables), "shop:");
+/// assert_eq!(cache_prefix(&f.tables[..1]), "shop:a:");
+/// ```
+pub fn cache_prefix(specs: &[TableSpec]) -> String {
+    let prefixes: Vec<String> = specs.iter().map(TableSpec::key_prefix).collect();
+    let Some((first, rest)) = prefixes.split_first() else {
+        return String::new();
+    };
+    let mut common = first.as_str();
+    for p in rest {
+        let shared = common
+            .char_indices()
+            .zip(p.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(common.len().min(p.len()), |((i, _), _)| i);
+        common = &common[..shared];
+    }
+    common.to_owned()
+}
+
+/// The key prefix of each table, when there are several (the cache then
+/// holds the keys under one of them); empty for one table.
+pub fn table_prefixes(specs: &[TableSpec]) -> Vec<String> {
+    if specs.len() < 2 {
+        return Vec::new();
+    }
+    specs.iter().map(TableSpec::key_prefix).collect()
 }
 
 /// Whether two names written in the file are the same table.

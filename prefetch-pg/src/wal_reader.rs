@@ -15,7 +15,6 @@ use prefetch::ChangeSender;
 use crate::decode::{Assembler, fill_unchanged};
 use crate::error::PgError;
 use crate::shared::Shared;
-use crate::table::TableInfo;
 
 /// Runs sessions until cancelled; a failed session is retried with backoff,
 /// from the slot's confirmed position.
@@ -78,20 +77,11 @@ async fn connect(shared: &Arc<Shared>) -> Result<LogicalReplicationStream, PgErr
 async fn session(shared: &Arc<Shared>, sender: &ChangeSender) -> Result<(), PgError> {
     let mut stream = connect(shared).await?;
     let sql = shared.sql.client().await?;
-    let mut assembler = Assembler::new(&shared.table());
+    let mut assembler = Assembler::new(&shared.tables());
     let token = shared.cancel.clone();
     loop {
         let event: ChangeEvent = stream.next_event(&token).await?;
-        let table = shared.table();
-        dispatch(
-            shared,
-            &sql,
-            &table,
-            &mut assembler,
-            sender,
-            event.event_type,
-        )
-        .await?;
+        dispatch(shared, &sql, &mut assembler, sender, event.event_type).await?;
         send_new(sender, assembler.take_part());
         stream.maybe_send_feedback().await;
         // Back-pressure: while the worker is behind (or paused), stop
@@ -107,11 +97,12 @@ async fn session(shared: &Arc<Shared>, sender: &ChangeSender) -> Result<(), PgEr
 /// Changes the feed holds, unacknowledged, before the reader waits.
 const FEED_LIMIT: usize = 4 * crate::decode::PART_CHANGES;
 
-/// Hands one message to the assembler.
+/// Hands one message to the assembler (row messages of tables the cache
+/// does not keep are left out; their transactions still move the
+/// position).
 async fn dispatch(
     shared: &Shared,
     sql: &tokio_postgres::Client,
-    table: &TableInfo,
     assembler: &mut Assembler,
     sender: &ChangeSender,
     event: EventType,
@@ -127,22 +118,13 @@ async fn dispatch(
             relation_name,
             columns,
             ..
-        } if *namespace == *table.schema && *relation_name == *table.name => {
-            let now = columns
-                .iter()
-                .map(|c| (c.name.to_string(), c.type_id))
-                .collect();
-            if assembler.relation(table, now) {
-                // A column was added, dropped or retyped: rows in Redis
-                // hold the old shape; a fresh snapshot rewrites them all.
-                match crate::sql::table_info(sql, &table.schema, &table.name, table.mapping.clone())
-                    .await
-                {
-                    Ok(info) => shared.set_table(info),
-                    Err(e) => tracing::warn!(error = %e, "cannot re-read the table's columns"),
-                }
-                tracing::info!(table = %table.qualified(), "the table's columns changed; asking for a fresh snapshot");
-                shared.resync.fetch_add(1, Relaxed);
+        } => {
+            if let Some(table) = shared.find(&namespace, &relation_name) {
+                let now = columns
+                    .iter()
+                    .map(|c| (c.name.to_string(), c.type_id))
+                    .collect();
+                relation(shared, sql, assembler, &table, now).await;
             }
         }
         EventType::Insert {
@@ -150,43 +132,107 @@ async fn dispatch(
             table: name,
             data,
             ..
-        } if ours(table, &schema, &name) => assembler.insert(table, &data),
+        } => {
+            if let Some(table) = shared.find(&schema, &name) {
+                assembler.insert(&table, &data);
+            }
+        }
         EventType::Update {
             schema,
             table: name,
             old_data,
             new_data,
             ..
-        } if ours(table, &schema, &name) && assembler.in_transaction() => {
-            let (mut fields, missing) = assembler.update_values(table, &new_data);
-            if !missing.is_empty() {
-                // Unchanged TOASTed values are not in the stream: read
-                // them. A later change of them comes later anyway.
-                fill_unchanged(sql, table, &mut fields, &missing).await?;
+        } => {
+            if let Some(table) = shared
+                .find(&schema, &name)
+                .filter(|_| assembler.in_transaction())
+            {
+                update(sql, assembler, &table, old_data.as_ref(), &new_data).await?;
             }
-            assembler.update(table, old_data.as_ref(), fields);
         }
         EventType::Delete {
             schema,
             table: name,
             old_data,
             ..
-        } if ours(table, &schema, &name) => assembler.delete(table, &old_data),
-        EventType::Truncate { tables, .. } => {
-            let names: Vec<&str> = tables.iter().map(|t| &**t).collect();
-            assembler.truncate(table, &names);
+        } => {
+            if let Some(table) = shared.find(&schema, &name) {
+                assembler.delete(&table, &old_data);
+            }
         }
+        EventType::Truncate { tables, .. } => truncate(shared, assembler, &tables),
         EventType::Commit {
             end_lsn,
             commit_timestamp,
             ..
-        } => {
-            let t = assembler.commit(end_lsn.value(), commit_timestamp.timestamp_micros());
-            send_new(sender, t);
-        }
+        } => send_new(
+            sender,
+            assembler.commit(end_lsn.value(), commit_timestamp.timestamp_micros()),
+        ),
         _ => {}
     }
     Ok(())
+}
+
+/// An `Update` of a row of `table` (its new values completed with the
+/// unchanged TOASTed ones, which the stream leaves out: they are read; a
+/// later change of them comes later anyway).
+async fn update(
+    sql: &tokio_postgres::Client,
+    assembler: &mut Assembler,
+    table: &crate::table::TableInfo,
+    old: Option<&pg_walstream::RowData>,
+    new: &pg_walstream::RowData,
+) -> Result<(), PgError> {
+    let (mut fields, missing) = assembler.update_values(table, new);
+    if !missing.is_empty() {
+        fill_unchanged(sql, table, &mut fields, &missing).await?;
+    }
+    assembler.update(table, old, fields);
+    Ok(())
+}
+
+/// A `Relation` message for `table`: when its columns differ from what the
+/// rows in Redis were made of (a column added, dropped or retyped), the
+/// table is read again from the catalog and a fresh snapshot is asked for.
+async fn relation(
+    shared: &Shared,
+    sql: &tokio_postgres::Client,
+    assembler: &mut Assembler,
+    table: &crate::table::TableInfo,
+    columns: Vec<(String, u32)>,
+) {
+    if !assembler.relation(table, columns) {
+        return;
+    }
+    match crate::sql::table_info(sql, &table.schema, &table.name, table.mapping.clone()).await {
+        Ok(info) => shared.set_table(info),
+        Err(e) => tracing::warn!(error = %e, "cannot re-read the table's columns"),
+    }
+    tracing::info!(table = %table.qualified(), "the table's columns changed; asking for a fresh snapshot");
+    shared.resync.fetch_add(1, Relaxed);
+}
+
+/// A `TRUNCATE` of `truncated` (`schema.name`s): with one table kept, a
+/// sweep of the cache at its version; with several, a fresh snapshot (a
+/// sweep would empty the other tables' keys too), which leaves the
+/// truncated table's keys older than it and sweeps them.
+fn truncate(shared: &Shared, assembler: &mut Assembler, truncated: &[std::sync::Arc<str>]) {
+    let names: Vec<&str> = truncated.iter().map(|t| &**t).collect();
+    let tables = shared.tables();
+    match tables.as_slice() {
+        [one] => assembler.truncate(one, &names),
+        several => {
+            let ours = several
+                .iter()
+                .any(|t| names.contains(&format!("{}.{}", t.schema, t.name).as_str()));
+            if ours {
+                tracing::info!(tables = ?names, "a kept table was truncated; asking for a fresh snapshot");
+                shared.resync.fetch_add(1, Relaxed);
+            }
+        }
+    }
 }
 
 /// Sends `tx` unless the feed already holds it: after a reconnect
@@ -197,8 +243,4 @@ fn send_new(sender: &ChangeSender, tx: Option<prefetch::Transaction>) {
     {
         sender.send(tx);
     }
-}
-
-fn ours(table: &TableInfo, schema: &str, name: &str) -> bool {
-    *schema == *table.schema && *name == *table.name
 }

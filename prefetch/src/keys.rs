@@ -122,11 +122,16 @@ pub enum Tombstone {
 }
 
 /// The key space of one cache: its prefix and the derived names.
+///
+/// A cache of several tables has one key prefix per table: its records are
+/// the keys under one of them (`prefix` is then what they share, often
+/// nothing, and a record's id is its key less that).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySpace {
     prefix: String,
     pattern: String,
     meta: String,
+    tables: Vec<String>,
 }
 
 impl KeySpace {
@@ -139,7 +144,46 @@ impl KeySpace {
             prefix,
             pattern,
             meta,
+            tables: Vec::new(),
         }
+    }
+
+    /// A key space of several tables, whose keys start with one of
+    /// `tables` (each under `prefix`, which they all start with): a key
+    /// under `prefix` and none of them is not a record of this cache. The
+    /// state is named after the tables too, so two caches of different
+    /// tables under one prefix keep theirs apart.
+    ///
+    /// ```
+    /// let ks = prefetch::KeySpace::with_tables("", ["product:", "line:"]);
+    /// assert_eq!(ks.id_of("line:o1:1"), Some("line:o1:1"));
+    /// assert_eq!(ks.id_of("session:abc"), None);
+    /// assert_eq!(ks.key("product:p1"), "product:p1");
+    /// ```
+    pub fn with_tables<T: Into<String>>(
+        prefix: impl Into<String>,
+        tables: impl IntoIterator<Item = T>,
+    ) -> Self {
+        let mut ks = Self::new(prefix);
+        ks.tables = tables.into_iter().map(Into::into).collect();
+        ks.meta = format!("{RESERVED_KEY_PREFIX}m:{}", ks.state_name());
+        ks
+    }
+
+    /// What the state's keys are named after: the prefix, and the tables
+    /// when there are several.
+    fn state_name(&self) -> String {
+        if self.tables.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}|{}", self.prefix, self.tables.join("|"))
+        }
+    }
+
+    /// The key prefixes of the tables, when there are several (empty: every
+    /// key under [`prefix`](Self::prefix) is a record).
+    pub fn tables(&self) -> &[String] {
+        &self.tables
     }
 
     /// The prefix every record key starts with.
@@ -161,10 +205,15 @@ impl KeySpace {
         if key.starts_with(RESERVED_KEY_PREFIX) && !self.prefix.starts_with(RESERVED_KEY_PREFIX) {
             return None;
         }
+        if !self.tables.is_empty() && !self.tables.iter().any(|t| key.starts_with(t.as_str())) {
+            return None;
+        }
         key.strip_prefix(self.prefix.as_str())
     }
 
-    /// `SCAN MATCH` pattern matching every key under the prefix and nothing else.
+    /// `SCAN MATCH` pattern matching every key under the prefix (with
+    /// several tables, also keys that are not records: check each with
+    /// [`id_of`](Self::id_of)).
     pub fn scan_pattern(&self) -> &str {
         &self.pattern
     }
@@ -187,7 +236,7 @@ impl KeySpace {
         format!(
             "{RESERVED_KEY_PREFIX}s:{{{}}}{}",
             slot_tag(slot),
-            self.prefix
+            self.state_name()
         )
     }
 
@@ -208,7 +257,7 @@ impl KeySpace {
         format!(
             "{RESERVED_KEY_PREFIX}w:{{{}}}{}",
             slot_tag(slot(&self.meta)),
-            self.prefix
+            self.state_name()
         )
     }
 
@@ -223,7 +272,7 @@ impl KeySpace {
         format!(
             "{RESERVED_KEY_PREFIX}ws:{{{}}}{}",
             slot_tag(slot),
-            self.prefix
+            self.state_name()
         )
     }
 
@@ -251,21 +300,44 @@ impl KeySpace {
         }
     }
 
-    /// `SCAN MATCH` patterns covering every tombstone key of this cache.
-    pub fn tombstone_patterns(&self) -> [String; 2] {
-        let p = escape_glob(&self.prefix);
-        [
-            format!("{RESERVED_KEY_PREFIX}t:{p}*"),
-            format!("{RESERVED_KEY_PREFIX}u:{{{p}*"),
-        ]
+    /// `SCAN MATCH` patterns covering every tombstone key of this cache
+    /// (one pair per table when there are several).
+    pub fn tombstone_patterns(&self) -> Vec<String> {
+        let prefixes: Vec<&str> = if self.tables.is_empty() {
+            vec![self.prefix.as_str()]
+        } else {
+            self.tables.iter().map(String::as_str).collect()
+        };
+        prefixes
+            .into_iter()
+            .flat_map(|prefix| {
+                let p = escape_glob(prefix);
+                [
+                    format!("{RESERVED_KEY_PREFIX}t:{p}*"),
+                    format!("{RESERVED_KEY_PREFIX}u:{{{p}*"),
+                ]
+            })
+            .collect()
     }
 
-    /// Checks that the prefix does not collide with the bookkeeping keys.
+    /// Checks that the prefix does not collide with the bookkeeping keys,
+    /// and that every table's key prefix lies under it.
     pub fn validate(&self) -> crate::Result<()> {
         if self.prefix.starts_with(RESERVED_KEY_PREFIX) {
             return Err(crate::Error::InvalidConfig(format!(
                 "the key prefix must not start with '{RESERVED_KEY_PREFIX}' (reserved for the cache's bookkeeping)"
             )));
+        }
+        for t in &self.tables {
+            if !t.starts_with(self.prefix.as_str())
+                || t.starts_with(RESERVED_KEY_PREFIX)
+                || t.is_empty()
+            {
+                return Err(crate::Error::InvalidConfig(format!(
+                    "a table's key prefix {t:?} must be non-empty, lie under {:?} and not start with '{RESERVED_KEY_PREFIX}'",
+                    self.prefix
+                )));
+            }
         }
         Ok(())
     }
@@ -274,6 +346,38 @@ impl KeySpace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_tables_own_only_their_keys_and_state_of_their_own() {
+        let a = KeySpace::with_tables("shop:", ["shop:a:", "shop:b:"]);
+        let b = KeySpace::with_tables("shop:", ["shop:a:", "shop:c:"]);
+        assert_eq!(a.id_of("shop:a:1"), Some("a:1"));
+        assert_eq!(a.id_of("shop:c:1"), None);
+        assert_eq!(a.key("b:2"), "shop:b:2");
+        assert_eq!(a.scan_pattern(), "shop:*");
+        assert_ne!(a.meta_key(), b.meta_key());
+        assert_ne!(a.slot_meta_key(3), b.slot_meta_key(3));
+        assert_ne!(a.window_key(), b.window_key());
+        assert_eq!(
+            a.tombstone_patterns(),
+            [
+                "__pf:t:shop:a:*",
+                "__pf:u:{shop:a:*",
+                "__pf:t:shop:b:*",
+                "__pf:u:{shop:b:*"
+            ]
+        );
+        assert!(
+            KeySpace::with_tables("shop:", ["other:"])
+                .validate()
+                .is_err()
+        );
+        assert_eq!(
+            KeySpace::new("p:").meta_key(),
+            "__pf:m:p:",
+            "one table: as before"
+        );
+    }
 
     #[test]
     fn plain_prefix_gets_a_trailing_star() {

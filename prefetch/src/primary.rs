@@ -77,4 +77,11 @@ pub trait Primary: Send + Sync + 'static {
     fn columns(&self) -> Option<Vec<String>> {
         None
     }
+
+    /// What the ids of its records start with among the cache's ids: empty
+    /// when its records are the whole cache; a table's key prefix when
+    /// the cache holds several tables and this view shows one.
+    fn id_prefix(&self) -> String {
+        String::new()
+    }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use prefetch::{CacheConfig, EngineConfig, MemoryCheck};
-use prefetch_pg::tables::{TableSpec, TablesFile};
+use prefetch_pg::tables::{self, TableSpec, TablesFile};
 use prefetch_pipeline::PipelineConfig;
 
 use crate::config::Config;
@@ -83,8 +83,8 @@ impl PrimaryKind {
 pub struct PgSettings {
     /// The table.
     pub table: String,
-    /// Its declaration in the tables file (`--config`).
-    pub spec: Option<TableSpec>,
+    /// The tables declared in the tables file (`--config`).
+    pub specs: Vec<TableSpec>,
     /// The SQL file the private PostgreSQL runs first (`--pg-init`).
     pub init: Option<String>,
     /// The replication slot.
@@ -104,17 +104,34 @@ pub struct StreamSettings {
     pub allow_trimmed: bool,
 }
 
+/// The one TTL the declared tables ask for, if any (this version keeps
+/// one TTL per process).
+fn one_ttl(specs: &[TableSpec]) -> Result<Option<u64>, Error> {
+    let mut asked = specs.iter().filter_map(|s| Some((s.ttl_secs?, s)));
+    let Some((ttl, _)) = asked.next() else {
+        return Ok(None);
+    };
+    match asked.find(|(other, _)| *other != ttl) {
+        None => Ok(Some(ttl)),
+        Some((other, spec)) => Err(Error::Config(format!(
+            "{}: ttl_secs = {other}, another table asks for {ttl}: this version keeps one TTL for every table",
+            spec.origin
+        ))),
+    }
+}
+
 impl Config {
     /// Every flag checked, alone and against the others.
     pub fn resolve(&self) -> Result<Settings, Error> {
         let admin_token = self.admin_token().map_err(Error::Config)?;
         let primary = self.primary_kind().map_err(Error::Config)?;
         let pipeline = self.pipeline_config(&primary)?;
-        let spec = self.table_spec(&primary)?;
+        let specs = self.table_specs(&primary)?;
         let mut engine = self.engine_config();
-        if let Some(spec) = &spec {
-            engine.cache.prefix = spec.key_prefix();
-            if let Some(ttl) = spec.ttl_secs {
+        if !specs.is_empty() {
+            engine.cache.prefix = tables::cache_prefix(&specs);
+            engine.cache.tables = tables::table_prefixes(&specs);
+            if let Some(ttl) = one_ttl(&specs)? {
                 engine.cache.ttl = Duration::from_secs(ttl);
             }
         }
@@ -136,10 +153,10 @@ impl Config {
             http_threads: self.http_threads,
             client_timeout: Duration::from_secs(self.client_timeout_secs),
             pg: PgSettings {
-                table: spec
-                    .as_ref()
+                table: specs
+                    .first()
                     .map_or_else(|| self.pg_table.clone(), |s| s.table.clone()),
-                spec,
+                specs,
                 init: self.pg_init.clone(),
                 slot: self.pg_slot.clone(),
                 publication: self.pg_publication.clone(),
@@ -172,11 +189,10 @@ impl Config {
         }
     }
 
-    /// The table `--config` declares: a PostgreSQL primary only, and one
-    /// table per process in this version.
-    fn table_spec(&self, primary: &PrimaryKind) -> Result<Option<TableSpec>, Error> {
+    /// The tables `--config` declares (a PostgreSQL primary only).
+    fn table_specs(&self, primary: &PrimaryKind) -> Result<Vec<TableSpec>, Error> {
         let Some(path) = &self.tables_file else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         if !matches!(
             primary,
@@ -188,15 +204,7 @@ impl Config {
             ));
         }
         let file = TablesFile::read(path).map_err(|e| Error::Config(e.to_string()))?;
-        let mut tables = file.tables.into_iter();
-        match (tables.next(), tables.next()) {
-            (Some(spec), None) => Ok(Some(spec)),
-            (Some(_), Some(second)) => Err(Error::Config(format!(
-                "{}: this version holds one table per process; run one server per [[table]] (each with a file of its own)",
-                second.origin
-            ))),
-            (None, _) => Err(Error::Config(format!("{path}: no [[table]] declared"))),
-        }
+        Ok(file.tables)
     }
 
     fn redis_target(&self) -> RedisTarget {
@@ -349,7 +357,11 @@ mod tests {
         );
         let two = write(
             "two.toml",
-            "[[table]]\ntable = \"a\"\n\n[[table]]\ntable = \"b\"\n",
+            "[[table]]\ntable = \"a\"\nttl_secs = 5\n\n[[table]]\ntable = \"b\"\nttl_secs = 6\n",
+        );
+        let both = write(
+            "both.toml",
+            "[[table]]\ntable = \"a\"\nkey = \"shop:a:{id}\"\n[[table]]\ntable = \"b\"\nkey = \"shop:b:{id}\"\n",
         );
         let resolve = |args: &[&str]| {
             let mut all = vec!["server"];
@@ -360,10 +372,13 @@ mod tests {
         assert_eq!(s.pg.table, "shop.items");
         assert_eq!(s.engine.cache.prefix, "shop.items:");
         assert_eq!(s.engine.cache.ttl, Duration::from_secs(60));
+        let s = resolve(&["--primary", "postgres", "--config", &both]).unwrap();
+        assert_eq!(s.pg.table, "a");
+        assert_eq!(s.engine.cache.prefix, "shop:");
+        assert_eq!(s.engine.cache.tables, ["shop:a:", "shop:b:"]);
         let err = resolve(&["--primary", "postgres", "--config", &two]).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("two.toml:4: this version holds one table"),
+            err.to_string().contains("two.toml:5: ttl_secs = 6"),
             "{err}"
         );
         let err = resolve(&["--config", &one]).unwrap_err();

@@ -48,7 +48,7 @@ fn config(url: &str, file: &str) -> PgConfig {
     let mut config = PgConfig::new(url, &spec.table);
     config.create_demo_table = false;
     config.heartbeat = Duration::from_millis(200);
-    config.spec = Some(spec);
+    config.tables = vec![spec];
     config
 }
 
@@ -248,4 +248,236 @@ async fn declarations_postgresql_or_the_cache_cannot_serve_are_refused_with_the_
     sql.batch_execute("UPDATE items SET name = 'uno' WHERE id = 1; DELETE FROM items WHERE id = 1")
         .await
         .unwrap();
+}
+
+const SHOP: &str = r#"
+[[table]]
+table    = "order_lines"
+key      = "line:{order_id}:{line_no}"
+columns  = ["order_id", "line_no", "sku", "qty", "active"]
+rename   = { qty = "quantity" }
+filter   = "active"
+
+[[table]]
+table = "products"
+key   = "product:{sku}"
+
+[[table]]
+table   = "users"
+key     = "user:{id}"
+columns = ["id", "email"]
+"#;
+
+/// Three declared tables in one engine: one slot, one publication, one
+/// key space (ids are whole keys), a foreign key left alone.
+async fn shop_engine(redis: &TestRedis, url: &str) -> PgEngine {
+    let specs = TablesFile::parse("tables.toml", SHOP).unwrap().tables;
+    let mut config = PgConfig::new(url, &specs[0].table);
+    config.create_demo_table = false;
+    config.heartbeat = Duration::from_millis(200);
+    config.tables = specs.clone();
+    let events = EventBus::default();
+    let source = PgSource::connect(config, events.clone())
+        .await
+        .expect("source connects");
+    let mut engine_config = engine_config("shop");
+    engine_config.cache.prefix = prefetch_pg::tables::cache_prefix(&specs);
+    engine_config.cache.tables = prefetch_pg::tables::table_prefixes(&specs);
+    Engine::start(redis.conn().await, source, events, engine_config)
+        .await
+        .expect("engine starts")
+        .0
+}
+
+/// Every row of the three tables as Redis must hold it, by key.
+async fn shop_expected(sql: &Client) -> BTreeMap<String, Fields> {
+    let mut out = expected(sql).await;
+    for r in sql
+        .query("SELECT sku, name, price::text FROM products", &[])
+        .await
+        .unwrap()
+    {
+        let sku: String = r.get(0);
+        let mut f = Fields::new();
+        f.insert("sku".into(), sku.clone());
+        f.insert("name".into(), r.get(1));
+        f.insert("price".into(), r.get(2));
+        out.insert(format!("product:{}", sku.replace(':', "%3A")), f);
+    }
+    for r in sql
+        .query("SELECT id::text, email FROM users", &[])
+        .await
+        .unwrap()
+    {
+        let id: String = r.get(0);
+        let mut f = Fields::new();
+        f.insert("id".into(), id.clone());
+        f.insert("email".into(), r.get(1));
+        out.insert(format!("user:{id}"), f);
+    }
+    out
+}
+
+async fn all_rows(redis: &TestRedis) -> BTreeMap<String, Fields> {
+    let mut out = redis_rows(redis, "line:").await;
+    out.extend(redis_rows(redis, "product:").await);
+    out.extend(redis_rows(redis, "user:").await);
+    out
+}
+
+#[tokio::test]
+async fn three_declared_tables_share_one_slot_and_end_equal_to_their_selects() {
+    let url = database("shop").await;
+    let sql = connect(&url).await;
+    sql.batch_execute(SCHEMA).await.unwrap();
+    sql.batch_execute(
+        "CREATE TABLE products (sku text PRIMARY KEY, name text, price numeric);
+         CREATE TABLE users (id int PRIMARY KEY, email text, password_hash text);
+         INSERT INTO products VALUES ('p:1', 'One', 1.50), ('p2', 'Two', 2);
+         INSERT INTO users VALUES (1, 'a@x', 'secret-hash-1'), (2, 'b@x', 'secret-hash-2');",
+    )
+    .await
+    .unwrap();
+    let redis = TestRedis::start();
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg("session:abc")
+        .arg("not the cache's")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let engine = shop_engine(&redis, &url).await;
+    assert_eq!(all_rows(&redis).await, shop_expected(&sql).await);
+
+    sql.batch_execute(
+        "BEGIN;
+         UPDATE products SET price = 9 WHERE sku = 'p2';
+         INSERT INTO order_lines VALUES ('o7', 1, 'p2', 3, 1, 'secret-note-7', true);
+         UPDATE users SET email = 'c@x', password_hash = 'secret-hash-3' WHERE id = 2;
+         COMMIT;
+         UPDATE order_lines SET active = false WHERE order_id = 'o1' AND line_no = 1;
+         DELETE FROM products WHERE sku = 'p:1';",
+    )
+    .await
+    .unwrap();
+    caught_up(&engine, &sql).await;
+    assert_eq!(all_rows(&redis).await, shop_expected(&sql).await);
+
+    // A truncate of one table empties that table's keys only (through a
+    // fresh snapshot), and a re-prefetch sweeps nothing of another's.
+    sql.batch_execute("TRUNCATE users").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !redis_rows(&redis, "user:").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "users' keys still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    engine.reprefetch().await.unwrap();
+    caught_up(&engine, &sql).await;
+    assert_eq!(all_rows(&redis).await, shop_expected(&sql).await);
+    let foreign: Option<String> = redis::cmd("GET")
+        .arg("session:abc")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(foreign.as_deref(), Some("not the cache's"));
+    let ids = engine.cache().ids().await.unwrap();
+    assert!(ids.iter().all(|id| !id.starts_with("session:")), "{ids:?}");
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
+}
+
+/// One transaction over two tables is applied in one atomic step: each
+/// call of the version guard that writes one table's row writes the
+/// other's too (seen with `MONITOR`), and a reader that reads both rows at
+/// once (`MULTI`) never sees one changed and the other not.
+#[tokio::test]
+async fn a_transaction_over_two_tables_is_never_seen_half_applied() {
+    let url = database("atomic").await;
+    let sql = connect(&url).await;
+    sql.batch_execute(
+        "CREATE TABLE products (sku text PRIMARY KEY, name text, price numeric);
+         CREATE TABLE users (id int PRIMARY KEY, email text, password_hash text);
+         CREATE TABLE order_lines (order_id text, line_no int, sku text, qty int, active boolean NOT NULL,
+             PRIMARY KEY (order_id, line_no));
+         CREATE UNIQUE INDEX ol_ident ON order_lines (order_id, line_no, active);
+         ALTER TABLE order_lines REPLICA IDENTITY USING INDEX ol_ident;
+         INSERT INTO products VALUES ('p1', '0', 0);
+         INSERT INTO users VALUES (1, '0', 'h');",
+    )
+    .await
+    .unwrap();
+    let redis = TestRedis::start();
+    let engine = shop_engine(&redis, &url).await;
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli monitor");
+    let monitor_out = monitor.stdout.take().unwrap();
+    let calls = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(monitor_out)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| {
+                l.contains("\"FCALL\"") && (l.contains("product:p1") || l.contains("user:1"))
+            })
+            .collect::<Vec<String>>()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reader_redis = redis.conn().await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let reader = tokio::spawn(async move {
+        let mut conn = reader_redis;
+        let mut reads = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (name, email): (Option<String>, Option<String>) = redis::pipe()
+                .atomic()
+                .cmd("HGET")
+                .arg("product:p1")
+                .arg("name")
+                .cmd("HGET")
+                .arg("user:1")
+                .arg("email")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(name, email, "half of one transaction after {reads} reads");
+            reads += 1;
+        }
+        reads
+    });
+    for i in 1..=200 {
+        sql.batch_execute(&format!(
+            "BEGIN; UPDATE products SET name = '{i}'; UPDATE users SET email = '{i}'; COMMIT;"
+        ))
+        .await
+        .unwrap();
+    }
+    caught_up(&engine, &sql).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.await.unwrap();
+    assert!(reads > 100, "the reader read {reads} times");
+    monitor.kill().unwrap();
+    let _ = monitor.wait();
+    let calls = calls.join().unwrap();
+    assert!(calls.len() >= 20, "{} guard calls seen", calls.len());
+    for call in &calls {
+        assert!(
+            call.contains("product:p1") && call.contains("user:1"),
+            "one table's write without the other's: {call}"
+        );
+    }
+    let mut conn = redis.conn().await;
+    let name: String = redis::cmd("HGET")
+        .arg("product:p1")
+        .arg("name")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(name, "200");
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }

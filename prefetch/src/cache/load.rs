@@ -124,8 +124,9 @@ impl<C: Connection> PrefetchCache<C> {
         for mut node in self.writer.primaries().await? {
             let mut cursor = 0u64;
             loop {
-                let (next, keys) =
+                let (next, mut keys) =
                     scan_page(&mut node, cursor, self.inner.keys.scan_pattern()).await?;
+                keys.retain(|k| self.inner.keys.id_of(k).is_some());
                 if !keys.is_empty() {
                     swept += self.sweep_keys(version, &keys).await?;
                 }

@@ -67,6 +67,10 @@ pub struct CacheConfig {
     /// Prefix of every key (`{prefix}{id}`); may contain glob characters,
     /// must not start with `__pf:`.
     pub prefix: String,
+    /// With several tables: each one's key prefix, under `prefix` (see
+    /// [`KeySpace::with_tables`]); empty: every key under `prefix` is a
+    /// record.
+    pub tables: Vec<String>,
     /// Safety-net TTL set on every write. It bounds memory if sync stops; it
     /// is not a freshness mechanism. Whole seconds, at least one.
     pub ttl: Duration,
@@ -89,6 +93,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             prefix: DEFAULT_PREFIX.to_owned(),
+            tables: Vec::new(),
             ttl: DEFAULT_TTL,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             wait_replicas: 0,
@@ -159,7 +164,7 @@ impl<C: Connection> PrefetchCache<C> {
             writer: conn.clone(),
             conn,
             inner: Arc::new(Inner {
-                keys: KeySpace::new(config.prefix),
+                keys: KeySpace::with_tables(config.prefix, config.tables),
                 ttl_secs: config.ttl.as_secs().max(1),
                 tombstone_ttl_ms: u64::try_from(config.tombstone_ttl.as_millis())
                     .unwrap_or(u64::MAX)

@@ -79,7 +79,7 @@ impl<C: Connection> PrefetchCache<C> {
     pub async fn reset(&self) -> Result<usize> {
         let deleted = self.clear().await?;
         for pattern in self.inner.keys.tombstone_patterns() {
-            delete_matching(&self.writer, &pattern).await?;
+            delete_matching(&self.writer, &pattern, |_| true).await?;
         }
         let mut state = vec![
             self.inner.keys.meta_key().to_owned(),
@@ -113,7 +113,11 @@ impl<C: Connection> PrefetchCache<C> {
     /// Tombstones and the cache's state stay. Returns how many keys were
     /// deleted.
     pub async fn clear(&self) -> Result<usize> {
-        delete_matching(&self.writer, self.inner.keys.scan_pattern()).await
+        let keys = &self.inner.keys;
+        delete_matching(&self.writer, keys.scan_pattern(), |k| {
+            keys.id_of(k).is_some()
+        })
+        .await
     }
 
     /// `INFO memory`: used, maximum and eviction policy (on a cluster,
@@ -149,14 +153,20 @@ impl<C: Connection> PrefetchCache<C> {
     }
 }
 
-/// `SCAN MATCH pattern` on every primary + one `DEL` per page (split by
-/// slot on a cluster); returns how many were deleted.
-async fn delete_matching<C: Connection>(conn: &C, pattern: &str) -> Result<usize> {
+/// `SCAN MATCH pattern` on every primary + one `DEL` per page of the keys
+/// `keep` accepts (split by slot on a cluster); returns how many were
+/// deleted.
+async fn delete_matching<C: Connection>(
+    conn: &C,
+    pattern: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<usize> {
     let mut deleted = 0usize;
     for mut node in conn.primaries().await? {
         let mut cursor = 0u64;
         loop {
-            let (next, keys) = scan_page(&mut node, cursor, pattern).await?;
+            let (next, mut keys) = scan_page(&mut node, cursor, pattern).await?;
+            keys.retain(|k| keep(k));
             if !keys.is_empty() {
                 let n: usize = redis::cmd("DEL")
                     .arg(&keys)

@@ -225,7 +225,11 @@ where
             writes,
             background,
         } = connections;
-        crate::keys::KeySpace::new(config.cache.prefix.clone()).validate()?;
+        crate::keys::KeySpace::with_tables(
+            config.cache.prefix.clone(),
+            config.cache.tables.clone(),
+        )
+        .validate()?;
         let cache = PrefetchCache::new(reads, config.cache, source.id()).with_writer(writes);
         cache.load_library().await?;
         let memory = cache.memory().await?;

@@ -280,6 +280,13 @@ async fn renew<C: crate::Connection>(
     page: &[String],
     ttl: u64,
 ) -> crate::Result<u64> {
+    // Under a prefix several tables share, other keys may turn up.
+    let page: Vec<String> = page
+        .iter()
+        .filter(|k| keys.id_of(k).is_some())
+        .cloned()
+        .collect();
+    let page = page.as_slice();
     if page.is_empty() {
         return Ok(0);
     }

@@ -151,8 +151,8 @@ async fn open_postgres(
     events: &EventBus,
 ) -> Result<PrimarySetup, Error> {
     let mut config = PgConfig::new(&url, &settings.pg.table);
-    config.create_demo_table = settings.pg.spec.is_none();
-    config.spec = settings.pg.spec.clone();
+    config.create_demo_table = settings.pg.specs.is_empty();
+    config.tables = settings.pg.specs.clone();
     config.slot = settings.pg.slot.clone();
     config.publication = settings.pg.publication.clone();
     let source = PgSource::connect(config.clone(), events.clone())

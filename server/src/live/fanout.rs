@@ -132,6 +132,12 @@ impl LiveHub {
         }
         match Frame::of(event) {
             Ok(frame) => {
+                // Rows of the tables the dashboard does not show (the
+                // cache holds several) are nobody's.
+                let table = self.ctx.primary.id_prefix();
+                if frame.row.as_ref().is_some_and(|id| !id.starts_with(&table)) {
+                    return;
+                }
                 let _ = self.tx.send(frame);
             }
             Err(e) => tracing::error!(error = %e, "cannot serialise live event"),

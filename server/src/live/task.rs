@@ -134,6 +134,9 @@ impl Task {
     /// Whether the hub follows row `id`: some client shows it, or a
     /// client's snapshot is being taken (its rows are not known yet).
     pub(super) fn follows(&self, id: &str) -> bool {
+        if !id.starts_with(&self.hub.ctx.primary.id_prefix()) {
+            return false;
+        }
         if self.whole {
             return true;
         }
@@ -235,7 +238,11 @@ impl Task {
             .ctx
             .engine
             .cache()
-            .scan_ids(ScanCursor::START, "", FULL_LIMIT + 1)
+            .scan_ids(
+                ScanCursor::START,
+                &self.hub.ctx.primary.id_prefix(),
+                FULL_LIMIT + 1,
+            )
             .await?;
         Ok((page.next.is_none() && page.ids.len() <= FULL_LIMIT).then_some(page.ids))
     }

@@ -52,7 +52,8 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
         .unwrap();
     assert_eq!(title.as_deref(), Some("Product 1"), "keyed by the template");
 
-    let (_, read) = srv.get("/read?id=SKU-00001").await;
+    // Three tables in one key space: ids are whole keys.
+    let (_, read) = srv.get("/read?id=product:SKU-00001").await;
     assert_eq!(read["hit"], true, "{read}");
     let record = read["record"].as_object().unwrap();
     assert_eq!(record["title"], "Product 1");
@@ -61,8 +62,19 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
         !record.contains_key("cost") && !record.contains_key("name"),
         "{read}"
     );
-    let (_, inactive) = srv.get("/read?id=SKU-00010").await;
+    let (_, inactive) = srv.get("/read?id=product:SKU-00010").await;
     assert_eq!(inactive["hit"], false, "filtered out: {inactive}");
+    let (_, customer) = srv.get("/read?id=customer:7").await;
+    assert_eq!(
+        customer["record"]["email"], "customer7@example.com",
+        "{customer}"
+    );
+    assert!(
+        customer["record"].get("password_hash").is_none(),
+        "{customer}"
+    );
+    let (_, line) = srv.get("/read?id=line:12:3").await;
+    assert_eq!(line["record"]["quantity"], "4", "{line}");
 
     // The dashboard's view: the table's own fields, every row in sync.
     let mut feed = srv.events().await;
@@ -76,32 +88,41 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
         .filter_map(|f| f.get("id").map(String::as_str))
         .collect();
     assert_eq!(named.len(), 900, "every active product, named by its key");
-    assert!(named.contains(&"SKU-00001") && !named.contains(&"SKU-00010"));
+    assert!(named.contains(&"product:SKU-00001") && !named.contains(&"product:SKU-00010"));
+    assert!(
+        state.cache.iter().all(|e| e.id.starts_with("product:")),
+        "the dashboard shows the first table only"
+    );
 
     // psql moves a row out of the filter and another into it.
     sql.batch_execute(
         "UPDATE products SET active = false WHERE sku = 'SKU-00001';
-         UPDATE products SET active = true, name = 'Back' WHERE sku = 'SKU-00010';",
+         BEGIN;
+         UPDATE products SET active = true, name = 'Back' WHERE sku = 'SKU-00010';
+         UPDATE customers SET email = 'new@example.com' WHERE id = 7;
+         COMMIT;",
     )
     .await
     .unwrap();
-    let gone = read_until(&srv, "SKU-00001", |b| b["hit"] == false).await;
+    let gone = read_until(&srv, "product:SKU-00001", |b| b["hit"] == false).await;
     assert_eq!(gone["hit"], false, "{gone}");
-    let back = read_until(&srv, "SKU-00010", |b| b["hit"] == true).await;
+    let back = read_until(&srv, "product:SKU-00010", |b| b["hit"] == true).await;
     assert_eq!(back["record"]["title"], "Back", "{back}");
+    let (_, customer) = srv.get("/read?id=customer:7").await;
+    assert_eq!(customer["record"]["email"], "new@example.com", "{customer}");
     // On the live feed in commit order.
     feed.expect(WAIT, "the row filtered out, live", |e| {
-        is_cache(e, "SKU-00001", WriteOrigin::Sync, false)
+        is_cache(e, "product:SKU-00001", WriteOrigin::Sync, false)
     })
     .await;
     feed.expect(WAIT, "the row filtered in, live", |e| {
-        is_cache(e, "SKU-00010", WriteOrigin::Sync, true)
+        is_cache(e, "product:SKU-00010", WriteOrigin::Sync, true)
     })
     .await;
 
     // The table is edited in PostgreSQL, not through the demo's API.
     let (status, body) = srv
-        .post("/update", "id=SKU-00002&field=title&value=x")
+        .post("/update", "id=product:SKU-00002&field=title&value=x")
         .await;
     assert!((400..500).contains(&status), "{status} {body}");
     assert!(
