@@ -101,6 +101,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             shutdown: shutdown.clone(),
             admin_token: settings.admin_token.clone(),
             client_timeout: settings.client_timeout,
+            tables: http::tables::describe(&settings, started.pg.as_deref()),
         },
         ctx,
     );

@@ -33,6 +33,19 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// How long a client may take to send a request body (`--client-timeout-secs`).
     pub client_timeout: std::time::Duration,
+    /// The tables the cache holds (`GET /tables`).
+    pub tables: Vec<TableEntry>,
+}
+
+/// One table as the server was configured to hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableEntry {
+    /// `schema.table`, the mock's `categories`, or the stream's key.
+    pub name: String,
+    /// The key template (`product:{sku}`, `cache:category:{id}`).
+    pub key: String,
+    /// What every key of the table starts with.
+    pub prefix: String,
 }
 
 impl AppState {

@@ -481,3 +481,65 @@ async fn a_transaction_over_two_tables_is_never_seen_half_applied() {
     assert_eq!(name, "200");
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }
+
+/// The three tables on a 3-primary Redis Cluster: their keys spread over
+/// the slots, and Redis ends equal to the tables after changes to each
+/// (a transaction over several tables is atomic within each slot).
+#[tokio::test]
+async fn three_declared_tables_on_a_cluster_end_equal_to_their_selects() {
+    let url = database("shop_cluster").await;
+    let sql = connect(&url).await;
+    sql.batch_execute(SCHEMA).await.unwrap();
+    sql.batch_execute(
+        "CREATE TABLE products (sku text PRIMARY KEY, name text, price numeric);
+         CREATE TABLE users (id int PRIMARY KEY, email text, password_hash text);
+         INSERT INTO products SELECT 'p' || g, 'n' || g, g FROM generate_series(1, 300) g;
+         INSERT INTO users SELECT g, 'u' || g, 'h' FROM generate_series(1, 300) g;",
+    )
+    .await
+    .unwrap();
+    let cluster = prefetch::testing::TestCluster::start(3, 0);
+    let specs = TablesFile::parse("tables.toml", SHOP).unwrap().tables;
+    let mut config = PgConfig::new(&url, &specs[0].table);
+    config.create_demo_table = false;
+    config.heartbeat = Duration::from_millis(200);
+    config.tables = specs.clone();
+    let events = EventBus::default();
+    let source = PgSource::connect(config, events.clone()).await.unwrap();
+    let mut engine_config = engine_config("shop_cluster");
+    engine_config.cache.prefix = prefetch_pg::tables::cache_prefix(&specs);
+    engine_config.cache.tables = prefetch_pg::tables::table_prefixes(&specs);
+    let (engine, _) = Engine::start(cluster.redis().await, source, events, engine_config)
+        .await
+        .expect("engine starts on the cluster");
+    sql.batch_execute(
+        "BEGIN; UPDATE products SET price = price + 1; UPDATE users SET email = email || '!'; COMMIT;
+         DELETE FROM users WHERE id % 7 = 0;
+         UPDATE order_lines SET active = NOT active;",
+    )
+    .await
+    .unwrap();
+    caught_up(&engine, &sql).await;
+    let want = shop_expected(&sql).await;
+    let mut conn = cluster.conn().await;
+    let mut got = BTreeMap::new();
+    for id in engine.cache().ids().await.unwrap() {
+        let fields: Fields = redis::cmd("HGETALL")
+            .arg(&id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let fields: Fields = fields
+            .into_iter()
+            .filter(|(f, _)| !f.starts_with("__"))
+            .collect();
+        got.insert(id, fields);
+    }
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+    let mut slots: Vec<u16> = got.keys().map(|k| prefetch::slot(k)).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert!(slots.len() > 100, "keys in {} slots", slots.len());
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
+}

@@ -133,8 +133,8 @@ pub async fn faulty_engine(
 }
 
 /// Waits until every transaction committed so far is in Redis.
-pub async fn caught_up<S: Source + ?Sized>(
-    engine: &Engine<S, MultiplexedConnection>,
+pub async fn caught_up<S: Source + ?Sized, C: prefetch::Connection>(
+    engine: &Engine<S, C>,
     sql: &Client,
 ) {
     // A transactional message after everything: its end is the mark.

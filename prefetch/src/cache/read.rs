@@ -137,6 +137,30 @@ impl<C: Connection> PrefetchCache<C> {
         Ok(total)
     }
 
+    /// How many keys start with `key_prefix` (a table's, when the cache
+    /// holds several), counting at most `cap`: `(count, exact)`, inexact
+    /// once the count reached `cap` (a `SCAN`, so bounded work whatever
+    /// the size; a key `SCAN` returns twice during a rehash counts twice).
+    pub async fn count_keys(&self, key_prefix: &str, cap: u64) -> Result<(u64, bool)> {
+        let pattern = format!("{}*", crate::keys::escape_glob(key_prefix));
+        let mut count = 0u64;
+        for mut node in self.conn.primaries().await? {
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys) = scan_page(&mut node, cursor, &pattern).await?;
+                count += keys.len() as u64;
+                if count >= cap {
+                    return Ok((count, false));
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok((count, true))
+    }
+
     /// Every id currently cached, sorted, each once.
     pub async fn ids(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();

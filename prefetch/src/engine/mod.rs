@@ -120,6 +120,8 @@ pub struct EngineStats {
     pub memory: Option<MemoryStatus>,
     /// What TTL renewal is doing.
     pub renewal: RenewalStatus,
+    /// When the last snapshot (the first load or a re-prefetch) finished.
+    pub last_snapshot: Option<std::time::SystemTime>,
 }
 
 /// A running prefetch cache: [`PrefetchCache`], a [`Source`] and the sync
@@ -150,6 +152,8 @@ struct Inner<S: ?Sized, C> {
     memory: Mutex<Option<MemoryStatus>>,
     /// Records the last load wrote (what a re-prefetch overwrites).
     last_loaded: std::sync::atomic::AtomicU64,
+    /// When the last load finished.
+    last_snapshot: Mutex<Option<std::time::SystemTime>>,
     memory_check: MemoryCheck,
     memory_headroom: f64,
     source: Arc<S>,
@@ -269,6 +273,7 @@ where
                 last_reconcile: Mutex::new(None),
                 memory: Mutex::new(None),
                 last_loaded: std::sync::atomic::AtomicU64::new(0),
+                last_snapshot: Mutex::new(None),
                 memory_check: config.memory_check,
                 memory_headroom: config.memory_headroom.clamp(0.0, 0.9),
                 source,
@@ -391,6 +396,11 @@ where
             source,
             memory: self.memory(),
             renewal: self.renewal(),
+            last_snapshot: *self
+                .inner
+                .last_snapshot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
         }
     }
 

@@ -208,6 +208,11 @@ where
         self.inner
             .last_loaded
             .store(loaded as u64, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .inner
+            .last_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::SystemTime::now());
         if let Err(e) = self.inner.source.ack(version).await {
             tracing::warn!(error = %e, "cannot acknowledge the snapshot to the source");
         }

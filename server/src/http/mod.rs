@@ -9,12 +9,14 @@
 //! | `edge` | the layer around every request: `HEAD`, the guard, JSON errors, headers |
 //! | `sse` | `GET /events`: the live feed a client reads |
 //! | `router` | every route: the reference API, the page, the feed, metrics, files |
+//! | `tables` | `GET /tables`: the tables held, their keys, rows in Redis, lag |
 //! | `http1` | hyper's HTTP/1 per connection, with the client timeouts |
 
 pub mod error;
 pub mod http1;
 pub mod router;
 pub mod security;
+pub mod tables;
 
 mod edge;
 mod sse;

@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/index.html", get(page))
         .route("/events", get(super::sse::events))
         .route("/metrics", get(metrics))
+        .route("/tables", get(super::tables::tables))
         .merge(api())
         .fallback_service(files)
         // Extractors refuse bodies over the limit too (413, made JSON in

@@ -2,13 +2,18 @@
 //! real PostgreSQL, read through the reference API; a file the database
 //! cannot serve refused at start with its line.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use app::model::{LiveEvent, WriteOrigin};
 use prefetch::testing::TestRedis;
 use serde_json::Value;
 
-use crate::common::{TestServer, is_cache, postgres_client, postgres_database};
+use crate::common::{
+    TestServer, free_port, is_cache, postgres_client, postgres_database, spawn_binary_with,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -120,6 +125,48 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
     })
     .await;
 
+    // `GET /tables`: each table, its key template and keys in Redis.
+    let (status, tables) = srv.get("/tables").await;
+    assert_eq!(status, 200, "{tables}");
+    let listed: Vec<(&str, &str, u64)> = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["value"], "hash");
+            assert_eq!(t["rows_exact"], true);
+            assert_eq!(t["state"], "running");
+            assert!(t["last_snapshot_ms"].as_u64().is_some(), "{t}");
+            (
+                t["name"].as_str().unwrap(),
+                t["key"].as_str().unwrap(),
+                t["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let sql_count = |q: &'static str| {
+        let sql = &sql;
+        async move {
+            sql.query_one(q, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                .unsigned_abs()
+        }
+    };
+    assert_eq!(
+        listed,
+        [
+            (
+                "public.products",
+                "product:{sku}",
+                sql_count("SELECT count(*) FROM products WHERE active").await
+            ),
+            ("public.customers", "customer:{id}", 200),
+            ("public.order_lines", "line:{order_id}:{line_no}", 900),
+        ]
+    );
+
     // The table is edited in PostgreSQL, not through the demo's API.
     let (status, body) = srv
         .post("/update", "id=product:SKU-00002&field=title&value=x")
@@ -169,4 +216,132 @@ async fn a_tables_file_the_database_cannot_serve_stops_the_start_with_its_line()
     assert!(err.contains(&format!("{path}:2: ")), "{err}");
     assert!(err.contains("invalid input syntax"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What Redis must hold for the example's three tables, computed from
+/// them with the mapping written out by hand.
+async fn example_expected(sql: &tokio_postgres::Client) -> BTreeMap<String, prefetch::Fields> {
+    let mut out = BTreeMap::new();
+    let queries = [
+        (
+            "SELECT 'product:' || sku, sku, name, price::text, active::text, tags::text FROM products WHERE active",
+            &["sku", "title", "price", "active", "tags"][..],
+        ),
+        (
+            "SELECT 'customer:' || id, id::text, name, email FROM customers",
+            &["id", "name", "email"][..],
+        ),
+        (
+            "SELECT 'line:' || order_id || ':' || line_no, order_id::text, line_no::text, customer::text, sku, quantity::text FROM order_lines",
+            &["order_id", "line_no", "customer", "sku", "quantity"][..],
+        ),
+    ];
+    for (query, fields) in queries {
+        for row in sql.query(query, &[]).await.unwrap() {
+            let f = fields
+                .iter()
+                .enumerate()
+                .map(|(i, name)| ((*name).to_owned(), row.get::<_, String>(i + 1)))
+                .collect();
+            out.insert(row.get(0), f);
+        }
+    }
+    out
+}
+
+/// Every key of the example's tables in Redis, with its fields.
+async fn example_in_redis(redis: &TestRedis) -> BTreeMap<String, prefetch::Fields> {
+    let mut conn = redis.conn().await;
+    let mut out = BTreeMap::new();
+    for prefix in ["product:", "customer:", "line:"] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for key in keys {
+            let fields: prefetch::Fields = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let fields: prefetch::Fields = fields
+                .into_iter()
+                .filter(|(f, _)| !f.starts_with("__"))
+                .collect();
+            if !fields.is_empty() {
+                out.insert(key, fields);
+            }
+        }
+    }
+    out
+}
+
+/// kill -9 of the server while every table changes, more changes while it
+/// is down: after the restart Redis holds exactly the three tables.
+#[tokio::test]
+async fn three_tables_converge_after_kill_9_mid_stream() {
+    let url = postgres_database("shop_kill").await;
+    let sql = postgres_client(&url).await;
+    sql.batch_execute(&std::fs::read_to_string(example("schema.sql")).unwrap())
+        .await
+        .unwrap();
+    let redis = TestRedis::spawn_own(true);
+    let tables = example("tables.toml");
+    let flags = ["--primary", url.as_str(), "--config", tables.as_str()];
+    let port = free_port();
+    let mut server = spawn_binary_with(&redis.url, port, &flags);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let sql = postgres_client(&url).await;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (sku, customer, order) = (1 + n % 50, 1 + n % 20, 1 + n % 30);
+                sql.batch_execute(&format!(
+                    "BEGIN;
+                     UPDATE products SET price = {n}, active = {active} WHERE sku = 'SKU-{sku:05}';
+                     UPDATE customers SET email = 'c{n}@example.com' WHERE id = {customer};
+                     UPDATE order_lines SET quantity = {n} WHERE order_id = {order} AND line_no = 1;
+                     DELETE FROM order_lines WHERE order_id = {order} AND line_no = 3;
+                     INSERT INTO order_lines VALUES ({order}, 3, {customer}, 'SKU-{sku:05}', 1)
+                         ON CONFLICT (order_id, line_no) DO UPDATE SET quantity = {n};
+                     COMMIT;",
+                    active = !n.is_multiple_of(3)
+                ))
+                .await
+                .unwrap();
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut server = spawn_binary_with(&redis.url, port, &flags);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(writes > 20, "{writes} transactions");
+    let want = example_expected(&sql).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = example_in_redis(&redis).await;
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never converged: {} keys in Redis, {} rows; first difference {:?}",
+            got.len(),
+            want.len(),
+            want.iter().find(|(k, v)| got.get(*k) != Some(v))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::common::sigterm(server.id());
+    let _ = server.wait();
 }

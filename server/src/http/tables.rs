@@ -1,0 +1,99 @@
+//! `GET /tables`: each table the cache holds, with its key template, value
+//! type, keys in Redis, lag, the sync worker's state and the last snapshot.
+
+use std::time::SystemTime;
+
+use app::model::WorkerStateDto;
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use prefetch_pg::PgSource;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::settings::{PrimaryKind, Settings};
+use crate::state::{AppState, TableEntry};
+
+/// Keys counted per table at most: a `SCAN` of bounded cost; beyond it
+/// the count says it is a lower bound.
+pub const ROWS_COUNTED: u64 = 100_000;
+
+/// The tables of this server: a PostgreSQL source's (declared or not), or
+/// the one table of the mock or a stream.
+pub fn describe(settings: &Settings, pg: Option<&PgSource>) -> Vec<TableEntry> {
+    let prefix = settings.engine.cache.prefix.clone();
+    let Some(pg) = pg else {
+        let name = match &settings.primary {
+            PrimaryKind::Stream(key) => key.clone(),
+            _ => "categories".to_owned(),
+        };
+        return vec![TableEntry {
+            name,
+            key: format!("{prefix}{{id}}"),
+            prefix,
+        }];
+    };
+    pg.tables()
+        .iter()
+        .map(|t| {
+            let name = t.qualified().replace('"', "");
+            match &t.mapping {
+                Some(m) => TableEntry {
+                    name,
+                    key: m.template.as_str().to_owned(),
+                    prefix: m.template.prefix().to_owned(),
+                },
+                None => TableEntry {
+                    name,
+                    key: format!("{prefix}{{{}}}", t.key.join("}:{")),
+                    prefix: prefix.clone(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// `GET /tables`: `[{name, key, value, rows, rows_exact, lag_ms, state,
+/// last_snapshot_ms}]`. Every table comes through one change stream, so
+/// they share the lag and the worker's state.
+pub async fn tables(State(state): State<AppState>) -> Response {
+    match list(&state).await {
+        Ok(tables) => Json(tables).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the tables' keys");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Redis: {e}")).into_response()
+        }
+    }
+}
+
+async fn list(state: &AppState) -> prefetch::Result<Vec<Value>> {
+    let stats = state.ctx.engine.stats();
+    let lag_ms = stats.behind.as_secs_f64() * 1000.0;
+    let worker = WorkerStateDto::from(stats.worker).as_str();
+    let last_snapshot_ms = stats.last_snapshot.and_then(|at| {
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    });
+    let mut out = Vec::with_capacity(state.tables.len());
+    for t in state.tables.iter() {
+        let (rows, exact) = state
+            .ctx
+            .engine
+            .cache()
+            .count_keys(&t.prefix, ROWS_COUNTED)
+            .await?;
+        out.push(json!({
+            "name": t.name,
+            "key": t.key,
+            "value": "hash",
+            "rows": rows,
+            "rows_exact": exact,
+            "lag_ms": lag_ms,
+            "state": worker,
+            "last_snapshot_ms": last_snapshot_ms,
+        }));
+    }
+    Ok(out)
+}
