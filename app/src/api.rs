@@ -215,12 +215,14 @@ pub async fn dashboard(
     cursor: Option<String>,
     q: Option<String>,
     after: Option<String>,
+    table: Option<String>,
 ) -> Result<DashboardState, AppError> {
     let ctx = ssr::ctx()?;
     let view = ViewDto {
         cursor: ssr::present(cursor),
         query: ssr::present(q),
         after: ssr::present(after),
+        table: ssr::present(table),
     };
     let state = crate::page::dashboard_state(&ctx, &view)
         .await

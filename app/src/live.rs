@@ -128,6 +128,8 @@ pub struct LiveState {
     pub page: RwSignal<Option<PageDto>>,
     /// The fields shown beside the id, in order.
     pub columns: RwSignal<Vec<String>>,
+    /// The tables the cache holds, when several, and the one shown.
+    pub tables: RwSignal<(Vec<String>, Option<String>)>,
     /// The chart's points, oldest first.
     pub samples: RwSignal<VecDeque<Sample>>,
     /// Per-id change counters; a row flashes whenever its counter moves.
@@ -158,6 +160,7 @@ impl LiveState {
             faults: RwSignal::new(false),
             page: RwSignal::new(None),
             columns: RwSignal::new(Vec::new()),
+            tables: RwSignal::new((Vec::new(), None)),
             samples: RwSignal::new(VecDeque::new()),
             changes: RwSignal::new(BTreeMap::new()),
             now_ms: RwSignal::new(snapshot.server_time_ms),
@@ -186,6 +189,7 @@ impl LiveState {
         self.reconcile.set(s.reconcile);
         self.faults.set(s.faults);
         self.page.set(s.page);
+        self.tables.set((s.tables, s.table));
         self.columns.set(if s.columns.is_empty() {
             CATEGORY_FIELDS[1..]
                 .iter()

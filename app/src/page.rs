@@ -87,6 +87,46 @@ pub async fn dashboard_state(
     ctx: &ServerContext,
     view: &ViewDto,
 ) -> prefetch::Result<DashboardState> {
+    let (ctx, table) = &table_view(ctx, view)?;
+    let mut state = view_state(ctx, view, table.is_some()).await?;
+    if let Some(page) = state.page.as_mut() {
+        page.table = table.clone();
+    }
+    state.table = table.clone();
+    Ok(state)
+}
+
+/// The context whose primary is the view's table, and that table's name
+/// when it is not the first: a cache of several tables shows one at a time.
+fn table_view(
+    ctx: &ServerContext,
+    view: &ViewDto,
+) -> prefetch::Result<(ServerContext, Option<String>)> {
+    let Some(name) = view.table.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok((ctx.clone(), None));
+    };
+    if ctx.primary.tables().first().map(String::as_str) == Some(name) {
+        return Ok((ctx.clone(), None));
+    }
+    let primary = ctx
+        .primary
+        .view_of(name)
+        .ok_or_else(|| prefetch::Error::InvalidId(format!("no table called '{name}'")))?;
+    let ctx = ServerContext {
+        primary,
+        ..ctx.clone()
+    };
+    Ok((ctx, Some(name.to_owned())))
+}
+
+/// [`dashboard_state`] for `ctx`'s primary; `paged` shows a page even of a
+/// small table (another than the first: the live hub follows the rows of
+/// such a view one by one).
+async fn view_state(
+    ctx: &ServerContext,
+    view: &ViewDto,
+    paged: bool,
+) -> prefetch::Result<DashboardState> {
     let cursor = view.cursor.as_deref().filter(|c| !c.is_empty());
     let query = search_of(ctx, view);
     if let Some(after) = view.after.as_deref() {
@@ -96,7 +136,8 @@ pub async fn dashboard_state(
         let page = page_info(ctx, PageDto::PRIMARY, after, next, "", API_PAGE_ROWS).await?;
         return Ok(state(ctx, records, cache, Some(page)));
     }
-    if cursor.is_none()
+    if !paged
+        && cursor.is_none()
         && query == ctx.primary.id_prefix()
         && let Some((primary, ids)) = small_table(ctx).await?
     {
@@ -123,7 +164,10 @@ pub async fn dashboard_state(
     );
     let next = scanned.next.map(|c| c.to_string());
     let start = cursor.unwrap_or_default().to_owned();
-    let page = page_info(ctx, PageDto::CACHE, &start, next, &query, PAGE_ROWS).await?;
+    let shown = query
+        .strip_prefix(ctx.primary.id_prefix().as_str())
+        .unwrap_or(&query);
+    let page = page_info(ctx, PageDto::CACHE, &start, next, shown, PAGE_ROWS).await?;
     Ok(state(ctx, primary?, cache?, Some(page)))
 }
 
@@ -189,6 +233,7 @@ async fn page_info(
         cache_keys: ctx.engine.cache().db_keys().await?,
         primary_rows: rows.rows,
         primary_exact: rows.exact,
+        table: None,
     })
 }
 
@@ -217,7 +262,7 @@ fn state(
             .map(|e| CacheEntryDto::from_entry(e, now))
             .collect(),
         stats: StatsDto::new(engine_stats, p.reads(), p.read_latency()),
-        prefix: ctx.engine.cache().prefix().to_owned(),
+        prefix: format!("{}{}", ctx.engine.cache().prefix(), p.id_prefix()),
         ttl_seconds: ctx.engine.cache().ttl_config().as_secs(),
         external: ctx.external,
         server_time_ms: now,
@@ -227,6 +272,8 @@ fn state(
             .map(|(at, r)| ReconcileResponse::new(&r, at)),
         faults: ctx.faults.is_some(),
         page,
+        tables: p.tables(),
+        table: None,
         columns: p
             .columns()
             .map(|cols| cols.into_iter().filter(|c| c != ID_FIELD).collect())

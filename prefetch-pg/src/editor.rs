@@ -31,9 +31,17 @@ fn not_of_the_type(e: &PgError) -> bool {
 #[derive(Debug, Clone)]
 pub struct PgEditor {
     pub(crate) shared: Arc<Shared>,
+    /// Which of the source's tables (the first: the default view).
+    pub(crate) index: usize,
 }
 
 impl PgEditor {
+    /// The table this editor shows, as last read from the catalog.
+    fn table(&self) -> Arc<TableInfo> {
+        let tables = self.shared.tables();
+        Arc::clone(tables.get(self.index).unwrap_or(&tables[0]))
+    }
+
     /// Runs `query` (built for the table as it is now) and reads its rows
     /// as records; a column dropped meanwhile makes it read the catalog
     /// again and retry once.
@@ -54,7 +62,7 @@ impl PgEditor {
     where
         F: Fn(&TableInfo) -> String,
     {
-        let table = self.shared.table();
+        let table = self.table();
         let client = self.shared.sql.client().await?;
         let params: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
@@ -67,7 +75,7 @@ impl PgEditor {
 
     /// Records after the key of `after`, in key order.
     async fn page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
-        let table = self.shared.table();
+        let table = self.table();
         let after = match after {
             Some(id) => match table.key_of(id) {
                 Ok(parts) => Some(parts),
@@ -102,7 +110,7 @@ impl PgEditor {
     /// type (a search for `abc` on a bigint key, a key someone wrote by
     /// hand) is no record: it is skipped, not an error for the others.
     async fn lookup(&self, ids: &[String]) -> Result<Vec<Record>> {
-        let table = self.shared.table();
+        let table = self.table();
         let keys: Vec<Vec<String>> = ids.iter().filter_map(|id| table.key_of(id).ok()).collect();
         match self.lookup_keys(&keys).await {
             Err(e) if not_of_the_type(&e) => {
@@ -130,7 +138,7 @@ impl PgEditor {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let width = self.shared.table().key.len();
+        let width = self.table().key.len();
         let params: Vec<String> = keys.iter().flatten().cloned().collect();
         self.select(
             |t| {
@@ -149,7 +157,7 @@ impl PgEditor {
     /// The planner's estimate for a large table, an exact count for a
     /// small one (up to [`EXACT_COUNT_LIMIT`] rows, counting is cheap).
     async fn rows(&self) -> Result<prefetch::RowCount> {
-        let table = self.shared.table();
+        let table = self.table();
         let client = self.shared.sql.client().await?;
         let estimate: Option<f32> = client
             .query_opt(
@@ -211,7 +219,7 @@ impl PgEditor {
     async fn update(&self, id: &str, field: &str, value: &str) -> Result<Record> {
         let id = validate_id(id)?;
         validate_field(field, value)?;
-        let table = self.shared.table();
+        let table = self.table();
         Self::editable(&table)?;
         let column = table
             .column(field)
@@ -243,7 +251,7 @@ impl PgEditor {
     }
 
     async fn insert(&self, record: Record) -> Result<Record> {
-        let table = self.shared.table();
+        let table = self.table();
         Self::editable(&table)?;
         let mut fields = record.into_fields();
         if let Some(raw) = fields.get(prefetch::ID_FIELD).cloned() {
@@ -313,7 +321,7 @@ impl PgEditor {
 
     async fn remove(&self, id: &str) -> Result<String> {
         let id = validate_id(id)?;
-        let table = self.shared.table();
+        let table = self.table();
         Self::editable(&table)?;
         let key = table.key_of(id)?;
         let query = format!(
@@ -378,11 +386,34 @@ impl Primary for PgEditor {
     }
 
     fn columns(&self) -> Option<Vec<String>> {
-        Some(self.shared.table().field_names())
+        Some(self.table().field_names())
+    }
+
+    fn tables(&self) -> Vec<String> {
+        let tables = self.shared.tables();
+        if tables.len() < 2 {
+            return Vec::new();
+        }
+        tables
+            .iter()
+            .map(|t| t.qualified().replace('"', ""))
+            .collect()
+    }
+
+    fn view_of(&self, name: &str) -> Option<Arc<dyn Primary>> {
+        let index = self
+            .shared
+            .tables()
+            .iter()
+            .position(|t| t.qualified().replace('"', "") == name)?;
+        Some(Arc::new(PgEditor {
+            shared: Arc::clone(&self.shared),
+            index,
+        }))
     }
 
     fn id_prefix(&self) -> String {
-        self.shared.table().id_prefix().to_owned()
+        self.table().id_prefix().to_owned()
     }
 
     fn read_latency(&self) -> Duration {

@@ -214,6 +214,7 @@ impl PgSource {
     pub fn editor(&self) -> PgEditor {
         PgEditor {
             shared: Arc::clone(&self.shared),
+            index: 0,
         }
     }
 

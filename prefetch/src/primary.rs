@@ -84,4 +84,17 @@ pub trait Primary: Send + Sync + 'static {
     fn id_prefix(&self) -> String {
         String::new()
     }
+
+    /// The names of the tables it holds when it holds several (the first
+    /// is this view's); empty for one.
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The same source seen through its table `name` (`None`: it holds no
+    /// table of that name).
+    fn view_of(&self, name: &str) -> Option<std::sync::Arc<dyn Primary>> {
+        let _ = name;
+        None
+    }
 }

@@ -176,13 +176,18 @@ fn announce(
     let cache = &settings.engine.cache;
     let ttl_s = cache.ttl.as_secs();
     tracing::info!(url = %format!("http://{addr}"), "Redis prefetch-cache demo listening on http://{addr}");
+    let keys = if cache.tables.is_empty() {
+        format!("cache prefix '{}'", cache.prefix)
+    } else {
+        format!("key prefixes '{}'", cache.tables.join("', '"))
+    };
     tracing::info!(
         redis = %redacted(redis_url),
         prefix = %cache.prefix,
         ttl_s,
-        "Using Redis at {} with cache prefix '{}' and TTL {}s",
+        "Using Redis at {} with {} and TTL {}s",
         redacted(redis_url),
-        cache.prefix,
+        keys,
         ttl_s
     );
     let elapsed_ms = report.elapsed.as_secs_f64() * 1000.0;

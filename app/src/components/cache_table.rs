@@ -35,6 +35,7 @@ pub fn CacheTable(state: LiveState) -> impl IntoView {
     view! {
         <section class="panel wide" id="state-panel">
             <h2>"Cache vs primary"</h2>
+            <TablePicker state=state/>
             <p class="summary" id="state-summary">
                 <span class="tag ok">{move || counts.get()[0]} " in sync"</span>
                 <span class="tag stale">{move || counts.get()[1]} " stale"</span>
@@ -106,6 +107,14 @@ fn thousands(n: u64) -> String {
 #[component]
 fn Pager(page: PageDto) -> impl IntoView {
     let next = page.next_view().map(|v| format!("/{}", v.query_string()));
+    let first = format!(
+        "/{}",
+        crate::model::ViewDto {
+            table: page.table.clone(),
+            ..Default::default()
+        }
+        .query_string()
+    );
     let searching = !page.query.is_empty();
     let what = if page.order == PageDto::PRIMARY {
         "In the primary's key order".to_owned()
@@ -118,6 +127,7 @@ fn Pager(page: PageDto) -> impl IntoView {
         <nav class="pager" id="pager" aria-label="Pages of the table"
             data-order=page.order.clone() data-start=page.start.clone()>
             <form method="get" action="/" role="search" class="search">
+                {page.table.clone().map(|t| view! { <input type="hidden" name="table" value=t/> })}
                 <input type="search" name="q" id="search" value=page.query.clone()
                     placeholder="id or key prefix" aria-label="Search by id or key prefix"/>
                 <button type="submit">"Search"</button>
@@ -125,7 +135,7 @@ fn Pager(page: PageDto) -> impl IntoView {
             <span class="muted where">{what}</span>
             <span class="links">
                 {(searching || !page.start.is_empty()).then(|| view! {
-                    <a href="/" data-page="first">{if searching { "Clear search" } else { "First page" }}</a>
+                    <a href=first data-page="first">{if searching { "Clear search" } else { "First page" }}</a>
                 })}
                 {match next {
                     Some(href) => view! { <a href=href rel="next" data-page="next">"Next page \u{2192}"</a> }.into_any(),
@@ -202,5 +212,37 @@ fn CacheRow(state: LiveState, id: String) -> impl IntoView {
             <td class="ttl">{ttl}</td>
             <td class="status"><span class=move || format!("tag {}", status.get().as_str())>{move || status.get().as_str()}</span></td>
         </tr>
+    }
+}
+
+/// The tables the cache holds, when several: one link each (a plain link,
+/// so it works before the WASM), the one shown marked.
+#[component]
+fn TablePicker(state: LiveState) -> impl IntoView {
+    move || {
+        let (tables, shown) = state.tables.get();
+        let shown = shown.or_else(|| tables.first().cloned());
+        (!tables.is_empty()).then(|| {
+            let links = tables
+                .into_iter()
+                .map(|t| {
+                    let href = format!(
+                        "/{}",
+                        crate::model::ViewDto {
+                            table: Some(t.clone()),
+                            ..Default::default()
+                        }
+                        .query_string()
+                    );
+                    let current = shown.as_deref() == Some(t.as_str());
+                    let label = t.clone();
+                    view! {
+                        <a href=href data-table=t class:current=current
+                           aria-current=current.then_some("page")>{label}</a>
+                    }
+                })
+                .collect_view();
+            view! { <nav id="tables" class="tables" aria-label="tables">{links}</nav> }
+        })
     }
 }

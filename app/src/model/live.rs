@@ -78,6 +78,13 @@ pub struct DashboardState {
     /// The fields shown beside the id, in order (empty: the demo's).
     #[serde(default)]
     pub columns: Vec<String>,
+    /// The tables the cache holds, when several (the first is the
+    /// default view).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// The table shown, when not the first.
+    #[serde(default)]
+    pub table: Option<String>,
 }
 
 /// Which rows a dashboard, a `/state` call or a live-feed client shows: the
@@ -93,6 +100,9 @@ pub struct ViewDto {
     /// A page of the primary's records after this id (the API's paging).
     #[serde(default)]
     pub after: Option<String>,
+    /// Which table, when the cache holds several (`None`: the first).
+    #[serde(default)]
+    pub table: Option<String>,
 }
 
 impl ViewDto {
@@ -101,6 +111,7 @@ impl ViewDto {
     pub fn query_string(&self) -> String {
         let mut parts = Vec::new();
         for (name, value) in [
+            ("table", &self.table),
             ("cursor", &self.cursor),
             ("q", &self.query),
             ("after", &self.after),
@@ -153,6 +164,10 @@ pub struct PageDto {
     pub primary_rows: u64,
     /// Whether `primary_rows` is exact (false: the database's estimate).
     pub primary_exact: bool,
+    /// The table shown, when the cache holds several and it is not the
+    /// first.
+    #[serde(default)]
+    pub table: Option<String>,
 }
 
 impl PageDto {
@@ -162,6 +177,7 @@ impl PageDto {
         if self.order == PageDto::PRIMARY {
             ViewDto {
                 after: start,
+                table: self.table.clone(),
                 ..ViewDto::default()
             }
         } else {
@@ -169,6 +185,7 @@ impl PageDto {
                 cursor: start,
                 query: Some(self.query.clone()).filter(|q| !q.is_empty()),
                 after: None,
+                table: self.table.clone(),
             }
         }
     }

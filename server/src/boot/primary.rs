@@ -161,13 +161,20 @@ async fn open_postgres(
             url: redacted(&url),
             source,
         })?;
+    let tables: Vec<String> = source
+        .tables()
+        .iter()
+        .map(|t| t.qualified().replace('"', ""))
+        .collect();
+    let tables = tables.join(", ");
     tracing::info!(
         primary = %redacted(&url),
-        table = %settings.pg.table,
+        tables = %tables,
         slot = %source.slot(),
-        "Using PostgreSQL at {} as the primary: table {}, replication slot {}",
+        "Using PostgreSQL at {} as the primary: {} {}, replication slot {}",
         redacted(&url),
-        settings.pg.table,
+        if source.tables().len() > 1 { "tables" } else { "table" },
+        tables,
         source.slot()
     );
     let factory: SourceFactory = Arc::new(move || {

@@ -61,6 +61,7 @@ pub fn view_of(query: Option<&str>) -> ViewDto {
         cursor: value("cursor"),
         query: value("q"),
         after: value("after"),
+        table: value("table"),
     }
 }
 

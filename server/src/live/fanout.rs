@@ -93,9 +93,9 @@ impl LiveHub {
     /// to follow those rows from exactly there.
     async fn snapshot(&self, view: &ViewDto) -> Result<(Frame, ClientView), SnapshotError> {
         let state = app::page::dashboard_state(&self.ctx, view).await?;
-        let client = ClientView::of(&state);
+        let client = ClientView::of(&state, &self.ctx.primary.id_prefix());
         let follow = Follow {
-            whole: matches!(client, ClientView::Whole),
+            whole: matches!(client, ClientView::Whole(_)),
             told: told(&state),
         };
         let frame = Frame::of(&LiveEvent::Snapshot(Box::new(state)))?;
@@ -132,12 +132,6 @@ impl LiveHub {
         }
         match Frame::of(event) {
             Ok(frame) => {
-                // Rows of the tables the dashboard does not show (the
-                // cache holds several) are nobody's.
-                let table = self.ctx.primary.id_prefix();
-                if frame.row.as_ref().is_some_and(|id| !id.starts_with(&table)) {
-                    return;
-                }
                 let _ = self.tx.send(frame);
             }
             Err(e) => tracing::error!(error = %e, "cannot serialise live event"),

@@ -134,10 +134,9 @@ impl Task {
     /// Whether the hub follows row `id`: some client shows it, or a
     /// client's snapshot is being taken (its rows are not known yet).
     pub(super) fn follows(&self, id: &str) -> bool {
-        if !id.starts_with(&self.hub.ctx.primary.id_prefix()) {
-            return false;
-        }
-        if self.whole {
+        // The whole-table mirror holds the first table's rows (the cache
+        // may hold several); other tables are shown a page at a time.
+        if self.whole && id.starts_with(&self.hub.ctx.primary.id_prefix()) {
             return true;
         }
         let views = lock(&self.hub.views);

@@ -11,17 +11,19 @@ use app::model::{DashboardState, Fields, LiveEvent, OpDto};
 /// Which rows one client shows.
 #[derive(Clone, Debug)]
 pub enum ClientView {
-    /// Every row.
-    Whole,
+    /// Every row of a table: the ids with this prefix (empty: every id;
+    /// a table's key prefix when the cache holds several).
+    Whole(Arc<str>),
     /// These ids.
     Rows(Arc<HashSet<String>>),
 }
 
 impl ClientView {
-    /// The view a snapshot defines: the whole table, or its page's ids.
-    pub fn of(state: &DashboardState) -> Self {
+    /// The view a snapshot defines: the whole table (whose ids start with
+    /// `table`), or its page's ids.
+    pub fn of(state: &DashboardState, table: &str) -> Self {
         if state.page.is_none() {
-            return Self::Whole;
+            return Self::Whole(table.into());
         }
         let ids = state
             .primary
@@ -35,7 +37,8 @@ impl ClientView {
     /// Whether this client is to be sent `frame`.
     pub fn shows(&self, frame: &Frame) -> bool {
         match (self, &frame.row) {
-            (Self::Whole, _) | (_, None) => true,
+            (_, None) => true,
+            (Self::Whole(table), Some(id)) => id.starts_with(&**table),
             (Self::Rows(ids), Some(id)) => ids.contains(&**id),
         }
     }
@@ -79,7 +82,7 @@ impl Views {
 
     fn add(&mut self, view: &ClientView) {
         match view {
-            ClientView::Whole => self.whole += 1,
+            ClientView::Whole(_) => self.whole += 1,
             ClientView::Rows(ids) => {
                 for id in ids.iter() {
                     *self.rows.entry(id.clone()).or_default() += 1;
@@ -90,7 +93,7 @@ impl Views {
 
     fn remove(&mut self, view: &ClientView) {
         match view {
-            ClientView::Whole => self.whole = self.whole.saturating_sub(1),
+            ClientView::Whole(_) => self.whole = self.whole.saturating_sub(1),
             ClientView::Rows(ids) => {
                 for id in ids.iter() {
                     if let Some(n) = self.rows.get_mut(id) {

@@ -167,6 +167,84 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
         ]
     );
 
+    for t in tables.as_array().unwrap() {
+        let mut keys: Vec<&str> = t.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "key",
+                "lag_ms",
+                "last_snapshot_ms",
+                "name",
+                "rows",
+                "rows_exact",
+                "state",
+                "value"
+            ],
+            "/tables never lists rows"
+        );
+    }
+
+    // Each table has a view of its own, paged, with its own fields.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut path = "/state?table=public.customers".to_owned();
+    for pages in 0.. {
+        assert!(pages < 20, "paging never ended");
+        let (status, view) = srv.get(&path).await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["table"], "public.customers");
+        assert_eq!(view["tables"].as_array().unwrap().len(), 3);
+        assert_eq!(view["columns"], serde_json::json!(["name", "email"]));
+        let page = &view["page"];
+        assert_eq!(page["table"], "public.customers", "{page}");
+        for entry in view["cache"].as_array().unwrap() {
+            let id = entry["id"].as_str().unwrap();
+            assert!(id.starts_with("customer:"), "{id}");
+            seen.insert(id.to_owned());
+        }
+        for row in view["primary"].as_array().unwrap() {
+            assert!(
+                row["id"].as_str().unwrap().starts_with("customer:"),
+                "{row}"
+            );
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/state?table=public.customers&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 200, "every customer, once, over the pages");
+    let page = reqwest::get(srv.url("/?table=public.order_lines"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"data-table="public.order_lines""#)
+            && html.contains(r#"aria-current="page""#),
+        "the picker marks the table shown"
+    );
+    let (status, body) = srv.get("/state?table=public.nope").await;
+    assert_eq!(status, 400, "{body}");
+
+    // A client of another table's view is told of that table's changes.
+    let mut customers =
+        crate::common::SseClient::connect(&srv.url("/events?table=public.customers")).await;
+    let Some(LiveEvent::Snapshot(state)) = customers.next(WAIT).await else {
+        panic!("first event must be a snapshot");
+    };
+    let shown = state.cache[0].id.clone();
+    let n: i64 = shown.trim_start_matches("customer:").parse().unwrap();
+    sql.execute("UPDATE customers SET name = 'Renamed' WHERE id = $1", &[&n])
+        .await
+        .unwrap();
+    customers
+        .expect(WAIT, "the shown customer's change", |e| {
+            matches!(e, LiveEvent::Cache { id, fields: Some(f), .. } if *id == shown && f["name"] == "Renamed")
+        })
+        .await;
+
     // The table is edited in PostgreSQL, not through the demo's API.
     let (status, body) = srv
         .post("/update", "id=product:SKU-00002&field=title&value=x")
