@@ -5,7 +5,7 @@
 //! in the same run, as a ratio, over several repetitions (median, min, max).
 //! Prints a markdown table and writes `target/bench/report.{md,json}`.
 //!
-//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,replicas,cluster,page,ui,realsize` runs only some sections.
+//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,replicas,cluster,page,ui,realsize,tables` runs only some sections.
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run; figures are then
 //! not comparable with a full run).
 
@@ -38,6 +38,7 @@ mod realsize;
 mod replicas;
 mod report;
 mod sync;
+mod tables;
 
 use common::*;
 use report::*;
@@ -170,6 +171,9 @@ fn main() -> Result<()> {
         }
         if wanted("realsize") {
             realsize::real_size(&redis, &s, &mut report).await?;
+        }
+        if wanted("tables") {
+            tables::tables(&redis, &mut report).await?;
         }
         Ok::<_, BoxError>(())
     })?;

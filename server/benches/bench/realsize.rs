@@ -27,7 +27,7 @@ use super::*;
 const PREFIX: &str = "big:";
 const UPDATED: u64 = 1_000_000;
 
-async fn connect(url: &str) -> Result<Client> {
+pub(super) async fn connect(url: &str) -> Result<Client> {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -102,19 +102,23 @@ fn thin(curve: &[(f64, f64)], step: f64) -> Vec<(f64, f64)> {
     out
 }
 
-/// The rows as `COPY` gives them, written as the same DEL + HSET + EXPIRE
-/// per row the engine's load sends (`pipe_file`'s format), streamed to
-/// `all` (and the first [`UPDATED`] rows also to `first`): the baseline's
-/// input. Returns the `COPY` time in ms.
-async fn copy_to_pipe_files(sql: &Client, all: &Path, first: &Path) -> Result<f64> {
+/// `table`'s rows as `COPY` gives them, written as the same DEL + HSET +
+/// EXPIRE per row the engine's load sends (`pipe_file`'s format), keys
+/// `{key_prefix}{id}`, streamed to `all` (and the first `first.1` rows also
+/// to `first.0`): the baseline's input. Returns the `COPY` time in ms.
+pub(super) async fn copy_to_pipe(
+    sql: &Client,
+    table: &str,
+    key_prefix: &str,
+    all: &mut dyn std::io::Write,
+    mut first: Option<(&mut dyn std::io::Write, u64)>,
+) -> Result<f64> {
     let t = Instant::now();
     let stream = sql
-        .copy_out("COPY (SELECT id::text, name, display_order::text, featured::text, parent_id FROM items) TO STDOUT")
+        .copy_out(&format!("COPY (SELECT id::text, name, display_order::text, featured::text, parent_id FROM {table}) TO STDOUT"))
         .await?;
     futures::pin_mut!(stream);
     let mut text = Vec::new();
-    let mut all = BufWriter::new(std::fs::File::create(all)?);
-    let mut first = BufWriter::new(std::fs::File::create(first)?);
     let version = prefetch::Version::ZERO.to_string();
     let mut copy_ms = 0.0;
     let mut buf = Vec::new();
@@ -137,7 +141,7 @@ async fn copy_to_pipe_files(sql: &Client, all: &Path, first: &Path) -> Result<f6
                 continue;
             };
             let id = record.id().unwrap_or_default();
-            let key = format!("{PREFIX}{id}");
+            let key = format!("{key_prefix}{id}");
             let hash = prefetch::hash_text(record.fields());
             buf.clear();
             resp(&["DEL", &key], &mut buf);
@@ -148,10 +152,12 @@ async fn copy_to_pipe_files(sql: &Client, all: &Path, first: &Path) -> Result<f6
             hset.extend(["__v", version.as_str(), "__h", hash.as_str()]);
             resp(&hset, &mut buf);
             resp(&["EXPIRE", &key, "3600"], &mut buf);
-            std::io::Write::write_all(&mut all, &buf)?;
+            all.write_all(&buf)?;
             written += 1;
-            if written <= UPDATED {
-                std::io::Write::write_all(&mut first, &buf)?;
+            if let Some((first, upto)) = first.as_mut()
+                && written <= *upto
+            {
+                first.write_all(&buf)?;
             }
         }
         text.drain(..end);
@@ -159,8 +165,6 @@ async fn copy_to_pipe_files(sql: &Client, all: &Path, first: &Path) -> Result<f6
             break;
         }
     }
-    std::io::Write::flush(&mut all)?;
-    std::io::Write::flush(&mut first)?;
     Ok(copy_ms)
 }
 
@@ -254,7 +258,14 @@ pub async fn real_size(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
     std::fs::create_dir_all(&dir)?;
     let (all, first) = (dir.join("real-all.resp"), dir.join("real-first.resp"));
     flushall(&mut conn).await?;
-    let copy_ms = copy_to_pipe_files(&sql, &all, &first).await?;
+    let copy_ms = {
+        let mut all = BufWriter::new(std::fs::File::create(&all)?);
+        let mut first = BufWriter::new(std::fs::File::create(&first)?);
+        let ms = copy_to_pipe(&sql, "items", PREFIX, &mut all, Some((&mut first, UPDATED))).await?;
+        std::io::Write::flush(&mut all)?;
+        std::io::Write::flush(&mut first)?;
+        ms
+    };
     let pipe_ms = redis_cli_pipe(redis, &all)?;
     let pipe_mib = used_memory(&mut conn).await?;
     flushall(&mut conn).await?;
@@ -533,7 +544,7 @@ async fn renewal_cost(
 }
 
 /// A server process, killed when dropped.
-struct Running(Child);
+pub(super) struct Running(pub(super) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
