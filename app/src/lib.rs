@@ -268,7 +268,14 @@ fn Header(state: LiveState) -> impl IntoView {
             </div>
             <h1>"Redis Prefetch Cache"</h1>
             <p class="lede">
-                "Every category was loaded into Redis at start-up. Reads run "
+                {move || state.columns.with(|c| {
+                    if c.iter().map(String::as_str).eq(model::CATEGORY_FIELDS[1..].iter().copied()) {
+                        "Every category"
+                    } else {
+                        "Every row"
+                    }
+                })}
+                " was loaded into Redis at start-up. Reads run "
                 <code>"HGETALL"</code>
                 " on Redis only: there is no fall-back to the primary. Each add, update or delete on the primary emits a change event that the sync worker applies to Redis within milliseconds. The safety-net TTL ("
                 {move || state.ttl_seconds.get()}
