@@ -75,20 +75,25 @@ async fn redis_rows(redis: &TestRedis, prefix: &str) -> BTreeMap<String, Fields>
         .unwrap();
     let mut out = BTreeMap::new();
     for key in keys {
-        let fields: Fields = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let fields: Fields = fields
-            .into_iter()
-            .filter(|(f, _)| !f.starts_with("__"))
-            .collect();
+        let fields = row_of(&mut conn, &key).await;
         if !fields.is_empty() {
             out.insert(key, fields);
         }
     }
     out
+}
+
+/// The fields of the hash at `key`, the cache's metadata left out.
+async fn row_of(conn: &mut impl redis::aio::ConnectionLike, key: &str) -> Fields {
+    let fields: Fields = redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap();
+    fields
+        .into_iter()
+        .filter(|(f, _)| !f.starts_with("__"))
+        .collect()
 }
 
 /// What Redis must hold, computed from the table with the mapping written
@@ -524,15 +529,7 @@ async fn three_declared_tables_on_a_cluster_end_equal_to_their_selects() {
     let mut conn = cluster.conn().await;
     let mut got = BTreeMap::new();
     for id in engine.cache().ids().await.unwrap() {
-        let fields: Fields = redis::cmd("HGETALL")
-            .arg(&id)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let fields: Fields = fields
-            .into_iter()
-            .filter(|(f, _)| !f.starts_with("__"))
-            .collect();
+        let fields = row_of(&mut conn, &id).await;
         got.insert(id, fields);
     }
     assert_eq!(got.len(), want.len());
