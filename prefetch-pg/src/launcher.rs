@@ -260,14 +260,28 @@ impl PostgresServer {
                     libc::kill(pid, libc::SIGINT);
                 }
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
+            // A fast shutdown waits for the WAL senders; one whose client
+            // is slow to answer can hold it past the wait. Then an
+            // immediate one (SIGQUIT), which ends every backend first:
+            // SIGKILL alone would leave them holding the data directory.
+            for signal in [libc::SIGQUIT, libc::SIGKILL] {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    // SAFETY: kill(2) with a valid signal on our own child.
+                    unsafe {
+                        libc::kill(pid, signal);
+                    }
+                }
             }
-            let _ = child.kill();
             let _ = child.wait();
         }
         self.keeper = None;
@@ -275,9 +289,20 @@ impl PostgresServer {
 
     /// Starts it again on the same port with the same data (after
     /// [`kill`](Self::kill) or [`stop`](Self::stop)): crash recovery runs.
+    /// Backends of the old server still exiting hold the data directory
+    /// for a moment: the start is tried again for up to 10 s.
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.stop();
-        self.launch()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.launch() {
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "PostgreSQL did not start yet; trying again");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                other => return other,
+            }
+        }
     }
 }
 
