@@ -62,10 +62,23 @@ pub struct ScanPage {
 }
 
 /// The `COUNT` for the next call of a walk that still needs `needed` ids,
-/// having found `found` among about `scanned` keys looked at so far.
-fn scan_count(needed: usize, scanned: usize, found: usize) -> usize {
+/// having found `found` among about `scanned` keys looked at so far, the
+/// last call having asked for `last` (0 before the first).
+///
+/// The share of matching keys is guessed from what the walk has seen; a
+/// guess made from a few keys can be far too low, and a call sized on it
+/// would bring several pages' worth at once. So a call asks for at most
+/// twice the last one: a narrow search still reaches [`SCAN_COUNT`] a
+/// call within a few calls, and a page holds about `needed` ids.
+fn scan_count(needed: usize, scanned: usize, found: usize, last: usize) -> usize {
     let per_id = (scanned + 1) as f64 / (found + 1) as f64;
-    ((needed as f64 * per_id).ceil() as usize).clamp(10, SCAN_COUNT)
+    let guess = (needed as f64 * per_id).ceil() as usize;
+    let guess = if last == 0 {
+        needed
+    } else {
+        guess.min(2 * last)
+    };
+    guess.clamp(10, SCAN_COUNT)
 }
 
 /// `SCAN` calls one page may make before it answers with fewer ids than
@@ -90,7 +103,7 @@ impl<C: Connection> PrefetchCache<C> {
         // scaled by the share of keys so far that were ids matching the
         // search: a page holds about `want` ids, and a narrow search soon
         // looks at [`SCAN_COUNT`] keys a call.
-        let (mut scanned, mut found) = (0usize, 0usize);
+        let (mut scanned, mut found, mut last) = (0usize, 0usize, 0usize);
         while page.ids.len() < want.max(1) && calls < MAX_CALLS {
             let Some(node) = nodes.get_mut(at.node) else {
                 return Ok(ScanPage {
@@ -98,7 +111,8 @@ impl<C: Connection> PrefetchCache<C> {
                     next: None,
                 });
             };
-            let count = scan_count(want.max(1) - page.ids.len(), scanned, found);
+            let count = scan_count(want.max(1) - page.ids.len(), scanned, found, last);
+            last = count;
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(at.cursor)
                 .arg("MATCH")

@@ -414,3 +414,54 @@ async fn records_hold_the_demo_shape_after_a_round_trip() {
     let rec: Record = cache.get("cat-005").await.unwrap().record.unwrap();
     assert_eq!(rec, seed_records()[4]);
 }
+
+#[tokio::test]
+async fn a_narrow_search_pages_through_every_match_in_pages_of_about_the_size_asked() {
+    let redis = TestRedis::start();
+    let p = prefix("narrow");
+    let cache = PrefetchCache::new(redis.conn().await, config(p.clone(), 600), "s");
+    // One key in ten matches the search, spread over the key space as hash
+    // order spreads it: a guess of the share made from the first few keys
+    // is often far off.
+    let input: Vec<Record> = (0..4000)
+        .map(|i| {
+            let id = if i % 10 == 0 {
+                format!("a-{i:05}")
+            } else {
+                format!("b-{i:05}")
+            };
+            [("id", id), ("name", format!("n{i}"))]
+                .into_iter()
+                .collect()
+        })
+        .collect();
+    cache.bulk_load(&input, Version::new(1, 1)).await.unwrap();
+
+    let want = 20;
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut at, mut pages, mut largest) = (prefetch::ScanCursor::START, 0, 0);
+    loop {
+        let page = cache.scan_ids(at, "a-", want).await.unwrap();
+        pages += 1;
+        largest = largest.max(page.ids.len());
+        assert!(
+            page.ids.len() <= 2 * want,
+            "page {pages} holds {} ids, asked for {want}",
+            page.ids.len()
+        );
+        for id in page.ids {
+            assert!(id.starts_with("a-"), "{id} does not match the search");
+            seen.insert(id);
+        }
+        match page.next {
+            Some(next) => at = next,
+            None => break,
+        }
+        assert!(pages < 400, "the walk does not end");
+    }
+    assert_eq!(seen.len(), 400, "every match, exactly once over the walk");
+    assert!(
+        largest >= want / 2,
+        "pages hold about {want} ids, the largest {largest}"
+    );
+}
