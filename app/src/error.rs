@@ -62,6 +62,9 @@ impl FromServerFnError for AppError {
 }
 
 #[cfg(feature = "ssr")]
+pub use ssr::engine_status;
+
+#[cfg(feature = "ssr")]
 pub(crate) mod ssr {
     use super::AppError;
     use http::StatusCode;
@@ -84,7 +87,16 @@ pub(crate) mod ssr {
     /// Maps an engine error to a status and a message safe to show, logging
     /// server-side failures in full (never sending their detail).
     pub fn engine_error(e: Error) -> AppError {
-        let (status, message) = match &e {
+        let (status, message) = engine_status(&e);
+        set_status(status);
+        AppError::new(message)
+    }
+
+    /// The status and the message safe to show for an engine error, for
+    /// the server functions and the server's own routes alike; server-side
+    /// failures are logged in full here (their detail is never sent).
+    pub fn engine_status(e: &Error) -> (StatusCode, String) {
+        match e {
             Error::InvalidId(m) => (StatusCode::BAD_REQUEST, format!("Invalid id: {m}.")),
             Error::InvalidField(m) => (StatusCode::BAD_REQUEST, format!("Invalid field: {m}.")),
             Error::NotFound(id) => (StatusCode::NOT_FOUND, format!("Unknown category '{id}'.")),
@@ -96,6 +108,7 @@ pub(crate) mod ssr {
                 StatusCode::CONFLICT,
                 format!("The primary cannot be edited here: {why}."),
             ),
+            Error::InvalidConfig(m) => (StatusCode::CONFLICT, format!("Not possible here: {m}.")),
             Error::PauseTimeout(t) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -131,8 +144,6 @@ pub(crate) mod ssr {
                     "Internal error; see the server log.".to_owned(),
                 )
             }
-        };
-        set_status(status);
-        AppError::new(message)
+        }
     }
 }

@@ -265,7 +265,9 @@ impl LiveState {
             } => {
                 let source = match reason {
                     PrefetchReasonDto::SelfHeal | PrefetchReasonDto::Refill => "heal",
-                    PrefetchReasonDto::Start | PrefetchReasonDto::Requested => "admin",
+                    PrefetchReasonDto::Start
+                    | PrefetchReasonDto::Requested
+                    | PrefetchReasonDto::Table => "admin",
                 };
                 let detail = format!(
                     "{loaded} records, {swept} swept, in {} ms",

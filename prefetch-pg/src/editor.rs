@@ -201,7 +201,7 @@ impl PgEditor {
         if table.mapping.is_some() {
             return Err(prefetch::Error::ReadOnly(format!(
                 "{} is declared in a tables file: change its rows in PostgreSQL",
-                table.qualified().replace('"', "")
+                table.label()
             )));
         }
         Ok(())
@@ -394,10 +394,7 @@ impl Primary for PgEditor {
         if tables.len() < 2 {
             return Vec::new();
         }
-        tables
-            .iter()
-            .map(|t| t.qualified().replace('"', ""))
-            .collect()
+        tables.iter().map(|t| t.label()).collect()
     }
 
     fn view_of(&self, name: &str) -> Option<Arc<dyn Primary>> {
@@ -405,7 +402,7 @@ impl Primary for PgEditor {
             .shared
             .tables()
             .iter()
-            .position(|t| t.qualified().replace('"', "") == name)?;
+            .position(|t| t.label() == name)?;
         Some(Arc::new(PgEditor {
             shared: Arc::clone(&self.shared),
             index,

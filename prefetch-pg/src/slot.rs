@@ -3,6 +3,7 @@
 //! exact snapshots of re-prefetches, and the queries on
 //! `pg_replication_slots`.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::error::PgError;
 use crate::shared::Shared;
 use crate::snapshot::SlotSnapshot;
 use crate::sql;
+use crate::table::TableInfo;
 
 /// The slot's confirmed position (`None`: no such slot).
 pub async fn slot_confirmed(c: &Client, slot: &str) -> Result<Option<u64>, PgError> {
@@ -77,6 +79,7 @@ pub(crate) async fn open(
 /// consistent point.
 pub(crate) async fn temporary_snapshot(
     shared: &Shared,
+    tables: Vec<Arc<TableInfo>>,
     wait: Duration,
 ) -> Result<SlotSnapshot, PgError> {
     let client = shared.sql.client().await?;
@@ -85,15 +88,7 @@ pub(crate) async fn temporary_snapshot(
         &std::process::id().to_string(),
         &SNAPSHOTS.fetch_add(1, Relaxed).to_string(),
     ]);
-    SlotSnapshot::begin(
-        &shared.url,
-        &client,
-        &temp,
-        true,
-        shared.tables().to_vec(),
-        wait,
-    )
-    .await
+    SlotSnapshot::begin(&shared.url, &client, &temp, true, tables, wait).await
 }
 
 static SNAPSHOTS: AtomicU64 = AtomicU64::new(0);

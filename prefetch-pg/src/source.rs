@@ -95,6 +95,19 @@ impl std::fmt::Debug for PgSource {
 }
 
 impl PgSource {
+    /// The tables a snapshot reads: every one, or the one labelled `only`.
+    fn snapshot_tables(&self, only: Option<&str>) -> Result<Vec<Arc<TableInfo>>, PgError> {
+        let tables = self.shared.tables();
+        match only {
+            None => Ok(tables.to_vec()),
+            Some(name) => tables
+                .iter()
+                .find(|t| t.label() == name)
+                .map(|t| vec![Arc::clone(t)])
+                .ok_or_else(|| PgError::Schema(format!("no table '{name}' is kept"))),
+        }
+    }
+
     /// Connects, checks the table (creating and seeding the demo table when
     /// asked and missing), and makes sure the publication covers it. The
     /// slot and the stream come with [`Source::open`].
@@ -144,7 +157,7 @@ impl PgSource {
                 if tables.len() > 1 { "tables" } else { "table" }.to_owned(),
                 tables
                     .iter()
-                    .map(|t| t.qualified().replace('"', ""))
+                    .map(|t| t.label())
                     .collect::<Vec<_>>()
                     .join(", "),
             ),
@@ -248,18 +261,29 @@ impl PgSource {
         Ok(resumable)
     }
 
-    async fn take_snapshot(&self) -> Result<SourceSnapshot, PgError> {
+    /// A snapshot of every table (`None`), or of the one called `only`.
+    async fn take_snapshot(&self, only: Option<&str>) -> Result<SourceSnapshot, PgError> {
         let started = Instant::now();
         self.shared.reads.fetch_add(1, Relaxed);
-        let held = self.held.lock().await.take();
+        let held = match only {
+            None => self.held.lock().await.take(),
+            Some(_) => None,
+        };
         let snap = match held {
             Some(snap) => snap,
             None => {
                 let wait = self.config.slot_wait;
-                match crate::slot::temporary_snapshot(&self.shared, wait).await {
+                match crate::slot::temporary_snapshot(
+                    &self.shared,
+                    self.snapshot_tables(only)?,
+                    wait,
+                )
+                .await
+                {
                     Err(e) if undefined_column(&e) => {
                         self.shared.refresh_table().await?;
-                        crate::slot::temporary_snapshot(&self.shared, wait).await?
+                        let tables = self.snapshot_tables(only)?;
+                        crate::slot::temporary_snapshot(&self.shared, tables, wait).await?
                     }
                     other => other?,
                 }
@@ -323,7 +347,12 @@ impl Source for PgSource {
     }
 
     fn snapshot(&self) -> BoxFuture<'_, Result<SourceSnapshot>> {
-        async move { Ok(self.take_snapshot().await?) }.boxed()
+        async move { Ok(self.take_snapshot(None).await?) }.boxed()
+    }
+
+    fn snapshot_of(&self, table: &str) -> BoxFuture<'_, Result<SourceSnapshot>> {
+        let table = table.to_owned();
+        async move { Ok(self.take_snapshot(Some(&table)).await?) }.boxed()
     }
 
     fn pull(&self, max_changes: usize) -> BoxFuture<'_, Result<Vec<Arc<Transaction>>>> {

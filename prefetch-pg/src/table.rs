@@ -63,6 +63,12 @@ impl TableInfo {
         format!("{}.{}", ident(&self.schema), ident(&self.name))
     }
 
+    /// `schema.name` as people write it (not quoted): the table's name in
+    /// the API, the dashboard and the log.
+    pub fn label(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
     /// The column called `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
@@ -89,7 +95,7 @@ impl TableInfo {
             )));
         }
         if let Some(m) = &self.mapping {
-            let name = self.qualified().replace('"', "");
+            let name = self.label();
             m.validate(&name, |c| self.column(c).is_some(), &self.key)?;
         }
         if let Some(c) = self.selected().iter().find(|c| c.name.starts_with("__")) {

@@ -249,7 +249,7 @@ impl TableSpec {
         if table.key.is_empty() {
             return Err(self.error(format!(
                 "table {} has no primary key; the cache needs one to name its rows",
-                table.qualified().replace('"', "")
+                table.label()
             )));
         }
         let template = match &self.key {

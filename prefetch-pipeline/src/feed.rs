@@ -335,6 +335,10 @@ impl<P: Source + ?Sized> Source for FeedSource<P> {
         .boxed()
     }
 
+    fn snapshot_of(&self, table: &str) -> BoxFuture<'_, Result<SourceSnapshot>> {
+        self.inner.snapshot_of(table)
+    }
+
     fn pull(&self, max_changes: usize) -> BoxFuture<'_, Result<Vec<Arc<Transaction>>>> {
         self.pull_feed(max_changes).boxed()
     }

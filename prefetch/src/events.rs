@@ -50,6 +50,9 @@ pub enum PrefetchReason {
     SelfHeal,
     /// Sync was stopped long enough for keys to expire, and is back.
     Refill,
+    /// One table was snapshotted again
+    /// ([`Engine::resnapshot`](crate::Engine::resnapshot)).
+    Table,
 }
 
 /// What a fault did to one change, for the live feed.

@@ -164,6 +164,18 @@ pub trait Source: Send + Sync + 'static {
     /// stale).
     fn snapshot(&self) -> BoxFuture<'_, Result<SourceSnapshot>>;
 
+    /// A consistent snapshot of one of the source's tables (`schema.name`,
+    /// as [`Engine::resnapshot`](crate::Engine::resnapshot) is given it),
+    /// with the same promise as [`snapshot`](Self::snapshot). A source of
+    /// one table need not implement it: by default it refuses
+    /// ([`Error::InvalidConfig`](crate::Error::InvalidConfig)).
+    fn snapshot_of(&self, table: &str) -> BoxFuture<'_, Result<SourceSnapshot>> {
+        let err = crate::Error::InvalidConfig(format!(
+            "this source cannot snapshot one table ('{table}'); re-prefetch everything instead"
+        ));
+        Box::pin(async move { Err(err) })
+    }
+
     /// Waits for at least one committed transaction and returns up to about
     /// `max_changes` changes of them, whole transactions, in commit order.
     /// An empty list means the source has ended. Must be cancel-safe.

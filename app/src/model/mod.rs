@@ -122,6 +122,8 @@ pub enum PrefetchReasonDto {
     SelfHeal,
     /// Sync came back after keys could have expired.
     Refill,
+    /// One table of several was snapshotted again.
+    Table,
 }
 
 /// The source of truth, as the dashboard header shows it.

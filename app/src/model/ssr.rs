@@ -94,6 +94,7 @@ impl From<PrefetchReason> for PrefetchReasonDto {
             PrefetchReason::Requested => PrefetchReasonDto::Requested,
             PrefetchReason::SelfHeal => PrefetchReasonDto::SelfHeal,
             PrefetchReason::Refill => PrefetchReasonDto::Refill,
+            PrefetchReason::Table => PrefetchReasonDto::Table,
         }
     }
 }

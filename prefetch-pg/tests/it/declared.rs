@@ -26,7 +26,7 @@ filter   = "active"
 /// Order lines: a composite key, a cost and a note that must never reach
 /// Redis, and an `active` flag the filter reads (so the replica identity is
 /// an index over the key and the flag, as PostgreSQL requires).
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
     CREATE TABLE order_lines (
         order_id text NOT NULL, line_no integer NOT NULL,
         sku text, qty integer, cost numeric, note text,
@@ -275,7 +275,7 @@ columns = ["id", "email"]
 
 /// Three declared tables in one engine: one slot, one publication, one
 /// key space (ids are whole keys), a foreign key left alone.
-async fn shop_engine(redis: &TestRedis, url: &str) -> PgEngine {
+pub(crate) async fn shop_engine(redis: &TestRedis, url: &str) -> PgEngine {
     let specs = TablesFile::parse("tables.toml", SHOP).unwrap().tables;
     let mut config = PgConfig::new(url, &specs[0].table);
     config.create_demo_table = false;
@@ -295,7 +295,7 @@ async fn shop_engine(redis: &TestRedis, url: &str) -> PgEngine {
 }
 
 /// Every row of the three tables as Redis must hold it, by key.
-async fn shop_expected(sql: &Client) -> BTreeMap<String, Fields> {
+pub(crate) async fn shop_expected(sql: &Client) -> BTreeMap<String, Fields> {
     let mut out = expected(sql).await;
     for r in sql
         .query("SELECT sku, name, price::text FROM products", &[])
@@ -323,7 +323,7 @@ async fn shop_expected(sql: &Client) -> BTreeMap<String, Fields> {
     out
 }
 
-async fn all_rows(redis: &TestRedis) -> BTreeMap<String, Fields> {
+pub(crate) async fn all_rows(redis: &TestRedis) -> BTreeMap<String, Fields> {
     let mut out = redis_rows(redis, "line:").await;
     out.extend(redis_rows(redis, "product:").await);
     out.extend(redis_rows(redis, "user:").await);

@@ -6,6 +6,7 @@
 
 mod declared;
 mod edge;
+mod resnapshot;
 mod stream;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

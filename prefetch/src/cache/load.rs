@@ -120,12 +120,22 @@ impl<C: Connection> PrefetchCache<C> {
     /// Removes every record older than the snapshot at `version` (so the
     /// snapshot did not contain it), leaving tombstones. Returns how many.
     pub async fn sweep(&self, version: Version) -> Result<usize> {
+        self.sweep_within(version, "").await
+    }
+
+    /// [`sweep`](Self::sweep) over the records whose id starts with
+    /// `id_prefix` only (one table's, after a snapshot of that table).
+    pub async fn sweep_within(&self, version: Version, id_prefix: &str) -> Result<usize> {
+        let pattern = if id_prefix.is_empty() {
+            self.inner.keys.scan_pattern().to_owned()
+        } else {
+            format!("{}*", crate::keys::escape_glob(&self.key(id_prefix)))
+        };
         let mut swept = 0usize;
         for mut node in self.writer.primaries().await? {
             let mut cursor = 0u64;
             loop {
-                let (next, mut keys) =
-                    scan_page(&mut node, cursor, self.inner.keys.scan_pattern()).await?;
+                let (next, mut keys) = scan_page(&mut node, cursor, &pattern).await?;
                 keys.retain(|k| self.inner.keys.id_of(k).is_some());
                 if !keys.is_empty() {
                     swept += self.sweep_keys(version, &keys).await?;

@@ -132,6 +132,69 @@ where
         self.load_guarded(PrefetchReason::Requested).await
     }
 
+    /// Snapshots one table of the source again while the sync worker keeps
+    /// applying every table's changes: the table's records are written
+    /// through the version guard inside a snapshot window (as a
+    /// re-prefetch writes them), then the records whose id starts with
+    /// `id_prefix` and that are older than the snapshot are removed. Nothing
+    /// else moves: the floor and the stored position stay where the
+    /// worker has them, since the other tables' changes below the
+    /// snapshot's version may still be on their way. `table` is the name
+    /// [`Source::snapshot_of`] takes.
+    pub async fn resnapshot(&self, table: &str, id_prefix: &str) -> Result<PrefetchReport> {
+        let _admin = self.inner.admin.lock().await;
+        let started = Instant::now();
+        let cache = &self.inner.cache;
+        let window = cache.open_window(WINDOW_LEASE).await?;
+        let report = self.resnapshot_in(table, id_prefix, started).await;
+        let closed = window.close().await;
+        if let (Err(e), Ok(_)) = (&closed, &report) {
+            tracing::warn!(error = %e, "cannot close the snapshot window; it lapses by itself");
+        }
+        report
+    }
+
+    async fn resnapshot_in(
+        &self,
+        table: &str,
+        id_prefix: &str,
+        started: Instant,
+    ) -> Result<PrefetchReport> {
+        let cache = &self.inner.cache;
+        let snapshot = self.inner.source.snapshot_of(table).await?;
+        let version = snapshot.version;
+        let mut chunks = snapshot.chunks;
+        let mut loaded = 0;
+        while let Some(chunk) = chunks.next().await {
+            let mut chunk = chunk?;
+            // Only the table's own records: the sweep below looks at no
+            // other id, so nothing else may be written at this version.
+            chunk.retain(|r| r.id().is_some_and(|id| id.starts_with(id_prefix)));
+            loaded += cache.write_snapshot(&chunk, version).await?;
+        }
+        let swept = cache.sweep_within(version, id_prefix).await?;
+        let elapsed = started.elapsed();
+        tracing::info!(
+            table,
+            loaded,
+            swept,
+            ms = elapsed.as_secs_f64() * 1000.0,
+            "table snapshotted again"
+        );
+        self.inner.events.publish(|| Event::Prefetched {
+            loaded,
+            swept,
+            elapsed,
+            reason: PrefetchReason::Table,
+        });
+        Ok(PrefetchReport {
+            loaded,
+            swept,
+            elapsed,
+            version: Some(version),
+        })
+    }
+
     /// A re-prefetch for `reason`, serialised with the other admin
     /// operations.
     pub(super) async fn load_guarded(&self, reason: PrefetchReason) -> Result<PrefetchReport> {

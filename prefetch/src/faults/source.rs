@@ -330,6 +330,10 @@ impl<S: Source + ?Sized> Source for FaultySource<S> {
         self.inner.snapshot()
     }
 
+    fn snapshot_of(&self, table: &str) -> BoxFuture<'_, Result<SourceSnapshot>> {
+        self.inner.snapshot_of(table)
+    }
+
     fn pull(&self, max_changes: usize) -> BoxFuture<'_, Result<Vec<Arc<Transaction>>>> {
         self.pull_faulty(max_changes).boxed()
     }

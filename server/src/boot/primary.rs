@@ -161,11 +161,7 @@ async fn open_postgres(
             url: redacted(&url),
             source,
         })?;
-    let tables: Vec<String> = source
-        .tables()
-        .iter()
-        .map(|t| t.qualified().replace('"', ""))
-        .collect();
+    let tables: Vec<String> = source.tables().iter().map(|t| t.label()).collect();
     let tables = tables.join(", ");
     tracing::info!(
         primary = %redacted(&url),

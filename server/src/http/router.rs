@@ -35,6 +35,10 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(super::sse::events))
         .route("/metrics", get(metrics))
         .route("/tables", get(super::tables::tables))
+        .route(
+            "/tables/{name}/resnapshot",
+            axum::routing::post(super::tables::resnapshot),
+        )
         .merge(api())
         .fallback_service(files)
         // Extractors refuse bodies over the limit too (413, made JSON in

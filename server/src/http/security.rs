@@ -60,6 +60,18 @@ pub fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
+/// 401: the admin token is missing or wrong.
+pub fn unauthorized() -> Response {
+    let mut res = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "This server requires its admin token: send `Authorization: Bearer <token>`, or open the page once as /?token=<token>.",
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
 /// True when a query string or form body is well-formed: every `%` starts
 /// a two-hex-digit escape, and every key and value decodes to UTF-8. The
 /// decoder downstream would otherwise keep a stray `%` literally or replace
@@ -115,14 +127,7 @@ pub async fn guard_api(state: &AppState, req: Request, next: Next) -> Response {
     }
     if req.method() == Method::POST && mutating_paths().contains(req.uri().path()) {
         if !authorized(state, req.headers()) {
-            let mut res = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "This server requires its admin token: send `Authorization: Bearer <token>`, or open the page once as /?token=<token>.",
-            )
-            .into_response();
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return res;
+            return unauthorized();
         }
         if app::api::NO_INPUT_ENDPOINTS.contains(&req.uri().path()) {
             // Takes nothing: whatever was sent is not looked at.

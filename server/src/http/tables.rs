@@ -5,9 +5,9 @@ use std::time::SystemTime;
 
 use app::model::WorkerStateDto;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use prefetch_pg::PgSource;
 use serde_json::{Value, json};
 
@@ -37,7 +37,7 @@ pub fn describe(settings: &Settings, pg: Option<&PgSource>) -> Vec<TableEntry> {
     pg.tables()
         .iter()
         .map(|t| {
-            let name = t.qualified().replace('"', "");
+            let name = t.label();
             match &t.mapping {
                 Some(m) => TableEntry {
                     name,
@@ -96,4 +96,39 @@ async fn list(state: &AppState) -> prefetch::Result<Vec<Value>> {
         }));
     }
     Ok(out)
+}
+
+/// `POST /tables/{name}/resnapshot` (admin): the table is snapshotted
+/// again while every table keeps streaming; answers `{table, loaded,
+/// swept, elapsed_ms}`.
+pub async fn resnapshot(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !super::security::authorized(&state, &headers) {
+        return super::security::unauthorized();
+    }
+    let Some(table) = state.tables.iter().find(|t| t.name == name) else {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("No table '{name}' is kept."))
+            .into_response();
+    };
+    let engine = &state.ctx.engine;
+    let id_prefix = table
+        .prefix
+        .strip_prefix(engine.cache().prefix())
+        .unwrap_or(&table.prefix);
+    match engine.resnapshot(&table.name, id_prefix).await {
+        Ok(report) => Json(json!({
+            "table": table.name,
+            "loaded": report.loaded,
+            "swept": report.swept,
+            "elapsed_ms": report.elapsed.as_secs_f64() * 1000.0,
+        }))
+        .into_response(),
+        Err(e) => {
+            let (status, message) = app::error::engine_status(&e);
+            ApiError::new(status, message).into_response()
+        }
+    }
 }

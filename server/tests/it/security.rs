@@ -48,6 +48,17 @@ async fn with_a_token_set_every_mutation_needs_it_and_reads_stay_open() {
         let (status, _, _) = post(&srv, path, body, Some(("authorization", &bearer))).await;
         assert_eq!(status, 200, "{path} with the bearer token");
     }
+    // The server's own admin routes are held to the same token; the mock
+    // holds one table and cannot snapshot it alone (409, said why).
+    let resnapshot = "/tables/categories/resnapshot";
+    let (status, _, _) = post(&srv, resnapshot, "", None).await;
+    assert_eq!(status, 401, "{resnapshot} without a token");
+    let (status, json, _) = post(&srv, resnapshot, "", Some(("authorization", &bearer))).await;
+    assert_eq!(status, 409, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("re-prefetch"),
+        "{json}"
+    );
     let (status, _, _) = post(
         &srv,
         "/update",

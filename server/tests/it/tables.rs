@@ -245,6 +245,30 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
         })
         .await;
 
+    // One table snapshotted again, the others streaming on: a lost key
+    // comes back, an orphan goes.
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg("customer:9")
+        .cmd("HSET")
+        .arg("customer:9999")
+        .arg("name")
+        .arg("orphan")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (status, body) = srv.post("/tables/public.customers/resnapshot", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["table"], "public.customers");
+    assert_eq!(body["loaded"], 200, "{body}");
+    assert_eq!(body["swept"], 1, "{body}");
+    let (_, back) = srv.get("/read?id=customer:9").await;
+    assert_eq!(back["hit"], true, "{back}");
+    let (_, orphan) = srv.get("/read?id=customer:9999").await;
+    assert_eq!(orphan["hit"], false, "{orphan}");
+    let (status, body) = srv.post("/tables/public.nope/resnapshot", "").await;
+    assert_eq!(status, 404, "{body}");
+
     // The table is edited in PostgreSQL, not through the demo's API.
     let (status, body) = srv
         .post("/update", "id=product:SKU-00002&field=title&value=x")
