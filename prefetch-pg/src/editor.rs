@@ -31,15 +31,20 @@ fn not_of_the_type(e: &PgError) -> bool {
 #[derive(Debug, Clone)]
 pub struct PgEditor {
     pub(crate) shared: Arc<Shared>,
-    /// Which of the source's tables (the first: the default view).
-    pub(crate) index: usize,
+    /// Which of the source's tables (`schema.name`; `None`: the first, the
+    /// default view). Named, not numbered: tables come and go.
+    pub(crate) label: Option<String>,
 }
 
 impl PgEditor {
     /// The table this editor shows, as last read from the catalog.
     fn table(&self) -> Arc<TableInfo> {
         let tables = self.shared.tables();
-        Arc::clone(tables.get(self.index).unwrap_or(&tables[0]))
+        let named = self
+            .label
+            .as_deref()
+            .and_then(|l| tables.iter().find(|t| t.label() == l));
+        Arc::clone(named.unwrap_or(&tables[0]))
     }
 
     /// Runs `query` (built for the table as it is now) and reads its rows
@@ -398,14 +403,11 @@ impl Primary for PgEditor {
     }
 
     fn view_of(&self, name: &str) -> Option<Arc<dyn Primary>> {
-        let index = self
-            .shared
-            .tables()
-            .iter()
-            .position(|t| t.label() == name)?;
+        let tables = self.shared.tables();
+        let table = tables.iter().find(|t| t.label() == name)?;
         Some(Arc::new(PgEditor {
             shared: Arc::clone(&self.shared),
-            index,
+            label: Some(table.label()),
         }))
     }
 

@@ -43,6 +43,7 @@
 //! | `heartbeat` | messages through the slot that keep it moving |
 //! | `wal_reader` | the replication session feeding the assembler |
 //! | `editor` | [`PgEditor`]: the demo's SQL view and edits |
+//! | `reload` | a tables file read again: tables added and removed while streaming |
 //! | `source` | [`PgSource`]: the [`prefetch::Source`] |
 //! | `launcher` | a private PostgreSQL (feature `launcher`) |
 //!
@@ -81,6 +82,7 @@ mod heartbeat;
 mod wal_reader;
 
 mod editor;
+mod reload;
 mod source;
 
 #[cfg(feature = "launcher")]
@@ -89,5 +91,6 @@ pub mod launcher;
 pub use editor::PgEditor;
 pub use error::PgError;
 pub use heartbeat::HEARTBEAT_PREFIX;
+pub use reload::TablesChange;
 pub use source::{PgConfig, PgSource};
 pub use sql::run_script;

@@ -53,6 +53,19 @@ impl Shared {
             .cloned()
     }
 
+    /// Keeps `tables` from now on (a tables file read again).
+    pub(crate) fn replace_tables(&self, tables: Vec<Arc<TableInfo>>) {
+        *self.tables.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tables);
+    }
+
+    /// Sets the status detail `key` to `value`.
+    pub(crate) fn set_detail(&self, key: &str, value: String) {
+        let mut details = self.details.lock().unwrap_or_else(|p| p.into_inner());
+        details.retain(|(k, _)| k != "table" && k != "tables" && k != key);
+        let at = details.len().min(1);
+        details.insert(at, (key.to_owned(), value));
+    }
+
     /// Replaces the table of the same name with `info`.
     pub(crate) fn set_table(&self, info: TableInfo) {
         let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());

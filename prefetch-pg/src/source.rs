@@ -76,7 +76,7 @@ impl PgConfig {
 /// own, exact at its consistent point. A heartbeat message every second
 /// keeps the slot moving and lag measurable while the table is idle.
 pub struct PgSource {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     id: String,
     feed: ChangeFeed,
     sender: Mutex<Option<ChangeSender>>,
@@ -129,7 +129,8 @@ impl PgSource {
                 sql::table_info(&client, &schema, &name, None).await?,
             )]
         } else {
-            declared(&client, &config.tables).await?
+            let prefix = crate::tables::cache_prefix(&config.tables);
+            declared(&client, &config.tables, &prefix).await?
         };
         let db: String = client
             .query_one("SELECT current_database()", &[])
@@ -193,6 +194,12 @@ impl PgSource {
         self.shared.table()
     }
 
+    /// The cache prefix the declared tables' ids are relative to (`None`:
+    /// started without a tables file).
+    pub(crate) fn declared_prefix(&self) -> Option<String> {
+        (!self.config.tables.is_empty()).then(|| crate::tables::cache_prefix(&self.config.tables))
+    }
+
     /// Every table kept, as last read from the catalog.
     pub fn tables(&self) -> Vec<Arc<TableInfo>> {
         self.shared.tables().to_vec()
@@ -227,7 +234,7 @@ impl PgSource {
     pub fn editor(&self) -> PgEditor {
         PgEditor {
             shared: Arc::clone(&self.shared),
-            index: 0,
+            label: None,
         }
     }
 
@@ -312,11 +319,11 @@ impl PgSource {
 
 /// The declared tables as the catalog describes them, each mapped and
 /// checked (errors name the file and line of the table).
-async fn declared(
+pub(crate) async fn declared(
     client: &tokio_postgres::Client,
     specs: &[TableSpec],
+    prefix: &str,
 ) -> Result<Vec<Arc<TableInfo>>, PgError> {
-    let prefix = crate::tables::cache_prefix(specs);
     let mut tables = Vec::with_capacity(specs.len());
     for spec in specs {
         let (schema, name) = sql::split_name(&spec.table);
@@ -324,7 +331,7 @@ async fn declared(
             return Err(spec.error(format!("table {schema}.{name} does not exist")));
         }
         let mut table = sql::catalog(client, &schema, &name).await?;
-        table.mapping = Some(Arc::new(spec.mapping(&table, &prefix)?));
+        table.mapping = Some(Arc::new(spec.mapping(&table, prefix)?));
         table.validate().map_err(|e| spec.error(e))?;
         tables.push(Arc::new(table));
     }

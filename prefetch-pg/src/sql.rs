@@ -215,7 +215,7 @@ fn member(table: &TableInfo) -> String {
 /// PostgreSQL refuse the application's own writes. On any refusal nothing
 /// is changed, and the error names the table's declaration (and, for the
 /// replica identity, the statements that would fix it).
-async fn publish_mapped(
+pub(crate) async fn publish_mapped(
     c: &Client,
     publication: &str,
     tables: &[Arc<TableInfo>],

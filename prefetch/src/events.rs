@@ -50,8 +50,9 @@ pub enum PrefetchReason {
     SelfHeal,
     /// Sync was stopped long enough for keys to expire, and is back.
     Refill,
-    /// One table was snapshotted again
-    /// ([`Engine::resnapshot`](crate::Engine::resnapshot)).
+    /// One table was snapshotted again or removed
+    /// ([`Engine::resnapshot`](crate::Engine::resnapshot),
+    /// [`Engine::remove_table`](crate::Engine::remove_table)).
     Table,
 }
 

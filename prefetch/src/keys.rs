@@ -18,6 +18,10 @@
 //! call can read and write both. A key containing `}` without a hash tag has
 //! no such twin; its tombstone is kept inside the record's own hash instead.
 
+use std::sync::{Arc, RwLock};
+
+pub use crate::slots::{SLOTS, hash_tag, slot, slot_tag};
+
 /// Characters that are special in Redis glob patterns (`SCAN MATCH`, `KEYS`).
 const GLOB_SPECIAL: &[char] = &['*', '?', '[', ']', '\\', '^', '-'];
 
@@ -41,77 +45,6 @@ pub fn escape_glob(s: &str) -> String {
     out
 }
 
-/// The Redis Cluster hash tag of `key`: the text between its first `{` and
-/// the first `}` after it, when that text is not empty.
-///
-/// ```
-/// assert_eq!(prefetch::hash_tag("cache:{user1}:x"), Some("user1"));
-/// assert_eq!(prefetch::hash_tag("cache:{}:x"), None);
-/// assert_eq!(prefetch::hash_tag("cache:x"), None);
-/// ```
-pub fn hash_tag(key: &str) -> Option<&str> {
-    let open = key.find('{')?;
-    let rest = &key[open + 1..];
-    let close = rest.find('}')?;
-    (close > 0).then(|| &rest[..close])
-}
-
-/// How many hash slots a Redis Cluster has.
-pub const SLOTS: u16 = 16384;
-
-/// CRC16 (XMODEM), as Redis Cluster hashes keys.
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The Redis Cluster hash slot of `key` (its hash tag's, when it has one).
-///
-/// ```
-/// assert_eq!(prefetch::slot("foo"), 12182);
-/// assert_eq!(prefetch::slot("{foo}bar"), prefetch::slot("foo"));
-/// ```
-pub fn slot(key: &str) -> u16 {
-    crc16(hash_tag(key).unwrap_or(key).as_bytes()) % SLOTS
-}
-
-/// A short text that hashes to `slot`: `{tag}` in a key puts the key there.
-///
-/// ```
-/// let tag = prefetch::slot_tag(42);
-/// assert_eq!(prefetch::slot(tag), 42);
-/// ```
-pub fn slot_tag(slot: u16) -> &'static str {
-    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let tags = TAGS.get_or_init(|| {
-        let mut tags = vec![String::new(); usize::from(SLOTS)];
-        let mut missing = tags.len();
-        let mut n = 0u32;
-        // About 160,000 candidates cover every slot (coupon collector).
-        while missing > 0 {
-            let tag = format!("{n:x}");
-            let s = usize::from(crc16(tag.as_bytes()) % SLOTS);
-            if tags[s].is_empty() {
-                tags[s] = tag;
-                missing -= 1;
-            }
-            n += 1;
-        }
-        tags
-    });
-    tags[usize::from(slot % SLOTS)].as_str()
-}
-
 /// Where a record's tombstone lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tombstone {
@@ -126,12 +59,21 @@ pub enum Tombstone {
 /// A cache of several tables has one key prefix per table: its records are
 /// the keys under one of them (`prefix` is then what they share, often
 /// nothing, and a record's id is its key less that).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Clones share the set of tables: a table added to or removed from one
+/// ([`add_table`](Self::add_table), [`remove_table`](Self::remove_table))
+/// is added to or removed from all.
+#[derive(Clone, Debug)]
 pub struct KeySpace {
     prefix: String,
     pattern: String,
     meta: String,
-    tables: Vec<String>,
+    /// What the state's keys are named after (fixed at creation, whatever
+    /// tables come and go later).
+    state: String,
+    tables: Arc<RwLock<Arc<Vec<String>>>>,
+    /// Whether the key space was made of tables (only then can they change).
+    multi: bool,
 }
 
 impl KeySpace {
@@ -141,10 +83,12 @@ impl KeySpace {
         let pattern = format!("{}*", escape_glob(&prefix));
         let meta = format!("{RESERVED_KEY_PREFIX}m:{prefix}");
         Self {
+            state: prefix.clone(),
             prefix,
             pattern,
             meta,
-            tables: Vec::new(),
+            tables: Arc::default(),
+            multi: false,
         }
     }
 
@@ -165,25 +109,75 @@ impl KeySpace {
         tables: impl IntoIterator<Item = T>,
     ) -> Self {
         let mut ks = Self::new(prefix);
-        ks.tables = tables.into_iter().map(Into::into).collect();
-        ks.meta = format!("{RESERVED_KEY_PREFIX}m:{}", ks.state_name());
+        let tables: Vec<String> = tables.into_iter().map(Into::into).collect();
+        if !tables.is_empty() {
+            ks.state = format!("{}|{}", ks.prefix, tables.join("|"));
+            ks.meta = format!("{RESERVED_KEY_PREFIX}m:{}", ks.state);
+            ks.tables = Arc::new(RwLock::new(Arc::new(tables)));
+            ks.multi = true;
+        }
         ks
     }
 
     /// What the state's keys are named after: the prefix, and the tables
-    /// when there are several.
-    fn state_name(&self) -> String {
-        if self.tables.is_empty() {
-            self.prefix.clone()
-        } else {
-            format!("{}|{}", self.prefix, self.tables.join("|"))
-        }
+    /// there were at creation when there are several.
+    fn state_name(&self) -> &str {
+        &self.state
     }
 
     /// The key prefixes of the tables, when there are several (empty: every
     /// key under [`prefix`](Self::prefix) is a record).
-    pub fn tables(&self) -> &[String] {
-        &self.tables
+    pub fn tables(&self) -> Arc<Vec<String>> {
+        Arc::clone(&self.tables.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Holds the keys under `table` (a key prefix under
+    /// [`prefix`](Self::prefix)) as records too, from now on. Only a key
+    /// space made of tables ([`with_tables`](Self::with_tables)) can take
+    /// one more; the state keeps its name.
+    ///
+    /// ```
+    /// let ks = prefetch::KeySpace::with_tables("", ["product:", "line:"]);
+    /// let meta = ks.meta_key().to_owned();
+    /// ks.add_table("user:").unwrap();
+    /// assert_eq!(ks.id_of("user:1"), Some("user:1"));
+    /// assert_eq!(ks.meta_key(), meta);
+    /// assert!(ks.remove_table("user:"));
+    /// assert_eq!(ks.id_of("user:1"), None);
+    /// assert!(prefetch::KeySpace::new("c:").add_table("c:x:").is_err());
+    /// ```
+    pub fn add_table(&self, table: &str) -> crate::Result<()> {
+        if !self.multi {
+            return Err(crate::Error::InvalidConfig(
+                "a cache of one table cannot take another while it runs; restart it with every table".into(),
+            ));
+        }
+        self.check_table(table)?;
+        let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = tables
+            .iter()
+            .find(|t| t.starts_with(table) || table.starts_with(t.as_str()))
+        {
+            return Err(crate::Error::InvalidConfig(format!(
+                "the keys under {table:?} and {other:?} could be the same"
+            )));
+        }
+        let mut next = (**tables).clone();
+        next.push(table.to_owned());
+        *tables = Arc::new(next);
+        Ok(())
+    }
+
+    /// Stops holding the keys under `table` as records; returns whether it
+    /// was held.
+    pub fn remove_table(&self, table: &str) -> bool {
+        let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        if !tables.iter().any(|t| t == table) {
+            return false;
+        }
+        let next: Vec<String> = tables.iter().filter(|t| *t != table).cloned().collect();
+        *tables = Arc::new(next);
+        true
     }
 
     /// The prefix every record key starts with.
@@ -205,8 +199,11 @@ impl KeySpace {
         if key.starts_with(RESERVED_KEY_PREFIX) && !self.prefix.starts_with(RESERVED_KEY_PREFIX) {
             return None;
         }
-        if !self.tables.is_empty() && !self.tables.iter().any(|t| key.starts_with(t.as_str())) {
-            return None;
+        if self.multi {
+            let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+            if !tables.iter().any(|t| key.starts_with(t.as_str())) {
+                return None;
+            }
         }
         key.strip_prefix(self.prefix.as_str())
     }
@@ -303,10 +300,11 @@ impl KeySpace {
     /// `SCAN MATCH` patterns covering every tombstone key of this cache
     /// (one pair per table when there are several).
     pub fn tombstone_patterns(&self) -> Vec<String> {
-        let prefixes: Vec<&str> = if self.tables.is_empty() {
-            vec![self.prefix.as_str()]
+        let tables = self.tables();
+        let prefixes: Vec<&str> = if self.multi {
+            tables.iter().map(String::as_str).collect()
         } else {
-            self.tables.iter().map(String::as_str).collect()
+            vec![self.prefix.as_str()]
         };
         prefixes
             .into_iter()
@@ -328,16 +326,21 @@ impl KeySpace {
                 "the key prefix must not start with '{RESERVED_KEY_PREFIX}' (reserved for the cache's bookkeeping)"
             )));
         }
-        for t in &self.tables {
-            if !t.starts_with(self.prefix.as_str())
-                || t.starts_with(RESERVED_KEY_PREFIX)
-                || t.is_empty()
-            {
-                return Err(crate::Error::InvalidConfig(format!(
-                    "a table's key prefix {t:?} must be non-empty, lie under {:?} and not start with '{RESERVED_KEY_PREFIX}'",
-                    self.prefix
-                )));
-            }
+        for t in self.tables().iter() {
+            self.check_table(t)?;
+        }
+        Ok(())
+    }
+
+    fn check_table(&self, t: &str) -> crate::Result<()> {
+        if !t.starts_with(self.prefix.as_str())
+            || t.starts_with(RESERVED_KEY_PREFIX)
+            || t.is_empty()
+        {
+            return Err(crate::Error::InvalidConfig(format!(
+                "a table's key prefix {t:?} must be non-empty, lie under {:?} and not start with '{RESERVED_KEY_PREFIX}'",
+                self.prefix
+            )));
         }
         Ok(())
     }

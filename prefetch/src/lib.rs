@@ -33,7 +33,8 @@
 //! | `error` | [`Error`] |
 //! | `model` | [`Record`], [`Version`], [`Change`], [`Transaction`], validation |
 //! | `bloom` | sets of ids in a few bytes each: exact when small, Bloom filters when large |
-//! | `keys` | key naming, bookkeeping keys, tombstone keys, slots, glob escaping |
+//! | `slots` | Redis Cluster hash slots: hash tags, CRC16, a tag per slot |
+//! | `keys` | key naming, bookkeeping keys, tombstone keys, glob escaping; tables that come and go |
 //! | `template` | [`KeyTemplate`]: a row's key from its columns, escaped, and back |
 //! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
 //! | `events` | [`EventBus`]: a lossy feed of what happened, for dashboards |
@@ -87,6 +88,7 @@ mod model;
 
 mod bloom;
 mod keys;
+mod slots;
 mod stats;
 mod template;
 

@@ -15,6 +15,7 @@
 //! | `live` | the live-feed hub: fan-out, projection, outside changes, keyspace events |
 //! | `metrics` | `GET /metrics`: the engine's figures as OpenMetrics text |
 //! | `state` | [`AppState`]: what every handler shares |
+//! | `reload` | the tables file read again: `SIGHUP`, `POST /tables/reload` |
 //! | `http` | the HTTP edge: event loops, router, edge layer, security, errors |
 //! | `shutdown` | signals and the stop sequence of a [`Running`] server |
 //!
@@ -30,6 +31,8 @@ pub mod boot;
 pub mod live;
 pub mod metrics;
 pub mod state;
+
+pub mod reload;
 
 pub mod http;
 
@@ -101,10 +104,17 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
             shutdown: shutdown.clone(),
             admin_token: settings.admin_token.clone(),
             client_timeout: settings.client_timeout,
-            tables: http::tables::describe(&settings, started.pg.as_deref()),
+            tables: state::describe(&settings, started.pg.as_deref()).into(),
+            reloader: match (&settings.pg.file, &started.pg, &settings.pipeline) {
+                (Some(path), Some(pg), None) => Some(reload::reloader(pg.clone(), path.clone())),
+                _ => None,
+            },
         },
         ctx,
     );
+    if state.reloader.is_some() {
+        background.push(reload::on_sighup(state.clone(), shutdown.clone()));
+    }
     let loops = (settings.http_threads, redis.url.as_str());
     let http = match http::start_http(listener, &state, &redis.client, loops, &shutdown).await {
         Ok(http) => http,

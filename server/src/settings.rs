@@ -85,6 +85,8 @@ pub struct PgSettings {
     pub table: String,
     /// The tables declared in the tables file (`--config`).
     pub specs: Vec<TableSpec>,
+    /// The tables file (`--config`), read again on `SIGHUP`.
+    pub file: Option<String>,
     /// The SQL file the private PostgreSQL runs first (`--pg-init`).
     pub init: Option<String>,
     /// The replication slot.
@@ -156,6 +158,9 @@ impl Config {
                 table: specs
                     .first()
                     .map_or_else(|| self.pg_table.clone(), |s| s.table.clone()),
+                file: (!specs.is_empty())
+                    .then(|| self.tables_file.clone())
+                    .flatten(),
                 specs,
                 init: self.pg_init.clone(),
                 slot: self.pg_slot.clone(),
@@ -376,23 +381,19 @@ mod tests {
         assert_eq!(s.pg.table, "a");
         assert_eq!(s.engine.cache.prefix, "shop:");
         assert_eq!(s.engine.cache.tables, ["shop:a:", "shop:b:"]);
-        let err = resolve(&["--primary", "postgres", "--config", &two]).unwrap_err();
-        assert!(
-            err.to_string().contains("two.toml:5: ttl_secs = 6"),
-            "{err}"
-        );
-        let err = resolve(&["--config", &one]).unwrap_err();
-        assert!(
-            err.to_string().contains("needs a PostgreSQL primary"),
-            "{err}"
-        );
-        let err = resolve(&["--primary", "postgres://u@h/db", "--pg-init", &one]).unwrap_err();
-        assert!(err.to_string().contains("private PostgreSQL only"), "{err}");
+        let refused = |args: &[&str], why: &str| {
+            let err = resolve(args).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        };
+        let pg = ["--primary", "postgres", "--config"];
+        refused(&[&pg[..], &[&two]].concat(), "two.toml:5: ttl_secs = 6");
+        refused(&["--config", &one], "needs a PostgreSQL primary");
+        let init = ["--primary", "postgres://u@h/db", "--pg-init", &one];
+        refused(&init, "private PostgreSQL only");
         let missing = dir.join("missing.toml").to_string_lossy().into_owned();
-        let err = resolve(&["--primary", "postgres", "--config", &missing]).unwrap_err();
-        assert!(
-            err.to_string().contains("cannot read the tables file"),
-            "{err}"
+        refused(
+            &[&pg[..], &[&missing]].concat(),
+            "cannot read the tables file",
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

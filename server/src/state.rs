@@ -8,7 +8,10 @@ use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
 use tokio_util::sync::CancellationToken;
 
+use prefetch_pg::PgSource;
+
 use crate::live::LiveHub;
+use crate::settings::{PrimaryKind, Settings};
 
 /// Shared by every handler of one event loop: what all loops share, plus
 /// the context whose engine reads on that loop's own connection. Cheap to
@@ -33,8 +36,71 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// How long a client may take to send a request body (`--client-timeout-secs`).
     pub client_timeout: std::time::Duration,
-    /// The tables the cache holds (`GET /tables`).
-    pub tables: Vec<TableEntry>,
+    /// The tables the cache holds (`GET /tables`); changed by a reload.
+    pub tables: std::sync::RwLock<Vec<TableEntry>>,
+    /// What reads the tables file again (`None`: no `--config`, or a
+    /// pipeline of replicas, whose publisher's source is not this one).
+    pub reloader: Option<Reloader>,
+}
+
+/// The tables file and the source that reads it again.
+#[derive(Debug)]
+pub struct Reloader {
+    /// The PostgreSQL source.
+    pub pg: Arc<PgSource>,
+    /// The tables file (`--config`).
+    pub path: String,
+    /// One reload at a time.
+    pub lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// The tables the cache holds now.
+    pub fn tables(&self) -> Vec<TableEntry> {
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The tables of this server: a PostgreSQL source's (declared or not), or
+/// the one table of the mock or a stream.
+pub fn describe(settings: &Settings, pg: Option<&PgSource>) -> Vec<TableEntry> {
+    let prefix = settings.engine.cache.prefix.clone();
+    match pg {
+        Some(pg) => describe_pg(pg, &prefix),
+        None => {
+            let name = match &settings.primary {
+                PrimaryKind::Stream(key) => key.clone(),
+                _ => "categories".to_owned(),
+            };
+            vec![TableEntry {
+                name,
+                key: format!("{prefix}{{id}}"),
+                prefix,
+            }]
+        }
+    }
+}
+
+/// The tables a PostgreSQL source keeps now, under the cache's `prefix`.
+pub fn describe_pg(pg: &PgSource, prefix: &str) -> Vec<TableEntry> {
+    pg.tables()
+        .iter()
+        .map(|t| match &t.mapping {
+            Some(m) => TableEntry {
+                name: t.label(),
+                key: m.template.as_str().to_owned(),
+                prefix: m.template.prefix().to_owned(),
+            },
+            None => TableEntry {
+                name: t.label(),
+                key: format!("{prefix}{{{}}}", t.key.join("}:{")),
+                prefix: prefix.to_owned(),
+            },
+        })
+        .collect()
 }
 
 /// One table as the server was configured to hold it.

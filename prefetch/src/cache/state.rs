@@ -120,6 +120,19 @@ impl<C: Connection> PrefetchCache<C> {
         .await
     }
 
+    /// Stops holding the table whose ids start with `id_prefix` as records
+    /// ([`KeySpace::remove_table`](crate::KeySpace::remove_table)) and
+    /// deletes its keys: `SCAN MATCH` on the table's prefix, never a key
+    /// that is still a record of another table. Its tombstones expire by
+    /// themselves. Returns how many keys were deleted.
+    pub async fn drop_table(&self, id_prefix: &str) -> Result<usize> {
+        let prefix = self.key(id_prefix);
+        let keys = &self.inner.keys;
+        keys.remove_table(&prefix);
+        let pattern = format!("{}*", crate::keys::escape_glob(&prefix));
+        delete_matching(&self.writer, &pattern, |k| keys.id_of(k).is_none()).await
+    }
+
     /// `INFO memory`: used, maximum and eviction policy (on a cluster,
     /// used and maximum summed over the primaries, and the first one's
     /// policy).

@@ -195,6 +195,37 @@ where
         })
     }
 
+    /// Removes a table the source no longer streams: waits (at most 30 s)
+    /// until the worker has applied everything up to `settled`, the
+    /// position after which the stream holds no change of the table, then
+    /// deletes the table's keys ([`PrefetchCache::drop_table`](crate::PrefetchCache::drop_table)).
+    /// A key the worker writes after a wait that timed out is no record
+    /// any more: its TTL is not renewed and it expires. Returns how many
+    /// keys were deleted.
+    pub async fn remove_table(&self, id_prefix: &str, settled: Option<Version>) -> Result<usize> {
+        let _admin = self.inner.admin.lock().await;
+        if let Some(settled) = settled
+            && let Err(e) = self
+                .inner
+                .sync
+                .wait_applied(settled, Duration::from_secs(30))
+                .await
+        {
+            tracing::warn!(error = %e, "removing a table before the sync worker applied its last changes; a key it writes later expires with its TTL");
+        }
+        let started = Instant::now();
+        let deleted = self.inner.cache.drop_table(id_prefix).await?;
+        tracing::info!(prefix = id_prefix, deleted, "table removed");
+        // Views of the cache start again from a snapshot without it.
+        self.inner.events.publish(|| Event::Prefetched {
+            loaded: 0,
+            swept: deleted,
+            elapsed: started.elapsed(),
+            reason: PrefetchReason::Table,
+        });
+        Ok(deleted)
+    }
+
     /// A re-prefetch for `reason`, serialised with the other admin
     /// operations.
     pub(super) async fn load_guarded(&self, reason: PrefetchReason) -> Result<PrefetchReport> {

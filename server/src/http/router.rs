@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(super::sse::events))
         .route("/metrics", get(metrics))
         .route("/tables", get(super::tables::tables))
+        .route("/tables/reload", axum::routing::post(super::tables::reload))
         .route(
             "/tables/{name}/resnapshot",
             axum::routing::post(super::tables::resnapshot),

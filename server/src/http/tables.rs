@@ -1,5 +1,9 @@
-//! `GET /tables`: each table the cache holds, with its key template, value
-//! type, keys in Redis, lag, the sync worker's state and the last snapshot.
+//! The tables' routes: `GET /tables`, `POST /tables/reload` and
+//! `POST /tables/{name}/resnapshot` (admin).
+//!
+//! `GET /tables` lists each table the cache holds, with its key template,
+//! value type, keys in Redis, lag, the sync worker's state and the last
+//! snapshot.
 
 use std::time::SystemTime;
 
@@ -8,51 +12,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
-use prefetch_pg::PgSource;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::settings::{PrimaryKind, Settings};
-use crate::state::{AppState, TableEntry};
+use crate::state::AppState;
 
 /// Keys counted per table at most: a `SCAN` of bounded cost; beyond it
 /// the count says it is a lower bound.
 pub const ROWS_COUNTED: u64 = 100_000;
-
-/// The tables of this server: a PostgreSQL source's (declared or not), or
-/// the one table of the mock or a stream.
-pub fn describe(settings: &Settings, pg: Option<&PgSource>) -> Vec<TableEntry> {
-    let prefix = settings.engine.cache.prefix.clone();
-    let Some(pg) = pg else {
-        let name = match &settings.primary {
-            PrimaryKind::Stream(key) => key.clone(),
-            _ => "categories".to_owned(),
-        };
-        return vec![TableEntry {
-            name,
-            key: format!("{prefix}{{id}}"),
-            prefix,
-        }];
-    };
-    pg.tables()
-        .iter()
-        .map(|t| {
-            let name = t.label();
-            match &t.mapping {
-                Some(m) => TableEntry {
-                    name,
-                    key: m.template.as_str().to_owned(),
-                    prefix: m.template.prefix().to_owned(),
-                },
-                None => TableEntry {
-                    name,
-                    key: format!("{prefix}{{{}}}", t.key.join("}:{")),
-                    prefix: prefix.clone(),
-                },
-            }
-        })
-        .collect()
-}
 
 /// `GET /tables`: `[{name, key, value, rows, rows_exact, lag_ms, state,
 /// last_snapshot_ms}]`. Every table comes through one change stream, so
@@ -76,8 +43,9 @@ async fn list(state: &AppState) -> prefetch::Result<Vec<Value>> {
             .ok()
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     });
-    let mut out = Vec::with_capacity(state.tables.len());
-    for t in state.tables.iter() {
+    let tables = state.tables();
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables.iter() {
         let (rows, exact) = state
             .ctx
             .engine
@@ -109,7 +77,7 @@ pub async fn resnapshot(
     if !super::security::authorized(&state, &headers) {
         return super::security::unauthorized();
     }
-    let Some(table) = state.tables.iter().find(|t| t.name == name) else {
+    let Some(table) = state.tables().into_iter().find(|t| t.name == name) else {
         return ApiError::new(StatusCode::NOT_FOUND, format!("No table '{name}' is kept."))
             .into_response();
     };
@@ -130,5 +98,17 @@ pub async fn resnapshot(
             let (status, message) = app::error::engine_status(&e);
             ApiError::new(status, message).into_response()
         }
+    }
+}
+
+/// `POST /tables/reload` (admin): the tables file read again, as on
+/// `SIGHUP`; answers what was added and removed.
+pub async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !super::security::authorized(&state, &headers) {
+        return super::security::unauthorized();
+    }
+    match crate::reload::reload(&state).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => ApiError::new(e.status, e.message).into_response(),
     }
 }

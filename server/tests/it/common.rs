@@ -273,10 +273,15 @@ pub fn sides(state: &Value) -> (Vec<&Value>, Vec<&Value>) {
 
 /// Sends SIGTERM to a child process of this test.
 pub fn sigterm(pid: u32) {
+    signal(pid, libc::SIGTERM);
+}
+
+/// Sends `sig` to our child `pid`.
+pub fn signal(pid: u32, sig: i32) {
     let pid = i32::try_from(pid).expect("a pid fits an i32");
     // SAFETY: kill(2) with a valid signal number; the pid is our own child.
-    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(sent, 0, "SIGTERM to {pid}");
+    let sent = unsafe { libc::kill(pid, sig) };
+    assert_eq!(sent, 0, "signal {sig} to {pid}");
 }
 
 static POSTGRES: std::sync::OnceLock<std::sync::Mutex<prefetch_pg::launcher::PostgresServer>> =

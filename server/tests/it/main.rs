@@ -18,6 +18,7 @@ mod operations;
 mod postgres;
 mod races;
 mod real_size;
+mod reload;
 mod replicas;
 mod security;
 mod stream;

@@ -17,7 +17,7 @@ use crate::common::{
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn example(file: &str) -> String {
+pub(crate) fn example(file: &str) -> String {
     format!("{}/../examples/shop/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -322,7 +322,9 @@ async fn a_tables_file_the_database_cannot_serve_stops_the_start_with_its_line()
 
 /// What Redis must hold for the example's three tables, computed from
 /// them with the mapping written out by hand.
-async fn example_expected(sql: &tokio_postgres::Client) -> BTreeMap<String, prefetch::Fields> {
+pub(crate) async fn example_expected(
+    sql: &tokio_postgres::Client,
+) -> BTreeMap<String, prefetch::Fields> {
     let mut out = BTreeMap::new();
     let queries = [
         (
@@ -352,7 +354,7 @@ async fn example_expected(sql: &tokio_postgres::Client) -> BTreeMap<String, pref
 }
 
 /// Every key of the example's tables in Redis, with its fields.
-async fn example_in_redis(redis: &TestRedis) -> BTreeMap<String, prefetch::Fields> {
+pub(crate) async fn example_in_redis(redis: &TestRedis) -> BTreeMap<String, prefetch::Fields> {
     let mut conn = redis.conn().await;
     let mut out = BTreeMap::new();
     for prefix in ["product:", "customer:", "line:"] {
