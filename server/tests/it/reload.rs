@@ -183,6 +183,9 @@ async fn tables_come_and_go_without_a_restart_and_the_others_never_miss_or_lag()
         "a reader of another table missed"
     );
     let worst = Duration::from_micros(worst_us.load(Ordering::Relaxed));
+    eprintln!(
+        "table added by SIGHUP: {commits} commits of another table meanwhile, worst commit -> visible {worst:?}, {reads} reads, no miss"
+    );
     assert!(
         worst < Duration::from_secs(1),
         "another table's change took {worst:?} to reach Redis"
