@@ -408,8 +408,7 @@ mod ssr {
     }
 
     pub fn stats(ctx: &ServerContext) -> StatsDto {
-        let primary = &ctx.primary;
-        StatsDto::new(ctx.engine.stats(), primary.reads(), primary.read_latency())
+        ctx.stats(ctx.engine.stats())
     }
 
     /// A present, non-blank argument.

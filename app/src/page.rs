@@ -18,7 +18,7 @@ use prefetch::{CachedEntry, Fields, ID_FIELD, Record, ScanCursor};
 
 use crate::model::{
     CacheEntryDto, CategoriesResponse, DashboardState, PageDto, ReconcileResponse, SourceDto,
-    StatsDto, ViewDto, epoch_ms,
+    ViewDto, epoch_ms,
 };
 use crate::serve::ServerContext;
 
@@ -261,7 +261,7 @@ fn state(
             .into_iter()
             .map(|e| CacheEntryDto::from_entry(e, now))
             .collect(),
-        stats: StatsDto::new(engine_stats, p.reads(), p.read_latency()),
+        stats: ctx.stats(engine_stats),
         prefix: format!("{}{}", ctx.engine.cache().prefix(), p.id_prefix()),
         ttl_seconds: ctx.engine.cache().ttl_config().as_secs(),
         external: ctx.external,

@@ -25,7 +25,7 @@ use leptos::server_fn::ServerFn;
 use leptos::server_fn::axum::AxumServerFnBackend;
 use leptos_axum::ResponseOptions;
 
-use crate::model::ExternalWatch;
+use crate::model::{ExternalWatch, StatsDto, TableStatsDto};
 
 /// The connection the demo's engine runs on: one Redis node or a cluster,
 /// its writer behind the fault plan of `/fault` (reads never are).
@@ -51,6 +51,41 @@ pub struct ServerContext {
     /// The change feed's dead letters, when the server is a replica of a
     /// pipeline (`--pipeline`).
     pub dead_letters: Option<std::sync::Arc<dyn DeadLetters>>,
+}
+
+impl ServerContext {
+    /// The counters a client sees: the engine's, the primary's reads, and
+    /// each table's (the reference API, the page and the live feed alike).
+    pub fn stats(&self, engine: prefetch::EngineStats) -> StatsDto {
+        let p = &self.primary;
+        let mut stats = StatsDto::new(engine, p.reads(), p.read_latency());
+        stats.tables = self.table_stats();
+        stats
+    }
+
+    /// Each table's reads and changes, named, when the cache holds several
+    /// (empty for one: the totals are its own).
+    pub fn table_stats(&self) -> Vec<TableStatsDto> {
+        let names = self.primary.tables();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let cache = self.engine.cache();
+        let counted = cache.table_stats();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let prefix = cache.key(&self.primary.view_of(&name)?.id_prefix());
+                let s = counted.iter().find(|s| s.prefix == prefix);
+                Some(TableStatsDto {
+                    hits: s.map_or(0, |s| s.hits),
+                    misses: s.map_or(0, |s| s.misses),
+                    applied: s.map_or(0, |s| s.applied),
+                    name,
+                })
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for ServerContext {

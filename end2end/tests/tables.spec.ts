@@ -43,6 +43,10 @@ test("each table of a tables file has a live, paged view of its own", async ({ p
   await expect(primaryCell(page, id, "name")).toHaveText("From psql", { timeout: 5_000 });
   await expect(cacheCell(page, id, "name")).toHaveText("From psql", { timeout: 5_000 });
   await expect(row(page, id)).toHaveAttribute("data-status", "ok");
+  // Each table's reads and changes, live: the customer change counts as theirs.
+  const customers = page.locator('#table-stats tr[data-table="public.customers"] td');
+  await expect(page.locator("#table-stats tbody tr")).toHaveCount(3);
+  await expect(customers.nth(2)).not.toHaveText("0");
 
   // The next page of the same table holds other customers.
   await page.click("#pager a[data-page='next']");

@@ -143,6 +143,6 @@ pub use model::{
 };
 pub use primary::{Primary, RowCount};
 pub use source::{BoxFuture, BoxStream, Source, SourceSnapshot, SourceStatus};
-pub use stats::{HistogramSnapshot, Histograms, LagSummary, Stats};
+pub use stats::{HistogramSnapshot, Histograms, LagSummary, Stats, TableStats};
 pub use sync::{PauseGuard, SyncConfig, SyncHandle};
 pub use template::{KeyTemplate, Piece, escape_key_value, unescape_key_value};

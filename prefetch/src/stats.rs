@@ -3,7 +3,9 @@
 //! The read path bumps one atomic per call and the sync worker a handful per
 //! batch; nothing here takes a lock, so stats never contend with traffic.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// A point-in-time copy of the cache's counters. Raw values: rounding and
@@ -58,6 +60,20 @@ impl Stats {
     }
 }
 
+/// The reads and changes of one table of a cache of several, since the
+/// last reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// The table's key prefix.
+    pub prefix: String,
+    /// Reads of its keys that found one.
+    pub hits: u64,
+    /// Reads of its keys that did not.
+    pub misses: u64,
+    /// Its changes applied to Redis.
+    pub applied: u64,
+}
+
 /// A latency distribution: count, mean, median, 99th percentile and maximum.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LagSummary {
@@ -92,6 +108,82 @@ pub(crate) struct Counters {
     pub(crate) reads: LagHistogram,
     /// Changes per applied batch (the unit is one change, not a µs).
     pub(crate) batch: LagHistogram,
+    /// Per table, when the cache holds several.
+    pub(crate) tables: PerTable,
+}
+
+/// What is counted per table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TableCount {
+    Hit,
+    Miss,
+    Applied,
+}
+
+#[derive(Default)]
+struct TableCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    applied: AtomicU64,
+}
+
+/// Counters per table key prefix, made on first use: one read lock and
+/// one atomic per count (the list of tables is short).
+#[derive(Default)]
+pub(crate) struct PerTable {
+    by_prefix: RwLock<HashMap<String, Arc<TableCounters>>>,
+}
+
+impl PerTable {
+    /// Counts `n` of `what` for the table among `tables` whose prefix `key`
+    /// starts with (nothing when none).
+    pub(crate) fn count(&self, tables: &[String], key: &str, what: TableCount, n: u64) {
+        let Some(prefix) = tables.iter().find(|t| key.starts_with(t.as_str())) else {
+            return;
+        };
+        let known = self
+            .by_prefix
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(prefix)
+            .cloned();
+        let counters = known.unwrap_or_else(|| {
+            let mut map = self.by_prefix.write().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(map.entry(prefix.clone()).or_default())
+        });
+        let counter = match what {
+            TableCount::Hit => &counters.hits,
+            TableCount::Miss => &counters.misses,
+            TableCount::Applied => &counters.applied,
+        };
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// The counts of each of `tables`, in their order.
+    pub(crate) fn snapshot(&self, tables: &[String]) -> Vec<TableStats> {
+        let map = self.by_prefix.read().unwrap_or_else(|p| p.into_inner());
+        tables
+            .iter()
+            .map(|prefix| {
+                let c = map.get(prefix);
+                let load =
+                    |f: fn(&TableCounters) -> &AtomicU64| c.map_or(0, |c| f(c).load(Relaxed));
+                TableStats {
+                    prefix: prefix.clone(),
+                    hits: load(|c| &c.hits),
+                    misses: load(|c| &c.misses),
+                    applied: load(|c| &c.applied),
+                }
+            })
+            .collect()
+    }
+
+    fn reset(&self) {
+        self.by_prefix
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
 }
 
 impl Counters {
@@ -149,6 +241,7 @@ impl Counters {
         self.lag.reset();
         self.reads.reset();
         self.batch.reset();
+        self.tables.reset();
     }
 }
 

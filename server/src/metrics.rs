@@ -266,6 +266,49 @@ impl EngineCollector {
     }
 }
 
+/// A per-table counter family: its name, help, and value of a table.
+type Family = (
+    &'static str,
+    &'static str,
+    fn(&app::model::TableStatsDto) -> u64,
+);
+
+impl EngineCollector {
+    /// Reads and changes per table, labelled `table`, when the cache holds
+    /// several (none for one: the totals are that table's).
+    fn table_series(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let rows = self.ctx.table_stats();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let families: [Family; 3] = [
+            (
+                "prefetch_table_cache_hits",
+                "Reads of the table's keys that found one.",
+                |s| s.hits,
+            ),
+            (
+                "prefetch_table_cache_misses",
+                "Reads of the table's keys that did not.",
+                |s| s.misses,
+            ),
+            (
+                "prefetch_table_sync_events_applied",
+                "The table's changes applied to Redis.",
+                |s| s.applied,
+            ),
+        ];
+        for (name, help, value) in families {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for t in &rows {
+                let labels = [("table", t.name.as_str())];
+                ConstCounter::new(value(t)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Collector for EngineCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
         let engine = &self.ctx.engine;
@@ -273,6 +316,7 @@ impl Collector for EngineCollector {
         let h = engine.cache().histograms();
         self.sync_series(&mut enc, &s.cache, &h)?;
         self.engine_series(&mut enc, &s)?;
-        self.reconcile_series(&mut enc)
+        self.reconcile_series(&mut enc)?;
+        self.table_series(&mut enc)
     }
 }

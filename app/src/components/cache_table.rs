@@ -41,7 +41,7 @@ pub fn CacheTable(state: LiveState) -> impl IntoView {
                 <span class="tag stale">{move || counts.get()[1]} " stale"</span>
                 <span class="tag missing">{move || counts.get()[2]} " missing from cache"</span>
                 <span class="tag orphaned">{move || counts.get()[3]} " orphaned in cache"</span>
-                <span class="muted" id="totals">{move || totals(state)} " (" <code>{move || state.prefix.get()}</code> "*)"</span>
+                <span class="muted" id="totals">{move || totals(state)} {move || pattern(state)}</span>
             </p>
             {move || state.page.get().map(|page| view! { <Pager page=page/> })}
             <div class="table-scroll">
@@ -80,12 +80,19 @@ fn totals(state: LiveState) -> String {
     state.page.with(|page| match page {
         None => format!("{primary} in primary · {cache} in cache"),
         Some(p) => format!(
-            "{} rows on this page · {}{} rows in primary · {} keys in Redis",
+            "{} rows on this page · {}{} rows in primary · {} keys in Redis (whole database)",
             state.all_ids().len(),
             if p.primary_exact { "" } else { "about " },
             thousands(p.primary_rows),
             thousands(p.cache_keys),
         ),
+    })
+}
+
+/// The keys counted, when the table is shown whole: ` (prefix*)`.
+fn pattern(state: LiveState) -> impl IntoView {
+    state.page.with(|p| p.is_none()).then(|| {
+        view! { " (" <code>{move || state.prefix.get()}</code> "*)" }
     })
 }
 

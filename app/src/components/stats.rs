@@ -21,10 +21,36 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
                 .collect_view()
         })
     };
+    // With several tables, each one's reads and changes.
+    let tables = move || {
+        state.stats.with(|s| {
+            (!s.tables.is_empty()).then(|| {
+                let rows = s
+                    .tables
+                    .iter()
+                    .map(|t| {
+                        view! {
+                            <tr data-table=t.name.clone()>
+                                <th scope="row">{t.name.clone()}</th>
+                                <td>{t.hits}</td><td>{t.misses}</td><td>{t.applied}</td>
+                            </tr>
+                        }
+                    })
+                    .collect_view();
+                view! {
+                    <table id="table-stats" class="table-stats">
+                        <thead><tr><th>"Table"</th><th>"Hits"</th><th>"Misses"</th><th>"Applied"</th></tr></thead>
+                        <tbody>{rows}</tbody>
+                    </table>
+                }
+            })
+        })
+    };
     view! {
         <section class="panel" id="stats-panel">
             <h2>"Cache stats"</h2>
             <dl id="stats">{rows}</dl>
+            {tables}
             <form action=ResetStats::url() method="post" on:submit=on_submit(reset)>
                 <button type="submit" class="secondary" id="reset-button">"Reset counters"</button>
             </form>

@@ -70,6 +70,20 @@ pub struct StatsDto {
     /// Refills after sync was stopped long enough for keys to expire.
     #[serde(default)]
     pub refills: u64,
+    /// Each table's reads and changes, when the cache holds several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableStatsDto>,
+}
+
+/// One table's reads and changes since the last reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableStatsDto {
+    /// `schema.name`.
+    pub name: String,
+    pub hits: u64,
+    pub misses: u64,
+    /// Its changes applied to Redis.
+    pub applied: u64,
 }
 
 /// What the sync worker is doing.

@@ -62,6 +62,7 @@ impl StatsDto {
                 (false, None) => "off".to_owned(),
             },
             refills: c.refills,
+            tables: Vec::new(),
         }
     }
 }

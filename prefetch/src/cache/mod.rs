@@ -258,6 +258,15 @@ impl<C: Connection> PrefetchCache<C> {
         self.inner.counters.snapshot()
     }
 
+    /// The reads and changes of each table since the last reset, when the
+    /// cache holds several (empty otherwise), in the key space's order.
+    pub fn table_stats(&self) -> Vec<crate::TableStats> {
+        self.inner
+            .counters
+            .tables
+            .snapshot(&self.inner.keys.tables())
+    }
+
     /// The latency and batch-size distributions, for metrics.
     pub fn histograms(&self) -> crate::stats::Histograms {
         self.inner.counters.histograms()

@@ -11,6 +11,7 @@ use crate::cluster::{self, Connection};
 use crate::error::Result;
 use crate::guard::{self, Stored};
 use crate::model::{Fields, Record, Version};
+use crate::stats::TableCount;
 
 /// Remaining lifetime of a key, with Redis `TTL` semantics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,11 +86,11 @@ impl<C: Connection> PrefetchCache<C> {
     /// Reads one record: a single `HGETALL`, never the source. Counts a hit
     /// or a miss.
     pub async fn get(&self, id: &str) -> Result<Lookup> {
-        let cmd = hgetall(&self.key(id));
+        let key = self.key(id);
         let started = Instant::now();
-        let fields: Fields = cmd.query_async(&mut self.conn.clone()).await?;
+        let fields: Fields = hgetall(&key).query_async(&mut self.conn.clone()).await?;
         let redis_latency = started.elapsed();
-        Ok(self.count_lookup(fields, redis_latency))
+        Ok(self.count_lookup(&key, fields, redis_latency))
     }
 
     /// Reads one record and its TTL in one round trip (`HGETALL` and `TTL`
@@ -101,7 +102,7 @@ impl<C: Connection> PrefetchCache<C> {
         let started = Instant::now();
         let (fields, ttl): (Fields, i64) = pipe.query_async(&mut self.conn.clone()).await?;
         let redis_latency = started.elapsed();
-        let lookup = self.count_lookup(fields, redis_latency);
+        let lookup = self.count_lookup(&key, fields, redis_latency);
         let ttl = if lookup.hit() {
             Ttl::from_redis(ttl)
         } else {
@@ -110,15 +111,19 @@ impl<C: Connection> PrefetchCache<C> {
         Ok((lookup, ttl))
     }
 
-    fn count_lookup(&self, raw: Fields, redis_latency: Duration) -> Lookup {
-        self.inner.counters.reads.record(redis_latency);
+    fn count_lookup(&self, key: &str, raw: Fields, redis_latency: Duration) -> Lookup {
+        let counters = &self.inner.counters;
+        counters.reads.record(redis_latency);
         let record = Stored::split(raw).into_record_fields().map(Record::new);
-        let counter = if record.is_some() {
-            &self.inner.counters.hits
+        let (counter, what) = if record.is_some() {
+            (&counters.hits, TableCount::Hit)
         } else {
-            &self.inner.counters.misses
+            (&counters.misses, TableCount::Miss)
         };
         counter.fetch_add(1, Relaxed);
+        counters
+            .tables
+            .count(&self.inner.keys.tables(), key, what, 1);
         Lookup {
             record,
             redis_latency,

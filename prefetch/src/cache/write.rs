@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::events::WriteOutcome;
 use crate::guard::{self, Mode, Write};
 use crate::model::{Change, ChangeKind, Version};
+use crate::stats::TableCount;
 
 /// What [`PrefetchCache::apply_batch`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -223,6 +224,7 @@ impl<C: Connection> PrefetchCache<C> {
             outcome.written.push((i, o));
         }
         self.count_outcome(&outcome);
+        self.count_per_table(changes, &outcome);
         if !sent.is_empty() {
             self.inner.counters.batches.fetch_add(1, Relaxed);
             self.inner
@@ -261,6 +263,28 @@ impl<C: Connection> PrefetchCache<C> {
             .written
             .extend(rest.written.into_iter().map(|(i, o)| (i + at + 1, o)));
         Ok(outcome)
+    }
+
+    /// Each table's changes applied: those written, and those a newer
+    /// change of the same row superseded.
+    fn count_per_table(&self, changes: &[&Change], outcome: &BatchOutcome) {
+        let tables = self.inner.keys.tables();
+        if tables.is_empty() {
+            return;
+        }
+        let per_table = &self.inner.counters.tables;
+        let stale: std::collections::HashSet<usize> = outcome
+            .written
+            .iter()
+            .filter(|(_, o)| *o == WriteOutcome::Stale)
+            .map(|(i, _)| *i)
+            .collect();
+        for (i, c) in changes.iter().enumerate() {
+            if c.is_malformed() || stale.contains(&i) {
+                continue;
+            }
+            per_table.count(&tables, &self.key(&c.id), TableCount::Applied, 1);
+        }
     }
 
     fn count_outcome(&self, outcome: &BatchOutcome) {

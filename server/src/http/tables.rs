@@ -22,8 +22,10 @@ use crate::state::AppState;
 pub const ROWS_COUNTED: u64 = 100_000;
 
 /// `GET /tables`: `[{name, key, value, rows, rows_exact, lag_ms, state,
-/// last_snapshot_ms}]`. Every table comes through one change stream, so
-/// they share the lag and the worker's state.
+/// last_snapshot_ms, hits, misses, applied}]`.
+///
+/// Every table comes through one change stream, so they share the lag and
+/// the worker's state; reads and changes are counted per table.
 pub async fn tables(State(state): State<AppState>) -> Response {
     match list(&state).await {
         Ok(tables) => Json(tables).into_response(),
@@ -44,8 +46,19 @@ async fn list(state: &AppState) -> prefetch::Result<Vec<Value>> {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     });
     let tables = state.tables();
+    let per_table = state.ctx.engine.cache().table_stats();
     let mut out = Vec::with_capacity(tables.len());
     for t in tables.iter() {
+        // One table: the cache's totals are its own.
+        let counts = match per_table.iter().find(|s| s.prefix == t.prefix) {
+            Some(s) => (s.hits, s.misses, s.applied),
+            None if tables.len() == 1 => (
+                stats.cache.hits,
+                stats.cache.misses,
+                stats.cache.sync_events_applied,
+            ),
+            None => (0, 0, 0),
+        };
         let (rows, exact) = state
             .ctx
             .engine
@@ -61,6 +74,9 @@ async fn list(state: &AppState) -> prefetch::Result<Vec<Value>> {
             "lag_ms": lag_ms,
             "state": worker,
             "last_snapshot_ms": last_snapshot_ms,
+            "hits": counts.0,
+            "misses": counts.1,
+            "applied": counts.2,
         }));
     }
     Ok(out)

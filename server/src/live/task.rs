@@ -321,8 +321,7 @@ impl Task {
             self.hub.send(&LiveEvent::Source(source.clone()));
             self.last_source = Some(source);
         }
-        let primary = &self.hub.ctx.primary;
-        let stats = StatsDto::new(stats, primary.reads(), primary.read_latency());
+        let stats = self.hub.ctx.stats(stats);
         if force || self.last_stats.as_ref() != Some(&stats) {
             self.hub.send(&LiveEvent::Stats(stats.clone()));
             self.last_stats = Some(stats);

@@ -173,9 +173,12 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
         assert_eq!(
             keys,
             [
+                "applied",
+                "hits",
                 "key",
                 "lag_ms",
                 "last_snapshot_ms",
+                "misses",
                 "name",
                 "rows",
                 "rows_exact",
@@ -183,6 +186,56 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
                 "value"
             ],
             "/tables never lists rows"
+        );
+    }
+
+    // Reads and changes are counted per table: the order lines were read
+    // once (a hit) and not changed, the customers read twice and changed
+    // once, the products read, missed and changed.
+    let counts = |name: &str| {
+        let t = tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap();
+        (
+            t["hits"].as_u64().unwrap(),
+            t["misses"].as_u64().unwrap(),
+            t["applied"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(counts("public.order_lines"), (1, 0, 0), "{tables}");
+    assert_eq!(counts("public.customers"), (2, 0, 1), "{tables}");
+    let (hits, misses, applied) = counts("public.products");
+    assert!(hits >= 2 && misses >= 1 && applied == 2, "{tables}");
+    let (_, stats) = srv.get("/stats").await;
+    let named: Vec<&str> = stats["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        named,
+        ["public.products", "public.customers", "public.order_lines"],
+        "{stats}"
+    );
+    assert_eq!(stats["tables"][2]["hits"], 1, "{stats}");
+    let metrics = reqwest::get(srv.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "prefetch_table_cache_hits_total{table=\"public.order_lines\"} 1",
+        "prefetch_table_cache_misses_total{table=\"public.customers\"} 0",
+        "prefetch_table_sync_events_applied_total{table=\"public.customers\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
         );
     }
 
