@@ -47,7 +47,6 @@ pub async fn reload(state: &AppState) -> Result<Value, ReloadError> {
         .map_err(|e| ReloadError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let engine = &state.ctx.engine;
     let cache = engine.cache();
-    one_ttl(&file, cache.ttl_config().as_secs())?;
     let keys = cache.key_space();
     let taken = hold_new_tables(keys, &file)?;
     let change = match r.pg.reload(&file.tables).await {
@@ -57,6 +56,12 @@ pub async fn reload(state: &AppState) -> Result<Value, ReloadError> {
             return Err(ReloadError::new(StatusCode::BAD_REQUEST, e.to_string()));
         }
     };
+    // Each table's TTL as the file now asks (the running default for one
+    // that does not), from its next write or renewal on.
+    for spec in &file.tables {
+        let own = spec.ttl_secs.map(std::time::Duration::from_secs);
+        cache.set_table_ttl(&spec.key_prefix(), own);
+    }
     let id_prefix = |t: &prefetch_pg::table::TableInfo| {
         let key = t.mapping.as_ref().map_or("", |m| m.template.prefix());
         key.strip_prefix(cache.prefix()).unwrap_or(key).to_owned()
@@ -99,21 +104,6 @@ pub async fn reload(state: &AppState) -> Result<Value, ReloadError> {
         tracing::info!(file = %r.path, added = ?added, removed = ?removed, "tables file read again");
     }
     Ok(json!({"added": added, "removed": removed, "tables": names}))
-}
-
-/// Refuses a table asking for another TTL than the running one.
-fn one_ttl(file: &TablesFile, ttl: u64) -> Result<(), ReloadError> {
-    match file.tables.iter().find(|s| s.ttl_secs.is_some_and(|t| t != ttl)) {
-        None => Ok(()),
-        Some(spec) => Err(ReloadError::new(
-            StatusCode::BAD_REQUEST,
-            spec.error(format!(
-                "ttl_secs = {}, the running tables' TTL is {ttl}: this version keeps one TTL for every table",
-                spec.ttl_secs.unwrap_or_default()
-            ))
-            .to_string(),
-        )),
-    }
 }
 
 /// Makes the key space hold the key prefixes of the file's new tables

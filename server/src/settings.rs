@@ -106,19 +106,21 @@ pub struct StreamSettings {
     pub allow_trimmed: bool,
 }
 
-/// The one TTL the declared tables ask for, if any (this version keeps
-/// one TTL per process).
-fn one_ttl(specs: &[TableSpec]) -> Result<Option<u64>, Error> {
-    let mut asked = specs.iter().filter_map(|s| Some((s.ttl_secs?, s)));
-    let Some((ttl, _)) = asked.next() else {
-        return Ok(None);
-    };
-    match asked.find(|(other, _)| *other != ttl) {
-        None => Ok(Some(ttl)),
-        Some((other, spec)) => Err(Error::Config(format!(
-            "{}: ttl_secs = {other}, another table asks for {ttl}: this version keeps one TTL for every table",
-            spec.origin
-        ))),
+/// The TTLs the declared tables ask for: the one they all ask for (the
+/// cache's TTL then), or each asking table's own, by key prefix.
+fn table_ttls(specs: &[TableSpec]) -> (Option<u64>, Vec<(String, Duration)>) {
+    let asked: Vec<u64> = specs.iter().filter_map(|s| s.ttl_secs).collect();
+    match asked.first() {
+        Some(&ttl) if asked.len() == specs.len() && asked.iter().all(|&t| t == ttl) => {
+            (Some(ttl), Vec::new())
+        }
+        _ => (
+            None,
+            specs
+                .iter()
+                .filter_map(|s| Some((s.key_prefix(), Duration::from_secs(s.ttl_secs?))))
+                .collect(),
+        ),
     }
 }
 
@@ -133,9 +135,11 @@ impl Config {
         if !specs.is_empty() {
             engine.cache.prefix = tables::cache_prefix(&specs);
             engine.cache.tables = tables::table_prefixes(&specs);
-            if let Some(ttl) = one_ttl(&specs)? {
+            let (all, own) = table_ttls(&specs);
+            if let Some(ttl) = all {
                 engine.cache.ttl = Duration::from_secs(ttl);
             }
+            engine.cache.table_ttls = own;
         }
         if self.pg_init.is_some() && primary != PrimaryKind::EmbeddedPostgres {
             return Err(Error::Config(
@@ -386,7 +390,12 @@ mod tests {
             assert!(err.contains(why), "{err}");
         };
         let pg = ["--primary", "postgres", "--config"];
-        refused(&[&pg[..], &[&two]].concat(), "two.toml:5: ttl_secs = 6");
+        let s = resolve(&[&pg[..], &[&two]].concat()).unwrap();
+        let own = [
+            ("a:".to_owned(), Duration::from_secs(5)),
+            ("b:".to_owned(), Duration::from_secs(6)),
+        ];
+        assert_eq!(s.engine.cache.table_ttls, own, "each table its own TTL");
         refused(&["--config", &one], "needs a PostgreSQL primary");
         let init = ["--primary", "postgres://u@h/db", "--pg-init", &one];
         refused(&init, "private PostgreSQL only");

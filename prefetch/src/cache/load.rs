@@ -75,7 +75,9 @@ impl<C: Connection> PrefetchCache<C> {
             .arg(guard::HASH_FIELD)
             .arg(guard::hash_text(fields))
             .ignore();
-        pipe.expire(&key, self.inner.ttl_secs as i64).ignore();
+        let ttl = guard::ttl_of(&self.table_ttls(), self.inner.ttl_secs, &key);
+        pipe.expire(&key, i64::try_from(ttl).unwrap_or(i64::MAX))
+            .ignore();
     }
 
     /// Starts a load of a snapshot at `version`: claims the state for this

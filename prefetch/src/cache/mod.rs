@@ -74,6 +74,8 @@ pub struct CacheConfig {
     /// Safety-net TTL set on every write. It bounds memory if sync stops; it
     /// is not a freshness mechanism. Whole seconds, at least one.
     pub ttl: Duration,
+    /// Tables whose keys take a TTL of their own instead: (key prefix, TTL).
+    pub table_ttls: Vec<(String, Duration)>,
     /// How long a delete's tombstone keeps older changes from resurrecting
     /// the record.
     pub tombstone_ttl: Duration,
@@ -95,6 +97,7 @@ impl Default for CacheConfig {
             prefix: DEFAULT_PREFIX.to_owned(),
             tables: Vec::new(),
             ttl: DEFAULT_TTL,
+            table_ttls: Vec::new(),
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
@@ -125,6 +128,8 @@ pub struct PrefetchCache<C = Redis> {
 struct Inner {
     keys: KeySpace,
     ttl_secs: u64,
+    /// Tables with a TTL of their own: (key prefix, seconds).
+    table_ttls: std::sync::RwLock<Arc<Vec<(String, u64)>>>,
     tombstone_ttl_ms: u64,
     source: String,
     counters: Counters,
@@ -166,6 +171,13 @@ impl<C: Connection> PrefetchCache<C> {
             inner: Arc::new(Inner {
                 keys: KeySpace::with_tables(config.prefix, config.tables),
                 ttl_secs: config.ttl.as_secs().max(1),
+                table_ttls: std::sync::RwLock::new(Arc::new(
+                    config
+                        .table_ttls
+                        .into_iter()
+                        .map(|(prefix, ttl)| (prefix, ttl.as_secs().max(1)))
+                        .collect(),
+                )),
                 tombstone_ttl_ms: u64::try_from(config.tombstone_ttl.as_millis())
                     .unwrap_or(u64::MAX)
                     .max(1),
@@ -207,9 +219,48 @@ impl<C: Connection> PrefetchCache<C> {
         self.inner.keys.prefix()
     }
 
-    /// The safety-net TTL applied on every write.
+    /// The safety-net TTL applied on every write (of a table without a
+    /// TTL of its own).
     pub fn ttl_config(&self) -> Duration {
         Duration::from_secs(self.inner.ttl_secs)
+    }
+
+    /// The TTL a write of the key `key` sets: its table's own, or
+    /// [`ttl_config`](Self::ttl_config).
+    pub fn ttl_of(&self, key: &str) -> Duration {
+        Duration::from_secs(guard::ttl_of(&self.table_ttls(), self.inner.ttl_secs, key))
+    }
+
+    /// The shortest TTL any key gets: TTL renewal runs often enough for it.
+    pub fn shortest_ttl(&self) -> Duration {
+        let own = self.table_ttls().iter().map(|(_, t)| *t).min();
+        Duration::from_secs(own.map_or(self.inner.ttl_secs, |t| t.min(self.inner.ttl_secs)))
+    }
+
+    /// Gives the keys under `prefix` (a table's) a TTL of their own from
+    /// the next write or renewal on (`None`: the cache's).
+    pub fn set_table_ttl(&self, prefix: &str, ttl: Option<Duration>) {
+        let mut ttls = self
+            .inner
+            .table_ttls
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut next: Vec<(String, u64)> =
+            ttls.iter().filter(|(p, _)| p != prefix).cloned().collect();
+        if let Some(ttl) = ttl {
+            next.push((prefix.to_owned(), ttl.as_secs().max(1)));
+        }
+        *ttls = Arc::new(next);
+    }
+
+    pub(crate) fn table_ttls(&self) -> Arc<Vec<(String, u64)>> {
+        Arc::clone(
+            &self
+                .inner
+                .table_ttls
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// The Redis key of `id`.
@@ -249,6 +300,7 @@ impl<C: Connection> PrefetchCache<C> {
             keys: &self.inner.keys,
             source: &self.inner.source,
             ttl_secs: self.inner.ttl_secs,
+            table_ttls: self.table_ttls(),
             tombstone_ttl_ms: self.inner.tombstone_ttl_ms,
         }
     }

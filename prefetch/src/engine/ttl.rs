@@ -96,13 +96,14 @@ where
 }
 
 /// Renews every key's TTL once per `ttl / 3` while sync is healthy, on
-/// `conn`, until the engine is gone.
-pub(super) async fn renew_loop<S, C>(weak: Weak<Inner<S, C>>, conn: C, ttl: Duration)
+/// `conn`, until the engine is gone; `ttl` is the shortest any key gets,
+/// read again before each walk (a table may come with a shorter one).
+pub(super) async fn renew_loop<S, C>(weak: Weak<Inner<S, C>>, conn: C)
 where
     S: Source + ?Sized,
     C: crate::Connection,
 {
-    let period = (ttl / 3).max(Duration::from_millis(100));
+    let (mut ttl, mut period);
     // The load before this task wrote every key with a fresh TTL.
     let mut last_walk = Instant::now();
     let mut suspended = false;
@@ -130,6 +131,8 @@ where
             r.active = true;
             r.suspended = None;
         });
+        ttl = engine.inner.cache.shortest_ttl();
+        period = (ttl / 3).max(Duration::from_millis(100));
         if std::mem::take(&mut suspended) {
             tracing::info!("TTL renewal resumed");
             // A key renewed as the last walk started expires at its start
@@ -225,7 +228,10 @@ where
         return Ok(None);
     };
     let keys = first.inner.cache.key_space().clone();
-    let ttl = first.inner.cache.ttl_config().as_secs();
+    let ttl = (
+        first.inner.cache.ttl_config().as_secs(),
+        first.inner.cache.table_ttls(),
+    );
     drop(first);
     // The pause between pages spreads them over the period.
     let gap = period.mul_f64(0.8) / u32::try_from(pages.max(1)).unwrap_or(u32::MAX);
@@ -242,7 +248,7 @@ where
                 .arg(PAGE)
                 .query_async(&mut node)
                 .await?;
-            let done = renew(conn, &keys, &page, ttl).await?;
+            let done = renew(conn, &keys, &page, (ttl.0, &ttl.1)).await?;
             renewed += done;
             made += 1;
             met += page.len() as u64;
@@ -272,13 +278,14 @@ where
 }
 
 /// `EXPIRE key ttl GT` for every key of a page (never shortening a TTL,
-/// never giving one to a key that has none); a tombstone kept inside its
+/// never giving one to a key that has none), `ttl` being the key's table's
+/// own or the cache's (`(default, own)`); a tombstone kept inside its
 /// record's hash is left to expire. Returns how many were renewed.
 async fn renew<C: crate::Connection>(
     conn: &C,
     keys: &KeySpace,
     page: &[String],
-    ttl: u64,
+    (ttl, own): (u64, &[(String, u64)]),
 ) -> crate::Result<u64> {
     // Under a prefix several tables share, other keys may turn up.
     let page: Vec<String> = page
@@ -317,7 +324,10 @@ async fn renew<C: crate::Connection>(
         .cloned()
         .collect();
     let replies = crate::cluster::pipelined(conn, &live, 1, |pipe, key| {
-        pipe.cmd("EXPIRE").arg(key).arg(ttl).arg("GT");
+        pipe.cmd("EXPIRE")
+            .arg(key)
+            .arg(crate::guard::ttl_of(own, ttl, key))
+            .arg("GT");
     })
     .await?;
     Ok(replies
@@ -332,10 +342,9 @@ where
     S: Source + ?Sized,
     C: crate::Connection,
 {
-    let ttl = engine.inner.cache.ttl_config();
     engine.set_renewal(|r| r.active = true);
     tokio::spawn(tracing::Instrument::instrument(
-        renew_loop(Arc::downgrade(&engine.inner), conn, ttl),
+        renew_loop(Arc::downgrade(&engine.inner), conn),
         tracing::info_span!("ttl_renewal"),
     ))
 }

@@ -146,9 +146,9 @@ end
 -- loader's window lapsed, and it must start over).
 -- ARGV: source, mode ('live' | 'snapshot'), ttl s, tombstone ttl ms,
 -- position ('' for none), then per write: op ('u' | 'd'), version, `__h`
--- (content hash, then field-names hash), pair count n, then n name/value
--- pairs, the last two being `__v` and `__h` themselves. Returns 1 (applied)
--- or 0 (stale) per write. A live write must be newer than what is stored;
+-- (content hash, then field-names hash), [pf1_apply_t only: the write's own
+-- ttl s,] pair count n, then n name/value pairs, the last two being `__v`
+-- and `__h` themselves. Returns 1 (applied) or 0 (stale) per write. A live write must be newer than what is stored;
 -- a snapshot write may also rewrite its own version (repairing a hash
 -- changed outside the pipeline). Nothing older than the floor applies.
 --
@@ -157,7 +157,7 @@ end
 -- (which replaces every field) and EXPIRE. A changed set of names needs
 -- the DEL first, and so does a snapshot write, which also removes fields
 -- someone else added to the hash.
-local function apply(keys, args)
+local function apply(keys, args, own_ttl)
   local p = memo_parse()
   local meta, log = keys[1], keys[2]
   local floor, pos, mark = floor_of(meta, args[1], p)
@@ -172,7 +172,12 @@ local function apply(keys, args)
   local out = {}
   local a, k = 6, 3
   while a <= #args do
-    local op, vs, h, n = args[a], args[a + 1], args[a + 2], tonumber(args[a + 3])
+    local op, vs, h = args[a], args[a + 1], args[a + 2]
+    -- The write's TTL, its pair count, and where its pairs start.
+    local wttl, n, first = ttl, tonumber(args[a + 3]), a + 4
+    if own_ttl then
+      wttl, n, first = args[a + 3], tonumber(args[a + 4]), a + 5
+    end
     local data, tomb = keys[k], keys[k + 1]
     local v = p(vs)
     local ok = 0
@@ -192,13 +197,13 @@ local function apply(keys, args)
             redis.call('DEL', data)
           end
           -- unpack has a stack limit: at most 500 pairs per HSET.
-          local i, last = a + 4, a + 3 + 2 * n
+          local i, last = first, first - 1 + 2 * n
           while i <= last do
             local j = math.min(i + 999, last)
             redis.call('HSET', data, unpack(args, i, j))
             i = j + 1
           end
-          redis.call('EXPIRE', data, ttl)
+          redis.call('EXPIRE', data, wttl)
           if tombed then redis.call('DEL', tomb) end
         else
           bury(data, tomb, vs, tomb_ttl)
@@ -206,7 +211,7 @@ local function apply(keys, args)
       end
     end
     out[#out + 1] = ok
-    a = a + 4 + 2 * n
+    a = first + 2 * n
     k = k + 2
   end
   if args[5] ~= '' then raise(meta, 'pos', args[5], pos, p) end
@@ -318,7 +323,9 @@ local function window_close(keys, args)
   return left
 end
 
-redis.register_function('pf1_apply', apply)
+redis.register_function('pf1_apply', function(keys, args) return apply(keys, args, false) end)
+-- The same, each write with a TTL of its own (tables with TTLs of their own).
+redis.register_function('pf1_apply_t', function(keys, args) return apply(keys, args, true) end)
 redis.register_function('pf1_window', window)
 redis.register_function('pf1_close', window_close)
 redis.register_function('pf1_sweep', sweep)

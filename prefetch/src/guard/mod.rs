@@ -60,7 +60,17 @@ pub(crate) struct Guard<'a> {
     pub(crate) keys: &'a KeySpace,
     pub(crate) source: &'a str,
     pub(crate) ttl_secs: u64,
+    /// Tables with a TTL of their own: (key prefix, seconds).
+    pub(crate) table_ttls: std::sync::Arc<Vec<(String, u64)>>,
     pub(crate) tombstone_ttl_ms: u64,
+}
+
+/// The TTL of the key `data`: its table's own, or `default`.
+pub(crate) fn ttl_of(table_ttls: &[(String, u64)], default: u64, data: &str) -> u64 {
+    table_ttls
+        .iter()
+        .find(|(prefix, _)| data.starts_with(prefix.as_str()))
+        .map_or(default, |(_, ttl)| *ttl)
 }
 
 impl Guard<'_> {
@@ -75,11 +85,19 @@ impl Guard<'_> {
         position: Option<Version>,
         writes: &[Write<'_>],
     ) -> Cmd {
+        let data: Vec<String> = writes.iter().map(|w| self.keys.key(w.id)).collect();
+        let ttls: Vec<u64> = data
+            .iter()
+            .map(|d| ttl_of(&self.table_ttls, self.ttl_secs, d))
+            .collect();
+        // The plain call when every write takes the cache's TTL (the
+        // function older servers call too); else each write names its own.
+        let own_ttl = ttls.iter().any(|&t| t != self.ttl_secs);
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("pf1_apply").arg(2 + 2 * writes.len());
+        cmd.arg(if own_ttl { "pf1_apply_t" } else { "pf1_apply" })
+            .arg(2 + 2 * writes.len());
         cmd.arg(meta).arg(log);
-        for w in writes {
-            let data = self.keys.key(w.id);
+        for data in data {
             let tomb = tomb_key(self.keys, &data);
             cmd.arg(data).arg(tomb);
         }
@@ -91,14 +109,15 @@ impl Guard<'_> {
             .arg(self.ttl_secs)
             .arg(self.tombstone_ttl_ms)
             .arg(position.map(|p| p.to_string()).unwrap_or_default());
-        for w in writes {
+        for (w, ttl) in writes.iter().zip(ttls) {
             match w.fields {
                 Some(fields) => {
                     let (version, hash) = (w.version.to_string(), hash_text(fields));
-                    cmd.arg("u")
-                        .arg(&version)
-                        .arg(&hash)
-                        .arg(fields.len() + 2)
+                    cmd.arg("u").arg(&version).arg(&hash);
+                    if own_ttl {
+                        cmd.arg(ttl);
+                    }
+                    cmd.arg(fields.len() + 2)
                         .arg(fields)
                         .arg(VERSION_FIELD)
                         .arg(version)
@@ -106,7 +125,11 @@ impl Guard<'_> {
                         .arg(hash);
                 }
                 None => {
-                    cmd.arg("d").arg(w.version.to_string()).arg("").arg(0);
+                    cmd.arg("d").arg(w.version.to_string()).arg("");
+                    if own_ttl {
+                        cmd.arg(ttl);
+                    }
+                    cmd.arg(0);
                 }
             }
         }

@@ -465,3 +465,61 @@ async fn a_narrow_search_pages_through_every_match_in_pages_of_about_the_size_as
         "pages hold about {want} ids, the largest {largest}"
     );
 }
+
+#[tokio::test]
+async fn tables_with_a_ttl_of_their_own_get_it_on_every_kind_of_write() {
+    let redis = TestRedis::start();
+    let p = prefix("own-ttl");
+    let mut cfg = config(p.clone(), 3000);
+    cfg.tables = vec![format!("{p}a:"), format!("{p}b:")];
+    cfg.table_ttls = vec![(format!("{p}a:"), Duration::from_secs(60))];
+    let cache = PrefetchCache::new(redis.conn().await, cfg, "s");
+    let mut conn = redis.conn().await;
+    let ttl = |conn: &mut redis::aio::MultiplexedConnection, id: &str| {
+        let key = format!("{p}{id}");
+        let mut conn = conn.clone();
+        async move { conn.ttl::<_, i64>(&key).await.unwrap() }
+    };
+    let rec = |id: &str| -> Record { [("id", id), ("name", "x")].into_iter().collect() };
+
+    // A fresh load.
+    cache
+        .bulk_load(&[rec("a:1"), rec("b:1")], Version::new(1, 0))
+        .await
+        .unwrap();
+    assert!((55..=60).contains(&ttl(&mut conn, "a:1").await));
+    assert!((2990..=3000).contains(&ttl(&mut conn, "b:1").await));
+
+    // One guarded call over both tables: each key its table's TTL.
+    cache.begin_load(Version::new(1, 0)).await.unwrap();
+    cache.finish_load(Version::new(1, 0)).await.unwrap();
+    let changes = [
+        Change::upsert("a:2", fields(&[("name", "y")]), Version::new(2, 0)),
+        Change::upsert("b:2", fields(&[("name", "y")]), Version::new(2, 1)),
+    ];
+    let out = cache.apply_batch(&changes, None).await.unwrap();
+    assert_eq!(out.applied, 2);
+    assert!((55..=60).contains(&ttl(&mut conn, "a:2").await));
+    assert!((2990..=3000).contains(&ttl(&mut conn, "b:2").await));
+    // Only default-TTL writes: the plain call, the cache's TTL.
+    let only_b = [Change::upsert(
+        "b:3",
+        fields(&[("name", "z")]),
+        Version::new(3, 0),
+    )];
+    cache.apply_batch(&only_b, None).await.unwrap();
+    assert!((2990..=3000).contains(&ttl(&mut conn, "b:3").await));
+
+    // A TTL changed while running applies from the next write on.
+    cache.set_table_ttl(&format!("{p}b:"), Some(Duration::from_secs(120)));
+    assert_eq!(cache.shortest_ttl(), Duration::from_secs(60));
+    let again = [Change::upsert(
+        "b:2",
+        fields(&[("name", "w")]),
+        Version::new(4, 0),
+    )];
+    cache.apply_batch(&again, None).await.unwrap();
+    assert!((115..=120).contains(&ttl(&mut conn, "b:2").await));
+    assert_eq!(cache.ttl_of(&format!("{p}a:9")), Duration::from_secs(60));
+    assert_eq!(cache.ttl_of(&format!("{p}c:9")), Duration::from_secs(3000));
+}

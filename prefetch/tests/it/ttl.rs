@@ -94,3 +94,36 @@ async fn the_same_on_a_cluster() {
     assert_eq!(quiet_keys_stay(c.redis().await, true).await, 5);
     paused_past_the_ttl_then_refilled(c.redis().await, "paused-cluster").await;
 }
+
+/// A table with a TTL of its own shorter than the cache's: the walks come
+/// often enough for it, and each key is renewed to its own table's TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_with_a_shorter_ttl_of_its_own_is_renewed_to_it_and_kept() {
+    let redis = TestRedis::start();
+    let mut config = config("own-ttl", true);
+    config.cache.ttl = Duration::from_secs(120);
+    let short = format!("{}cat-001", config.cache.prefix);
+    config.cache.table_ttls = vec![(short.clone(), TTL)];
+    let (engine, _) = mock_engine_with(redis.conn().await, config, None, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let conn = redis.conn().await;
+    let ttl_of = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("TTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let short_ttl = ttl_of(short).await;
+    assert!(
+        (1..=3).contains(&short_ttl),
+        "cat-001 kept by renewals to its own 3 s: {short_ttl}"
+    );
+    let long = ttl_of(engine.cache().key("cat-002")).await;
+    assert!(long > 100, "cat-002 keeps the cache's TTL: {long}");
+    assert_eq!(cached(&engine).await, 5);
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
+}

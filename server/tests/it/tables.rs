@@ -78,6 +78,20 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
         customer["record"].get("password_hash").is_none(),
         "{customer}"
     );
+    // Customers keep their own TTL (`ttl_secs = 600`), the others the
+    // server's.
+    let ttl = |key: &'static str| {
+        let mut redis = redis.clone();
+        async move {
+            redis::cmd("TTL")
+                .arg(key)
+                .query_async::<i64>(&mut redis)
+                .await
+                .unwrap()
+        }
+    };
+    assert!((590..=600).contains(&ttl("customer:7").await));
+    assert!(ttl("product:SKU-00001").await > 3000);
     let (_, line) = srv.get("/read?id=line:12:3").await;
     assert_eq!(line["record"]["quantity"], "4", "{line}");
 
@@ -115,6 +129,15 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
     assert_eq!(back["record"]["title"], "Back", "{back}");
     let (_, customer) = srv.get("/read?id=customer:7").await;
     assert_eq!(customer["record"]["email"], "new@example.com", "{customer}");
+    let after: i64 = redis::cmd("TTL")
+        .arg("customer:7")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        (590..=600).contains(&after),
+        "a live write keeps the table's TTL: {after}"
+    );
     // On the live feed in commit order.
     feed.expect(WAIT, "the row filtered out, live", |e| {
         is_cache(e, "product:SKU-00001", WriteOrigin::Sync, false)
