@@ -18,6 +18,7 @@
 //! | module | what |
 //! |---|---|
 //! | `decode` | every entry shape the sink writes, to changes |
+//! | `config` | [`StreamConfig`]: where the stream is, how to read it |
 //! | `history` | a stream's history: entry ids as versions, what is still held |
 //! | `source` | [`StreamSource`]: one stream as a [`prefetch::Source`] |
 //!
@@ -42,9 +43,11 @@
 
 #![warn(missing_docs)]
 
+mod config;
 pub mod decode;
 mod history;
 mod source;
 
-pub use decode::{DecodeError, DecodeOptions, Decoded, decode_entry};
-pub use source::{StreamConfig, StreamSource};
+pub use config::StreamConfig;
+pub use decode::{DecodeError, DecodeOptions, Decoded, StreamTable, decode_entry};
+pub use source::StreamSource;

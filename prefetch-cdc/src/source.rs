@@ -14,56 +14,9 @@ use prefetch::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Value};
 
-use crate::decode::{DecodeOptions, Decoded, decode_entry};
+use crate::config::StreamConfig;
+use crate::decode::{Decoded, decode_entry};
 use crate::history::{StreamInfo, id_text, parse_entries, parse_id};
-
-/// Where the stream is and how to read it.
-#[derive(Clone, Debug)]
-pub struct StreamConfig {
-    /// The stream's key.
-    pub stream: String,
-    /// How entries are decoded.
-    pub decode: DecodeOptions,
-    /// How long one blocking read waits before asking again.
-    pub block: Duration,
-    /// Entries per `XRANGE` round trip while folding a snapshot.
-    pub snapshot_chunk: usize,
-    /// Build a snapshot even when entries were trimmed or deleted from the
-    /// stream. Off by default: records whose every entry is gone would be
-    /// missing from the cache with nothing to bring them back.
-    pub allow_incomplete_history: bool,
-}
-
-impl StreamConfig {
-    /// Follows the stream named `stream`.
-    pub fn new(stream: impl Into<String>) -> Self {
-        Self {
-            stream: stream.into(),
-            decode: DecodeOptions::default(),
-            block: Duration::from_secs(1),
-            snapshot_chunk: 1000,
-            allow_incomplete_history: false,
-        }
-    }
-
-    /// The stream Debezium Server's Redis sink writes for a table:
-    /// `<topic.prefix>.<schema>.<table>`.
-    ///
-    /// ```
-    /// use prefetch_cdc::StreamConfig;
-    /// assert_eq!(StreamConfig::debezium("shop", "public", "categories").stream, "shop.public.categories");
-    /// assert_eq!(StreamConfig::rdi("shop", "public", "categories").stream, "data:shop.public.categories");
-    /// ```
-    pub fn debezium(topic_prefix: &str, schema: &str, table: &str) -> Self {
-        Self::new(format!("{topic_prefix}.{schema}.{table}"))
-    }
-
-    /// The stream RDI's collector writes for a table:
-    /// `data:<topic.prefix>.<schema>.<table>`.
-    pub fn rdi(topic_prefix: &str, schema: &str, table: &str) -> Self {
-        Self::new(format!("data:{topic_prefix}.{schema}.{table}"))
-    }
-}
 
 /// Follows one Redis stream of Debezium change events.
 ///
@@ -258,7 +211,9 @@ impl StreamSource {
                     Some(Decoded::Delete { id }) => {
                         rows.remove(&id);
                     }
-                    Some(Decoded::Truncate) => rows.clear(),
+                    Some(Decoded::Truncate { prefix }) => {
+                        rows.retain(|id, _| !id.starts_with(&prefix));
+                    }
                     Some(Decoded::Skip(_)) | None => {}
                 }
             }
@@ -267,7 +222,9 @@ impl StreamSource {
             }
         }
         self.state().connected = true;
-        Ok((info.last, rows.into_values().map(Record::new).collect()))
+        // Named by the entries' ids (a declared table's row has no `id`).
+        let records = rows.into_iter().map(|(id, f)| Record::with_id(id, f));
+        Ok((info.last, records.collect()))
     }
 
     /// Decodes one entry; an undecodable one is `None`, and when `count`
@@ -323,7 +280,7 @@ impl StreamSource {
                         Some(Change::upsert(key, fields, id))
                     }
                     Some(Decoded::Delete { id: key }) => Some(Change::delete(key, id)),
-                    Some(Decoded::Truncate) => Some(Change::truncate(id)),
+                    Some(Decoded::Truncate { prefix }) => Some(Change::truncate_within(prefix, id)),
                     Some(Decoded::Skip(_)) | None => None,
                 };
                 let mut tx = Transaction::new(id, change.into_iter().collect());

@@ -96,6 +96,14 @@ impl TableSpec {
         }
     }
 
+    /// `(schema, name)`: the schema `public` when the file names none.
+    pub fn schema_and_name(&self) -> (String, String) {
+        match self.table.split_once('.') {
+            Some((s, t)) => (s.to_owned(), t.to_owned()),
+            None => ("public".to_owned(), self.table.clone()),
+        }
+    }
+
     /// `why`, prefixed with where the table was declared.
     pub fn error(&self, why: impl std::fmt::Display) -> PgError {
         PgError::Schema(format!("{}: {why}", self.origin))

@@ -91,7 +91,7 @@ pub fn decode_tx(
         let change = match decode_entry(entry, debezium)? {
             Decoded::Upsert { id, fields } => Some(Change::upsert(id, fields, entry_id)),
             Decoded::Delete { id } => Some(Change::delete(id, entry_id)),
-            Decoded::Truncate => Some(Change::truncate(entry_id)),
+            Decoded::Truncate { prefix } => Some(Change::truncate_within(prefix, entry_id)),
             Decoded::Skip(_) => None,
         };
         let mut tx = Transaction::new(entry_id, change.into_iter().collect());

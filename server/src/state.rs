@@ -64,12 +64,29 @@ impl Shared {
     }
 }
 
-/// The tables of this server: a PostgreSQL source's (declared or not), or
-/// the one table of the mock or a stream.
+/// The tables of this server: a PostgreSQL source's (declared or not), a
+/// stream's declared ones, or the one table of the mock or a stream.
 pub fn describe(settings: &Settings, pg: Option<&PgSource>) -> Vec<TableEntry> {
     let prefix = settings.engine.cache.prefix.clone();
     match pg {
         Some(pg) => describe_pg(pg, &prefix),
+        None if !settings.pg.specs.is_empty() => settings
+            .pg
+            .specs
+            .iter()
+            .map(|spec| {
+                let (schema, name) = spec.schema_and_name();
+                let prefix = spec.key_prefix();
+                TableEntry {
+                    name: format!("{schema}.{name}"),
+                    key: spec
+                        .key
+                        .as_ref()
+                        .map_or_else(|| format!("{prefix}{{key}}"), |k| k.as_str().to_owned()),
+                    prefix,
+                }
+            })
+            .collect(),
         None => {
             let name = match &settings.primary {
                 PrimaryKind::Stream(key) => key.clone(),

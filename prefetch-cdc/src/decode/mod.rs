@@ -27,11 +27,20 @@
 //!
 //! [`prefetch-pg`]: https://docs.rs/prefetch-pg
 //!
+//! With a tables file ([`DecodeOptions::tables`]), one stream may carry
+//! several tables (Debezium's `ByLogicalTableRouter`): each entry's table
+//! picks its declaration, which names the record by its key template and
+//! keeps and renames its columns; tables it does not declare are skipped.
+//!
 //! | module | what |
 //! |---|---|
 //! | `values` | column values as text, decimals, ordered objects |
+//! | `tables` | several tables in one stream, as a tables file declares them |
 
+mod tables;
 mod values;
+
+pub use tables::StreamTable;
 
 use std::collections::HashMap;
 
@@ -55,8 +64,12 @@ pub enum Decoded {
         /// The record id.
         id: String,
     },
-    /// Every record is gone (a `TRUNCATE` of the table).
-    Truncate,
+    /// Every record of the table is gone (a `TRUNCATE`): every record
+    /// whose id starts with `prefix` (every record when it is empty).
+    Truncate {
+        /// The id prefix of the table's records.
+        prefix: String,
+    },
     /// Nothing to apply (a logical-decoding message, for example).
     Skip(&'static str),
 }
@@ -80,6 +93,9 @@ pub struct DecodeOptions {
     /// tables whose key the connector does not send, or a message key
     /// overridden with `message.key.columns`).
     pub id_columns: Option<Vec<String>>,
+    /// The tables a tables file declares, when the stream carries several
+    /// (empty: one table, named by the event key).
+    pub tables: Vec<StreamTable>,
 }
 
 impl Default for DecodeOptions {
@@ -87,6 +103,7 @@ impl Default for DecodeOptions {
         Self {
             null_marker: "default".into(),
             id_columns: None,
+            tables: Vec::new(),
         }
     }
 }
@@ -127,7 +144,11 @@ pub fn decode_entry(
     };
     let key = parse_key(key, options)?;
     let value = parse_value(value, options)?;
-    decode(key, value, options)
+    if options.tables.is_empty() {
+        decode(key, value, options)
+    } else {
+        decode_declared(key, value, &options.tables)
+    }
 }
 
 /// The event key: its columns in the order the connector sent them.
@@ -303,7 +324,82 @@ fn decode(
                 .ok_or_else(|| bad("a delete without a key"))?;
             Ok(Decoded::Delete { id })
         }
-        Some("t") => Ok(Decoded::Truncate),
+        Some("t") => Ok(Decoded::Truncate {
+            prefix: String::new(),
+        }),
+        Some("m") => Ok(Decoded::Skip("a logical decoding message")),
+        Some(other) => Err(bad(format!("unknown op '{other}'"))),
+        None => Err(bad("an envelope without `op`")),
+    }
+}
+
+/// Debezium's `ByLogicalTableRouter` keeps rows of several tables apart
+/// with this key column (`<prefix>.<schema>.<table>`).
+const PHYSICAL_TABLE: &str = "__dbz__physicalTableIdentifier";
+
+/// [`decode`] for a stream of several declared tables.
+fn decode_declared(
+    key: Key,
+    value: Option<Parsed>,
+    tables: &[StreamTable],
+) -> Result<Decoded, DecodeError> {
+    let key = key.as_deref();
+    let Some(Parsed { payload, decimals }) = value else {
+        // A tombstone names its table only through the router's key column.
+        let physical = key
+            .into_iter()
+            .flatten()
+            .find(|(c, _)| c == PHYSICAL_TABLE)
+            .and_then(|(_, v)| v.as_str());
+        let Some(physical) = physical else {
+            return Ok(Decoded::Skip(
+                "a tombstone (the delete before it named the row)",
+            ));
+        };
+        let mut parts = physical.rsplitn(3, '.');
+        let (name, schema) = (parts.next().unwrap_or_default(), parts.next());
+        let source = serde_json::json!({"source": {"schema": schema, "table": name}});
+        return Ok(match tables::declared(tables, &source)? {
+            Some(t) => Decoded::Delete {
+                id: tables::deleted(t, None, key)?,
+            },
+            None => Decoded::Skip("a table the tables file does not declare"),
+        });
+    };
+    let Some(table) = tables::declared(tables, &payload)? else {
+        return Ok(Decoded::Skip("a table the tables file does not declare"));
+    };
+    let op = payload.get("op").and_then(Value::as_str);
+    if payload.get("after").is_none() && payload.get("before").is_none() && op.is_none() {
+        // A flattened row.
+        let deleted = matches!(payload.get("__deleted"), Some(Value::Bool(true)))
+            || payload.get("__deleted").and_then(Value::as_str) == Some("true");
+        if deleted {
+            return Ok(Decoded::Delete {
+                id: tables::deleted(table, Some(&payload), key)?,
+            });
+        }
+        let (id, fields) = tables::upsert(table, &payload, &decimals, key)?;
+        return Ok(Decoded::Upsert { id, fields });
+    }
+    match op {
+        Some("c" | "u" | "r") => {
+            let after = payload
+                .get("after")
+                .filter(|a| a.is_object())
+                .ok_or_else(|| bad("an insert or update without an `after` row"))?;
+            let (id, fields) = tables::upsert(table, after, &decimals, key)?;
+            Ok(Decoded::Upsert { id, fields })
+        }
+        Some("d") => {
+            let before = payload.get("before").filter(|b| b.is_object());
+            Ok(Decoded::Delete {
+                id: tables::deleted(table, before, key)?,
+            })
+        }
+        Some("t") => Ok(Decoded::Truncate {
+            prefix: tables::id_prefix(table),
+        }),
         Some("m") => Ok(Decoded::Skip("a logical decoding message")),
         Some(other) => Err(bad(format!("unknown op '{other}'"))),
         None => Err(bad("an envelope without `op`")),

@@ -91,7 +91,12 @@ fn deletes_tombstones_and_truncates() {
         Decoded::Delete { id: "7".into() }
     );
     let trunc = compact("default", r#"{"before":null,"after":null,"op":"t"}"#);
-    assert_eq!(decode_entry(&trunc, &opts()).unwrap(), Decoded::Truncate);
+    assert_eq!(
+        decode_entry(&trunc, &opts()).unwrap(),
+        Decoded::Truncate {
+            prefix: String::new()
+        }
+    );
     assert!(decode_entry(&compact("default", "default"), &opts()).is_err());
 }
 
@@ -194,4 +199,149 @@ fn what_cannot_be_decoded_says_why() {
         decode_entry(&compact("default", r#"{"op":"m","message":{}}"#), &opts()).unwrap(),
         Decoded::Skip("a logical decoding message")
     );
+}
+
+/// Two declared tables: products keyed `product:{sku}` with `name` renamed
+/// and `cost` left out; users by default (`users:` and the event key).
+fn shop() -> DecodeOptions {
+    DecodeOptions {
+        tables: vec![
+            StreamTable {
+                schema: "public".into(),
+                name: "products".into(),
+                template: Some(prefetch::KeyTemplate::parse("product:{sku}").unwrap()),
+                prefix: "product:".into(),
+                columns: Some(vec!["sku".into(), "name".into(), "price".into()]),
+                rename: [("name".to_owned(), "title".to_owned())].into(),
+                cache_prefix: String::new(),
+            },
+            StreamTable {
+                schema: "public".into(),
+                name: "users".into(),
+                template: None,
+                prefix: "users:".into(),
+                columns: None,
+                rename: Default::default(),
+                cache_prefix: String::new(),
+            },
+        ],
+        ..DecodeOptions::default()
+    }
+}
+
+#[test]
+fn each_entry_of_a_stream_of_several_tables_is_named_and_shaped_by_its_table() {
+    let d = decode_entry(
+        &compact(
+            r#"{"sku":"a:1"}"#,
+            r#"{"after":{"sku":"a:1","name":"One","price":"1.50","cost":"0.90"},"source":{"schema":"public","table":"products"},"op":"c"}"#,
+        ),
+        &shop(),
+    )
+    .unwrap();
+    let Decoded::Upsert { id, fields } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(id, "product:a%3A1", "the template, the value escaped");
+    assert_eq!(fields.get("title").map(String::as_str), Some("One"));
+    assert!(
+        !fields.contains_key("cost") && !fields.contains_key("name") && !fields.contains_key("id")
+    );
+
+    // A composite event key, no template: the table's prefix and the key.
+    let d = decode_entry(
+        &compact(
+            r#"{"org":7,"id":2,"__dbz__physicalTableIdentifier":"shop.public.users"}"#,
+            r#"{"after":{"org":7,"id":2,"email":"b@x"},"source":{"schema":"public","table":"users"},"op":"u"}"#,
+        ),
+        &shop(),
+    )
+    .unwrap();
+    assert!(
+        matches!(&d, Decoded::Upsert { id, .. } if id == "users:7:2"),
+        "{d:?}"
+    );
+
+    // A delete names the row by its `before` and the key.
+    let d = decode_entry(
+        &compact(
+            r#"{"sku":"p2"}"#,
+            r#"{"before":{"sku":"p2"},"after":null,"source":{"schema":"public","table":"products"},"op":"d"}"#,
+        ),
+        &shop(),
+    )
+    .unwrap();
+    assert_eq!(
+        d,
+        Decoded::Delete {
+            id: "product:p2".into()
+        }
+    );
+}
+
+#[test]
+fn flattened_rows_truncates_tombstones_and_other_tables_of_a_shared_stream() {
+    // A flattened row names its table with `__table` (add.fields=table).
+    let d = decode_entry(
+        &compact(
+            r#"{"sku":"p3"}"#,
+            r#"{"sku":"p3","name":"Three","__table":"products","__deleted":"false"}"#,
+        ),
+        &shop(),
+    )
+    .unwrap();
+    assert!(
+        matches!(&d, Decoded::Upsert { id, fields } if id == "product:p3" && fields["title"] == "Three"),
+        "{d:?}"
+    );
+
+    // A truncate removes that table's records only.
+    let d = decode_entry(
+        &compact(
+            r#"{"sku":"x"}"#,
+            r#"{"source":{"schema":"public","table":"products"},"op":"t"}"#,
+        ),
+        &shop(),
+    )
+    .unwrap();
+    assert_eq!(
+        d,
+        Decoded::Truncate {
+            prefix: "product:".into()
+        }
+    );
+
+    // The router's tombstone names its table in the key.
+    let d = decode_entry(
+        &compact(
+            r#"{"org":7,"id":2,"__dbz__physicalTableIdentifier":"shop.public.users"}"#,
+            "default",
+        ),
+        &shop(),
+    )
+    .unwrap();
+    assert_eq!(
+        d,
+        Decoded::Delete {
+            id: "users:7:2".into()
+        }
+    );
+
+    // A table the file does not declare is skipped; an entry naming no
+    // table is an error that says what is missing.
+    let d = decode_entry(
+        &compact(
+            r#"{"id":1}"#,
+            r#"{"after":{"id":1},"source":{"schema":"public","table":"orders"},"op":"c"}"#,
+        ),
+        &shop(),
+    )
+    .unwrap();
+    assert!(matches!(d, Decoded::Skip(_)), "{d:?}");
+    let e = decode_entry(
+        &compact(r#"{"id":1}"#, r#"{"after":{"id":1},"op":"c"}"#),
+        &shop(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("names no table"), "{e}");
 }

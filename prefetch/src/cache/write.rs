@@ -248,10 +248,15 @@ impl<C: Connection> PrefetchCache<C> {
         // arrives later (out of order, from another applier); raised before
         // the sweep, so nothing older lands behind its cursor.
         let guard = self.guard();
-        let version = changes[at].version;
-        self.on_every_state(|meta, _| guard.floor(meta, version))
-            .await?;
-        let swept = self.sweep(version).await?;
+        let (version, within) = (changes[at].version, changes[at].id.as_str());
+        // A truncate of one table of several (an id prefix) sweeps its
+        // records only, and leaves the floor: older changes of the other
+        // tables may still be on their way.
+        if within.is_empty() {
+            self.on_every_state(|meta, _| guard.floor(meta, version))
+                .await?;
+        }
+        let swept = self.sweep_within(version, within).await?;
         tracing::debug!(swept, %version, "truncate applied");
         outcome.applied += 1;
         self.inner.counters.applied.fetch_add(1, Relaxed);

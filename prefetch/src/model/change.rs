@@ -101,6 +101,16 @@ impl Change {
         }
     }
 
+    /// The removal of every record whose id starts with `prefix` (one
+    /// table's, of several; every record when empty), at `version`.
+    pub fn truncate_within(prefix: impl Into<String>, version: Version) -> Self {
+        Self {
+            id: prefix.into(),
+            kind: ChangeKind::Truncate,
+            version,
+        }
+    }
+
     /// Upsert or delete.
     pub fn op(&self) -> Op {
         self.kind.op()

@@ -105,6 +105,23 @@ async fn open_stream(
     if !settings.stream.id_columns.is_empty() {
         config.decode.id_columns = Some(settings.stream.id_columns.clone());
     }
+    config.decode.tables = settings
+        .pg
+        .specs
+        .iter()
+        .map(|spec| {
+            let (schema, name) = spec.schema_and_name();
+            prefetch_cdc::StreamTable {
+                schema,
+                name,
+                template: spec.key.clone(),
+                prefix: spec.key_prefix(),
+                columns: spec.columns.clone(),
+                rename: spec.rename.clone(),
+                cache_prefix: settings.engine.cache.prefix.clone(),
+            }
+        })
+        .collect();
     config.allow_incomplete_history = settings.stream.allow_trimmed;
     let source = StreamSource::connect(client.clone(), config.clone(), events.clone())
         .await

@@ -417,3 +417,160 @@ async fn a_pipeline_on_a_primary_private_to_one_process_is_refused() {
         assert!(e.to_string().contains("every replica shares"), "{e}");
     }
 }
+
+/// Entries of several tables routed into one stream (Debezium's
+/// `ByLogicalTableRouter`), each naming its table in `source`.
+fn routed(table: &str, op: &str, key: Value, before: Value, after: Value) -> Vec<(String, String)> {
+    let value = json!({
+        "before": before, "after": after, "op": op, "ts_ms": 1_732_700_000_000u64,
+        "source": {"connector": "postgresql", "name": "shop", "db": "shop", "schema": "public", "table": table},
+    });
+    vec![
+        ("key".into(), key.to_string()),
+        ("value".into(), value.to_string()),
+    ]
+}
+
+async fn xadd_to(redis: &TestRedis, stream: &str, entry: &[(String, String)]) {
+    let mut conn = redis.conn().await;
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in entry {
+        cmd.arg(k).arg(v);
+    }
+    let _: String = cmd.query_async(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_stream_of_several_tables_is_mapped_by_the_tables_file() {
+    const ALL: &str = "shop.all";
+    let redis = TestRedis::start();
+    for (sku, name) in [("p1", "One"), ("p:2", "Two")] {
+        let after = json!({"sku": sku, "name": name, "price": "1.50", "cost": "0.90"});
+        xadd_to(
+            &redis,
+            ALL,
+            &routed("products", "r", json!({"sku": sku}), Value::Null, after),
+        )
+        .await;
+    }
+    for id in [1, 2] {
+        let after = json!({"id": id, "email": format!("u{id}@x"), "password_hash": "secret"});
+        xadd_to(
+            &redis,
+            ALL,
+            &routed("users", "r", json!({"id": id}), Value::Null, after),
+        )
+        .await;
+    }
+    let orders = json!({"id": 9, "total": 3});
+    xadd_to(
+        &redis,
+        ALL,
+        &routed("orders", "r", json!({"id": 9}), Value::Null, orders),
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("prefetch-stream-tables-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tables.toml");
+    std::fs::write(
+        &file,
+        "[[table]]\ntable = \"products\"\nkey = \"product:{sku}\"\ncolumns = [\"sku\", \"name\", \"price\"]\nrename = { name = \"title\" }\nttl_secs = 600\n\n\
+         [[table]]\ntable = \"public.users\"\nkey = \"user:{id}\"\ncolumns = [\"id\", \"email\"]\n",
+    )
+    .unwrap();
+    let primary = format!("stream:{ALL}");
+    let path = file.to_string_lossy().into_owned();
+    let srv = TestServer::start_on(redis, &["--primary", &primary, "--config", &path]).await;
+
+    let (_, p) = srv.get("/read?id=product:p%253A2").await;
+    assert_eq!(p["hit"], true, "the key template, the value escaped: {p}");
+    assert_eq!(p["record"]["title"], "Two", "{p}");
+    assert!(
+        p["record"].get("cost").is_none() && p["record"].get("name").is_none(),
+        "{p}"
+    );
+    let (_, u) = srv.get("/read?id=user:1").await;
+    assert_eq!(u["record"]["email"], "u1@x", "{u}");
+    assert!(u["record"].get("password_hash").is_none(), "{u}");
+    let mut conn = srv.redis.conn().await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("product:p1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((590..=600).contains(&ttl), "the table's own TTL: {ttl}");
+    let orders: Vec<String> = redis::cmd("KEYS")
+        .arg("orders*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        orders.is_empty(),
+        "a table the file does not declare: {orders:?}"
+    );
+    let (_, tables) = srv.get("/tables").await;
+    let names: Vec<&str> = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["public.products", "public.users"], "{tables}");
+
+    // Live: an update of one table, then a truncate of the other.
+    let after = json!({"id": 2, "email": "new@x", "password_hash": "secret"});
+    xadd_to(
+        &srv.redis,
+        ALL,
+        &routed("users", "u", json!({"id": 2}), Value::Null, after),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, u) = srv.get("/read?id=user:2").await;
+        if u["record"]["email"] == "new@x" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never arrived: {u}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    xadd_to(
+        &srv.redis,
+        ALL,
+        &routed(
+            "products",
+            "t",
+            json!({"sku": "x"}),
+            Value::Null,
+            Value::Null,
+        ),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("product:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "products still there: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, u) = srv.get("/read?id=user:1").await;
+    assert_eq!(
+        u["hit"], true,
+        "a truncate of products leaves the users: {u}"
+    );
+    srv.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
