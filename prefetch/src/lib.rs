@@ -130,7 +130,7 @@ pub use error::{BoxError, Error, Result};
 pub use events::{AppliedWrite, Event, EventBus, PrefetchReason, WriteOutcome};
 pub use faults::{Fault, FaultKind, Faults, FaultyConnection, FaultySource, PendingFaults};
 pub use feed::{ChangeFeed, ChangeSender};
-pub use guard::{content_hash, hash_text};
+pub use guard::{JSON_FIELD, content_hash, hash_text};
 pub use keys::{
     KeySpace, RESERVED_KEY_PREFIX, SLOTS, Tombstone, escape_glob, hash_tag, slot, slot_tag,
 };

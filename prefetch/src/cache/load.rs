@@ -66,6 +66,26 @@ impl<C: Connection> PrefetchCache<C> {
 
     fn push_fresh(&self, pipe: &mut Pipeline, id: &str, fields: &Fields, version: &str) {
         let key = self.key(id);
+        if self.is_json(&key) {
+            // The document, and its version and hash in its tombstone key.
+            let stored = self.stored_form(&key, fields);
+            let ttl = self.ttl_of(&key).as_secs();
+            let tomb = guard::tomb_key(self.key_space(), &key);
+            let side = format!("{version} {}", guard::hash_text(&stored));
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(&stored[guard::JSON_FIELD])
+                .arg("EX")
+                .arg(ttl)
+                .ignore();
+            pipe.cmd("SET")
+                .arg(tomb)
+                .arg(side)
+                .arg("EX")
+                .arg(ttl)
+                .ignore();
+            return;
+        }
         pipe.del(&key).ignore();
         pipe.cmd("HSET")
             .arg(&key)

@@ -2,13 +2,15 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `read` | reads: `HGETALL` (+ `TTL`), listing and peeking for dashboards |
+//! | `inspect` | a stored record read whatever its encoding: a hash, or a JSON document |
+//! | `read` | reads: `HGETALL` or `GET` (+ `TTL`), listing and peeking for dashboards |
 //! | `scan` | the cached ids a page at a time, from a cursor |
 //! | `write` | guarded writes: a batch of changes through the version guard, `WAIT` |
 //! | `load` | loads and sweeps: plain bulk loads, snapshot writes, the sweep, load marks |
 //! | `window` | snapshot windows: what keeps a snapshot write off a newer change |
 //! | `state` | the cache's state in Redis, memory, invalidate, clear, reset |
 
+mod inspect;
 mod load;
 mod read;
 mod scan;
@@ -76,6 +78,10 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Tables whose keys take a TTL of their own instead: (key prefix, TTL).
     pub table_ttls: Vec<(String, Duration)>,
+    /// Tables whose records are stored as JSON documents (a string key;
+    /// see [`JSON_FIELD`](crate::JSON_FIELD)) instead of hashes: key
+    /// prefixes.
+    pub json_tables: Vec<String>,
     /// How long a delete's tombstone keeps older changes from resurrecting
     /// the record.
     pub tombstone_ttl: Duration,
@@ -98,6 +104,7 @@ impl Default for CacheConfig {
             tables: Vec::new(),
             ttl: DEFAULT_TTL,
             table_ttls: Vec::new(),
+            json_tables: Vec::new(),
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
@@ -130,6 +137,8 @@ struct Inner {
     ttl_secs: u64,
     /// Tables with a TTL of their own: (key prefix, seconds).
     table_ttls: std::sync::RwLock<Arc<Vec<(String, u64)>>>,
+    /// Tables whose records are JSON documents: key prefixes.
+    json_tables: std::sync::RwLock<Arc<Vec<String>>>,
     tombstone_ttl_ms: u64,
     source: String,
     counters: Counters,
@@ -178,6 +187,7 @@ impl<C: Connection> PrefetchCache<C> {
                         .map(|(prefix, ttl)| (prefix, ttl.as_secs().max(1)))
                         .collect(),
                 )),
+                json_tables: std::sync::RwLock::new(Arc::new(config.json_tables)),
                 tombstone_ttl_ms: u64::try_from(config.tombstone_ttl.as_millis())
                     .unwrap_or(u64::MAX)
                     .max(1),
@@ -253,6 +263,36 @@ impl<C: Connection> PrefetchCache<C> {
         *ttls = Arc::new(next);
     }
 
+    /// Stores the records under `prefix` (a table's) as JSON documents
+    /// (`true`) or hashes from their next write on.
+    pub fn set_table_json(&self, prefix: &str, json: bool) {
+        let mut tables = self
+            .inner
+            .json_tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut next: Vec<String> = tables.iter().filter(|p| *p != prefix).cloned().collect();
+        if json {
+            next.push(prefix.to_owned());
+        }
+        *tables = Arc::new(next);
+    }
+
+    /// Whether the record at `key` is stored as a JSON document.
+    pub fn is_json(&self, key: &str) -> bool {
+        guard::is_json(&self.json_tables(), key)
+    }
+
+    pub(crate) fn json_tables(&self) -> Arc<Vec<String>> {
+        Arc::clone(
+            &self
+                .inner
+                .json_tables
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
     pub(crate) fn table_ttls(&self) -> Arc<Vec<(String, u64)>> {
         Arc::clone(
             &self
@@ -301,6 +341,7 @@ impl<C: Connection> PrefetchCache<C> {
             source: &self.inner.source,
             ttl_secs: self.inner.ttl_secs,
             table_ttls: self.table_ttls(),
+            json_tables: self.json_tables(),
             tombstone_ttl_ms: self.inner.tombstone_ttl_ms,
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use redis::Cmd;
+use redis::Value;
 
 use super::{PrefetchCache, SCAN_COUNT};
 use crate::cluster::{self, Connection};
@@ -88,9 +88,12 @@ impl<C: Connection> PrefetchCache<C> {
     pub async fn get(&self, id: &str) -> Result<Lookup> {
         let key = self.key(id);
         let started = Instant::now();
-        let fields: Fields = hgetall(&key).query_async(&mut self.conn.clone()).await?;
+        let reply: Value = self
+            .read_cmd(&key)
+            .query_async(&mut self.conn.clone())
+            .await?;
         let redis_latency = started.elapsed();
-        Ok(self.count_lookup(&key, fields, redis_latency))
+        Ok(self.count_lookup(&key, reply, redis_latency))
     }
 
     /// Reads one record and its TTL in one round trip (`HGETALL` and `TTL`
@@ -98,11 +101,11 @@ impl<C: Connection> PrefetchCache<C> {
     pub async fn get_with_ttl(&self, id: &str) -> Result<(Lookup, Ttl)> {
         let key = self.key(id);
         let mut pipe = redis::pipe();
-        pipe.add_command(hgetall(&key)).cmd("TTL").arg(&key);
+        pipe.add_command(self.read_cmd(&key)).cmd("TTL").arg(&key);
         let started = Instant::now();
-        let (fields, ttl): (Fields, i64) = pipe.query_async(&mut self.conn.clone()).await?;
+        let (reply, ttl): (Value, i64) = pipe.query_async(&mut self.conn.clone()).await?;
         let redis_latency = started.elapsed();
-        let lookup = self.count_lookup(&key, fields, redis_latency);
+        let lookup = self.count_lookup(&key, reply, redis_latency);
         let ttl = if lookup.hit() {
             Ttl::from_redis(ttl)
         } else {
@@ -111,10 +114,19 @@ impl<C: Connection> PrefetchCache<C> {
         Ok((lookup, ttl))
     }
 
-    fn count_lookup(&self, key: &str, raw: Fields, redis_latency: Duration) -> Lookup {
+    fn count_lookup(&self, key: &str, reply: Value, redis_latency: Duration) -> Lookup {
         let counters = &self.inner.counters;
         counters.reads.record(redis_latency);
-        let record = Stored::split(raw).into_record_fields().map(Record::new);
+        let json = self.is_json(key);
+        let id = key.strip_prefix(self.prefix()).unwrap_or(key);
+        let record = self.stored_of(key, reply).into_record_fields().map(|f| {
+            // A document holds no `id` field: the record is named by its key.
+            if json {
+                Record::with_id(id, f)
+            } else {
+                Record::new(f)
+            }
+        });
         let (counter, what) = if record.is_some() {
             (&counters.hits, TableCount::Hit)
         } else {
@@ -209,12 +221,19 @@ impl<C: Connection> PrefetchCache<C> {
         let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
         let values = cluster::pipelined(&self.conn, &keys, 2, |pipe, key| {
             pipe.cmd("EXISTS").arg(key);
-            pipe.cmd("HEXISTS").arg(key).arg(guard::DELETED_FIELD);
+            if self.is_json(key) {
+                // A JSON record keeps no tombstone inside.
+                pipe.cmd("ECHO").arg("");
+            } else {
+                pipe.cmd("HEXISTS").arg(key).arg(guard::DELETED_FIELD);
+            }
         })
         .await?;
         Ok(values
             .chunks(2)
-            .map(|pair| matches!(pair, [redis::Value::Int(1), redis::Value::Int(0)]))
+            .map(|pair| {
+                matches!(pair, [redis::Value::Int(1), tombed] if *tombed != redis::Value::Int(1))
+            })
             .collect())
     }
 
@@ -222,37 +241,27 @@ impl<C: Connection> PrefetchCache<C> {
     /// one pipelined `HGETALL` + `TTL` per key.
     pub async fn entries_of(&self, ids: &[String]) -> Result<Vec<CachedEntry>> {
         let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
-        let values = cluster::pipelined(&self.conn, &keys, 2, |pipe, key| {
-            pipe.add_command(hgetall(key)).cmd("TTL").arg(key);
-        })
-        .await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, pair) in ids.iter().zip(values.chunks(2)) {
-            let [fields, ttl] = pair else { continue };
-            let fields: Fields =
-                redis::from_redis_value(fields.clone()).map_err(redis::RedisError::from)?;
-            let ttl: i64 = redis::from_redis_value(ttl.clone()).map_err(redis::RedisError::from)?;
-            // The key may have vanished between SCAN and HGETALL.
-            if let Some(entry) = entry_of(id, fields, ttl) {
-                out.push(entry);
-            }
-        }
-        Ok(out)
+        let read = self.inspect(&self.conn, &keys).await?;
+        // A key may have vanished between SCAN and the read.
+        Ok(ids
+            .iter()
+            .zip(read)
+            .filter_map(|(id, r)| entry_of(id, r.stored, r.ttl))
+            .collect())
     }
 
     /// One cached record with its TTL, without counting a hit or miss (for
     /// dashboards).
     pub async fn peek(&self, id: &str) -> Result<Option<CachedEntry>> {
-        let key = self.key(id);
-        let mut pipe = redis::pipe();
-        pipe.add_command(hgetall(&key)).cmd("TTL").arg(&key);
-        let (fields, ttl): (Fields, i64) = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(entry_of(id, fields, ttl))
+        let read = self.inspect(&self.conn, &[self.key(id)]).await?;
+        Ok(read
+            .into_iter()
+            .next()
+            .and_then(|r| entry_of(id, r.stored, r.ttl)))
     }
 }
 
-fn entry_of(id: &str, raw: Fields, ttl: i64) -> Option<CachedEntry> {
-    let stored = Stored::split(raw);
+fn entry_of(id: &str, stored: Stored, ttl: i64) -> Option<CachedEntry> {
     let version = stored.version;
     let hash = stored.hash;
     let fields = stored.into_record_fields()?;
@@ -279,10 +288,4 @@ pub(super) async fn scan_page<C: redis::aio::ConnectionLike + Send>(
         .arg(SCAN_COUNT)
         .query_async(conn)
         .await?)
-}
-
-pub(super) fn hgetall(key: &str) -> Cmd {
-    let mut cmd = redis::cmd("HGETALL");
-    cmd.arg(key);
-    cmd
 }

@@ -74,36 +74,14 @@ fn classify(
     }
 }
 
-/// Reads keys (`HGETALL` and the tombstone) for `ids`, pipelined.
+/// Reads keys (the record and its tombstone) for `ids`, pipelined.
 async fn read<C>(cache: &PrefetchCache<C>, ids: &[String]) -> Result<Vec<(Stored, Option<Version>)>>
 where
     C: crate::Connection,
 {
     let keys: Vec<String> = ids.iter().map(|id| cache.key(id)).collect();
-    let values = crate::cluster::pipelined(&cache.writer(), &keys, 2, |pipe, key| {
-        let tomb = guard::tomb_key(cache.key_space(), key);
-        pipe.cmd("HGETALL").arg(key);
-        if tomb == key {
-            pipe.cmd("ECHO").arg("");
-        } else {
-            pipe.cmd("GET").arg(tomb);
-        }
-    })
-    .await?;
-    let mut out = Vec::with_capacity(ids.len());
-    for pair in values.chunks(2) {
-        let [hash, tomb] = pair else { continue };
-        let raw: Fields = redis::from_redis_value(hash.clone()).unwrap_or_default();
-        let tomb: Option<String> = redis::from_redis_value(tomb.clone()).unwrap_or(None);
-        let stored = Stored::split(raw);
-        let tomb = if stored.deleted {
-            stored.version
-        } else {
-            tomb.and_then(|t| t.parse().ok())
-        };
-        out.push((stored, tomb));
-    }
-    Ok(out)
+    let read = cache.inspect(&cache.writer(), &keys).await?;
+    Ok(read.into_iter().map(|r| (r.stored, r.tomb)).collect())
 }
 
 /// Suspects held before they are rechecked (after the worker caught up).
@@ -255,19 +233,16 @@ where
         for ((id, row), (s, tomb)) in part.iter().zip(stored) {
             self.report.checked += 1;
             self.seen.insert(id);
-            match classify(Some(&s), tomb, Some(row), self.at) {
-                Finding::Ok => verified.push(self.cache.key(id)),
+            let key = self.cache.key(id);
+            let stored_row = self.cache.stored_form(&key, row);
+            match classify(Some(&s), tomb, Some(&stored_row), self.at) {
+                Finding::Ok => verified.push(key),
                 Finding::InFlight => self.note(Kind::InFlight, id),
                 _ => self.suspect(id.clone(), Some(row.clone())).await?,
             }
         }
         self.report.verified += verified.len();
-        let ttl = self.cache.ttl_config().as_secs();
-        crate::cluster::pipelined(&self.cache.writer(), &verified, 0, |pipe, key| {
-            pipe.cmd("EXPIRE").arg(key).arg(ttl);
-        })
-        .await?;
-        Ok(())
+        self.cache.renew_ttls(&verified).await
     }
 
     /// Holds a difference for the recheck; rechecks when enough are held.
@@ -297,7 +272,12 @@ where
             let stored = read(self.cache, &ids).await?;
             for ((id, row), (s, tomb)) in part.iter().zip(stored) {
                 let live = !s.deleted && !s.fields.is_empty();
-                match (row, classify(Some(&s), tomb, row.as_ref(), self.at)) {
+                let key = self.cache.key(id);
+                let stored_row = row.as_ref().map(|r| self.cache.stored_form(&key, r));
+                match (
+                    row,
+                    classify(Some(&s), tomb, stored_row.as_deref(), self.at),
+                ) {
                     (_, Finding::Ok | Finding::InFlight) => self.note(Kind::InFlight, id),
                     (None, _) if live => {
                         self.note(Kind::Orphaned, id);

@@ -232,6 +232,7 @@ where
         first.inner.cache.ttl_config().as_secs(),
         first.inner.cache.table_ttls(),
     );
+    let json = first.inner.cache.json_tables();
     drop(first);
     // The pause between pages spreads them over the period.
     let gap = period.mul_f64(0.8) / u32::try_from(pages.max(1)).unwrap_or(u32::MAX);
@@ -248,7 +249,7 @@ where
                 .arg(PAGE)
                 .query_async(&mut node)
                 .await?;
-            let done = renew(conn, &keys, &page, (ttl.0, &ttl.1)).await?;
+            let done = renew(conn, &keys, &page, (ttl.0, &ttl.1), &json).await?;
             renewed += done;
             made += 1;
             met += page.len() as u64;
@@ -286,6 +287,7 @@ async fn renew<C: crate::Connection>(
     keys: &KeySpace,
     page: &[String],
     (ttl, own): (u64, &[(String, u64)]),
+    json: &[String],
 ) -> crate::Result<u64> {
     // Under a prefix several tables share, other keys may turn up.
     let page: Vec<String> = page
@@ -299,7 +301,10 @@ async fn renew<C: crate::Connection>(
     }
     let in_hash: Vec<String> = page
         .iter()
-        .filter(|k| keys.tombstone(k) == Tombstone::InHash)
+        .filter(|k| {
+            keys.tombstone(k) == Tombstone::InHash
+                && !json.iter().any(|p| k.starts_with(p.as_str()))
+        })
         .cloned()
         .collect();
     let tombed = if in_hash.is_empty() {
@@ -323,13 +328,22 @@ async fn renew<C: crate::Connection>(
         .filter(|k| !tombed.contains(k))
         .cloned()
         .collect();
-    let replies = crate::cluster::pipelined(conn, &live, 1, |pipe, key| {
-        pipe.cmd("EXPIRE")
-            .arg(key)
-            .arg(crate::guard::ttl_of(own, ttl, key))
-            .arg("GT");
+    let replies = crate::cluster::pipelined(conn, &live, 2, |pipe, key| {
+        let ttl = crate::guard::ttl_of(own, ttl, key);
+        pipe.cmd("EXPIRE").arg(key).arg(ttl).arg("GT");
+        // A JSON record's version lives in its tombstone key: it lives as
+        // long as the record.
+        match keys.tombstone(key) {
+            Tombstone::Key(tomb) if json.iter().any(|p| key.starts_with(p.as_str())) => {
+                pipe.cmd("EXPIRE").arg(tomb).arg(ttl).arg("GT");
+            }
+            _ => {
+                pipe.cmd("ECHO").arg("");
+            }
+        }
     })
     .await?;
+    let replies: Vec<redis::Value> = replies.into_iter().step_by(2).collect();
     Ok(replies
         .iter()
         .filter(|v| matches!(v, redis::Value::Int(1)))

@@ -67,6 +67,19 @@ local function stored(data, tomb, p)
   return p(t), nil, true
 end
 
+-- A JSON record is a string (the document); its version and `__h` live in
+-- its tombstone key, as "<version> <__h>" while it exists and "<version>"
+-- once deleted (the tombstone a hash record's delete leaves too). Both
+-- keys carry the record's TTL. Ops 'j' (upsert: one pair, the document)
+-- and 'x' (delete) write such records.
+local function sidecar(tomb, p)
+  local t = redis.pcall('GET', tomb)
+  if type(t) ~= 'string' then return nil, nil end
+  local vs, h = string.match(t, '^(%S+) ?(.*)$')
+  if h == '' then h = nil end
+  return p(vs), h
+end
+
 -- The floor (no write older than it applies) when the state hash names
 -- `source`, and the stored position (a string, or false); nil when the
 -- state is gone or belongs to another source.
@@ -145,7 +158,8 @@ end
 -- write. A snapshot write needs an open window (PFWINDOW otherwise: its
 -- loader's window lapsed, and it must start over).
 -- ARGV: source, mode ('live' | 'snapshot'), ttl s, tombstone ttl ms,
--- position ('' for none), then per write: op ('u' | 'd'), version, `__h`
+-- position ('' for none), then per write: op ('u' | 'd', or 'j' | 'x' for
+-- a JSON record), version, `__h`
 -- (content hash, then field-names hash), [pf1_apply_t only: the write's own
 -- ttl s,] pair count n, then n name/value pairs, the last two being `__v`
 -- and `__h` themselves. Returns 1 (applied) or 0 (stale) per write. A live write must be newer than what is stored;
@@ -182,7 +196,13 @@ local function apply(keys, args, own_ttl)
     local v = p(vs)
     local ok = 0
     if v and not newer(floor, v) then
-      local cur, cur_h, tombed = stored(data, tomb, p)
+      local json = op == 'j' or op == 'x'
+      local cur, cur_h, tombed
+      if json then
+        cur, cur_h = sidecar(tomb, p)
+      else
+        cur, cur_h, tombed = stored(data, tomb, p)
+      end
       if cur == nil and logging then
         -- Removed since a write inside the window: that write's version.
         cur = p(redis.call('HGET', log, data))
@@ -192,7 +212,10 @@ local function apply(keys, args, own_ttl)
         -- Live writes only: a snapshot's own rows are all older than
         -- anything a later write in the window could need to know of.
         if logging and not snapshot then redis.call('HSET', log, data, vs) end
-        if op == 'u' then
+        if op == 'j' then
+          redis.call('SET', data, args[first + 1], 'EX', wttl)
+          redis.call('SET', tomb, vs .. ' ' .. h, 'EX', wttl)
+        elseif op == 'u' then
           if snapshot or cur == nil or names(cur_h) ~= names(h) then
             redis.call('DEL', data)
           end
@@ -228,7 +251,15 @@ local function sweep(keys, args)
   local swept = 0
   for k = 2, #keys, 2 do
     local data, tomb = keys[k], keys[k + 1]
-    if redis.call('EXISTS', data) == 1 and hget(data, '__del') == nil then
+    local kind = redis.call('TYPE', data)['ok']
+    if kind == 'string' then
+      -- A JSON record: its version is in its tombstone key.
+      local v = sidecar(tomb, parse)
+      if v == nil or newer(c, v) then
+        bury(data, tomb, args[2], tomb_ttl)
+        swept = swept + 1
+      end
+    elseif kind ~= 'none' and hget(data, '__del') == nil then
       local v = parse(hget(data, '__v'))
       if v == nil or newer(c, v) then
         bury(data, tomb, args[2], tomb_ttl)

@@ -31,8 +31,9 @@ use crate::error::{Error, Result};
 use crate::keys::KeySpace;
 use crate::model::{Fields, Version};
 
+pub(crate) use stored::json_document;
 pub(crate) use stored::{DELETED_FIELD, HASH_FIELD, Stored, VERSION_FIELD, tomb_key};
-pub use stored::{content_hash, hash_text};
+pub use stored::{JSON_FIELD, content_hash, hash_text};
 
 /// The library's source (Lua 5.1, Redis 7.0+).
 pub(crate) const LIBRARY: &str = include_str!("library.lua");
@@ -62,7 +63,14 @@ pub(crate) struct Guard<'a> {
     pub(crate) ttl_secs: u64,
     /// Tables with a TTL of their own: (key prefix, seconds).
     pub(crate) table_ttls: std::sync::Arc<Vec<(String, u64)>>,
+    /// Tables whose records are JSON documents: key prefixes.
+    pub(crate) json_tables: std::sync::Arc<Vec<String>>,
     pub(crate) tombstone_ttl_ms: u64,
+}
+
+/// Whether the key `data` is a JSON record's (its table's values are JSON).
+pub(crate) fn is_json(json_tables: &[String], data: &str) -> bool {
+    json_tables.iter().any(|p| data.starts_with(p.as_str()))
 }
 
 /// The TTL of the key `data`: its table's own, or `default`.
@@ -86,6 +94,7 @@ impl Guard<'_> {
         writes: &[Write<'_>],
     ) -> Cmd {
         let data: Vec<String> = writes.iter().map(|w| self.keys.key(w.id)).collect();
+        let json: Vec<bool> = data.iter().map(|d| is_json(&self.json_tables, d)).collect();
         let ttls: Vec<u64> = data
             .iter()
             .map(|d| ttl_of(&self.table_ttls, self.ttl_secs, d))
@@ -109,7 +118,11 @@ impl Guard<'_> {
             .arg(self.ttl_secs)
             .arg(self.tombstone_ttl_ms)
             .arg(position.map(|p| p.to_string()).unwrap_or_default());
-        for (w, ttl) in writes.iter().zip(ttls) {
+        for ((w, ttl), data) in writes.iter().zip(ttls).zip(&json) {
+            if *data {
+                self.json_write(&mut cmd, w, own_ttl.then_some(ttl));
+                continue;
+            }
             match w.fields {
                 Some(fields) => {
                     let (version, hash) = (w.version.to_string(), hash_text(fields));
@@ -134,6 +147,30 @@ impl Guard<'_> {
             }
         }
         cmd
+    }
+
+    /// One JSON record's write for `pf1_apply`: `j` with the document, or
+    /// `x` (a delete).
+    fn json_write(&self, cmd: &mut Cmd, w: &Write<'_>, ttl: Option<u64>) {
+        let version = w.version.to_string();
+        match w.fields {
+            Some(fields) => {
+                // Hashed as it is stored, so that a read can check it.
+                let stored: Fields = [(JSON_FIELD.to_owned(), json_document(fields))].into();
+                cmd.arg("j").arg(&version).arg(hash_text(&stored));
+                if let Some(ttl) = ttl {
+                    cmd.arg(ttl);
+                }
+                cmd.arg(1).arg(JSON_FIELD).arg(&stored[JSON_FIELD]);
+            }
+            None => {
+                cmd.arg("x").arg(&version).arg("");
+                if let Some(ttl) = ttl {
+                    cmd.arg(ttl);
+                }
+                cmd.arg(0);
+            }
+        }
     }
 
     /// `FCALL pf1_sweep` over the records at `data_keys`.

@@ -108,6 +108,47 @@ pub fn hash_text(fields: &Fields) -> String {
     format!("{:016x}{:016x}", content_hash(fields), names_hash(fields))
 }
 
+/// The one field of a record stored as a JSON document: the document
+/// itself (a string key; its version and `__h` in its tombstone key).
+pub const JSON_FIELD: &str = "$";
+
+impl Stored {
+    /// A JSON record as stored: the document (`None`: no key) and its
+    /// tombstone key's text (`"<version> <__h>"` beside a document,
+    /// `"<version>"` once deleted).
+    pub(crate) fn json(doc: Option<String>, sidecar: Option<&str>) -> Self {
+        let (version, hash) = sidecar_parts(sidecar);
+        Self {
+            fields: doc
+                .map(|d| [(JSON_FIELD.to_owned(), d)].into())
+                .unwrap_or_default(),
+            version,
+            hash,
+            deleted: false,
+        }
+    }
+}
+
+/// The version and content hash in a JSON record's tombstone key.
+fn sidecar_parts(sidecar: Option<&str>) -> (Option<Version>, Option<u64>) {
+    let Some(text) = sidecar else {
+        return (None, None);
+    };
+    let (version, hash) = text.split_once(' ').unwrap_or((text, ""));
+    let hash = hash.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok());
+    (version.parse().ok(), hash)
+}
+
+/// The document a JSON record's fields make: their `$` field when that is
+/// all they hold (a source that typed the row), else an object of their
+/// text values.
+pub(crate) fn json_document(fields: &Fields) -> String {
+    match fields.get(JSON_FIELD) {
+        Some(doc) if fields.len() == 1 => doc.clone(),
+        _ => serde_json::to_string(fields).unwrap_or_else(|_| "{}".to_owned()),
+    }
+}
+
 /// The tombstone key to pass beside `data_key` (the data key itself when
 /// the tombstone lives in the hash).
 pub(crate) fn tomb_key(keys: &KeySpace, data_key: &str) -> String {

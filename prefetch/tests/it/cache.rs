@@ -523,3 +523,93 @@ async fn tables_with_a_ttl_of_their_own_get_it_on_every_kind_of_write() {
     assert_eq!(cache.ttl_of(&format!("{p}a:9")), Duration::from_secs(60));
     assert_eq!(cache.ttl_of(&format!("{p}c:9")), Duration::from_secs(3000));
 }
+
+#[tokio::test]
+async fn a_json_table_stores_documents_guarded_by_the_version_in_their_tombstone_key() {
+    let redis = TestRedis::start();
+    let p = prefix("json");
+    let mut cfg = config(p.clone(), 600);
+    cfg.tables = vec![format!("{p}j:"), format!("{p}h:")];
+    cfg.json_tables = vec![format!("{p}j:")];
+    let cache = PrefetchCache::new(redis.conn().await, cfg, "s");
+    let conn = redis.conn().await;
+    let doc = |id: &str, d: &str| -> Record {
+        Record::with_id(id, [(prefetch::JSON_FIELD.to_owned(), d.to_owned())].into())
+    };
+    let get = |key: String| {
+        let mut conn = conn.clone();
+        async move { conn.get::<_, Option<String>>(key).await.unwrap() }
+    };
+
+    // A fresh load: the document as a string, its version beside it.
+    let hash_row: Record = [("id", "h:1"), ("name", "x")].into_iter().collect();
+    let v1 = Version::new(10, 0);
+    cache
+        .bulk_load(&[doc("j:1", r#"{"n":1}"#), hash_row], v1)
+        .await
+        .unwrap();
+    assert_eq!(get(format!("{p}j:1")).await.as_deref(), Some(r#"{"n":1}"#));
+    let side = get(format!("__pf:u:{{{p}j:1}}")).await.unwrap();
+    assert!(side.starts_with("0:10:0 "), "{side}");
+    let ttl: i64 = conn
+        .clone()
+        .ttl(format!("__pf:u:{{{p}j:1}}"))
+        .await
+        .unwrap();
+    assert!(
+        (590..=600).contains(&ttl),
+        "the version lives as long as the document: {ttl}"
+    );
+    let read = cache.get("j:1").await.unwrap().record.unwrap();
+    assert_eq!(read.fields()[prefetch::JSON_FIELD], r#"{"n":1}"#);
+    let entry = cache
+        .entries_of(&["j:1".to_owned()])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(entry.version, Some(v1));
+    assert!(entry.intact, "the stored hash matches the document");
+    assert_eq!(
+        cache
+            .cached_of(&["j:1".to_owned(), "h:1".to_owned()])
+            .await
+            .unwrap(),
+        [true, true]
+    );
+
+    // Live writes through the guard: text fields become an object; an older
+    // change is refused; a delete leaves its version; nothing older revives.
+    cache.begin_load(v1).await.unwrap();
+    cache.finish_load(v1).await.unwrap();
+    let up = Change::upsert("j:2", fields(&[("name", "two")]), Version::new(20, 0));
+    cache.apply_batch(&[up], None).await.unwrap();
+    assert_eq!(
+        get(format!("{p}j:2")).await.as_deref(),
+        Some(r#"{"name":"two"}"#)
+    );
+    let old = Change::upsert("j:2", fields(&[("name", "old")]), Version::new(15, 0));
+    assert_eq!(cache.apply_batch(&[old], None).await.unwrap().stale, 1);
+    let del = Change::delete("j:2", Version::new(30, 0));
+    cache.apply_batch(&[del], None).await.unwrap();
+    assert_eq!(get(format!("{p}j:2")).await, None);
+    let late = Change::upsert("j:2", fields(&[("name", "late")]), Version::new(25, 0));
+    assert_eq!(cache.apply_batch(&[late], None).await.unwrap().stale, 1);
+    assert_eq!(
+        get(format!("{p}j:2")).await,
+        None,
+        "a delete's tombstone holds"
+    );
+
+    // A snapshot without j:1 sweeps it, and leaves the hash table alone.
+    let window = cache.open_window(Duration::from_secs(5)).await.unwrap();
+    let v2 = Version::new(40, 0);
+    cache
+        .write_snapshot(&[doc("j:3", r#"{"n":3}"#)], v2)
+        .await
+        .unwrap();
+    assert_eq!(cache.sweep_within(v2, "j:").await.unwrap(), 1);
+    window.close().await.unwrap();
+    assert_eq!(get(format!("{p}j:1")).await, None);
+    assert_eq!(get(format!("{p}j:3")).await.as_deref(), Some(r#"{"n":3}"#));
+    assert!(cache.get("h:1").await.unwrap().hit());
+}
