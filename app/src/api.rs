@@ -53,7 +53,7 @@ pub async fn read_category(id: Option<String>) -> Result<ReadResponse, AppError>
     Ok(ReadResponse {
         id: read.id,
         hit: read.lookup.hit(),
-        record: read.lookup.record.map(|r| r.into_fields()),
+        record: read.lookup.record.map(|r| shown_fields(r.into_fields())),
         redis_latency_ms: millis(read.lookup.redis_latency),
         ttl_remaining: read.ttl.as_redis(),
         stats: ssr::stats(&ctx),

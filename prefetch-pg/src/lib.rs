@@ -33,6 +33,7 @@
 //! |---|---|
 //! | `error` | [`PgError`] |
 //! | `table` | a table's columns and key, rows as records, SQL quoting |
+//! | `json` | a row as a JSON document, typed by its columns |
 //! | `mapping` | how a declared table's rows become records, checked against the table |
 //! | `tables` | the tables file: which tables, their keys, columns, names, filters |
 //! | `shared` | what the source, its reader, heartbeat and editor share |
@@ -67,6 +68,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod json;
 mod mapping;
 pub mod table;
 pub mod tables;

@@ -29,6 +29,8 @@ pub struct Mapping {
     pub cache_prefix: String,
     /// Where the table was declared (`file:line`), for errors.
     pub origin: String,
+    /// Rows stored as JSON documents (`value = "json"`), not hashes.
+    pub json: bool,
 }
 
 impl Mapping {

@@ -152,6 +152,7 @@ fn same_declaration(a: &TableInfo, b: &TableInfo) -> bool {
                 && x.columns == y.columns
                 && x.rename == y.rename
                 && x.filter == y.filter
+                && x.json == y.json
         }
         (x, y) => x.is_none() && y.is_none(),
     }

@@ -215,6 +215,18 @@ impl TableInfo {
         if let Some(m) = &self.mapping {
             let key = m.template.render(|c| fields.get(c).map(String::as_str))?;
             let id = m.id_of_key(&key)?;
+            if m.json {
+                let name = |c: &str| m.rename.get(c).cloned().unwrap_or_else(|| c.to_owned());
+                let columns = self
+                    .selected()
+                    .into_iter()
+                    .map(|c| (c.name.as_str(), c.type_oid));
+                let doc = crate::json::document(columns, &fields, name);
+                return Some(Record::with_id(
+                    id,
+                    [(prefetch::JSON_FIELD.to_owned(), doc)].into(),
+                ));
+            }
             for (from, to) in &m.rename {
                 if let Some(v) = fields.remove(from) {
                     fields.insert(to.clone(), v);
@@ -384,6 +396,7 @@ mod tests {
             filter: Some("name <> ''".into()),
             cache_prefix: "item:".into(),
             origin: "t.toml:1".into(),
+            json: false,
         }));
         t.validate().unwrap();
         assert_eq!(

@@ -42,6 +42,10 @@ pub enum ValueKind {
     /// absent field).
     #[default]
     Hash,
+    /// A JSON document (a string key): integers and floats as numbers,
+    /// `numeric` as an exact string, booleans, NULL as `null`,
+    /// `json`/`jsonb` embedded, timestamps in ISO 8601, the rest as text.
+    Json,
 }
 
 /// One `[[table]]`.
@@ -182,17 +186,20 @@ impl TablesFile {
                 ),
                 None => None,
             };
-            if let Some(v) = &t.value
-                && v.get_ref() != "hash"
+            let value = match t
+                .value
+                .as_ref()
+                .map(|v| (v.get_ref().as_str(), v.span().start))
             {
-                return Err(at(
-                    v.span().start,
-                    format!(
-                        "value = {:?}: this version stores rows as hashes only (value = \"hash\")",
-                        v.get_ref()
-                    ),
-                ));
-            }
+                None | Some(("hash", _)) => ValueKind::Hash,
+                Some(("json", _)) => ValueKind::Json,
+                Some((other, at_)) => {
+                    return Err(at(
+                        at_,
+                        format!("value = {other:?}: a row is stored as \"hash\" or \"json\""),
+                    ));
+                }
+            };
             if t.columns.as_ref().is_some_and(Vec::is_empty) {
                 return Err(at(start, format!("table {name}: `columns` is empty")));
             }
@@ -204,7 +211,7 @@ impl TablesFile {
             let spec = TableSpec {
                 table: name,
                 key,
-                value: ValueKind::Hash,
+                value,
                 columns: t.columns,
                 rename: t.rename,
                 filter: t.filter.map(|f| f.into_inner()),
@@ -289,6 +296,7 @@ impl TableSpec {
             filter: self.filter.clone(),
             cache_prefix: cache_prefix.to_owned(),
             origin: self.origin.clone(),
+            json: self.value == ValueKind::Json,
         })
     }
 }
@@ -326,6 +334,16 @@ pub fn table_prefixes(specs: &[TableSpec]) -> Vec<String> {
         return Vec::new();
     }
     specs.iter().map(TableSpec::key_prefix).collect()
+}
+
+/// The key prefixes of the tables stored as JSON documents (for
+/// [`CacheConfig::json_tables`](prefetch::CacheConfig::json_tables)).
+pub fn json_prefixes(specs: &[TableSpec]) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| s.value == ValueKind::Json)
+        .map(TableSpec::key_prefix)
+        .collect()
 }
 
 /// Whether two names written in the file are the same table.

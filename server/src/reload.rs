@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use prefetch_pg::tables::TablesFile;
+use prefetch_pg::tables::{TableSpec, TablesFile, ValueKind};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -49,19 +49,25 @@ pub async fn reload(state: &AppState) -> Result<Value, ReloadError> {
     let cache = engine.cache();
     let keys = cache.key_space();
     let taken = hold_new_tables(keys, &file)?;
+    // A new table's TTL and encoding hold from its first change on; the
+    // running tables' change only once the file is accepted.
+    let is_new = |spec: &&TableSpec| taken.contains(&spec.key_prefix());
+    file.tables
+        .iter()
+        .filter(is_new)
+        .for_each(|s| plan(cache, s));
     let change = match r.pg.reload(&file.tables).await {
         Ok(change) => change,
         Err(e) => {
             release(keys, &taken);
+            for prefix in &taken {
+                cache.set_table_ttl(prefix, None);
+                cache.set_table_json(prefix, false);
+            }
             return Err(ReloadError::new(StatusCode::BAD_REQUEST, e.to_string()));
         }
     };
-    // Each table's TTL as the file now asks (the running default for one
-    // that does not), from its next write or renewal on.
-    for spec in &file.tables {
-        let own = spec.ttl_secs.map(std::time::Duration::from_secs);
-        cache.set_table_ttl(&spec.key_prefix(), own);
-    }
+    file.tables.iter().for_each(|s| plan(cache, s));
     let id_prefix = |t: &prefetch_pg::table::TableInfo| {
         let key = t.mapping.as_ref().map_or("", |m| m.template.prefix());
         key.strip_prefix(cache.prefix()).unwrap_or(key).to_owned()
@@ -129,6 +135,14 @@ fn hold_new_tables(
         taken.push(prefix);
     }
     Ok(taken)
+}
+
+/// The table's TTL (the running default when it asks none) and encoding,
+/// from its next write or renewal on.
+fn plan<C: prefetch::Connection>(cache: &prefetch::PrefetchCache<C>, spec: &TableSpec) {
+    let prefix = spec.key_prefix();
+    cache.set_table_ttl(&prefix, spec.ttl_secs.map(std::time::Duration::from_secs));
+    cache.set_table_json(&prefix, spec.value == ValueKind::Json);
 }
 
 fn release(keys: &prefetch::KeySpace, taken: &[String]) {

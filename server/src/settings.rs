@@ -140,6 +140,7 @@ impl Config {
                 engine.cache.ttl = Duration::from_secs(ttl);
             }
             engine.cache.table_ttls = own;
+            engine.cache.json_tables = tables::json_prefixes(&specs);
         }
         if self.pg_init.is_some() && primary != PrimaryKind::EmbeddedPostgres {
             return Err(Error::Config(

@@ -84,6 +84,7 @@ pub fn describe(settings: &Settings, pg: Option<&PgSource>) -> Vec<TableEntry> {
                         .as_ref()
                         .map_or_else(|| format!("{prefix}{{key}}"), |k| k.as_str().to_owned()),
                     prefix,
+                    value: value_name(spec.value == prefetch_pg::tables::ValueKind::Json),
                 }
             })
             .collect(),
@@ -96,6 +97,7 @@ pub fn describe(settings: &Settings, pg: Option<&PgSource>) -> Vec<TableEntry> {
                 name,
                 key: format!("{prefix}{{id}}"),
                 prefix,
+                value: value_name(false),
             }]
         }
     }
@@ -110,11 +112,13 @@ pub fn describe_pg(pg: &PgSource, prefix: &str) -> Vec<TableEntry> {
                 name: t.label(),
                 key: m.template.as_str().to_owned(),
                 prefix: m.template.prefix().to_owned(),
+                value: value_name(m.json),
             },
             None => TableEntry {
                 name: t.label(),
                 key: format!("{prefix}{{{}}}", t.key.join("}:{")),
                 prefix: prefix.to_owned(),
+                value: value_name(false),
             },
         })
         .collect()
@@ -129,6 +133,8 @@ pub struct TableEntry {
     pub key: String,
     /// What every key of the table starts with.
     pub prefix: String,
+    /// How a row is stored: `hash` or `json`.
+    pub value: &'static str,
 }
 
 impl AppState {
@@ -166,4 +172,9 @@ impl FromRef<AppState> for LeptosOptions {
     fn from_ref(state: &AppState) -> Self {
         state.leptos_options.clone()
     }
+}
+
+/// `json` or `hash`.
+fn value_name(json: bool) -> &'static str {
+    if json { "json" } else { "hash" }
 }

@@ -179,7 +179,7 @@ fn CacheRow(state: LiveState, id: String) -> impl IntoView {
             let cached = cached.as_ref().map(|c| &c.fields);
             let value = |fields: Option<&Fields>, field: &str| -> String {
                 fields
-                    .and_then(|f| f.get(field).cloned())
+                    .and_then(|f| crate::model::field_of(f, field))
                     .unwrap_or_else(|| "—".into())
             };
             let primary_cells = columns
@@ -190,7 +190,9 @@ fn CacheRow(state: LiveState, id: String) -> impl IntoView {
                 .iter()
                 .map(|f| {
                     let differs = match (primary, cached) {
-                        (Some(p), Some(c)) => p.get(f) != c.get(f),
+                        (Some(p), Some(c)) => {
+                            crate::model::field_of(p, f) != crate::model::field_of(c, f)
+                        }
                         _ => false,
                     };
                     view! { <td class="c" data-field=f.clone() class:diff=differs>{value(cached, f)}</td> }

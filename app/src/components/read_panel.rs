@@ -47,7 +47,7 @@ pub fn ReadPanel(state: LiveState) -> impl IntoView {
                                         let v = if f == "id" {
                                             fields.get(&f).cloned().unwrap_or_else(|| r.id.clone())
                                         } else {
-                                            fields.get(&f).cloned().unwrap_or_default()
+                                            crate::model::field_of(&fields, &f).unwrap_or_default()
                                         };
                                         view! { <dt>{f.clone()}</dt><dd data-field=f>{v}</dd> }
                                     })

@@ -75,6 +75,46 @@ pub struct StatsDto {
     pub tables: Vec<TableStatsDto>,
 }
 
+/// The field `name` of a record as the dashboard shows it.
+///
+/// The field itself, or, for a record stored as a JSON document (its one
+/// field `$`), that member of the document (a string as it is, anything
+/// else as JSON).
+pub fn field_of(fields: &Fields, name: &str) -> Option<String> {
+    if let Some(v) = fields.get(name) {
+        return Some(v.clone());
+    }
+    let doc = fields.get("$")?;
+    let value: serde_json::Value = serde_json::from_str(doc).ok()?;
+    match value.get(name)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A record's fields as the API answers them: a JSON document's members
+/// (strings as they are, `null` absent, anything else as JSON), or the
+/// fields themselves.
+pub fn shown_fields(fields: Fields) -> Fields {
+    let document = match fields.get("$") {
+        Some(doc) if fields.len() == 1 => serde_json::from_str::<serde_json::Value>(doc).ok(),
+        _ => None,
+    };
+    match document {
+        // NULL is an absent field, as in a hash.
+        Some(serde_json::Value::Object(members)) => members
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some((k, s)),
+                other => Some((k, other.to_string())),
+            })
+            .collect(),
+        _ => fields,
+    }
+}
+
 /// One table's reads and changes since the last reset.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableStatsDto {

@@ -31,6 +31,10 @@ pub struct StreamTable {
     pub rename: BTreeMap<String, String>,
     /// The cache's key prefix: a record's id is its key less this.
     pub cache_prefix: String,
+    /// Rows stored as JSON documents (`value = "json"`): the record is
+    /// its one field [`prefetch::JSON_FIELD`], the row's kept columns with
+    /// their JSON values (NULL as `null`, decimals as exact strings).
+    pub json: bool,
 }
 
 impl StreamTable {
@@ -135,7 +139,43 @@ pub(super) fn upsert(
 ) -> Result<(String, Fields), DecodeError> {
     let values = texts(row, decimals);
     let id = table.id(&values, key)?;
+    if table.json {
+        return Ok((id, document(table, row, decimals)));
+    }
     Ok((id, table.fields(values)))
+}
+
+/// A JSON table's record: the row's kept columns, renamed, with their JSON
+/// values as the connector typed them.
+fn document(table: &StreamTable, row: &Value, decimals: &HashMap<String, u32>) -> Fields {
+    let mut doc = serde_json::Map::new();
+    if let Value::Object(cols) = row {
+        for (name, v) in cols {
+            let kept = table.columns.as_ref().is_none_or(|c| c.contains(name));
+            if name.starts_with(RESERVED_FIELD_PREFIX) || !kept {
+                continue;
+            }
+            let v = match (decimals.get(name), v) {
+                (Some(scale), Value::String(b64)) => {
+                    decode_decimal(b64, *scale).map_or_else(|| v.clone(), Value::String)
+                }
+                _ => v.clone(),
+            };
+            doc.insert(
+                table
+                    .rename
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| name.clone()),
+                v,
+            );
+        }
+    }
+    [(
+        prefetch::JSON_FIELD.to_owned(),
+        Value::Object(doc).to_string(),
+    )]
+    .into()
 }
 
 /// The id of the row of `table` a delete names (its `before` row, when

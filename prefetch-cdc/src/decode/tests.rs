@@ -214,6 +214,7 @@ fn shop() -> DecodeOptions {
                 columns: Some(vec!["sku".into(), "name".into(), "price".into()]),
                 rename: [("name".to_owned(), "title".to_owned())].into(),
                 cache_prefix: String::new(),
+                json: false,
             },
             StreamTable {
                 schema: "public".into(),
@@ -223,6 +224,7 @@ fn shop() -> DecodeOptions {
                 columns: None,
                 rename: Default::default(),
                 cache_prefix: String::new(),
+                json: true,
             },
         ],
         ..DecodeOptions::default()

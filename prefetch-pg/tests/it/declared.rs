@@ -83,8 +83,14 @@ async fn redis_rows(redis: &TestRedis, prefix: &str) -> BTreeMap<String, Fields>
     out
 }
 
-/// The fields of the hash at `key`, the cache's metadata left out.
+/// The fields of the hash at `key`, the cache's metadata left out; a JSON
+/// record as its one field `$`.
 async fn row_of(conn: &mut impl redis::aio::ConnectionLike, key: &str) -> Fields {
+    let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap();
+    if kind == "string" {
+        let doc: String = redis::cmd("GET").arg(key).query_async(conn).await.unwrap();
+        return [(prefetch::JSON_FIELD.to_owned(), doc)].into();
+    }
     let fields: Fields = redis::cmd("HGETALL")
         .arg(key)
         .query_async(conn)
@@ -271,6 +277,7 @@ key   = "product:{sku}"
 table   = "users"
 key     = "user:{id}"
 columns = ["id", "email"]
+value   = "json"
 "#;
 
 /// Three declared tables in one engine: one slot, one publication, one
@@ -288,6 +295,7 @@ pub(crate) async fn shop_engine(redis: &TestRedis, url: &str) -> PgEngine {
     let mut engine_config = engine_config("shop");
     engine_config.cache.prefix = prefetch_pg::tables::cache_prefix(&specs);
     engine_config.cache.tables = prefetch_pg::tables::table_prefixes(&specs);
+    engine_config.cache.json_tables = prefetch_pg::tables::json_prefixes(&specs);
     Engine::start(redis.conn().await, source, events, engine_config)
         .await
         .expect("engine starts")
@@ -309,15 +317,11 @@ pub(crate) async fn shop_expected(sql: &Client) -> BTreeMap<String, Fields> {
         f.insert("price".into(), r.get(2));
         out.insert(format!("product:{}", sku.replace(':', "%3A")), f);
     }
-    for r in sql
-        .query("SELECT id::text, email FROM users", &[])
-        .await
-        .unwrap()
-    {
-        let id: String = r.get(0);
-        let mut f = Fields::new();
-        f.insert("id".into(), id.clone());
-        f.insert("email".into(), r.get(1));
+    // Users are JSON documents: the id a number, a NULL email `null`.
+    for r in sql.query("SELECT id, email FROM users", &[]).await.unwrap() {
+        let (id, email): (i32, Option<String>) = (r.get(0), r.get(1));
+        let doc = serde_json::json!({"id": id, "email": email}).to_string();
+        let f: Fields = [(prefetch::JSON_FIELD.to_owned(), doc)].into();
         out.insert(format!("user:{id}"), f);
     }
     out
@@ -353,6 +357,12 @@ async fn three_declared_tables_share_one_slot_and_end_equal_to_their_selects() {
         .unwrap();
     let engine = shop_engine(&redis, &url).await;
     assert_eq!(all_rows(&redis).await, shop_expected(&sql).await);
+    let kind: String = redis::cmd("TYPE")
+        .arg("user:1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kind, "string", "a JSON table's record is a document");
 
     sql.batch_execute(
         "BEGIN;
@@ -439,17 +449,20 @@ async fn a_transaction_over_two_tables_is_never_seen_half_applied() {
         let mut conn = reader_redis;
         let mut reads = 0u32;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let (name, email): (Option<String>, Option<String>) = redis::pipe()
+            let (name, doc): (Option<String>, Option<String>) = redis::pipe()
                 .atomic()
                 .cmd("HGET")
                 .arg("product:p1")
                 .arg("name")
-                .cmd("HGET")
+                .cmd("GET")
                 .arg("user:1")
-                .arg("email")
                 .query_async(&mut conn)
                 .await
                 .unwrap();
+            let email = doc.map(|d| {
+                let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+                v["email"].as_str().unwrap_or_default().to_owned()
+            });
             assert_eq!(name, email, "half of one transaction after {reads} reads");
             reads += 1;
         }
@@ -514,6 +527,7 @@ async fn three_declared_tables_on_a_cluster_end_equal_to_their_selects() {
     let mut engine_config = engine_config("shop_cluster");
     engine_config.cache.prefix = prefetch_pg::tables::cache_prefix(&specs);
     engine_config.cache.tables = prefetch_pg::tables::table_prefixes(&specs);
+    engine_config.cache.json_tables = prefetch_pg::tables::json_prefixes(&specs);
     let (engine, _) = Engine::start(cluster.redis().await, source, events, engine_config)
         .await
         .expect("engine starts on the cluster");
@@ -538,5 +552,90 @@ async fn three_declared_tables_on_a_cluster_end_equal_to_their_selects() {
     slots.sort_unstable();
     slots.dedup();
     assert!(slots.len() > 100, "keys in {} slots", slots.len());
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
+}
+
+/// A JSON table end to end: the document typed as SPEC.md maps PostgreSQL's
+/// types, after the load and after live changes.
+#[tokio::test]
+async fn a_json_table_holds_typed_documents_in_string_keys() {
+    let url = database("json_table").await;
+    let sql = connect(&url).await;
+    sql.batch_execute(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone TO ''UTC''', current_database()); END $$;
+         SET TIME ZONE 'UTC';
+         CREATE TABLE events (id bigint PRIMARY KEY, amount numeric, ok boolean, meta jsonb,
+             at timestamptz, note text, score float8, secret text);
+         INSERT INTO events VALUES
+             (1, 12.50, true, '{\"tags\": [\"a\", \"b\"]}', '2024-05-01 10:00:00.5+00', NULL, 1.5, 's');",
+    )
+    .await
+    .unwrap();
+    let file = r#"
+[[table]]
+table   = "events"
+key     = "event:{id}"
+value   = "json"
+columns = ["id", "amount", "ok", "meta", "at", "note", "score"]
+rename  = { note = "comment" }
+"#;
+    let redis = TestRedis::start();
+    let mut specs_config = config(&url, file);
+    specs_config.heartbeat = Duration::from_millis(200);
+    let events = EventBus::default();
+    let source = PgSource::connect(specs_config, events.clone())
+        .await
+        .unwrap();
+    let mut ec = engine_config("json_table");
+    ec.cache.prefix = "event:".into();
+    ec.cache.json_tables = vec!["event:".into()];
+    let (engine, _) = Engine::start(redis.conn().await, source, events, ec)
+        .await
+        .unwrap();
+    let mut conn = redis.conn().await;
+    let doc = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let text: Option<String> = redis::cmd("GET")
+                .arg("event:1")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            text.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+        }
+    };
+    let loaded = doc(&mut conn).await.expect("loaded as a document");
+    assert_eq!(
+        loaded,
+        serde_json::json!({
+            "id": 1, "amount": "12.50", "ok": true, "meta": {"tags": ["a", "b"]},
+            "at": "2024-05-01T10:00:00.5+00:00", "comment": null, "score": 1.5
+        })
+    );
+
+    sql.batch_execute("UPDATE events SET ok = false, note = 'hi', amount = 3 WHERE id = 1")
+        .await
+        .unwrap();
+    caught_up(&engine, &sql).await;
+    let live = doc(&mut conn).await.unwrap();
+    assert_eq!(
+        (
+            live["ok"].clone(),
+            live["comment"].clone(),
+            live["amount"].clone()
+        ),
+        (
+            serde_json::json!(false),
+            serde_json::json!("hi"),
+            serde_json::json!("3")
+        )
+    );
+    let read = engine.read("1").await.unwrap();
+    assert!(read.lookup.hit(), "read through the cache");
+    sql.batch_execute("DELETE FROM events WHERE id = 1")
+        .await
+        .unwrap();
+    caught_up(&engine, &sql).await;
+    assert_eq!(doc(&mut conn).await, None);
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }

@@ -119,6 +119,7 @@ async fn open_stream(
                 columns: spec.columns.clone(),
                 rename: spec.rename.clone(),
                 cache_prefix: settings.engine.cache.prefix.clone(),
+                json: spec.value == prefetch_pg::tables::ValueKind::Json,
             }
         })
         .collect();

@@ -68,7 +68,7 @@ async fn list(state: &AppState) -> prefetch::Result<Vec<Value>> {
         out.push(json!({
             "name": t.name,
             "key": t.key,
-            "value": "hash",
+            "value": t.value,
             "rows": rows,
             "rows_exact": exact,
             "lag_ms": lag_ms,

@@ -476,7 +476,7 @@ async fn one_stream_of_several_tables_is_mapped_by_the_tables_file() {
     std::fs::write(
         &file,
         "[[table]]\ntable = \"products\"\nkey = \"product:{sku}\"\ncolumns = [\"sku\", \"name\", \"price\"]\nrename = { name = \"title\" }\nttl_secs = 600\n\n\
-         [[table]]\ntable = \"public.users\"\nkey = \"user:{id}\"\ncolumns = [\"id\", \"email\"]\n",
+         [[table]]\ntable = \"public.users\"\nkey = \"user:{id}\"\ncolumns = [\"id\", \"email\"]\nvalue = \"json\"\n",
     )
     .unwrap();
     let primary = format!("stream:{ALL}");
@@ -494,6 +494,15 @@ async fn one_stream_of_several_tables_is_mapped_by_the_tables_file() {
     assert_eq!(u["record"]["email"], "u1@x", "{u}");
     assert!(u["record"].get("password_hash").is_none(), "{u}");
     let mut conn = srv.redis.conn().await;
+    let doc: String = redis::cmd("GET")
+        .arg("user:1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        doc, r#"{"email":"u1@x","id":1}"#,
+        "a JSON table: the row as typed"
+    );
     let ttl: i64 = redis::cmd("TTL")
         .arg("product:p1")
         .query_async(&mut conn)

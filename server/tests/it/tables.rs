@@ -92,8 +92,17 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
     };
     assert!((590..=600).contains(&ttl("customer:7").await));
     assert!(ttl("product:SKU-00001").await > 3000);
+    // Order lines are JSON documents: GET answers the typed row.
     let (_, line) = srv.get("/read?id=line:12:3").await;
-    assert_eq!(line["record"]["quantity"], "4", "{line}");
+    assert_eq!(line["hit"], true, "{line}");
+    let doc: String = redis::cmd("GET")
+        .arg("line:12:3")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["quantity"], 4, "{doc}");
+    assert_eq!(doc["sku"], "SKU-00088", "{doc}");
 
     // The dashboard's view: the table's own fields, every row in sync.
     let mut feed = srv.events().await;
@@ -156,7 +165,8 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
         .unwrap()
         .iter()
         .map(|t| {
-            assert_eq!(t["value"], "hash");
+            let json = t["name"] == "public.order_lines";
+            assert_eq!(t["value"], if json { "json" } else { "hash" }, "{t}");
             assert_eq!(t["rows_exact"], true);
             assert_eq!(t["state"], "running");
             assert!(t["last_snapshot_ms"].as_u64().is_some(), "{t}");
@@ -411,10 +421,6 @@ pub(crate) async fn example_expected(
             "SELECT 'customer:' || id, id::text, name, email FROM customers",
             &["id", "name", "email"][..],
         ),
-        (
-            "SELECT 'line:' || order_id || ':' || line_no, order_id::text, line_no::text, customer::text, sku, quantity::text FROM order_lines",
-            &["order_id", "line_no", "customer", "sku", "quantity"][..],
-        ),
     ];
     for (query, fields) in queries {
         for row in sql.query(query, &[]).await.unwrap() {
@@ -425,6 +431,17 @@ pub(crate) async fn example_expected(
                 .collect();
             out.insert(row.get(0), f);
         }
+    }
+    // Order lines are JSON documents, their numbers numbers.
+    let lines = "SELECT order_id, line_no, customer, sku, quantity FROM order_lines";
+    for row in sql.query(lines, &[]).await.unwrap() {
+        let (order, line): (i64, i32) = (row.get(0), row.get(1));
+        let doc = serde_json::json!({
+            "order_id": order, "line_no": line, "customer": row.get::<_, i64>(2),
+            "sku": row.get::<_, String>(3), "quantity": row.get::<_, i32>(4),
+        });
+        let f = [(prefetch::JSON_FIELD.to_owned(), doc.to_string())].into();
+        out.insert(format!("line:{order}:{line}"), f);
     }
     out
 }
@@ -440,6 +457,20 @@ pub(crate) async fn example_in_redis(redis: &TestRedis) -> BTreeMap<String, pref
             .await
             .unwrap();
         for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if kind == "string" {
+                let doc: String = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                out.insert(key, [(prefetch::JSON_FIELD.to_owned(), doc)].into());
+                continue;
+            }
             let fields: prefetch::Fields = redis::cmd("HGETALL")
                 .arg(&key)
                 .query_async(&mut conn)
