@@ -31,26 +31,24 @@ async fn a_resnapshot_of_one_table_under_load_repairs_it_shows_no_miss_and_touch
     let engine = Arc::new(shop_engine(&redis, &url).await);
     let mut conn = redis.conn().await;
 
-    // Break the users' side of the cache as an operator might find it: a
-    // value changed by hand, a key lost, two orphans (one with an old
-    // version, one written outside the pipeline).
+    // Break the users' side of the cache (a JSON table) as an operator might
+    // find it: a document changed by hand, a key lost, two orphans (one with
+    // an old version beside it, one written outside the pipeline).
     let _: () = redis::pipe()
-        .cmd("HSET")
+        .cmd("SET")
         .arg("user:5")
-        .arg("email")
-        .arg("wrong")
+        .arg(r#"{"email":"wrong","id":5}"#)
         .cmd("DEL")
         .arg("user:7")
-        .cmd("HSET")
+        .cmd("SET")
         .arg("user:99999")
-        .arg("id")
-        .arg("99999")
-        .arg("__v")
-        .arg("0:1:0")
-        .cmd("HSET")
+        .arg(r#"{"id":99999}"#)
+        .cmd("SET")
+        .arg("__pf:u:{user:99999}")
+        .arg("0:1:0 00")
+        .cmd("SET")
         .arg("user:99998")
-        .arg("id")
-        .arg("99998")
+        .arg(r#"{"id":99998}"#)
         .query_async(&mut conn)
         .await
         .unwrap();
