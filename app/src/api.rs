@@ -368,7 +368,18 @@ pub async fn worker_control(action: Option<String>) -> Result<WorkerResponse, Ap
             *ctx.paused.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
         }
         "resume" => {
-            ctx.paused.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let held = ctx.paused.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(held);
+            // The answer is the state the worker reached, not the one it
+            // was leaving.
+            let state = ctx
+                .engine
+                .sync()
+                .settle_resumed(std::time::Duration::from_secs(2))
+                .await;
+            return Ok(WorkerResponse {
+                worker: state.into(),
+            });
         }
         other => {
             return ssr::fail(

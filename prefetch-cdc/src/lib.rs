@@ -50,4 +50,4 @@ mod source;
 
 pub use config::StreamConfig;
 pub use decode::{DecodeError, DecodeOptions, Decoded, StreamTable, decode_entry};
-pub use source::StreamSource;
+pub use source::{HistoryLost, StreamSource};

@@ -18,6 +18,20 @@ use crate::config::StreamConfig;
 use crate::decode::{Decoded, decode_entry};
 use crate::history::{StreamInfo, id_text, parse_entries, parse_id};
 
+/// A stream lost entries (trimmed or deleted): a snapshot folded from it
+/// could miss records, so none is folded unless
+/// [`StreamConfig::allow_incomplete_history`] says so.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "stream '{stream}' lost {removed} entries (trimmed or deleted), so a snapshot folded from it could miss records; re-run the connector's initial snapshot into a fresh stream, or allow an incomplete history"
+)]
+pub struct HistoryLost {
+    /// The stream's key.
+    pub stream: String,
+    /// Entries gone.
+    pub removed: u64,
+}
+
 /// Follows one Redis stream of Debezium change events.
 ///
 /// - **Versions** are the stream's entry ids (`<ms>-<seq>`, as
@@ -178,10 +192,10 @@ impl StreamSource {
             return Ok((Version::ZERO, Vec::new()));
         };
         if info.removed > 0 && !self.config.allow_incomplete_history {
-            return Err(Error::source_failed(format!(
-                "stream '{}' lost {} entries (trimmed or deleted), so a snapshot folded from it could miss records; re-run the connector's initial snapshot into a fresh stream, or allow an incomplete history",
-                self.config.stream, info.removed
-            )));
+            return Err(Error::source_failed(HistoryLost {
+                stream: self.config.stream.clone(),
+                removed: info.removed,
+            }));
         }
         let mut rows: BTreeMap<String, Fields> = BTreeMap::new();
         let mut from = "-".to_owned();

@@ -7,7 +7,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::PgError;
-use crate::table::{Column, Mapping, TableInfo, ident};
+use crate::table::{Column, Mapping, TableInfo, ident, literal};
 
 /// One shared `tokio-postgres` client; a closed one is replaced on next use.
 #[derive(Debug)]
@@ -71,8 +71,15 @@ pub async fn table_exists(c: &Client, schema: &str, name: &str) -> Result<bool, 
 /// Creates the demo table of SPEC.md and seeds the five categories.
 pub async fn create_demo_table(c: &Client, schema: &str, name: &str) -> Result<(), PgError> {
     let t = format!("{}.{}", ident(schema), ident(name));
-    c.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {t} (
+    // Several replicas may start at once on a fresh database: two
+    // concurrent `CREATE TABLE IF NOT EXISTS` can both miss the other's and
+    // one then fails on the catalog's unique index. One at a time, under a
+    // transaction-scoped advisory lock named after the table.
+    let created = c
+        .batch_execute(&format!(
+            "BEGIN;
+        SELECT pg_advisory_xact_lock(hashtext({lock}));
+        CREATE TABLE IF NOT EXISTS {t} (
             id text PRIMARY KEY,
             name text NOT NULL,
             display_order integer NOT NULL DEFAULT 99,
@@ -85,10 +92,16 @@ pub async fn create_demo_table(c: &Client, schema: &str, name: &str) -> Result<(
             ('cat-003', 'Pantry Staples', 3, false, ''),
             ('cat-004', 'Frozen', 4, false, ''),
             ('cat-005', 'Specialty Cheeses', 5, false, 'cat-002')
-        ON CONFLICT (id) DO NOTHING;"
-    ))
-    .await?;
-    Ok(())
+        ON CONFLICT (id) DO NOTHING;
+        COMMIT;",
+            lock = literal(&format!("prefetch demo table {t}"))
+        ))
+        .await;
+    if created.is_err() {
+        // The connection is the source's own: leave no transaction open.
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    Ok(created?)
 }
 
 /// The table as the catalog describes it now, mapped by `mapping`, checked.
@@ -152,6 +165,21 @@ pub async fn ensure_publication(
     publication: &str,
     tables: &[Arc<TableInfo>],
 ) -> Result<(), PgError> {
+    // Replicas starting at once would both find it missing and both create
+    // it: one at a time, under a session advisory lock named after it.
+    let lock = format!("prefetch publication {publication}");
+    c.execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock])
+        .await?;
+    let done = publish(c, publication, tables).await;
+    let unlocked = c
+        .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock])
+        .await;
+    done?;
+    unlocked?;
+    Ok(())
+}
+
+async fn publish(c: &Client, publication: &str, tables: &[Arc<TableInfo>]) -> Result<(), PgError> {
     let table = match tables {
         [one] if one.mapping.is_none() => one,
         _ => return publish_mapped(c, publication, tables).await,

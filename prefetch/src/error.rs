@@ -49,8 +49,8 @@ pub enum Error {
     /// Loading the working set would take Redis past its memory budget
     /// (`maxmemory` less the headroom); nothing was written.
     #[error(
-        "the working set needs about {} MB of Redis memory, the budget is {} MB (maxmemory {} MB less {}% headroom); raise maxmemory or start with --memory-check warn",
-        .needed / 1_000_000, .budget / 1_000_000, .max / 1_000_000, .headroom_pct
+        "the working set needs about {} of Redis memory, the budget is {} (maxmemory {} less {}% headroom); raise maxmemory or start with --memory-check warn",
+        bytes_text(.needed), bytes_text(.budget), bytes_text(.max), .headroom_pct
     )]
     MemoryBudget {
         /// Bytes Redis would use after the load (estimate).
@@ -129,3 +129,28 @@ impl Error {
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A size with three significant digits and its unit (`1.42 MB`, `980 kB`,
+/// `512 B`), so that small budgets still say something.
+///
+/// ```
+/// # use prefetch::Error;
+/// let e = Error::MemoryBudget { needed: 1_420_000, budget: 980_000, max: 1_100_000, headroom_pct: 10 };
+/// assert!(e.to_string().contains("needs about 1.42 MB"), "{e}");
+/// assert!(e.to_string().contains("the budget is 980 kB"), "{e}");
+/// ```
+fn bytes_text<B: std::borrow::Borrow<u64>>(bytes: B) -> String {
+    let b = *bytes.borrow() as f64;
+    let (value, unit) = [(1e9, "GB"), (1e6, "MB"), (1e3, "kB")]
+        .into_iter()
+        .find(|(scale, _)| b >= *scale)
+        .map_or((b, "B"), |(scale, unit)| (b / scale, unit));
+    let decimals = if unit == "B" || value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.decimals$} {unit}")
+}

@@ -61,6 +61,14 @@ pub enum Error {
 
 impl From<prefetch::Error> for Error {
     fn from(e: prefetch::Error) -> Self {
+        // A refusal a flag lifts names the flag.
+        if let prefetch::Error::Source(inner) = &e
+            && inner.downcast_ref::<prefetch_cdc::HistoryLost>().is_some()
+        {
+            return Error::Config(format!(
+                "initial prefetch failed: {e}: start with --stream-allow-trimmed to load it anyway"
+            ));
+        }
         Error::Prefetch(e)
     }
 }

@@ -350,3 +350,34 @@ async fn reconciliation_against_postgresql_names_each_drift_and_repair_converges
     assert_mirrors(&engine, &sql).await;
     assert!(engine.reconcile(false).await.unwrap().is_clean());
 }
+
+/// Replicas started at once on a fresh database all create the demo table
+/// (one at a time): none fails on the catalog's unique index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_starting_at_once_on_a_fresh_database_all_create_the_demo_table() {
+    let url = database("race").await;
+    let starts = (0..8).map(|i| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut config = prefetch_pg::PgConfig::new(&url, "public.categories");
+            config.slot = Some(format!("race_{i}"));
+            prefetch_pg::PgSource::connect(config, prefetch::EventBus::default()).await
+        })
+    });
+    for (i, start) in futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        if let Err(e) = start.unwrap() {
+            panic!("replica {i} could not start: {e}");
+        }
+    }
+    let sql = connect(&url).await;
+    let rows: i64 = sql
+        .query_one("SELECT count(*) FROM categories", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 5);
+}

@@ -232,6 +232,18 @@ impl SyncHandle {
         }
     }
 
+    /// Once no pause is outstanding, waits (at most `timeout`) until the
+    /// worker has left the paused state, and returns the state it is in
+    /// (a resume is taken up by the worker's task a moment later).
+    pub async fn settle_resumed(&self, timeout: Duration) -> WorkerState {
+        if self.shared.control.borrow().pauses == 0 {
+            let mut status = self.shared.status.subscribe();
+            let left = status.wait_for(|s| s.state != WorkerState::Paused);
+            let _ = tokio::time::timeout(timeout, left).await;
+        }
+        self.state()
+    }
+
     /// The worker's current state.
     pub fn state(&self) -> WorkerState {
         self.shared.status.borrow().state

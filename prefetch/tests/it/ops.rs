@@ -149,8 +149,8 @@ async fn a_load_that_would_not_fit_in_maxmemory_is_refused_with_both_figures() {
     let message = err.to_string();
     assert!(matches!(err, Error::MemoryBudget { .. }), "{message}");
     assert!(
-        message.contains("MB of Redis memory") && message.contains("budget"),
-        "{message}"
+        message.contains(" MB of Redis memory") && message.contains("budget is 2."),
+        "a budget of 3 MB less its headroom, with its decimals: {message}"
     );
     let mut conn = redis.conn().await;
     let keys: Vec<String> = conn.keys("t:budget:*").await.unwrap();

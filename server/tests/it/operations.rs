@@ -182,8 +182,22 @@ async fn faults_and_worker_control_over_http() {
         "{metrics}"
     );
     let (status, body) = srv.post("/worker", "action=resume").await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (status, body["worker"].as_str()),
+        (200, Some("running")),
+        "{body}"
+    );
     srv.engine().settle(WAIT).await.unwrap();
+    // Every resume answers the state the worker reached (it answered
+    // "paused" two times in three before).
+    for _ in 0..10 {
+        let (_, paused) = srv.post("/worker", "action=pause").await;
+        let (_, resumed) = srv.post("/worker", "action=resume").await;
+        assert_eq!(
+            (paused["worker"].as_str(), resumed["worker"].as_str()),
+            (Some("paused"), Some("running"))
+        );
+    }
     let (_, read) = srv.get("/read?id=cat-002").await;
     assert_eq!(read["record"]["name"], "queued");
     tokio::time::sleep(Duration::from_millis(200)).await;

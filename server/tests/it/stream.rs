@@ -146,6 +146,10 @@ async fn a_trimmed_stream_stops_the_server_with_a_clear_error_unless_allowed() {
         panic!("a trimmed stream must not start silently");
     };
     assert!(e.to_string().contains("lost 3 entries"), "{e}");
+    assert!(
+        e.to_string().contains("--stream-allow-trimmed"),
+        "the flag that lifts it: {e}"
+    );
 
     let srv = TestServer::start_on(redis, &["--primary", &primary, "--stream-allow-trimmed"]).await;
     let (_, cats) = srv.get("/categories").await;
