@@ -62,10 +62,11 @@ pub struct Config {
     /// as the demo's categories table, with its five rows, when missing.
     #[arg(long, env = "PREFETCH_PG_TABLE", default_value = "categories")]
     pub pg_table: String,
-    /// A tables file (TOML): the table to hold and how its rows become keys
-    /// (key template, columns, names, row filter, TTL); see
-    /// docs/tables.md. Needs a PostgreSQL primary; replaces `--pg-table`,
-    /// and the key template's prefix replaces `--cache-prefix`.
+    /// A tables file (TOML): the tables to hold and how their rows become
+    /// keys (key template, hash or JSON, columns, names, row filter, TTL);
+    /// see docs/tables.md. Needs a PostgreSQL primary or a stream; replaces
+    /// `--pg-table`, and the key templates' prefixes replace
+    /// `--cache-prefix`. Read again on SIGHUP.
     #[arg(long = "config", env = "PREFETCH_CONFIG", value_name = "FILE")]
     pub tables_file: Option<String>,
     /// A SQL file the private PostgreSQL (`--primary postgres`) runs once
