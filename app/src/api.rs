@@ -285,7 +285,7 @@ pub async fn dead_letters() -> Result<DeadLettersResponse, AppError> {
 
 /// `POST /dead-letters/replay`: puts up to 1,000 dead letters back into the
 /// change feed with their original versions, so each applies only where it
-/// is newer (within the tombstone TTL of a delete; see the README).
+/// is newer (within the tombstone TTL of a delete; see docs/design.md).
 #[server(prefix = "", endpoint = "dead-letters/replay", name = ReplayDeadLetters)]
 pub async fn replay_dead_letters() -> Result<ReplayResponse, AppError> {
     let ctx = ssr::ctx()?;
