@@ -292,8 +292,7 @@ fn decode(
             .is_some_and(|m| m.keys().all(|k| MEMBERS.contains(&k.as_str())));
     if !envelope {
         // A flattened row (ExtractNewRecordState).
-        let deleted = matches!(payload.get("__deleted"), Some(Value::Bool(true)))
-            || payload.get("__deleted").and_then(Value::as_str) == Some("true");
+        let deleted = marked_deleted(&payload);
         let id = key_id(key.as_deref(), Some(&payload), options)?
             .ok_or_else(|| bad("no key and no id column"))?;
         return Ok(if deleted {
@@ -331,6 +330,13 @@ fn decode(
         Some(other) => Err(bad(format!("unknown op '{other}'"))),
         None => Err(bad("an envelope without `op`")),
     }
+}
+
+/// Whether a flattened row is a delete (`__deleted`, a boolean or the
+/// text `true`, as `ExtractNewRecordState` writes it).
+fn marked_deleted(row: &Value) -> bool {
+    matches!(row.get("__deleted"), Some(Value::Bool(true)))
+        || row.get("__deleted").and_then(Value::as_str) == Some("true")
 }
 
 /// Debezium's `ByLogicalTableRouter` keeps rows of several tables apart
@@ -372,8 +378,7 @@ fn decode_declared(
     let op = payload.get("op").and_then(Value::as_str);
     if payload.get("after").is_none() && payload.get("before").is_none() && op.is_none() {
         // A flattened row.
-        let deleted = matches!(payload.get("__deleted"), Some(Value::Bool(true)))
-            || payload.get("__deleted").and_then(Value::as_str) == Some("true");
+        let deleted = marked_deleted(&payload);
         if deleted {
             return Ok(Decoded::Delete {
                 id: tables::deleted(table, Some(&payload), key)?,

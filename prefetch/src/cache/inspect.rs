@@ -22,16 +22,16 @@ pub(crate) struct Inspected {
 
 impl<C: Connection> PrefetchCache<C> {
     /// The command that reads the record at `key`: `HGETALL`, or `GET` for
-    /// a JSON document.
-    pub(crate) fn read_cmd(&self, key: &str) -> Cmd {
-        let mut cmd = redis::cmd(if self.is_json(key) { "GET" } else { "HGETALL" });
+    /// a JSON document (`json`, as [`is_json`](Self::is_json) says).
+    pub(crate) fn read_cmd(key: &str, json: bool) -> Cmd {
+        let mut cmd = redis::cmd(if json { "GET" } else { "HGETALL" });
         cmd.arg(key);
         cmd
     }
 
     /// What [`read_cmd`](Self::read_cmd) answered, as stored.
-    pub(crate) fn stored_of(&self, key: &str, reply: Value) -> Stored {
-        if self.is_json(key) {
+    pub(crate) fn stored_of(json: bool, reply: Value) -> Stored {
+        if json {
             let doc: Option<String> = redis::from_redis_value(reply).unwrap_or(None);
             Stored::json(doc, None)
         } else {
@@ -74,8 +74,10 @@ impl<C: Connection> PrefetchCache<C> {
     /// tombstones: three commands per key, pipelined per slot.
     pub(crate) async fn inspect(&self, conn: &C, keys: &[String]) -> Result<Vec<Inspected>> {
         let space = self.key_space();
+        let json_tables = self.json_tables();
+        let json = |key: &str| guard::is_json(&json_tables, key);
         let values = cluster::pipelined(conn, keys, 3, |pipe, key| {
-            pipe.add_command(self.read_cmd(key));
+            pipe.add_command(Self::read_cmd(key, json(key)));
             pipe.cmd("TTL").arg(key);
             let tomb = guard::tomb_key(space, key);
             if tomb == key {
@@ -92,7 +94,7 @@ impl<C: Connection> PrefetchCache<C> {
             };
             let ttl: i64 = redis::from_redis_value(ttl.clone()).unwrap_or(-2);
             let tomb: Option<String> = redis::from_redis_value(tomb.clone()).unwrap_or(None);
-            let (stored, tomb) = if self.is_json(key) {
+            let (stored, tomb) = if json(key) {
                 let doc: Option<String> = redis::from_redis_value(record.clone()).unwrap_or(None);
                 let stored = Stored::json(doc, tomb.as_deref());
                 // A delete leaves its version alone, without a hash.
@@ -100,7 +102,7 @@ impl<C: Connection> PrefetchCache<C> {
                 let tomb = if deleted { stored.version } else { None };
                 (stored, tomb)
             } else {
-                let stored = self.stored_of(key, record.clone());
+                let stored = Self::stored_of(false, record.clone());
                 let tomb = if stored.deleted {
                     stored.version
                 } else {

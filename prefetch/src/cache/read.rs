@@ -87,25 +87,28 @@ impl<C: Connection> PrefetchCache<C> {
     /// or a miss.
     pub async fn get(&self, id: &str) -> Result<Lookup> {
         let key = self.key(id);
+        let json = self.is_json(&key);
         let started = Instant::now();
-        let reply: Value = self
-            .read_cmd(&key)
+        let reply: Value = Self::read_cmd(&key, json)
             .query_async(&mut self.conn.clone())
             .await?;
         let redis_latency = started.elapsed();
-        Ok(self.count_lookup(&key, reply, redis_latency))
+        Ok(self.count_lookup(&key, json, reply, redis_latency))
     }
 
     /// Reads one record and its TTL in one round trip (`HGETALL` and `TTL`
     /// pipelined). Counts a hit or a miss exactly like [`get`](Self::get).
     pub async fn get_with_ttl(&self, id: &str) -> Result<(Lookup, Ttl)> {
         let key = self.key(id);
+        let json = self.is_json(&key);
         let mut pipe = redis::pipe();
-        pipe.add_command(self.read_cmd(&key)).cmd("TTL").arg(&key);
+        pipe.add_command(Self::read_cmd(&key, json))
+            .cmd("TTL")
+            .arg(&key);
         let started = Instant::now();
         let (reply, ttl): (Value, i64) = pipe.query_async(&mut self.conn.clone()).await?;
         let redis_latency = started.elapsed();
-        let lookup = self.count_lookup(&key, reply, redis_latency);
+        let lookup = self.count_lookup(&key, json, reply, redis_latency);
         let ttl = if lookup.hit() {
             Ttl::from_redis(ttl)
         } else {
@@ -114,12 +117,11 @@ impl<C: Connection> PrefetchCache<C> {
         Ok((lookup, ttl))
     }
 
-    fn count_lookup(&self, key: &str, reply: Value, redis_latency: Duration) -> Lookup {
+    fn count_lookup(&self, key: &str, json: bool, reply: Value, redis_latency: Duration) -> Lookup {
         let counters = &self.inner.counters;
         counters.reads.record(redis_latency);
-        let json = self.is_json(key);
         let id = key.strip_prefix(self.prefix()).unwrap_or(key);
-        let record = self.stored_of(key, reply).into_record_fields().map(|f| {
+        let record = Self::stored_of(json, reply).into_record_fields().map(|f| {
             // A document holds no `id` field: the record is named by its key.
             if json {
                 Record::with_id(id, f)
