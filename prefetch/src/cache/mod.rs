@@ -148,6 +148,10 @@ struct Inner {
     /// the slots of a node that lost its data may be affected, while the
     /// main state looks fine.
     state_lost: std::sync::atomic::AtomicBool,
+    /// Live writes Redis took but too few replicas acknowledged
+    /// ([`Error::NotReplicated`](crate::Error::NotReplicated)): the retry
+    /// finds them already held, and counts them once as applied.
+    unreplicated: std::sync::Mutex<std::collections::HashSet<(String, crate::Version)>>,
 }
 
 impl<C: Clone> Clone for PrefetchCache<C> {
@@ -196,6 +200,7 @@ impl<C: Connection> PrefetchCache<C> {
                 wait_replicas: config.wait_replicas,
                 wait_timeout: config.wait_timeout,
                 state_lost: std::sync::atomic::AtomicBool::new(false),
+                unreplicated: std::sync::Mutex::default(),
             }),
         }
     }

@@ -91,8 +91,38 @@ impl<C: Connection> PrefetchCache<C> {
             let cmd = guard.apply(main, mode, position, &[]);
             guard::fcall::<_, Vec<i64>>(&mut self.writer.clone(), &cmd).await?;
         }
-        self.replicated().await?;
+        if let Err(e) = self.replicated().await {
+            if mode == Mode::Live && matches!(e, crate::Error::NotReplicated { .. }) {
+                self.hold_unreplicated(writes, &out);
+            }
+            return Err(e);
+        }
         Ok(out)
+    }
+
+    /// Remembers the writes of a live call that Redis took (`1`) but too
+    /// few replicas acknowledged: the call is retried, and the guard then
+    /// refuses them as already held.
+    fn hold_unreplicated(&self, writes: &[Write<'_>], results: &[i64]) {
+        let mut held = self
+            .inner
+            .unreplicated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (w, _) in writes.iter().zip(results).filter(|(_, r)| **r == 1) {
+            held.insert((w.id.to_owned(), w.version));
+        }
+    }
+
+    /// The writes held by [`hold_unreplicated`](Self::hold_unreplicated),
+    /// forgotten: called once a retry is acknowledged by enough replicas.
+    fn take_unreplicated(&self) -> std::collections::HashSet<(String, Version)> {
+        let mut held = self
+            .inner
+            .unreplicated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *held)
     }
 
     /// With [`CacheConfig::wait_replicas`], waits until that many replicas
@@ -211,10 +241,14 @@ impl<C: Connection> PrefetchCache<C> {
             })
             .collect();
         let results = self.guarded(Mode::Live, position, &writes, None).await?;
+        // Writes an earlier attempt made whose replication timed out: this
+        // retry finds them held, and they count once, as applied.
+        let held = self.take_unreplicated();
         let superseded = changes.len() - outcome.skipped - sent.len();
         outcome.applied = superseded;
         for (&i, r) in sent.iter().zip(results) {
-            let o = if r == 1 {
+            let c = changes[i];
+            let o = if r == 1 || (!held.is_empty() && held.contains(&(c.id.clone(), c.version))) {
                 outcome.applied += 1;
                 WriteOutcome::Applied
             } else {

@@ -481,6 +481,7 @@ async fn with_wait_replicas_a_batch_counts_as_applied_only_once_a_replica_holds_
 
     // Without a replica, a write is made but never counts as applied: the
     // source does not hear it is durable, and the worker retries.
+    let before = engine.stats().cache;
     replica.kill();
     engine
         .source()
@@ -496,5 +497,16 @@ async fn with_wait_replicas_a_batch_counts_as_applied_only_once_a_replica_holds_
     linked(&primary, 1).await;
     engine.settle(Duration::from_secs(10)).await.unwrap();
     assert_converged(&engine).await;
+    // The retry finds the write already held: it counts once, as applied,
+    // not as a stale change.
+    let after = engine.stats().cache;
+    assert_eq!(
+        (
+            after.sync_events_applied - before.sync_events_applied,
+            after.sync_events_stale - before.sync_events_stale
+        ),
+        (1, 0),
+        "the retried change, as (applied, stale)"
+    );
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }
