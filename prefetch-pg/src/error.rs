@@ -38,7 +38,11 @@ pub enum PgError {
 /// the client's own text when the server did not answer.
 fn sql_message(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
-        return e.to_string();
+        // The client's words ("error connecting to server") and why.
+        return match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        };
     };
     let mut out = format!("{}: {}", db.severity(), db.message());
     if let Some(detail) = db.detail() {

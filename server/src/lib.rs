@@ -48,7 +48,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-pub use error::Error;
+pub use error::{Error, TROUBLESHOOTING};
 pub use settings::{PrimaryKind, Settings};
 pub use shutdown::{Running, SHUTDOWN_BUDGET};
 

@@ -27,8 +27,13 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, no backtrace: the Display of each error carries its cause.
-            eprintln!("error: {e}");
+            // One line, no backtrace: the Display of each error carries its
+            // cause, and the guide's section says what to do.
+            eprintln!(
+                "error: {e} (see {}#{})",
+                server::TROUBLESHOOTING,
+                e.help_anchor()
+            );
             ExitCode::FAILURE
         }
     }

@@ -217,7 +217,7 @@ impl Config {
                     .into(),
             ));
         }
-        let file = TablesFile::read(path).map_err(|e| Error::Config(e.to_string()))?;
+        let file = TablesFile::read(path).map_err(|e| Error::TablesFile(e.to_string()))?;
         if stream {
             if !self.stream_id_columns.is_empty() {
                 return Err(Error::Config(
@@ -225,7 +225,7 @@ impl Config {
                 ));
             }
             if let Some(spec) = file.tables.iter().find(|s| s.filter.is_some()) {
-                return Err(Error::Config(
+                return Err(Error::TablesFile(
                     spec.error("`filter` is PostgreSQL's row filter; a change stream cannot apply it (filter in the connector, with Debezium's Filter transform)")
                         .to_string(),
                 ));

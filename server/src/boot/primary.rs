@@ -153,11 +153,16 @@ async fn open_stream(
 
 /// `--pg-init`: the schema file, run on the private PostgreSQL.
 async fn run_init(url: &str, path: &str) -> Result<(), Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("--pg-init {path}: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::PgInit {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })?;
     prefetch_pg::run_script(url, &text)
         .await
-        .map_err(|e| Error::Config(format!("--pg-init {path}: {e}")))?;
+        .map_err(|e| Error::PgInit {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
     tracing::info!(file = %path, "ran {path} on the private PostgreSQL");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The real binary: start-up lines, the one-line error when Redis is
-//! unreachable, the embedded Redis, and a prompt, clean exit on SIGTERM.
+//! unreachable (and the guide's section each refusal names), the embedded
+//! Redis, and a prompt, clean exit on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -87,7 +88,64 @@ fn unreachable_redis_is_a_one_line_error_and_exit_code_1() {
         lines[0].starts_with("error: cannot reach Redis at redis://127.0.0.1:"),
         "{stderr}"
     );
+    assert!(
+        lines[0].ends_with("(see docs/troubleshooting.md#cannot-reach-redis)"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"));
+}
+
+/// The one line a refused start prints, and its exit code.
+fn refusal(args: &[&str]) -> String {
+    let out = server(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "exactly one line: {stderr:?}");
+    assert!(!stderr.contains("panicked"));
+    stderr
+}
+
+/// Each refusal names its section of the troubleshooting guide, and the
+/// section is there.
+#[test]
+fn a_refused_start_names_the_section_of_the_guide_that_explains_it() {
+    let redis = TestRedis::spawn_own(false);
+    let dead_pg = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    let guide = include_str!("../../../docs/troubleshooting.md");
+    for (args, anchor) in [
+        (
+            vec!["--redis-url", &redis.url, "--primary", &dead_pg],
+            "cannot-reach-postgresql",
+        ),
+        (
+            vec![
+                "--redis-url",
+                &redis.url,
+                "--primary",
+                &dead_pg,
+                "--config",
+                "/nonexistent/tables.toml",
+            ],
+            "the-tables-file-is-refused",
+        ),
+        (
+            vec!["--redis-url", &redis.url, "--primary", "nonsense"],
+            "flags-that-do-not-go-together",
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["--port", "0"]);
+        let line = refusal(&args);
+        let tail = format!("(see docs/troubleshooting.md#{anchor})");
+        assert!(line.trim_end().ends_with(&tail), "{args:?}: {line}");
+        let heading = anchor.replace('-', " ");
+        assert!(
+            guide.lines().any(|l| l
+                .strip_prefix("### ")
+                .is_some_and(|h| h.to_lowercase().replace('-', " ") == heading)),
+            "no section {anchor}"
+        );
+    }
 }
 
 #[test]

@@ -116,6 +116,10 @@ fn a_public_address_without_a_token_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--admin-token"), "{stderr}");
+    assert!(
+        stderr.contains("docs/troubleshooting.md#flags-that-do-not-go-together"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
