@@ -50,7 +50,31 @@ fn histogram(
     h: &HistogramSnapshot,
 ) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &h.buckets, None)
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        h.sum,
+        h.count,
+        &per_bucket(h),
+        None,
+    )
+}
+
+/// The engine's cumulative counts as the encoder takes them: each bucket's
+/// own count (the encoder adds them up), ending with `+Inf`.
+fn per_bucket(h: &HistogramSnapshot) -> Vec<(f64, u64)> {
+    let mut below = 0;
+    let mut out: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|&(bound, cumulative)| {
+            let own = cumulative.saturating_sub(below);
+            below = below.max(cumulative);
+            (bound, own)
+        })
+        .collect();
+    if out.last().is_none_or(|(bound, _)| bound.is_finite()) {
+        out.push((f64::INFINITY, h.count.saturating_sub(below)));
+    }
+    out
 }
 
 impl EngineCollector {

@@ -67,6 +67,16 @@ async fn metrics_scrape_with_every_name_and_type() {
         "{text}"
     );
     assert!(text.contains("prefetch_read_seconds_count 2\n"), "{text}");
+    // Buckets are cumulative: never falling, none above the count, and
+    // `+Inf` holds them all.
+    let buckets: Vec<(&str, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("prefetch_read_seconds_bucket{le=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(le, n)| (le, n.trim().parse().unwrap()))
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+    assert_eq!(buckets.last(), Some(&("+Inf", 2)), "{buckets:?}");
     for kind in [
         "missing",
         "orphaned",
