@@ -123,10 +123,12 @@ impl ChangeSender {
             state.queued_changes += tx.changes.len();
             state.head = Some(state.head.map_or(tx.position, |h| h.max(tx.position)));
             state.log.push_back(Arc::clone(&tx));
+            // The worker first: the feed's subscribers (the live hub) run
+            // on the same runtime, and what is woken first runs first.
+            self.shared.notify.notify_waiters();
             // Published under the lock, so subscribers see send order.
             self.shared.events.publish(|| Event::primary(&tx));
         }
-        self.shared.notify.notify_waiters();
         tx
     }
 

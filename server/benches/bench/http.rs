@@ -5,7 +5,7 @@ use super::*;
 
 pub struct ServerProc {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Drop for ServerProc {

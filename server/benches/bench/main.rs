@@ -5,7 +5,9 @@
 //! in the same run, as a ratio, over several repetitions (median, min, max).
 //! Prints a markdown table and writes `target/bench/report.{md,json}`.
 //!
-//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,replicas,cluster,page,ui,realsize,tables` runs only some sections.
+//! `BENCH_ONLY=bulk,read,sync,reprefetch,postgres,memory,http,idle,replicas,cluster,page,ui,realsize,tables` runs only some sections.
+//! `REFERENCE_BIN=path/to/demo_server` adds the published plain-axum Rust demo
+//! (built by hand from redis/docs) to the `idle` section, same run.
 //! `BENCH_QUICK=1` shortens every phase (for a smoke run; figures are then
 //! not comparable with a full run).
 
@@ -30,6 +32,7 @@ mod bulk;
 mod cluster;
 mod common;
 mod http;
+mod idle;
 mod memory;
 mod page;
 mod postgres;
@@ -162,6 +165,9 @@ fn main() -> Result<()> {
         }
         if wanted("http") {
             http::http(&redis, &s, &mut report).await?;
+        }
+        if wanted("idle") {
+            idle::idle(&redis, &s, &mut report).await?;
         }
         if wanted("replicas") {
             replicas::replicas(&redis, &s, &mut report).await?;
