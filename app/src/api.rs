@@ -87,6 +87,7 @@ pub async fn update_field(
         .update_field(&id, &field, &value)
         .await
         .map_err(ssr::engine_error)?;
+    ssr::own_position(&ctx).await;
     Ok(UpdateResponse {
         id: record.id().unwrap_or(id.trim()).to_owned(),
         field,
@@ -135,6 +136,7 @@ pub async fn add_category(
         .add(prefetch::Record::new(record))
         .await
         .map_err(ssr::engine_error)?;
+    ssr::own_position(&ctx).await;
     Ok(AddResponse {
         id: record.id().unwrap_or_default().to_owned(),
         record: record.into_fields(),
@@ -148,6 +150,7 @@ pub async fn delete_category(id: Option<String>) -> Result<DeleteResponse, AppEr
     let ctx = ssr::ctx()?;
     let id = ssr::required(id, "Missing 'id'.")?;
     let id = ctx.primary.delete(&id).await.map_err(ssr::engine_error)?;
+    ssr::own_position(&ctx).await;
     Ok(DeleteResponse {
         id,
         stats: ssr::stats(&ctx),
@@ -420,6 +423,23 @@ mod ssr {
 
     pub fn stats(ctx: &ServerContext) -> StatsDto {
         ctx.stats(ctx.engine.stats())
+    }
+
+    /// Puts the write's own commit position on its answer
+    /// (`Prefetch-Position`): a read that waits for that position
+    /// (`Prefetch-Min-Position`) finds the write in the cache.
+    pub async fn own_position(ctx: &ServerContext) {
+        match ctx.primary.commit_position().await {
+            Ok(Some(at)) => {
+                let text = ctx.engine.source().position_text(at);
+                if let Ok(value) = http::HeaderValue::from_str(&text) {
+                    let name = http::HeaderName::from_static("prefetch-position");
+                    crate::serve::add_header(name, value);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the write's commit position"),
+        }
     }
 
     /// A present, non-blank argument.

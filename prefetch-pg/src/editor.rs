@@ -324,6 +324,19 @@ impl PgEditor {
             .ok_or_else(|| prefetch::Error::InvalidId("the new row has no key".into()))
     }
 
+    /// PostgreSQL's WAL write position: asked after a commit returned,
+    /// it is at or after that commit's end, where the change stream
+    /// positions the transaction.
+    async fn wal_position(&self) -> Result<Option<prefetch::Version>> {
+        let client = self.shared.sql.client().await?;
+        let lsn: i64 = client
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+            .await
+            .map_err(PgError::from)?
+            .get(0);
+        Ok(Some(prefetch::Version::new(lsn.unsigned_abs(), 0)))
+    }
+
     async fn remove(&self, id: &str) -> Result<String> {
         let id = validate_id(id)?;
         let table = self.table();
@@ -380,6 +393,10 @@ impl Primary for PgEditor {
 
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<String>> {
         self.remove(id).boxed()
+    }
+
+    fn commit_position(&self) -> BoxFuture<'_, Result<Option<prefetch::Version>>> {
+        self.wal_position().boxed()
     }
 
     fn reads(&self) -> u64 {

@@ -387,6 +387,21 @@ impl Source for PgSource {
         async { Ok(()) }.boxed()
     }
 
+    /// An LSN as PostgreSQL writes it (`0/16B3748`).
+    fn position_text(&self, position: Version) -> String {
+        pg_walstream::Lsn(position.commit).to_string()
+    }
+
+    /// An LSN as PostgreSQL writes it (what `pg_current_wal_lsn()` gives
+    /// after a commit), or `hi:lo:ord`.
+    fn parse_position(&self, text: &str) -> Option<Version> {
+        let text = text.trim();
+        match text.parse::<pg_walstream::Lsn>() {
+            Ok(lsn) => Some(Version::new(lsn.value(), 0)),
+            Err(_) => text.parse().ok(),
+        }
+    }
+
     fn status(&self) -> SourceStatus {
         let mut status = SourceStatus::connected("postgres", self.feed.head(), self.feed.backlog());
         status.connected = self.shared.connected.load(Relaxed);

@@ -347,6 +347,14 @@ impl<P: Source + ?Sized> Source for FeedSource<P> {
         self.ack_feed(upto).boxed()
     }
 
+    fn position_text(&self, position: Version) -> String {
+        self.inner.position_text(position)
+    }
+
+    fn parse_position(&self, text: &str) -> Option<Version> {
+        self.inner.parse_position(text)
+    }
+
     fn status(&self) -> SourceStatus {
         let inner = self.inner.status();
         let state = self.state();

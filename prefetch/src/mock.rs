@@ -360,6 +360,18 @@ impl Source for MockPrimary {
         async { Ok(()) }.boxed()
     }
 
+    fn position_text(&self, position: Version) -> String {
+        position.commit.to_string()
+    }
+
+    fn parse_position(&self, text: &str) -> Option<Version> {
+        let text = text.trim();
+        match text.parse::<u64>() {
+            Ok(seq) => Some(Version::new(seq, 0)),
+            Err(_) => text.parse().ok(),
+        }
+    }
+
     fn status(&self) -> SourceStatus {
         let feed = &self.inner.feed;
         let mut status = SourceStatus::connected("mock", feed.head(), feed.backlog());
@@ -428,6 +440,12 @@ impl Primary for MockPrimary {
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<String>> {
         let out = MockPrimary::delete(self, id).map(|c| c.id);
         async move { out }.boxed()
+    }
+
+    fn commit_position(&self) -> BoxFuture<'_, Result<Option<Version>>> {
+        // Positions are commit order: the head is this commit or a later one.
+        let head = self.inner.feed.head();
+        async move { Ok(head) }.boxed()
     }
 
     fn reads(&self) -> u64 {

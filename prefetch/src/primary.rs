@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::model::Record;
+use crate::model::{Record, Version};
 use crate::source::BoxFuture;
 
 /// How many records a primary holds.
@@ -61,6 +61,14 @@ pub trait Primary: Send + Sync + 'static {
 
     /// Removes a record; returns its (trimmed) id.
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<String>>;
+
+    /// Asked right after a mutation returned: a position at or after its
+    /// commit, for a reader who waits until the cache has applied it
+    /// ([`Engine::wait_applied`](crate::Engine::wait_applied)). `None`
+    /// when the primary cannot say (the default).
+    fn commit_position(&self) -> BoxFuture<'_, Result<Option<Version>>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Counted reads (snapshots) since the last reset.
     fn reads(&self) -> u64;

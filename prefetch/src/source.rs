@@ -186,6 +186,19 @@ pub trait Source: Send + Sync + 'static {
 
     /// The source's current status.
     fn status(&self) -> SourceStatus;
+
+    /// A position in the source's own notation, for readers who wait for
+    /// one (the mock: its sequence number; PostgreSQL: an LSN such as
+    /// `0/16B3748`). By default the version's `hi:lo:ord`.
+    fn position_text(&self, position: Version) -> String {
+        position.to_string()
+    }
+
+    /// A position written in [`position_text`](Self::position_text)'s
+    /// notation (`hi:lo:ord` is taken too); `None` when it is not one.
+    fn parse_position(&self, text: &str) -> Option<Version> {
+        text.trim().parse().ok()
+    }
 }
 
 /// When a transaction or heartbeat committed, in milliseconds behind now.

@@ -419,6 +419,18 @@ where
         }
     }
 
+    /// Read-your-writes: waits until every change up to `position` is in
+    /// Redis, at most `timeout`. `position` is one the source gave for a
+    /// commit ([`Source::parse_position`] reads it from its own notation,
+    /// such as `pg_current_wal_lsn()` after a PostgreSQL commit). The
+    /// worker wakes the waiters as it applies; nothing polls. Fails with
+    /// [`Error::SettleTimeout`](crate::Error::SettleTimeout) when the wait
+    /// runs out, [`Error::WorkerStopped`](crate::Error::WorkerStopped) when
+    /// the worker has stopped.
+    pub async fn wait_applied(&self, position: Version, timeout: Duration) -> Result<()> {
+        self.inner.sync.wait_applied(position, timeout).await
+    }
+
     /// Stops the self-healing check and the sync worker (draining what is
     /// ready, within `timeout`).
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {

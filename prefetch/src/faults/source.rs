@@ -342,6 +342,14 @@ impl<S: Source + ?Sized> Source for FaultySource<S> {
         self.inner.ack(upto)
     }
 
+    fn position_text(&self, position: Version) -> String {
+        self.inner.position_text(position)
+    }
+
+    fn parse_position(&self, text: &str) -> Option<Version> {
+        self.inner.parse_position(text)
+    }
+
     fn status(&self) -> SourceStatus {
         let mut status = self.inner.status();
         let held = self.held();

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{Method, StatusCode, header};
 
 use super::error::ApiError;
+use super::position;
 use super::security::{self, BODY_LIMIT};
 use crate::state::AppState;
 
@@ -14,6 +15,8 @@ use crate::state::AppState;
 /// a boxed future per request):
 /// - `HEAD` answers like `GET` on every path, without a body: the request
 ///   is served as a `GET`, and hyper, which saw the `HEAD`, sends no body;
+/// - read-your-writes: a request with `Prefetch-Min-Position` waits for
+///   it, and every answer says the applied position ([`position`]);
 /// - the API guard ([`security::guard_api`]);
 /// - every error answer made JSON ([`json_errors`]);
 /// - the security headers every response carries.
@@ -21,7 +24,16 @@ pub async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -
     if req.method() == Method::HEAD {
         *req.method_mut() = Method::GET;
     }
-    let mut res = json_errors(security::guard_api(&state, req, next).await);
+    let fenced = match position::fence(&req) {
+        Ok(Some(fence)) => position::wait(&state, fence).await,
+        Ok(None) => Ok(()),
+        Err(refused) => Err(Box::new(refused.into_response())),
+    };
+    let mut res = match fenced {
+        Ok(()) => json_errors(security::guard_api(&state, req, next).await),
+        Err(refused) => *refused,
+    };
+    position::stamp(&state, res.headers_mut());
     security::set_headers(res.headers_mut());
     res
 }

@@ -7,6 +7,7 @@
 //! | `error` | [`ApiError`]: the one error answer every path gives |
 //! | `security` | the API guard: body limit, UTF-8, admin token; security headers |
 //! | `edge` | the layer around every request: `HEAD`, the guard, JSON errors, headers |
+//! | `position` | read-your-writes: `Prefetch-Position`, `Prefetch-Min-Position` |
 //! | `sse` | `GET /events`: the live feed a client reads |
 //! | `router` | every route: the reference API, the page, the feed, metrics, files |
 //! | `tables` | `GET /tables`: the tables held, their keys, rows in Redis, lag |
@@ -14,6 +15,7 @@
 
 pub mod error;
 pub mod http1;
+pub mod position;
 pub mod router;
 pub mod security;
 pub mod tables;

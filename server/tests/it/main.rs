@@ -11,6 +11,7 @@ mod api;
 mod bad_input;
 mod cli;
 mod cluster;
+mod consistency;
 mod events;
 mod faults;
 mod load;
