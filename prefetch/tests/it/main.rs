@@ -11,6 +11,7 @@ mod heal;
 mod interleavings;
 mod ops;
 mod primary;
+mod read_your_writes;
 mod removal;
 mod reprefetch;
 mod sync;

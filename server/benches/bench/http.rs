@@ -158,6 +158,7 @@ pub async fn http(redis: &TestRedis, s: &Settings, report: &mut Report) -> Resul
                 "raw_p99_ms": r_p99.median, "share": share}),
         );
     }
+    fenced_reads(server.port, s, report)?;
     sequential_updates(server.port, s, report).await?;
     let rss = peak_rss_kib(server.child.id());
     report.row(
@@ -174,6 +175,62 @@ pub async fn http(redis: &TestRedis, s: &Settings, report: &mut Report) -> Resul
     Ok(())
 }
 
+/// `POST /update` of one record's name.
+pub async fn post_update(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    name: &str,
+) -> Result<reqwest::Response> {
+    Ok(client
+        .post(format!("{base}/update"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("id={id}&field=name&value={name}"))
+        .send()
+        .await?)
+}
+
+/// `GET url`, its body as JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Result<serde_json::Value> {
+    let body = client.get(url).send().await?.bytes().await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// `GET /read` asking for a position the cache has already applied
+/// (`min_position=0`: the fence is parsed and checked, nothing waits), next
+/// to the plain read, alternating, 4 connections.
+fn fenced_reads(port: u16, s: &Settings, report: &mut Report) -> Result<()> {
+    let plain_url = format!("http://127.0.0.1:{port}/read?id=cat-001");
+    let fenced_url = format!("{plain_url}&min_position=0");
+    let (mut plain, mut fenced) = (Vec::new(), Vec::new());
+    for _ in 0..s.reps.min(3) {
+        plain.push(wrk(&plain_url, 4, s.http_secs)?);
+        fenced.push(wrk(&fenced_url, 4, s.http_secs)?);
+    }
+    let rps = |v: &[(f64, f64, f64)]| Spread::of(v.iter().map(|o| o.0).collect());
+    let p99 = |v: &[(f64, f64, f64)]| Spread::of(v.iter().map(|o| o.2).collect());
+    let (f_rps, p_rps) = (rps(&fenced), rps(&plain));
+    let ratio = f_rps.median / p_rps.median;
+    report.row(
+        "http",
+        "GET /read with min_position already reached, 4 connections (wrk)",
+        format!(
+            "{} req/s; p99 {} ms",
+            f_rps.show(""),
+            fmt_num(p99(&fenced).median)
+        ),
+        format!(
+            "plain GET /read, same run: {} req/s; p99 {} ms",
+            p_rps.show(""),
+            fmt_num(p99(&plain).median)
+        ),
+        Some(ratio),
+        "≥ 0.95 of the plain read",
+        Some(ratio >= 0.95),
+    );
+    Ok(())
+}
+
 /// Sequential `POST /update` from one keep-alive client (each change goes
 /// to the primary, the worker writes it to Redis meanwhile), next to the
 /// same client's sequential `GET /stats`: the HTTP round trip with no
@@ -186,12 +243,7 @@ async fn sequential_updates(port: u16, s: &Settings, report: &mut Report) -> Res
     for rep in 0..s.reps.min(3) {
         let started = Instant::now();
         for i in 0..n {
-            let res = client
-                .post(format!("{base}/update"))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("id=cat-001&field=name&value=v{rep}-{i}"))
-                .send()
-                .await?;
+            let res = post_update(&client, &base, "cat-001", &format!("v{rep}-{i}")).await?;
             if !res.status().is_success() {
                 return Err(format!("POST /update answered {}", res.status()).into());
             }

@@ -5,7 +5,7 @@
 //! by hand from redis/docs; nothing here builds it) the same client runs
 //! against it in alternating rounds, same Redis, same run.
 
-use super::http::start_server;
+use super::http::{get_json, post_update, start_server};
 use super::*;
 
 /// Idle before each change.
@@ -22,23 +22,12 @@ async fn one_try(client: &reqwest::Client, port: u16, i: usize) -> Result<bool> 
     tokio::time::sleep(IDLE).await;
     let base = format!("http://127.0.0.1:{port}");
     let value = format!("idle-{i}-{}", std::process::id());
-    let res = client
-        .post(format!("{base}/update"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("id=cat-001&field=name&value={value}"))
-        .send()
-        .await?;
+    let res = post_update(client, &base, "cat-001", &value).await?;
     if !res.status().is_success() {
         return Err(format!("POST /update answered {}", res.status()).into());
     }
     res.bytes().await?;
-    let body = client
-        .get(format!("{base}/read?id=cat-001"))
-        .send()
-        .await?
-        .bytes()
-        .await?;
-    let read: serde_json::Value = serde_json::from_slice(&body)?;
+    let read = get_json(client, &format!("{base}/read?id=cat-001")).await?;
     Ok(read["record"]["name"] != value.as_str())
 }
 
@@ -105,13 +94,7 @@ pub async fn idle(redis: &TestRedis, s: &Settings, report: &mut Report) -> Resul
             counts.push(n);
         }
     }
-    let body = client
-        .get(format!("http://127.0.0.1:{}/stats", ours.port))
-        .send()
-        .await?
-        .bytes()
-        .await?;
-    let stats: serde_json::Value = serde_json::from_slice(&body)?;
+    let stats = get_json(&client, &format!("http://127.0.0.1:{}/stats", ours.port)).await?;
     if let Some(mut child) = reference {
         let _ = child.kill();
         let _ = child.wait();
@@ -163,6 +146,65 @@ pub async fn idle(redis: &TestRedis, s: &Settings, report: &mut Report) -> Resul
     report.data(
         "idle",
         serde_json::json!({"tries": rounds * tries, "stale": stale, "sync_lag_ms_p99": p99}),
+    );
+    fenced_after_writes(&client, ours.port, tries.max(100) * 3, report).await
+}
+
+/// Back to back: a change, then the read asking for the change's position;
+/// from the change's answer to the read's, next to the same changes'
+/// commit → visible.
+async fn fenced_after_writes(
+    client: &reqwest::Client,
+    port: u16,
+    n: usize,
+    report: &mut Report,
+) -> Result<()> {
+    let base = format!("http://127.0.0.1:{port}");
+    client.post(format!("{base}/reset")).send().await?;
+    let mut waits = Vec::with_capacity(n);
+    for i in 0..n {
+        let value = format!("fenced-{i}");
+        let res = post_update(client, &base, "cat-002", &value).await?;
+        let at = res
+            .headers()
+            .get("prefetch-position")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or("a write answered without Prefetch-Position")?;
+        res.bytes().await?;
+        let started = Instant::now();
+        let body = client
+            .get(format!("{base}/read?id=cat-002"))
+            .header("prefetch-min-position", at)
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        waits.push(started.elapsed().as_secs_f64() * 1000.0);
+        let read: serde_json::Value = serde_json::from_slice(&body)?;
+        if read["record"]["name"] != value.as_str() {
+            return Err(format!("a fenced read missed its write: {read}").into());
+        }
+    }
+    let stats = get_json(client, &format!("{base}/stats")).await?;
+    waits.sort_by(f64::total_cmp);
+    let at = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
+    report.row(
+        "idle",
+        format!("{n} changes, each read back with its position, back to back"),
+        format!(
+            "change answered → read answered p50 {:.2} ms, p99 {:.2} ms; every read saw its change",
+            at(0.5),
+            at(0.99)
+        ),
+        format!(
+            "the same changes' commit → visible p50 {:.2} ms, p99 {:.2} ms",
+            stats["sync_lag_ms_p50"].as_f64().unwrap_or(f64::NAN),
+            stats["sync_lag_ms_p99"].as_f64().unwrap_or(f64::NAN)
+        ),
+        None,
+        "–",
+        None,
     );
     Ok(())
 }
