@@ -44,12 +44,19 @@ pub async fn categories(after: Option<String>) -> Result<CategoriesResponse, App
 }
 
 /// `GET /read?id=`: one `HGETALL`+`TTL` round trip, never the primary. A miss
-/// is a 200 with `hit: false` and `ttl_remaining: -2`.
+/// is a 200 with `hit: false` and `ttl_remaining: -2`, and says why in the
+/// `Prefetch-Miss` header (`deleted`, `absent`, `lost`, `unknown`).
 #[server(prefix = "", endpoint = "read", input = GetUrl, name = ReadCategory)]
 pub async fn read_category(id: Option<String>) -> Result<ReadResponse, AppError> {
     let ctx = ssr::ctx()?;
     let id = ssr::required(id, "Missing 'id'.")?;
     let read = ctx.engine.read(&id).await.map_err(ssr::engine_error)?;
+    if let Some(kind) = read.miss {
+        crate::serve::add_header(
+            http::HeaderName::from_static("prefetch-miss"),
+            http::HeaderValue::from_static(kind.as_str()),
+        );
+    }
     Ok(ReadResponse {
         id: read.id,
         hit: read.lookup.hit(),

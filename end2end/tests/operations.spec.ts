@@ -1,6 +1,8 @@
 import { test, expect, openDashboard, row, logEntry, cacheCell } from "./fixtures";
 
 // The operations panels: drift, breaking the pipeline, the live chart.
+// Lost keys are left lost here, for the drift panel to find.
+test.use({ serverArgs: ["--restore-lost", "off"] });
 
 test("the drift panel names what broke and repairs it with one click", async ({ page, redis, server }) => {
   await openDashboard(page);

@@ -324,6 +324,48 @@ impl PgEditor {
             .ok_or_else(|| prefetch::Error::InvalidId("the new row has no key".into()))
     }
 
+    /// One record of the table its id belongs to, for
+    /// [`Source::fetch`](prefetch::Source::fetch): read first, then a
+    /// message through the slot. Every commit the read saw lies before the
+    /// message, every commit it missed either before it too (so applied
+    /// once the cache reaches the message) or after it, so the message's
+    /// LSN bounds the record from both sides.
+    pub(crate) async fn fetch_one(&self, id: &str) -> Result<prefetch::Fetched> {
+        let tables = self.shared.tables();
+        let table = tables
+            .iter()
+            .filter(|t| id.starts_with(t.id_prefix()))
+            .max_by_key(|t| t.id_prefix().len());
+        let Some(table) = table else {
+            // No table of the cache's holds such ids (one removed since).
+            return Ok(prefetch::Fetched::absent());
+        };
+        let editor = PgEditor {
+            shared: Arc::clone(&self.shared),
+            label: Some(table.label()),
+        };
+        self.shared.reads.fetch_add(1, Relaxed);
+        let found = editor.lookup(&[id.to_owned()]).await?;
+        let Some(record) = found.into_iter().find(|r| r.id() == Some(id)) else {
+            return Ok(prefetch::Fetched::absent());
+        };
+        let client = self.shared.sql.client().await?;
+        let lsn: i64 = client
+            .query_one(
+                "SELECT (pg_logical_emit_message(true, $1, '') - '0/0')::int8",
+                &[&crate::HEARTBEAT_PREFIX],
+            )
+            .await
+            .map_err(PgError::from)?
+            .get(0);
+        let at = prefetch::Version::new(lsn.unsigned_abs(), 0);
+        Ok(prefetch::Fetched {
+            record: Some(record),
+            wait_for: at,
+            version: at,
+        })
+    }
+
     /// PostgreSQL's WAL write position: asked after a commit returned,
     /// it is at or after that commit's end, where the change stream
     /// positions the transaction.

@@ -402,6 +402,14 @@ impl Source for PgSource {
         }
     }
 
+    fn pending(&self, id: &str) -> Option<prefetch::PendingChange> {
+        self.feed.pending(id)
+    }
+
+    fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<prefetch::Fetched>>> {
+        async move { self.editor().fetch_one(id).await.map(Some) }.boxed()
+    }
+
     fn status(&self) -> SourceStatus {
         let mut status = SourceStatus::connected("postgres", self.feed.head(), self.feed.backlog());
         status.connected = self.shared.connected.load(Relaxed);

@@ -58,6 +58,127 @@ impl IdSet {
     }
 }
 
+/// The ids the cache should hold (what the source has), for telling a
+/// lost key from one the source never had: exact while small (ids removed
+/// on delete), then a Bloom filter that grows by adding layers, each twice
+/// the last, so its false-positive rate stays near [`FALSE_POSITIVE_RATE`]
+/// per layer whatever the table grows to. A filter never forgets an id, so
+/// a deleted one stays "maybe" (its tombstone says deleted meanwhile).
+#[derive(Debug)]
+pub(crate) struct Members {
+    exact: Option<HashSet<Box<str>>>,
+    /// (filter, ids it was sized for, ids added).
+    layers: Vec<(Bloom, u64, u64)>,
+    exact_limit: u64,
+}
+
+impl Members {
+    /// A set for about `expected` ids, exact up to `exact_limit`.
+    pub(crate) fn new(expected: u64, exact_limit: u64) -> Self {
+        let mut members = Self {
+            exact: Some(HashSet::new()),
+            layers: Vec::new(),
+            exact_limit,
+        };
+        if expected > exact_limit {
+            members.exact = None;
+            members.add_layer(expected.saturating_add(expected / 4).max(1024));
+        }
+        members
+    }
+
+    /// About `expected` ids are coming: a set that would outgrow its exact
+    /// limit becomes a filter sized for them now.
+    pub(crate) fn reserve(&mut self, expected: u64) {
+        let Some(exact) = &mut self.exact else {
+            return;
+        };
+        if expected <= self.exact_limit {
+            return;
+        }
+        let ids = std::mem::take(exact);
+        self.exact = None;
+        self.add_layer(expected.saturating_add(expected / 4).max(1024));
+        for id in &ids {
+            self.insert_filtered(id);
+        }
+    }
+
+    fn add_layer(&mut self, capacity: u64) {
+        self.layers
+            .push((Bloom::new(capacity, FALSE_POSITIVE_RATE), capacity, 0));
+    }
+
+    /// Adds an id.
+    pub(crate) fn insert(&mut self, id: &str) {
+        if let Some(exact) = &mut self.exact {
+            if exact.contains(id) {
+                return;
+            }
+            exact.insert(id.into());
+            if exact.len() as u64 > self.exact_limit {
+                // Too many to keep exactly: into a filter with room to grow.
+                let ids = std::mem::take(exact);
+                self.exact = None;
+                self.add_layer((ids.len() as u64).saturating_mul(2).max(1024));
+                for id in &ids {
+                    self.insert_filtered(id);
+                }
+            }
+            return;
+        }
+        self.insert_filtered(id);
+    }
+
+    fn insert_filtered(&mut self, id: &str) {
+        let full = self.layers.last().is_none_or(|(_, cap, n)| n >= cap);
+        if full {
+            let next = self
+                .layers
+                .last()
+                .map_or(1024, |(_, cap, _)| cap.saturating_mul(2));
+            self.add_layer(next);
+        }
+        if let Some((bloom, _, n)) = self.layers.last_mut() {
+            bloom.insert(id);
+            *n += 1;
+        }
+    }
+
+    /// Forgets an id (exact sets only: a filter cannot).
+    pub(crate) fn remove(&mut self, id: &str) {
+        if let Some(exact) = &mut self.exact {
+            exact.remove(id);
+        }
+    }
+
+    /// Whether `id` may be held (always true for an id added and not
+    /// removed).
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        match &self.exact {
+            Some(exact) => exact.contains(id),
+            None => self.layers.iter().any(|(bloom, _, _)| bloom.contains(id)),
+        }
+    }
+
+    /// Whether its answers are exact.
+    pub(crate) fn is_exact(&self) -> bool {
+        self.exact.is_some()
+    }
+
+    /// About how many bytes it holds.
+    pub(crate) fn bytes(&self) -> usize {
+        match &self.exact {
+            // The table's slots plus each boxed id.
+            Some(exact) => {
+                exact.capacity() * (std::mem::size_of::<Box<str>>() + 1)
+                    + exact.iter().map(|id| id.len()).sum::<usize>()
+            }
+            None => self.layers.iter().map(|(b, _, _)| b.bytes()).sum(),
+        }
+    }
+}
+
 /// A Bloom filter over strings: `k` bit positions per item from two 64-bit
 /// hashes (double hashing), with a random seed per filter.
 #[derive(Debug)]
@@ -117,7 +238,6 @@ impl Bloom {
     }
 
     /// Bytes the filter holds.
-    #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         self.bits.len() * 8
     }
@@ -150,5 +270,26 @@ mod tests {
         small.insert("a");
         assert!(small.is_exact() && small.contains("a") && !small.contains("b"));
         assert!(!IdSet::for_ids(EXACT_LIMIT + 1).is_exact());
+    }
+
+    #[test]
+    fn members_stay_exact_while_small_then_grow_a_filter_that_forgets_nothing() {
+        let mut m = Members::new(0, 1_000);
+        m.insert("a");
+        m.remove("a");
+        assert!(m.is_exact() && !m.contains("a"));
+        // Past the exact limit, and then past the first layer's capacity.
+        for i in 0..10_000 {
+            m.insert(&format!("in-{i}"));
+        }
+        assert!(!m.is_exact());
+        assert!((0..10_000).all(|i| m.contains(&format!("in-{i}"))));
+        let false_positives = (0..10_000)
+            .filter(|i| m.contains(&format!("out-{i}")))
+            .count();
+        assert!(false_positives < 60, "{false_positives}");
+        // A filter cannot forget.
+        m.remove("in-1");
+        assert!(m.contains("in-1"));
     }
 }

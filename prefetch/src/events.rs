@@ -98,6 +98,14 @@ pub enum Event {
         /// Malformed changes skipped.
         skipped: usize,
     },
+    /// A lost key (the source has the row, its key was gone) was written
+    /// back from the source.
+    Restored {
+        /// The record id.
+        id: String,
+        /// What was written.
+        fields: Fields,
+    },
     /// An admin deleted one key.
     Invalidated {
         /// The record id.

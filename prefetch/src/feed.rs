@@ -10,13 +10,13 @@
 //! (a replication reader: the database keeps what it has not read) bounds
 //! it with [`ChangeSender::wait_below`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
 use crate::events::{Event, EventBus};
-use crate::model::{Transaction, Version};
+use crate::model::{ChangeKind, Transaction, Version};
 
 /// A connected sender and feed sharing one log.
 ///
@@ -44,6 +44,7 @@ pub fn channel(events: EventBus) -> (ChangeSender, ChangeFeed) {
             acked: None,
             head: None,
             queued_changes: 0,
+            pending: HashMap::new(),
             senders: 1,
         }),
         notify: Notify::new(),
@@ -75,7 +76,61 @@ struct State {
     head: Option<Version>,
     /// Changes inside `log`.
     queued_changes: usize,
+    /// Per id: the changes inside `log` and the newest of them.
+    pending: HashMap<Box<str>, Pending>,
     senders: usize,
+}
+
+struct Pending {
+    count: u32,
+    newest: PendingChange,
+}
+
+/// The newest change of an id that was sent but not yet acknowledged: what
+/// a read of that id should have seen, had the cache kept up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingChange {
+    /// Its version.
+    pub version: Version,
+    /// Whether it deletes the record.
+    pub delete: bool,
+}
+
+impl State {
+    fn note_sent(&mut self, tx: &Transaction) {
+        for change in &tx.changes {
+            if change.kind == ChangeKind::Truncate {
+                continue;
+            }
+            let newest = PendingChange {
+                version: change.version,
+                delete: change.kind == ChangeKind::Delete,
+            };
+            match self.pending.get_mut(change.id.as_str()) {
+                Some(p) => {
+                    p.count += 1;
+                    if p.newest.version <= newest.version {
+                        p.newest = newest;
+                    }
+                }
+                None => {
+                    self.pending
+                        .insert(change.id.as_str().into(), Pending { count: 1, newest });
+                }
+            }
+        }
+    }
+
+    fn note_acknowledged(&mut self, tx: &Transaction) {
+        for change in &tx.changes {
+            if let Some(p) = self.pending.get_mut(change.id.as_str()) {
+                p.count -= 1;
+                if p.count == 0 {
+                    self.pending.remove(change.id.as_str());
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -121,6 +176,7 @@ impl ChangeSender {
         {
             let mut state = self.shared.state();
             state.queued_changes += tx.changes.len();
+            state.note_sent(&tx);
             state.head = Some(state.head.map_or(tx.position, |h| h.max(tx.position)));
             state.log.push_back(Arc::clone(&tx));
             // The worker first: the feed's subscribers (the live hub) run
@@ -216,6 +272,7 @@ impl ChangeFeed {
         while state.log.front().is_some_and(|tx| tx.position <= upto) {
             if let Some(tx) = state.log.pop_front() {
                 state.queued_changes -= tx.changes.len();
+                state.note_acknowledged(&tx);
             }
             state.next = state.next.saturating_sub(1);
         }
@@ -253,6 +310,16 @@ impl ChangeFeed {
     /// The newest acknowledged position.
     pub fn acked(&self) -> Option<Version> {
         self.shared.state().acked
+    }
+
+    /// The newest change of `id` sent but not yet acknowledged (`None`:
+    /// every change of `id` sent so far is durable in Redis).
+    pub fn pending(&self, id: &str) -> Option<PendingChange> {
+        let state = self.shared.state();
+        if state.pending.is_empty() {
+            return None;
+        }
+        state.pending.get(id).map(|p| p.newest)
     }
 }
 
@@ -309,6 +376,27 @@ mod tests {
         assert!(feed.try_pull(10).is_empty());
         drop(sender);
         assert!(feed.pull(10).await.is_empty(), "ends when senders are gone");
+    }
+
+    #[tokio::test]
+    async fn an_id_is_pending_from_send_until_its_last_change_is_acknowledged() {
+        let (sender, feed) = channel(EventBus::default());
+        let (v1, v2) = (Version::new(1, 0), Version::new(2, 0));
+        let fields: crate::Fields = [("id".to_owned(), "a".to_owned())].into();
+        sender.send(Transaction::new(v1, vec![Change::upsert("a", fields, v1)]));
+        sender.send(Transaction::new(v2, vec![Change::delete("a", v2)]));
+        let newest = PendingChange {
+            version: v2,
+            delete: true,
+        };
+        assert_eq!(feed.pending("a"), Some(newest));
+        assert_eq!(feed.pending("b"), None);
+        let _ = feed.pull(100).await;
+        assert_eq!(feed.pending("a"), Some(newest), "pulled is not applied");
+        feed.ack(v1);
+        assert_eq!(feed.pending("a"), Some(newest));
+        feed.ack(v2);
+        assert_eq!(feed.pending("a"), None);
     }
 
     #[tokio::test]

@@ -118,18 +118,19 @@ pub mod launcher;
 pub mod testing;
 
 pub use cache::{
-    BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL,
-    DEFAULT_TTL, Lookup, MemoryInfo, PrefetchCache, ScanCursor, ScanPage, SnapshotWindow, Ttl,
+    BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_MEMBERSHIP_EXACT_LIMIT,
+    DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL, DEFAULT_TTL, Lookup, MembershipStatus, MemoryInfo,
+    PrefetchCache, ScanCursor, ScanPage, SnapshotWindow, Ttl,
 };
 pub use cluster::{ClusterNode, Connection, Redis, RedisClient, RedisNode, SlotMap};
 pub use engine::{
-    Connections, Engine, EngineConfig, EngineStats, MemoryCheck, MemoryStatus, PrefetchReport,
-    ReadResult, RenewalStatus,
+    Connections, Engine, EngineConfig, EngineStats, MemoryCheck, MemoryStatus, MissKind,
+    PrefetchReport, ReadResult, RenewalStatus, RestoreLost,
 };
 pub use error::{BoxError, Error, Result};
 pub use events::{AppliedWrite, Event, EventBus, PrefetchReason, WriteOutcome};
 pub use faults::{Fault, FaultKind, Faults, FaultyConnection, FaultySource, PendingFaults};
-pub use feed::{ChangeFeed, ChangeSender};
+pub use feed::{ChangeFeed, ChangeSender, PendingChange};
 pub use guard::{JSON_FIELD, content_hash, hash_text};
 pub use keys::{
     KeySpace, RESERVED_KEY_PREFIX, SLOTS, Tombstone, escape_glob, hash_tag, slot, slot_tag,
@@ -142,7 +143,7 @@ pub use model::{
     Version, WorkerState, decode_key, encode_key, validate_field, validate_id,
 };
 pub use primary::{Primary, RowCount};
-pub use source::{BoxFuture, BoxStream, Source, SourceSnapshot, SourceStatus};
-pub use stats::{HistogramSnapshot, Histograms, LagSummary, Stats, TableStats};
+pub use source::{BoxFuture, BoxStream, Fetched, Source, SourceSnapshot, SourceStatus};
+pub use stats::{HistogramSnapshot, Histograms, LagSummary, Stats, TableStats, VISIBLE_WITHIN};
 pub use sync::{PauseGuard, SyncConfig, SyncHandle};
 pub use template::{KeyTemplate, Piece, escape_key_value, unescape_key_value};

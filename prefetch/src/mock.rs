@@ -372,6 +372,25 @@ impl Source for MockPrimary {
         }
     }
 
+    fn pending(&self, id: &str) -> Option<crate::PendingChange> {
+        self.inner.feed.pending(id)
+    }
+
+    fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<crate::source::Fetched>>> {
+        async move {
+            let fetched = self
+                .round_trip(|t| crate::source::Fetched {
+                    record: t.records.get(id).cloned(),
+                    // Every commit up to `seq` is in the record.
+                    wait_for: Version::new(t.seq, 0),
+                    version: Version::new(t.seq, u32::MAX),
+                })
+                .await;
+            Ok(Some(fetched))
+        }
+        .boxed()
+    }
+
     fn status(&self) -> SourceStatus {
         let feed = &self.inner.feed;
         let mut status = SourceStatus::connected("mock", feed.head(), feed.backlog());

@@ -199,6 +199,53 @@ pub trait Source: Send + Sync + 'static {
     fn parse_position(&self, text: &str) -> Option<Version> {
         text.trim().parse().ok()
     }
+
+    /// The newest change of `id` the source has received but the cache has
+    /// not yet acknowledged (what makes a read of `id` stale). `None` by
+    /// default: a source that cannot tell counts no read as stale.
+    fn pending(&self, id: &str) -> Option<crate::PendingChange> {
+        let _ = id;
+        None
+    }
+
+    /// Reads one record straight from the source, to restore a key the
+    /// cache lost. `Ok(None)` (the default): this source cannot read one
+    /// record, and lost keys wait for the next reconciliation.
+    fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Fetched>>> {
+        let _ = id;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// One record read straight from the source ([`Source::fetch`]), with the
+/// two positions that make writing it back safe.
+///
+/// The engine waits until its applied position reaches
+/// [`wait_for`](Self::wait_for), then writes `record` at
+/// [`version`](Self::version) only where Redis still holds nothing for it.
+/// Every change `record` lacks must either be applied by then (it then
+/// holds the key, and the write leaves it alone) or come with a version
+/// above `version` (it then overwrites the restored copy).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fetched {
+    /// The record (`None`: the source does not have it).
+    pub record: Option<crate::Record>,
+    /// The applied position to wait for before writing.
+    pub wait_for: Version,
+    /// The version to write `record` at: at or above every change it
+    /// contains.
+    pub version: Version,
+}
+
+impl Fetched {
+    /// The source does not have the record.
+    pub fn absent() -> Self {
+        Self {
+            record: None,
+            wait_for: Version::ZERO,
+            version: Version::ZERO,
+        }
+    }
 }
 
 /// When a transaction or heartbeat committed, in milliseconds behind now.

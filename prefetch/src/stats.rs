@@ -46,7 +46,31 @@ pub struct Stats {
     /// Times sync came back after being stopped long enough for keys to
     /// expire, and the cache was refilled.
     pub refills: u64,
+    /// Changes visible in Redis within 10 ms, 100 ms and 1 s of their
+    /// commit in the source (out of `sync_lag.count`).
+    pub visible_within: [u64; 3],
+    /// Reads that answered with an older value (or a miss) while a newer
+    /// change of the key had already been received from the source and not
+    /// yet applied.
+    pub stale_reads: u64,
+    /// Misses by kind: a tombstone said the row was deleted.
+    pub misses_deleted: u64,
+    /// Misses of ids the source does not have (by the membership filter).
+    pub misses_absent: u64,
+    /// Misses of ids the source has whose key was gone: repaired in the
+    /// background.
+    pub misses_lost: u64,
+    /// Misses before the membership filter was built.
+    pub misses_unknown: u64,
+    /// Lost keys written back from the source.
+    pub lost_repaired: u64,
+    /// Records read from the source to restore a lost key (including the
+    /// membership filter's false alarms, which find nothing).
+    pub repair_source_reads: u64,
 }
+
+/// The bounds of [`Stats::visible_within`], in seconds.
+pub const VISIBLE_WITHIN: [f64; 3] = [0.01, 0.1, 1.0];
 
 impl Stats {
     /// `hits / (hits + misses)`, between 0 and 1 (0 when nothing was read).
@@ -93,6 +117,11 @@ pub struct LagSummary {
 pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
+    pub(crate) stale_reads: AtomicU64,
+    /// Misses by [`MissKind`](crate::MissKind) (in its order).
+    pub(crate) miss_kinds: [AtomicU64; 4],
+    pub(crate) lost_repaired: AtomicU64,
+    pub(crate) repair_source_reads: AtomicU64,
     pub(crate) prefetched: AtomicU64,
     pub(crate) applied: AtomicU64,
     pub(crate) stale: AtomicU64,
@@ -203,6 +232,17 @@ impl Counters {
             self_heals: self.self_heals.load(Relaxed),
             sync_oom_retries: self.oom.load(Relaxed),
             refills: self.refills.load(Relaxed),
+            visible_within: {
+                let within = self.lag.export(&VISIBLE_WITHIN, 1e-6);
+                std::array::from_fn(|i| within.buckets.get(i).map_or(0, |b| b.1))
+            },
+            stale_reads: self.stale_reads.load(Relaxed),
+            misses_deleted: self.miss_kinds[0].load(Relaxed),
+            misses_absent: self.miss_kinds[1].load(Relaxed),
+            misses_lost: self.miss_kinds[2].load(Relaxed),
+            misses_unknown: self.miss_kinds[3].load(Relaxed),
+            lost_repaired: self.lost_repaired.load(Relaxed),
+            repair_source_reads: self.repair_source_reads.load(Relaxed),
         }
     }
 
@@ -235,7 +275,13 @@ impl Counters {
             &self.self_heals,
             &self.refills,
             &self.oom,
-        ] {
+            &self.stale_reads,
+            &self.lost_repaired,
+            &self.repair_source_reads,
+        ]
+        .into_iter()
+        .chain(&self.miss_kinds)
+        {
             c.store(0, Relaxed);
         }
         self.lag.reset();

@@ -112,6 +112,14 @@ pub struct Config {
     /// demand (`POST /reconcile`).
     #[arg(long, env = "PREFETCH_RECONCILE_EVERY", default_value_t = 0)]
     pub reconcile_every: u64,
+    /// When a lost key (the primary has the row, the key is gone: deleted
+    /// by hand, expired, evicted) is written back from the primary:
+    /// `always` (as soon as Redis reports it gone, or a read misses it),
+    /// `on-read` (when a read misses it), `off` (at the next re-prefetch or
+    /// reconciliation repair).
+    #[arg(long, env = "PREFETCH_RESTORE_LOST", default_value = "always",
+          value_parser = ["always", "on-read", "off"])]
+    pub restore_lost: String,
     /// When a (re-)prefetch would take Redis past maxmemory less 10 %:
     /// `refuse` (nothing written) or `warn` (load anyway).
     #[arg(long, env = "PREFETCH_MEMORY_CHECK", default_value = "refuse",

@@ -91,7 +91,31 @@ impl EngineCollector {
             "Reads that found the key.",
             c.hits,
         )?;
-        counter(e, "prefetch_cache_misses", "Reads that did not.", c.misses)?;
+        self.miss_series(e, c)?;
+        counter(
+            e,
+            "prefetch_reads",
+            "Reads through the cache (hits and misses).",
+            c.hits + c.misses,
+        )?;
+        counter(
+            e,
+            "prefetch_stale_reads",
+            "Reads that found an older value (or a miss) while a newer change of the key had been received from the source and not yet applied.",
+            c.stale_reads,
+        )?;
+        counter(
+            e,
+            "prefetch_lost_keys_restored",
+            "Lost keys (the source has the row, the key was gone) written back from the source.",
+            c.lost_repaired,
+        )?;
+        counter(
+            e,
+            "prefetch_repair_source_reads",
+            "Records read from the source to restore lost keys, the membership filter's false alarms included.",
+            c.repair_source_reads,
+        )?;
         counter(
             e,
             "prefetch_sync_events_applied",
@@ -136,6 +160,12 @@ impl EngineCollector {
         )?;
         histogram(
             e,
+            "prefetch_visibility_seconds",
+            "Consistency SLI: source commit (its own timestamp) to the atomic write in Redis; the same measurements as prefetch_sync_lag_seconds.",
+            &h.sync_lag_seconds,
+        )?;
+        histogram(
+            e,
             "prefetch_sync_batch_size",
             "Changes per applied batch.",
             &h.batch_size,
@@ -146,6 +176,29 @@ impl EngineCollector {
             "Redis latency of reads through the cache.",
             &h.read_seconds,
         )?;
+        Ok(())
+    }
+
+    /// Misses by why they missed, labelled `kind`; `unknown` also holds
+    /// reads that were not classified (made below the engine's read), so
+    /// the kinds add up to every miss.
+    fn miss_series(&self, e: &mut DescriptorEncoder<'_>, c: &prefetch::Stats) -> std::fmt::Result {
+        let classified = c.misses_deleted + c.misses_absent + c.misses_lost;
+        let kinds = [
+            ("deleted", c.misses_deleted),
+            ("absent", c.misses_absent),
+            ("lost", c.misses_lost),
+            ("unknown", c.misses.saturating_sub(classified)),
+        ];
+        let mut family = e.encode_descriptor(
+            "prefetch_cache_misses",
+            "Reads that did not find the key, by why: deleted (a tombstone), absent (not in the source), lost (in the source, key gone), unknown (not classified).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in kinds {
+            ConstCounter::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
+        }
         Ok(())
     }
 
@@ -202,6 +255,12 @@ impl EngineCollector {
             s.cache.self_heals,
         )?;
         self.renewal_series(e, s)?;
+        gauge(
+            e,
+            "prefetch_membership_filter_bytes",
+            "Memory of the filter of ids the source has (what tells a lost key from an absent id).",
+            self.ctx.engine.cache().membership().bytes as f64,
+        )?;
         let memory = s.memory.clone().unwrap_or_default();
         gauge(
             e,

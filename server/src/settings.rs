@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use prefetch::{CacheConfig, EngineConfig, MemoryCheck};
+use prefetch::{CacheConfig, EngineConfig, MemoryCheck, RestoreLost};
 use prefetch_pg::tables::{self, TableSpec, TablesFile};
 use prefetch_pipeline::PipelineConfig;
 
@@ -258,6 +258,11 @@ impl Config {
                 MemoryCheck::Warn
             } else {
                 MemoryCheck::Refuse
+            },
+            restore_lost: match self.restore_lost.as_str() {
+                "off" => RestoreLost::Off,
+                "on-read" => RestoreLost::OnRead,
+                _ => RestoreLost::Always,
             },
             // Replicas of a pipeline write the same cache: every load guarded.
             shared_writers: self.pipeline.is_some(),

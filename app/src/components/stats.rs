@@ -60,7 +60,7 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
 
 /// Every counter the panel shows: its key (for tests and styles), label
 /// and value.
-fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String); 17] {
+fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String); 21] {
     [
         ("hits", "Hits", s.hits.to_string()),
         ("misses", "Misses", s.misses.to_string()),
@@ -89,11 +89,39 @@ fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String
                 fixed(s.sync_lag_ms_p99, 2)
             ),
         ),
+        (
+            "visible_within",
+            "Visible in 10 ms / 100 ms / 1 s",
+            format!(
+                "{}% / {}% / {}%",
+                fixed(s.visible_10ms_pct, 1),
+                fixed(s.visible_100ms_pct, 1),
+                fixed(s.visible_1s_pct, 1)
+            ),
+        ),
+        (
+            "stale_read_pct",
+            "Stale reads",
+            format!("{}% ({})", fixed(s.stale_read_pct, 2), s.stale_reads),
+        ),
         ("sync_backlog", "Backlog", s.sync_backlog.to_string()),
         (
             "sync_events_stale",
             "Refused as stale",
             s.sync_events_stale.to_string(),
+        ),
+        (
+            "misses_by_kind",
+            "Misses deleted / absent / lost",
+            format!(
+                "{} / {} / {}",
+                s.misses_deleted, s.misses_absent, s.misses_lost
+            ),
+        ),
+        (
+            "lost_restored",
+            "Lost keys restored",
+            s.lost_restored.to_string(),
         ),
         ("reprefetches", "Re-prefetches", s.reprefetches.to_string()),
         ("self_heals", "Self-heals", s.self_heals.to_string()),

@@ -30,6 +30,9 @@ pub enum WriteOrigin {
     Expired,
     /// TTL renewal extended the key's TTL (sync is healthy).
     Renewed,
+    /// A lost key (deleted outside the app, expired, evicted) written back
+    /// from the primary.
+    Restored,
 }
 
 impl WriteOrigin {
@@ -40,6 +43,7 @@ impl WriteOrigin {
             WriteOrigin::External => "external",
             WriteOrigin::Expired => "expired",
             WriteOrigin::Renewed => "renewed",
+            WriteOrigin::Restored => "restored",
         }
     }
 }

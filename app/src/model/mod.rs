@@ -70,6 +70,31 @@ pub struct StatsDto {
     /// Refills after sync was stopped long enough for keys to expire.
     #[serde(default)]
     pub refills: u64,
+    /// Consistency: the share of changes visible in Redis within 10 ms,
+    /// 100 ms and 1 s of their commit (100 when none was measured yet).
+    #[serde(default)]
+    pub visible_10ms_pct: f64,
+    #[serde(default)]
+    pub visible_100ms_pct: f64,
+    #[serde(default)]
+    pub visible_1s_pct: f64,
+    /// Reads that found an older value than a change already received from
+    /// the source, and their share of all reads.
+    #[serde(default)]
+    pub stale_reads: u64,
+    #[serde(default)]
+    pub stale_read_pct: f64,
+    /// Misses by why: a tombstone, an id the source does not have, a key
+    /// lost while the source has the row.
+    #[serde(default)]
+    pub misses_deleted: u64,
+    #[serde(default)]
+    pub misses_absent: u64,
+    #[serde(default)]
+    pub misses_lost: u64,
+    /// Lost keys written back from the source.
+    #[serde(default)]
+    pub lost_restored: u64,
     /// Each table's reads and changes, when the cache holds several.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableStatsDto>,

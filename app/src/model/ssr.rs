@@ -62,8 +62,31 @@ impl StatsDto {
                 (false, None) => "off".to_owned(),
             },
             refills: c.refills,
+            visible_10ms_pct: share(c.visible_within[0], c.sync_lag.count),
+            visible_100ms_pct: share(c.visible_within[1], c.sync_lag.count),
+            visible_1s_pct: share(c.visible_within[2], c.sync_lag.count),
+            stale_reads: c.stale_reads,
+            stale_read_pct: if c.hits + c.misses == 0 {
+                0.0
+            } else {
+                round(100.0 * c.stale_reads as f64 / (c.hits + c.misses) as f64, 2)
+            },
+            misses_deleted: c.misses_deleted,
+            misses_absent: c.misses_absent,
+            misses_lost: c.misses_lost,
+            lost_restored: c.lost_repaired,
             tables: Vec::new(),
         }
+    }
+}
+
+/// `part` of `whole` in percent, two decimals; 100 when nothing was
+/// measured (no change has been late yet).
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        round(100.0 * part.min(whole) as f64 / whole as f64, 2)
     }
 }
 

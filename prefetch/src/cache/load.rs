@@ -56,6 +56,8 @@ impl<C: Connection> PrefetchCache<C> {
         let all = parts.len();
         cluster::run_parts(&self.writer, parts, all, cluster::as_pipeline).await?;
         self.replicated().await?;
+        self.members()
+            .note(records.iter().map(|(id, _)| *id), std::iter::empty());
         let loaded = records.len();
         self.inner
             .counters
@@ -131,6 +133,9 @@ impl<C: Connection> PrefetchCache<C> {
         let results = self
             .guarded(Mode::Snapshot, None, &writes, Some(GUARDED_CHUNK))
             .await?;
+        // Every record of the snapshot exists, whether written or held newer.
+        self.members()
+            .note(writes.iter().map(|w| w.id), std::iter::empty());
         let written = results.iter().filter(|&&r| r == 1).count();
         self.inner
             .counters

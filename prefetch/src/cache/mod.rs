@@ -3,6 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | `inspect` | a stored record read whatever its encoding: a hash, or a JSON document |
+//! | `members` | which ids the source has: the membership filter misses are classified by |
 //! | `read` | reads: `HGETALL` or `GET` (+ `TTL`), listing and peeking for dashboards |
 //! | `scan` | the cached ids a page at a time, from a cursor |
 //! | `write` | guarded writes: a batch of changes through the version guard, `WAIT` |
@@ -12,6 +13,7 @@
 
 mod inspect;
 mod load;
+mod members;
 mod read;
 mod scan;
 mod state;
@@ -30,6 +32,8 @@ use crate::guard::{self, Guard};
 use crate::keys::KeySpace;
 use crate::stats::{Counters, Stats};
 
+pub use members::MembershipStatus;
+pub(crate) use read::Presence;
 pub use read::{CachedEntry, Lookup, Ttl};
 pub use scan::{ScanCursor, ScanPage};
 pub use state::{CacheState, MemoryInfo};
@@ -58,6 +62,10 @@ pub(crate) const GUARDED_IN_FLIGHT: usize = 16;
 
 /// Keys asked for per `SCAN` page.
 pub(crate) const SCAN_COUNT: usize = 1000;
+
+/// Ids the membership filter keeps exactly by default (about 30 bytes
+/// each); above, a Bloom filter.
+pub const DEFAULT_MEMBERSHIP_EXACT_LIMIT: u64 = 50_000;
 
 /// Calls in flight at once on a cluster, where a batch becomes one call
 /// per slot.
@@ -95,6 +103,10 @@ pub struct CacheConfig {
     /// ([`Error::NotReplicated`](crate::Error::NotReplicated)) and is
     /// retried, which changes nothing already applied.
     pub wait_timeout: Duration,
+    /// Up to this many ids the membership filter (which tells a lost key
+    /// from an id the source does not have) keeps them exactly; above, a
+    /// Bloom filter of about 1.8 bytes per id.
+    pub membership_exact_limit: u64,
 }
 
 impl Default for CacheConfig {
@@ -108,6 +120,7 @@ impl Default for CacheConfig {
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            membership_exact_limit: DEFAULT_MEMBERSHIP_EXACT_LIMIT,
         }
     }
 }
@@ -152,6 +165,8 @@ struct Inner {
     /// ([`Error::NotReplicated`](crate::Error::NotReplicated)): the retry
     /// finds them already held, and counts them once as applied.
     unreplicated: std::sync::Mutex<std::collections::HashSet<(String, crate::Version)>>,
+    /// Which ids the source has.
+    members: members::Membership,
 }
 
 impl<C: Clone> Clone for PrefetchCache<C> {
@@ -201,6 +216,7 @@ impl<C: Connection> PrefetchCache<C> {
                 wait_timeout: config.wait_timeout,
                 state_lost: std::sync::atomic::AtomicBool::new(false),
                 unreplicated: std::sync::Mutex::default(),
+                members: members::Membership::new(config.membership_exact_limit),
             }),
         }
     }
@@ -227,6 +243,16 @@ impl<C: Connection> PrefetchCache<C> {
     pub fn with_writer(mut self, writer: C) -> Self {
         self.writer = writer;
         self
+    }
+
+    /// Which ids the source has, as far as this cache saw.
+    pub(crate) fn members(&self) -> &members::Membership {
+        &self.inner.members
+    }
+
+    /// The membership filter's shape.
+    pub fn membership(&self) -> MembershipStatus {
+        self.inner.members.status()
     }
 
     /// The key prefix.

@@ -56,6 +56,13 @@ pub struct Lookup {
     pub record: Option<Record>,
     /// Time spent waiting for Redis (one round trip).
     pub redis_latency: Duration,
+    /// The version of the change that wrote what was found (the record or
+    /// its tombstone; `None` when nothing was, or a JSON record, whose
+    /// version lives in its tombstone key).
+    pub version: Option<crate::Version>,
+    /// Whether the key held a delete's tombstone (hash records; a JSON
+    /// record's tombstone is another key).
+    pub tombstone: bool,
 }
 
 impl Lookup {
@@ -121,7 +128,9 @@ impl<C: Connection> PrefetchCache<C> {
         let counters = &self.inner.counters;
         counters.reads.record(redis_latency);
         let id = key.strip_prefix(self.prefix()).unwrap_or(key);
-        let record = Self::stored_of(json, reply).into_record_fields().map(|f| {
+        let stored = Self::stored_of(json, reply);
+        let (version, tombstone) = (stored.version, stored.deleted);
+        let record = stored.into_record_fields().map(|f| {
             // A document holds no `id` field: the record is named by its key.
             if json {
                 Record::with_id(id, f)
@@ -141,6 +150,8 @@ impl<C: Connection> PrefetchCache<C> {
         Lookup {
             record,
             redis_latency,
+            version,
+            tombstone,
         }
     }
 
@@ -252,6 +263,42 @@ impl<C: Connection> PrefetchCache<C> {
             .collect())
     }
 
+    /// What Redis holds for `id`: its record, a delete's tombstone, or
+    /// nothing (for a JSON record, the document and its tombstone key).
+    pub(crate) async fn presence(&self, id: &str) -> Result<Presence> {
+        let read = self.inspect(&self.writer, &[self.key(id)]).await?;
+        let Some(stored) = read.into_iter().next().map(|r| r.stored) else {
+            return Ok(Presence::Gone);
+        };
+        Ok(
+            if stored.deleted
+                || (stored.fields.is_empty() && stored.version.is_some() && stored.hash.is_none())
+            {
+                Presence::Deleted
+            } else if !stored.fields.is_empty() {
+                Presence::Held
+            } else if self.tombstoned(id).await? {
+                Presence::Deleted
+            } else {
+                Presence::Gone
+            },
+        )
+    }
+
+    /// Whether `id`'s tombstone key holds a delete (a hash record's
+    /// tombstone key exists only once deleted; a JSON record's holds its
+    /// version alone once deleted, and its version and hash before).
+    pub(crate) async fn tombstoned(&self, id: &str) -> Result<bool> {
+        let crate::Tombstone::Key(tomb) = self.key_space().tombstone(&self.key(id)) else {
+            return Ok(false); // in the hash: the read saw it
+        };
+        let text: Option<String> = redis::cmd("GET")
+            .arg(tomb)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(text.is_some_and(|t| !t.contains(' ')))
+    }
+
     /// One cached record with its TTL, without counting a hit or miss (for
     /// dashboards).
     pub async fn peek(&self, id: &str) -> Result<Option<CachedEntry>> {
@@ -261,6 +308,14 @@ impl<C: Connection> PrefetchCache<C> {
             .next()
             .and_then(|r| entry_of(id, r.stored, r.ttl)))
     }
+}
+
+/// What Redis holds for an id ([`PrefetchCache::presence`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Presence {
+    Held,
+    Deleted,
+    Gone,
 }
 
 fn entry_of(id: &str, stored: Stored, ttl: i64) -> Option<CachedEntry> {

@@ -241,6 +241,10 @@ impl<C: Connection> PrefetchCache<C> {
             })
             .collect();
         let results = self.guarded(Mode::Live, position, &writes, None).await?;
+        self.members().note(
+            writes.iter().filter(|w| w.fields.is_some()).map(|w| w.id),
+            writes.iter().filter(|w| w.fields.is_none()).map(|w| w.id),
+        );
         // Writes an earlier attempt made whose replication timed out: this
         // retry finds them held, and they count once, as applied.
         let held = self.take_unreplicated();
@@ -267,6 +271,23 @@ impl<C: Connection> PrefetchCache<C> {
                 .record(Duration::from_micros(changes.len() as u64));
         }
         Ok(outcome)
+    }
+
+    /// Restores a record the cache lost, at `version`, through the version
+    /// guard: written only where Redis holds nothing for it (no record, no
+    /// tombstone), so it never overwrites what a change wrote meanwhile.
+    /// Returns whether it was written.
+    pub async fn repair(&self, record: &crate::Record, version: Version) -> Result<bool> {
+        let Some(id) = record.id() else {
+            return Ok(false);
+        };
+        let write = Write {
+            id,
+            version,
+            fields: Some(record.fields()),
+        };
+        let results = self.guarded(Mode::Repair, None, &[write], None).await?;
+        Ok(results.first() == Some(&1))
     }
 
     /// Everything before the truncate at `at`, then the truncate (a sweep at

@@ -5,10 +5,12 @@
 //! |---|---|
 //! | `reprefetch` | loads: the first one, re-prefetch without a pause, the memory budget |
 //! | `heal` | self-healing: a Redis that lost the cache's state is noticed and refilled |
+//! | `misses` | misses classified (deleted, absent, lost), lost keys restored, stale reads |
 //! | `reconcile` | the source against Redis, differences classified and repaired |
 //! | `ttl` | TTL renewal while sync is healthy; a refill when it comes back |
 
 mod heal;
+mod misses;
 mod reconcile;
 mod reprefetch;
 mod ttl;
@@ -27,6 +29,7 @@ use crate::source::{Source, SourceStatus};
 use crate::stats::Stats;
 use crate::sync::{SyncConfig, SyncHandle, behind};
 
+pub use misses::{MissKind, RestoreLost};
 pub use reprefetch::{MemoryCheck, MemoryStatus, PrefetchReport};
 pub use ttl::RenewalStatus;
 
@@ -60,6 +63,9 @@ pub struct EngineConfig {
     /// (see [`RenewalStatus`]); without it a row nobody changes expires
     /// after the TTL.
     pub renew_ttls: bool,
+    /// When lost keys (the source has the row, the key is gone) are
+    /// written back from the source.
+    pub restore_lost: RestoreLost,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +79,7 @@ impl Default for EngineConfig {
             memory_headroom: 0.1,
             shared_writers: false,
             renew_ttls: true,
+            restore_lost: RestoreLost::Always,
         }
     }
 }
@@ -86,6 +93,8 @@ pub struct ReadResult {
     pub lookup: Lookup,
     /// Remaining TTL ([`Ttl::Missing`] on a miss).
     pub ttl: Ttl,
+    /// Why it missed (`None` on a hit).
+    pub miss: Option<MissKind>,
 }
 
 /// The connections an engine runs on.
@@ -147,6 +156,9 @@ struct Inner<S: ?Sized, C> {
     pause_timeout: Duration,
     healer: Mutex<Option<JoinHandle<()>>>,
     renewer: Mutex<Option<JoinHandle<()>>>,
+    repairer: Mutex<Option<JoinHandle<()>>>,
+    repairs: misses::Repairs,
+    restore_lost: RestoreLost,
     renewal: Mutex<RenewalStatus>,
     last_reconcile: Mutex<Option<(SystemTime, ReconcileReport)>>,
     memory: Mutex<Option<MemoryStatus>>,
@@ -269,6 +281,9 @@ where
                 pause_timeout: config.pause_timeout,
                 healer: Mutex::new(None),
                 renewer: Mutex::new(None),
+                repairer: Mutex::new(None),
+                repairs: misses::Repairs::new(),
+                restore_lost: config.restore_lost,
                 renewal: Mutex::new(RenewalStatus::default()),
                 last_reconcile: Mutex::new(None),
                 memory: Mutex::new(None),
@@ -283,6 +298,14 @@ where
             .first_load(&state, resumed, config.shared_writers)
             .await?;
         engine.spawn_healer(lost, config.heal_interval, resyncs_covered);
+        *engine
+            .inner
+            .repairer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = engine.spawn_repairer();
+        if report.version.is_none() {
+            engine.spawn_membership_scan();
+        }
         if config.renew_ttls {
             let renewer = ttl::spawn(&engine, background);
             *engine
@@ -332,14 +355,23 @@ where
     }
 
     /// Reads `id` through the cache (`HGETALL` + `TTL`, one round trip).
-    /// Never touches the source.
+    /// Never waits for the source. A miss says why ([`MissKind`]); a lost
+    /// key is queued to be restored in the background. A read that found
+    /// an older value than a change already received from the source counts
+    /// as stale ([`Stats::stale_reads`]).
     pub async fn read(&self, id: &str) -> Result<ReadResult> {
         let id = validate_id(id)?;
         let (lookup, ttl) = self.reads.get_with_ttl(id).await?;
+        self.count_if_stale(id, &lookup);
+        let miss = match lookup.record {
+            Some(_) => None,
+            None => Some(self.classify_miss(id, lookup.tombstone).await?),
+        };
         Ok(ReadResult {
             id: id.to_owned(),
             lookup,
             ttl,
+            miss,
         })
     }
 
@@ -347,6 +379,8 @@ where
     /// trimmed id and whether the key existed.
     pub async fn invalidate(&self, id: &str) -> Result<(String, bool)> {
         let id = validate_id(id)?.to_owned();
+        // Removed on purpose: left missing, not restored.
+        self.inner.repairs.dropped(&id);
         let existed = self.inner.cache.invalidate(&id).await?;
         self.inner.events.publish(|| Event::Invalidated {
             id: id.clone(),
@@ -362,6 +396,7 @@ where
     pub async fn clear(&self) -> Result<usize> {
         let _admin = self.inner.admin.lock().await;
         let pause = self.inner.sync.pause(self.inner.pause_timeout).await?;
+        self.inner.repairs.cleared();
         let deleted = self.inner.cache.clear().await;
         pause.resume();
         let deleted = deleted?;
@@ -451,6 +486,15 @@ where
             .take();
         if let Some(renewer) = renewer {
             renewer.abort();
+        }
+        let repairer = self
+            .inner
+            .repairer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(repairer) = repairer {
+            repairer.abort();
         }
         self.inner.sync.stop(timeout).await
     }

@@ -248,7 +248,14 @@ where
             LoadMode::Fresh => None,
             LoadMode::Guarded => Some(cache.open_window(WINDOW_LEASE).await?),
         };
-        let report = self.load_in(mode, reason, started).await;
+        // A fresh membership filter, begun before the snapshot is taken so
+        // that no change applied meanwhile escapes it.
+        let members = cache.members().begin(0);
+        let report = self.load_in(mode, reason, started, members).await;
+        match &report {
+            Ok(_) => cache.members().finish(members),
+            Err(_) => cache.members().abandon(members),
+        }
         if let Some(window) = window {
             let closed = window.close().await;
             if let (Err(e), Ok(_)) = (&closed, &report) {
@@ -263,10 +270,14 @@ where
         mode: LoadMode,
         reason: PrefetchReason,
         started: Instant,
+        members: u64,
     ) -> Result<PrefetchReport> {
         let cache = &self.inner.cache;
         let snapshot = self.inner.source.snapshot().await?;
         let version = snapshot.version;
+        if let Some(rows) = snapshot.rows {
+            cache.members().reserve(members, rows);
+        }
         let mut chunks = snapshot.chunks;
         // The first chunk tells what a record weighs: check the budget
         // before writing anything.
@@ -299,6 +310,7 @@ where
             LoadMode::Guarded => cache.sweep(version).await?,
         };
         cache.finish_load(version).await?;
+        self.inner.repairs.reloaded();
         self.inner
             .last_loaded
             .store(loaded as u64, std::sync::atomic::Ordering::Relaxed);

@@ -350,6 +350,14 @@ impl<S: Source + ?Sized> Source for FaultySource<S> {
         self.inner.parse_position(text)
     }
 
+    fn pending(&self, id: &str) -> Option<crate::PendingChange> {
+        self.inner.pending(id)
+    }
+
+    fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<crate::source::Fetched>>> {
+        self.inner.fetch(id)
+    }
+
     fn status(&self) -> SourceStatus {
         let mut status = self.inner.status();
         let held = self.held();

@@ -157,14 +157,17 @@ end
 -- KEYS: the state, the window's log, then a (data, tombstone) pair per
 -- write. A snapshot write needs an open window (PFWINDOW otherwise: its
 -- loader's window lapsed, and it must start over).
--- ARGV: source, mode ('live' | 'snapshot'), ttl s, tombstone ttl ms,
+-- ARGV: source, mode ('live' | 'snapshot' | 'repair'), ttl s, tombstone ttl ms,
 -- position ('' for none), then per write: op ('u' | 'd', or 'j' | 'x' for
 -- a JSON record), version, `__h`
 -- (content hash, then field-names hash), [pf1_apply_t only: the write's own
 -- ttl s,] pair count n, then n name/value pairs, the last two being `__v`
 -- and `__h` themselves. Returns 1 (applied) or 0 (stale) per write. A live write must be newer than what is stored;
 -- a snapshot write may also rewrite its own version (repairing a hash
--- changed outside the pipeline). Nothing older than the floor applies.
+-- changed outside the pipeline). A repair write applies only where nothing
+-- is stored (a lost key: no record, no tombstone; for a JSON record, no
+-- document and no delete in its tombstone key, whose version must be
+-- older). Nothing older than the floor applies.
 --
 -- Every redis.call costs about as much as the command itself, so a live
 -- update of a record with the same field names is three: HMGET, HSET
@@ -177,6 +180,7 @@ local function apply(keys, args, own_ttl)
   local floor, pos, mark = floor_of(meta, args[1], p)
   if floor == nil then return lost() end
   local snapshot = args[2] == 'snapshot'
+  local repair = args[2] == 'repair'
   local ttl = args[3]
   local tomb_ttl = args[4]
   local logging = window_open(meta, mark)
@@ -203,11 +207,22 @@ local function apply(keys, args, own_ttl)
       else
         cur, cur_h, tombed = stored(data, tomb, p)
       end
-      if cur == nil and logging then
-        -- Removed since a write inside the window: that write's version.
-        cur = p(redis.call('HGET', log, data))
+      local go
+      if repair then
+        if json then
+          go = redis.call('EXISTS', data) == 0
+            and (cur == nil or (cur_h ~= nil and newer(v, cur)))
+        else
+          go = cur == nil
+        end
+      else
+        if cur == nil and logging then
+          -- Removed since a write inside the window: that write's version.
+          cur = p(redis.call('HGET', log, data))
+        end
+        go = newer(v, cur) or (snapshot and not newer(cur, v))
       end
-      if newer(v, cur) or (snapshot and not newer(cur, v)) then
+      if go then
         ok = 1
         -- Live writes only: a snapshot's own rows are all older than
         -- anything a later write in the window could need to know of.

@@ -45,6 +45,10 @@ pub(crate) enum Mode {
     Live,
     /// Equal versions are rewritten too: a snapshot repairs its own rows.
     Snapshot,
+    /// Only where nothing is stored: no record, no tombstone (for a JSON
+    /// record: no document, and no delete in its tombstone key). Restores
+    /// a key the cache lost without overwriting anything a change wrote.
+    Repair,
 }
 
 /// One write for `pf1_apply`.
@@ -114,6 +118,7 @@ impl Guard<'_> {
             .arg(match mode {
                 Mode::Live => "live",
                 Mode::Snapshot => "snapshot",
+                Mode::Repair => "repair",
             })
             .arg(self.ttl_secs)
             .arg(self.tombstone_ttl_ms)

@@ -9,6 +9,7 @@ mod cluster;
 mod guard;
 mod heal;
 mod interleavings;
+mod misses;
 mod ops;
 mod primary;
 mod read_your_writes;

@@ -327,6 +327,8 @@ pub async fn real_size(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
         p50.map(|p| p <= 1000.0),
     );
 
+    membership(&base, n, report).await?;
+
     // A million-row UPDATE in one transaction.
     let updated = UPDATED.min(n);
     sql.batch_execute("CREATE PUBLICATION bench_raw FOR TABLE items")
@@ -427,6 +429,65 @@ pub async fn real_size(redis: &TestRedis, s: &Settings, report: &mut Report) -> 
 }
 
 /// Redis's CPU seconds (user + sys) and its `EXPIRE` and `SCAN` calls.
+/// The membership filter at this size: its bytes per row (from
+/// `/metrics`), and what 10,000 ids the table does not have cost: the
+/// misses it took for lost keys (its false positives) and the primary
+/// reads they made.
+async fn membership(base: &str, n: u64, report: &mut Report) -> Result<()> {
+    let client = reqwest::Client::new();
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let bytes = metric(&text, "prefetch_membership_filter_bytes ");
+    let before = http::get_json(&client, &format!("{base}/stats")).await?;
+    let unknown = 10_000u64;
+    let mut lost = 0u64;
+    for i in 1..=unknown {
+        let res = client
+            .get(format!("{base}/read?id={}", n + i))
+            .send()
+            .await?;
+        lost += u64::from(
+            res.headers()
+                .get("prefetch-miss")
+                .is_some_and(|v| v == "lost"),
+        );
+    }
+    // The repairs run in the background; give them a moment to count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = http::get_json(&client, &format!("{base}/stats")).await?;
+    let reads = after["primary_reads_total"].as_u64().unwrap_or(0)
+        - before["primary_reads_total"].as_u64().unwrap_or(0);
+    let per_row = bytes / n as f64;
+    // The optimum for a 0.1 % Bloom filter: 1.44 · log2(1000) bits.
+    let optimum = 1.44 * 1000f64.log2() / 8.0;
+    println!(
+        "membership filter: {bytes:.0} bytes ({per_row:.2} per row); {unknown} unknown ids: {lost} classified lost, {reads} primary reads"
+    );
+    report.row(
+        "realsize",
+        format!("membership filter at {n} rows: bytes per row; {unknown} unknown ids read (misses taken for lost, primary reads)"),
+        format!(
+            "{per_row:.2} bytes/row ({:.1} MiB); {lost} taken for lost ({:.2} %), {reads} primary reads",
+            bytes / 1048576.0,
+            100.0 * lost as f64 / unknown as f64
+        ),
+        format!("Bloom optimum at 0.1 % (theory): {optimum:.2} bytes/row, 10 false positives"),
+        Some(per_row / optimum),
+        "a few bytes per row; primary reads ≤ the false positives",
+        Some(per_row <= 4.0 && reads <= lost),
+    );
+    Ok(())
+}
+
 async fn redis_usage(conn: &mut MultiplexedConnection) -> Result<(f64, u64, u64)> {
     let info: String = redis::cmd("INFO").arg("all").query_async(conn).await?;
     let num = |prefix: &str| -> f64 {

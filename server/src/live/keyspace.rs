@@ -21,6 +21,8 @@ pub enum KeyOp {
     Expired,
     /// Redis evicted it under `maxmemory`.
     Evicted,
+    /// Someone deleted it (`del`, `unlink`).
+    Deleted,
     /// Anything else (`del`, `hset`, `expire`, `rename_to`, …): re-read it.
     Touched,
 }
@@ -31,6 +33,7 @@ impl KeyOp {
         match event {
             "expired" => KeyOp::Expired,
             "evicted" => KeyOp::Evicted,
+            "del" | "unlink" => KeyOp::Deleted,
             _ => KeyOp::Touched,
         }
     }

@@ -50,6 +50,24 @@ impl Task {
                     lag_ms: None,
                 });
             }
+            Event::Restored { id, fields } if self.follows(&id) => {
+                let ttl = self
+                    .hub
+                    .ctx
+                    .engine
+                    .cache()
+                    .ttl_of(&self.hub.ctx.engine.cache().key(&id));
+                let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+                let expires = Some(app::api::now_ms().saturating_add(ttl_ms));
+                self.set_mirror(&id, Some(fields.clone()), expires);
+                self.hub.send(&LiveEvent::Cache {
+                    id,
+                    fields: Some(fields),
+                    expires_at_ms: expires,
+                    source: WriteOrigin::Restored,
+                    lag_ms: None,
+                });
+            }
             Event::Cleared { deleted } => {
                 self.mirror.clear();
                 self.hub.send(&LiveEvent::Cleared { deleted });

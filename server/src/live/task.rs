@@ -107,6 +107,11 @@ impl Task {
                 },
                 key = key_event => match key {
                     Some(KeyEvent::Key { id, op }) => {
+                        // A key gone behind the engine's back comes back from
+                        // the source, whoever shows it.
+                        if matches!(op, KeyOp::Deleted | KeyOp::Expired | KeyOp::Evicted) {
+                            self.hub.ctx.engine.key_gone(&id);
+                        }
                         // Rows nobody shows are not followed: a bulk load
                         // costs the hub a lookup per key, nothing kept.
                         if self.follows(&id) {

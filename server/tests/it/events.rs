@@ -96,6 +96,14 @@ async fn update_delete_invalidate_and_an_external_del_each_arrive_within_a_secon
         is_cache(e, "cat-003", WriteOrigin::External, false)
     })
     .await;
+    // The primary still has the row: it comes back by itself.
+    feed.expect(WAIT, "restored from the primary", |e| {
+        is_cache(e, "cat-003", WriteOrigin::Restored, true)
+    })
+    .await;
+    // The invalidated key was removed on purpose: it stays missing.
+    let (_, body) = srv.get("/read?id=cat-002").await;
+    assert_eq!(body["hit"], false, "{body}");
 }
 
 #[tokio::test]

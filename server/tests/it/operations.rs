@@ -36,6 +36,12 @@ async fn metrics_scrape_with_every_name_and_type() {
         ("prefetch_sync_retries", "counter"),
         ("prefetch_sync_oom_retries", "counter"),
         ("prefetch_sync_lag_seconds", "histogram"),
+        ("prefetch_visibility_seconds", "histogram"),
+        ("prefetch_reads", "counter"),
+        ("prefetch_stale_reads", "counter"),
+        ("prefetch_lost_keys_restored", "counter"),
+        ("prefetch_repair_source_reads", "counter"),
+        ("prefetch_membership_filter_bytes", "gauge"),
         ("prefetch_sync_batch_size", "histogram"),
         ("prefetch_read_seconds", "histogram"),
         ("prefetch_sync_backlog", "gauge"),
@@ -60,7 +66,17 @@ async fn metrics_scrape_with_every_name_and_type() {
         );
     }
     assert!(text.contains("prefetch_cache_hits_total 1\n"), "{text}");
-    assert!(text.contains("prefetch_cache_misses_total 1\n"), "{text}");
+    // The one miss, of an id the primary does not have.
+    for (kind, n) in [("deleted", 0), ("absent", 1), ("lost", 0), ("unknown", 0)] {
+        assert!(
+            text.contains(&format!(
+                "prefetch_cache_misses_total{{kind=\"{kind}\"}} {n}\n"
+            )),
+            "{kind}: {text}"
+        );
+    }
+    assert!(text.contains("prefetch_reads_total 2\n"), "{text}");
+    assert!(text.contains("prefetch_stale_reads_total 0\n"), "{text}");
     assert!(text.contains("prefetch_source_connected 1"), "{text}");
     assert!(
         text.contains("prefetch_sync_lag_seconds_bucket{le=\"0.01\"}"),
@@ -94,7 +110,12 @@ async fn metrics_scrape_with_every_name_and_type() {
 
 #[tokio::test]
 async fn reconcile_reports_drift_and_repair_fixes_it_live() {
-    let srv = TestServer::start().await;
+    // Lost keys left lost, for the reconciliation to find.
+    let srv = TestServer::start_on(
+        prefetch::testing::TestRedis::start(),
+        &["--restore-lost", "off"],
+    )
+    .await;
     let mut feed = srv.events().await;
     feed.next(WAIT).await.expect("snapshot");
     let mut conn = srv.redis.conn().await;
