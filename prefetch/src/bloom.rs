@@ -220,8 +220,9 @@ impl Bloom {
 
     /// Adds an item.
     pub(crate) fn insert(&mut self, item: &str) {
-        let positions: Vec<u64> = self.positions(item).collect();
-        for bit in positions {
+        let (h1, h2) = self.hashes(item);
+        for i in 0..u64::from(self.k) {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % self.m;
             if let Some(word) = self.bits.get_mut((bit / 64) as usize) {
                 *word |= 1 << (bit % 64);
             }

@@ -11,6 +11,8 @@
 //! it with [`ChangeSender::wait_below`].
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -47,6 +49,8 @@ pub fn channel(events: EventBus) -> (ChangeSender, ChangeFeed) {
             pending: HashMap::new(),
             senders: 1,
         }),
+        ids: RandomState::new(),
+        pending_ids: AtomicUsize::new(0),
         notify: Notify::new(),
         drained: Notify::new(),
         events,
@@ -65,6 +69,11 @@ struct Shared {
     /// Woken when an acknowledgement frees memory.
     drained: Notify,
     events: EventBus,
+    /// Hashes ids for `pending` (64 bits: no allocation per change).
+    ids: RandomState,
+    /// `pending`'s length, read without the lock (a read of an id checks
+    /// nothing while every change is acknowledged).
+    pending_ids: AtomicUsize,
 }
 
 struct State {
@@ -76,8 +85,9 @@ struct State {
     head: Option<Version>,
     /// Changes inside `log`.
     queued_changes: usize,
-    /// Per id: the changes inside `log` and the newest of them.
-    pending: HashMap<Box<str>, Pending>,
+    /// Per id (its 64-bit hash): the changes inside `log` and the newest
+    /// of them.
+    pending: HashMap<u64, Pending>,
     senders: usize,
 }
 
@@ -97,7 +107,7 @@ pub struct PendingChange {
 }
 
 impl State {
-    fn note_sent(&mut self, tx: &Transaction) {
+    fn note_sent(&mut self, tx: &Transaction, ids: &RandomState) {
         for change in &tx.changes {
             if change.kind == ChangeKind::Truncate {
                 continue;
@@ -106,27 +116,25 @@ impl State {
                 version: change.version,
                 delete: change.kind == ChangeKind::Delete,
             };
-            match self.pending.get_mut(change.id.as_str()) {
-                Some(p) => {
+            self.pending
+                .entry(ids.hash_one(change.id.as_str()))
+                .and_modify(|p| {
                     p.count += 1;
                     if p.newest.version <= newest.version {
                         p.newest = newest;
                     }
-                }
-                None => {
-                    self.pending
-                        .insert(change.id.as_str().into(), Pending { count: 1, newest });
-                }
-            }
+                })
+                .or_insert(Pending { count: 1, newest });
         }
     }
 
-    fn note_acknowledged(&mut self, tx: &Transaction) {
+    fn note_acknowledged(&mut self, tx: &Transaction, ids: &RandomState) {
         for change in &tx.changes {
-            if let Some(p) = self.pending.get_mut(change.id.as_str()) {
+            let id = ids.hash_one(change.id.as_str());
+            if let Some(p) = self.pending.get_mut(&id) {
                 p.count -= 1;
                 if p.count == 0 {
-                    self.pending.remove(change.id.as_str());
+                    self.pending.remove(&id);
                 }
             }
         }
@@ -176,7 +184,8 @@ impl ChangeSender {
         {
             let mut state = self.shared.state();
             state.queued_changes += tx.changes.len();
-            state.note_sent(&tx);
+            state.note_sent(&tx, &self.shared.ids);
+            self.shared.pending_ids.store(state.pending.len(), Relaxed);
             state.head = Some(state.head.map_or(tx.position, |h| h.max(tx.position)));
             state.log.push_back(Arc::clone(&tx));
             // The worker first: the feed's subscribers (the live hub) run
@@ -272,11 +281,12 @@ impl ChangeFeed {
         while state.log.front().is_some_and(|tx| tx.position <= upto) {
             if let Some(tx) = state.log.pop_front() {
                 state.queued_changes -= tx.changes.len();
-                state.note_acknowledged(&tx);
+                state.note_acknowledged(&tx, &self.shared.ids);
             }
             state.next = state.next.saturating_sub(1);
         }
         state.acked = Some(state.acked.map_or(upto, |a| a.max(upto)));
+        self.shared.pending_ids.store(state.pending.len(), Relaxed);
         drop(state);
         self.shared.drained.notify_waiters();
     }
@@ -315,11 +325,11 @@ impl ChangeFeed {
     /// The newest change of `id` sent but not yet acknowledged (`None`:
     /// every change of `id` sent so far is durable in Redis).
     pub fn pending(&self, id: &str) -> Option<PendingChange> {
-        let state = self.shared.state();
-        if state.pending.is_empty() {
+        if self.shared.pending_ids.load(Relaxed) == 0 {
             return None;
         }
-        state.pending.get(id).map(|p| p.newest)
+        let id = self.shared.ids.hash_one(id);
+        self.shared.state().pending.get(&id).map(|p| p.newest)
     }
 }
 

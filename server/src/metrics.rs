@@ -77,6 +77,39 @@ fn per_bucket(h: &HistogramSnapshot) -> Vec<(f64, u64)> {
     out
 }
 
+/// The histograms' names and help.
+type Named = (&'static str, &'static str);
+const LAG: Named = (
+    "prefetch_sync_lag_seconds",
+    "Source commit to visible in Redis.",
+);
+const VISIBILITY: Named = (
+    "prefetch_visibility_seconds",
+    "Consistency SLI: source commit (its own timestamp) to the atomic write in Redis; the same measurements as prefetch_sync_lag_seconds.",
+);
+const BATCH: Named = ("prefetch_sync_batch_size", "Changes per applied batch.");
+const READ: Named = (
+    "prefetch_read_seconds",
+    "Redis latency of reads through the cache.",
+);
+
+/// The plain counters of the cache and the worker: name, help, value.
+#[rustfmt::skip]
+fn counters_of(c: &prefetch::Stats) -> [(&'static str, &'static str, u64); 10] {
+    [
+        ("prefetch_reads", "Reads through the cache (hits and misses).", c.hits + c.misses),
+        ("prefetch_stale_reads", "Reads that found an older value (or a miss) while a newer change of the key had been received from the source and not yet applied.", c.stale_reads),
+        ("prefetch_lost_keys_restored", "Lost keys (the source has the row, the key was gone) written back from the source.", c.lost_repaired),
+        ("prefetch_repair_source_reads", "Records read from the source to restore lost keys, the membership filter's false alarms included.", c.repair_source_reads),
+        ("prefetch_sync_events_applied", "Changes applied to Redis.", c.sync_events_applied),
+        ("prefetch_sync_events_stale", "Changes the version guard refused: Redis held the same or a newer version.", c.sync_events_stale),
+        ("prefetch_sync_events_rejected", "Malformed changes skipped (no id, an upsert with no fields).", c.sync_events_skipped),
+        ("prefetch_sync_batches", "Atomic calls that applied changes.", c.sync_batches),
+        ("prefetch_sync_retries", "Failed apply attempts, each retried.", c.sync_retries),
+        ("prefetch_sync_oom_retries", "Apply attempts Redis refused at maxmemory, each retried.", c.sync_oom_retries),
+    ]
+}
+
 impl EngineCollector {
     /// The cache's and the sync worker's counters and histograms.
     fn sync_series(
@@ -92,96 +125,24 @@ impl EngineCollector {
             c.hits,
         )?;
         self.miss_series(e, c)?;
-        counter(
-            e,
-            "prefetch_reads",
-            "Reads through the cache (hits and misses).",
-            c.hits + c.misses,
-        )?;
-        counter(
-            e,
-            "prefetch_stale_reads",
-            "Reads that found an older value (or a miss) while a newer change of the key had been received from the source and not yet applied.",
-            c.stale_reads,
-        )?;
-        counter(
-            e,
-            "prefetch_lost_keys_restored",
-            "Lost keys (the source has the row, the key was gone) written back from the source.",
-            c.lost_repaired,
-        )?;
-        counter(
-            e,
-            "prefetch_repair_source_reads",
-            "Records read from the source to restore lost keys, the membership filter's false alarms included.",
-            c.repair_source_reads,
-        )?;
-        counter(
-            e,
-            "prefetch_sync_events_applied",
-            "Changes applied to Redis.",
-            c.sync_events_applied,
-        )?;
-        counter(
-            e,
-            "prefetch_sync_events_stale",
-            "Changes the version guard refused: Redis held the same or a newer version.",
-            c.sync_events_stale,
-        )?;
-        counter(
-            e,
-            "prefetch_sync_events_rejected",
-            "Malformed changes skipped (no id, an upsert with no fields).",
-            c.sync_events_skipped,
-        )?;
-        counter(
-            e,
-            "prefetch_sync_batches",
-            "Atomic calls that applied changes.",
-            c.sync_batches,
-        )?;
-        counter(
-            e,
-            "prefetch_sync_retries",
-            "Failed apply attempts, each retried.",
-            c.sync_retries,
-        )?;
-        counter(
-            e,
-            "prefetch_sync_oom_retries",
-            "Apply attempts Redis refused at maxmemory, each retried.",
-            c.sync_oom_retries,
-        )?;
-        histogram(
-            e,
-            "prefetch_sync_lag_seconds",
-            "Source commit to visible in Redis.",
-            &h.sync_lag_seconds,
-        )?;
-        histogram(
-            e,
-            "prefetch_visibility_seconds",
-            "Consistency SLI: source commit (its own timestamp) to the atomic write in Redis; the same measurements as prefetch_sync_lag_seconds.",
-            &h.sync_lag_seconds,
-        )?;
-        histogram(
-            e,
-            "prefetch_sync_batch_size",
-            "Changes per applied batch.",
-            &h.batch_size,
-        )?;
-        histogram(
-            e,
-            "prefetch_read_seconds",
-            "Redis latency of reads through the cache.",
-            &h.read_seconds,
-        )?;
+        let counters = counters_of(c);
+        for (name, help, v) in counters {
+            counter(e, name, help, v)?;
+        }
+        let histograms = [
+            (LAG, &h.sync_lag_seconds),
+            (VISIBILITY, &h.sync_lag_seconds),
+            (BATCH, &h.batch_size),
+            (READ, &h.read_seconds),
+        ];
+        for ((name, help), v) in histograms {
+            histogram(e, name, help, v)?;
+        }
         Ok(())
     }
 
-    /// Misses by why they missed, labelled `kind`; `unknown` also holds
-    /// reads that were not classified (made below the engine's read), so
-    /// the kinds add up to every miss.
+    /// Misses by `kind`; `unknown` also holds reads made below the
+    /// engine's read (unclassified), so the kinds add up to every miss.
     fn miss_series(&self, e: &mut DescriptorEncoder<'_>, c: &prefetch::Stats) -> std::fmt::Result {
         let classified = c.misses_deleted + c.misses_absent + c.misses_lost;
         let kinds = [

@@ -60,7 +60,14 @@ pub fn StatsPanel(state: LiveState) -> impl IntoView {
 
 /// Every counter the panel shows: its key (for tests and styles), label
 /// and value.
-fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String); 21] {
+fn stat_rows(s: &crate::model::StatsDto) -> Vec<(&'static str, &'static str, String)> {
+    let mut rows = Vec::from(cache_rows(s));
+    rows.splice(7..7, consistency_rows(s));
+    rows
+}
+
+/// The reads', the worker's and the resources' counters.
+fn cache_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String); 17] {
     [
         ("hits", "Hits", s.hits.to_string()),
         ("misses", "Misses", s.misses.to_string()),
@@ -89,39 +96,11 @@ fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String
                 fixed(s.sync_lag_ms_p99, 2)
             ),
         ),
-        (
-            "visible_within",
-            "Visible in 10 ms / 100 ms / 1 s",
-            format!(
-                "{}% / {}% / {}%",
-                fixed(s.visible_10ms_pct, 1),
-                fixed(s.visible_100ms_pct, 1),
-                fixed(s.visible_1s_pct, 1)
-            ),
-        ),
-        (
-            "stale_read_pct",
-            "Stale reads",
-            format!("{}% ({})", fixed(s.stale_read_pct, 2), s.stale_reads),
-        ),
         ("sync_backlog", "Backlog", s.sync_backlog.to_string()),
         (
             "sync_events_stale",
             "Refused as stale",
             s.sync_events_stale.to_string(),
-        ),
-        (
-            "misses_by_kind",
-            "Misses deleted / absent / lost",
-            format!(
-                "{} / {} / {}",
-                s.misses_deleted, s.misses_absent, s.misses_lost
-            ),
-        ),
-        (
-            "lost_restored",
-            "Lost keys restored",
-            s.lost_restored.to_string(),
         ),
         ("reprefetches", "Re-prefetches", s.reprefetches.to_string()),
         ("self_heals", "Self-heals", s.self_heals.to_string()),
@@ -159,4 +138,49 @@ fn stat_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String
         ("ttl_renewal", "TTL renewal", s.ttl_renewal.clone()),
         ("refills", "Refills", s.refills.to_string()),
     ]
+}
+
+/// How consistent the cache is: changes visible within 10 ms / 100 ms /
+/// 1 s, stale reads, misses by why, keys restored.
+fn consistency_rows(s: &crate::model::StatsDto) -> [(&'static str, &'static str, String); 4] {
+    [
+        (
+            "visible_within",
+            "Visible in 10 ms / 100 ms / 1 s",
+            format!(
+                "{} / {} / {} %",
+                share(s.visible_10ms_pct),
+                share(s.visible_100ms_pct),
+                share(s.visible_1s_pct)
+            ),
+        ),
+        (
+            "stale_read_pct",
+            "Stale reads",
+            format!("{}% ({})", fixed(s.stale_read_pct, 2), s.stale_reads),
+        ),
+        (
+            "misses_by_kind",
+            "Misses deleted / absent / lost",
+            format!(
+                "{} / {} / {}",
+                s.misses_deleted, s.misses_absent, s.misses_lost
+            ),
+        ),
+        (
+            "lost_restored",
+            "Lost keys restored",
+            s.lost_restored.to_string(),
+        ),
+    ]
+}
+
+/// A share in percent, short enough for a narrow card: `100` when whole,
+/// else one decimal (`99.5`).
+fn share(pct: f64) -> String {
+    if pct >= 99.95 {
+        "100".to_owned()
+    } else {
+        fixed(pct, 1)
+    }
 }

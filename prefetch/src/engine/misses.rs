@@ -194,7 +194,10 @@ where
     /// before anyone reads it. Cheap to call for every such event: only a
     /// key the membership filter holds is looked at.
     pub fn key_gone(&self, id: &str) {
+        // Keys expiring while sync is not running are the refill's to
+        // bring back, all at once, once it runs again.
         if self.inner.restore_lost == RestoreLost::Always
+            && self.inner.sync.state() == crate::WorkerState::Running
             && self.inner.cache.members().contains(id) == Some(true)
         {
             self.inner
@@ -203,13 +206,19 @@ where
         }
     }
 
-    /// Starts the repairer (it holds the engine weakly).
-    pub(super) fn spawn_repairer(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let receiver = lock(&self.inner.repairs.receiver).take()?;
+    /// Starts the repairer (it holds the engine weakly) and, when the
+    /// engine `resumed` without loading, the filter's build from Redis.
+    pub(super) fn spawn_misses(&self, resumed: bool) {
+        let Some(receiver) = lock(&self.inner.repairs.receiver).take() else {
+            return;
+        };
         let weak = Arc::downgrade(&self.inner);
-        Some(tokio::spawn(
-            repair_loop(weak, receiver).instrument(tracing::info_span!("repair")),
-        ))
+        let task =
+            tokio::spawn(repair_loop(weak, receiver).instrument(tracing::info_span!("repair")));
+        *lock(&self.inner.repairer) = Some(task);
+        if resumed {
+            self.spawn_membership_scan();
+        }
     }
 
     /// Restores `id` if it is still lost. Returns whether it wrote it.
@@ -286,8 +295,16 @@ where
             reads: inner.cache.clone(),
             inner,
         };
-        if let Err(e) = engine.repair_one(&id).await {
-            tracing::warn!(id, error = %e, "cannot restore a lost key; the next miss tries again");
+        match engine.repair_one(&id).await {
+            Ok(_) => {}
+            // The worker did not get there in time (paused, behind): the
+            // next miss tries again.
+            Err(crate::Error::SettleTimeout(_) | crate::Error::WorkerStopped) => {
+                tracing::debug!(id, "lost key not restored: the worker is not caught up");
+            }
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot restore a lost key; the next miss tries again");
+            }
         }
         lock(&engine.inner.repairs.in_flight).remove(&id);
     }

@@ -298,14 +298,7 @@ where
             .first_load(&state, resumed, config.shared_writers)
             .await?;
         engine.spawn_healer(lost, config.heal_interval, resyncs_covered);
-        *engine
-            .inner
-            .repairer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = engine.spawn_repairer();
-        if report.version.is_none() {
-            engine.spawn_membership_scan();
-        }
+        engine.spawn_misses(report.version.is_none());
         if config.renew_ttls {
             let renewer = ttl::spawn(&engine, background);
             *engine

@@ -153,12 +153,22 @@ async fn misses_say_why_and_lost_keys_come_back_on_a_cluster() {
     misses_say_why_and_lost_keys_come_back(engine).await;
 }
 
-/// With a Bloom filter, unknown ids cost the source its false positives
-/// and nothing more; the rows themselves are all known.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_bloom_filter_unknown_ids_cost_the_source_only_its_false_positives() {
     let redis = TestRedis::start();
-    let engine = engine_on(redis.conn().await, "misses-bloom", 0).await;
+    unknown_ids_cost_only_false_positives(engine_on(redis.conn().await, "misses-bloom", 0).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_bloom_filter_on_a_cluster_unknown_ids_cost_only_false_positives() {
+    let engine = engine_on(cluster().redis().await, "misses-bloom-cluster", 0).await;
+    unknown_ids_cost_only_false_positives(engine).await;
+}
+
+/// With a Bloom filter, unknown ids cost the source its false positives
+/// and nothing more; the rows themselves are all known.
+async fn unknown_ids_cost_only_false_positives<C: Connection>(engine: Engine<MockPrimary, C>) {
     assert!(!engine.cache().membership().exact);
     engine.source().reset_reads();
     for i in 0..1_000 {
@@ -273,5 +283,51 @@ async fn stale_reads_and_late_changes_show_in_the_counters() {
     assert_eq!(s.stale_reads, 2, "applied: no longer stale");
     assert_eq!(s.sync_lag.count, 22);
     assert_eq!(s.visible_within[2], 20, "the two held changes took > 1 s");
+    engine.shutdown(Duration::from_secs(2)).await.unwrap();
+}
+
+/// An engine that resumed (loaded nothing) builds its filter from the keys
+/// Redis holds: misses are `unknown` only until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_resume_the_filter_is_built_from_the_keys_redis_holds() {
+    let redis = TestRedis::start();
+    let events = prefetch::EventBus::default();
+    let primary = std::sync::Arc::new(MockPrimary::with_records(
+        rows(1_000),
+        Duration::ZERO,
+        events.clone(),
+    ));
+    let config = engine_config("misses-resume");
+    let (first, _) = Engine::start(
+        redis.conn().await,
+        std::sync::Arc::clone(&primary),
+        events.clone(),
+        config.clone(),
+    )
+    .await
+    .unwrap();
+    first.shutdown(Duration::from_secs(2)).await.unwrap();
+    let (engine, report) = Engine::start(redis.conn().await, primary, events, config)
+        .await
+        .unwrap();
+    assert_eq!(report.version, None, "resumed: nothing loaded");
+    let started = Instant::now();
+    while !engine.cache().membership().ready {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "filter not built"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        engine.read("nope").await.unwrap().miss,
+        Some(MissKind::Absent)
+    );
+    del_behind(&engine, "r-0999").await;
+    assert_eq!(
+        engine.read("r-0999").await.unwrap().miss,
+        Some(MissKind::Lost)
+    );
+    back_within(&engine, "r-0999", Duration::from_secs(1)).await;
     engine.shutdown(Duration::from_secs(2)).await.unwrap();
 }

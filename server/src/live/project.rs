@@ -14,21 +14,7 @@ use super::views::lock;
 impl Task {
     pub(super) async fn on_engine(&mut self, event: Event) {
         match event {
-            Event::Primary(tx) => {
-                let at_ms = epoch_ms(tx.committed_at);
-                for change in &tx.changes {
-                    if change.op() != prefetch::Op::Truncate && !self.follows(&change.id) {
-                        continue; // a row nobody shows: the counters tell
-                    }
-                    self.hub.send(&LiveEvent::Primary {
-                        version: change.version.to_string(),
-                        op: change.op().into(),
-                        id: change.id.clone(),
-                        fields: change.kind.fields().map(|f| (**f).clone()),
-                        at_ms,
-                    });
-                }
-            }
+            Event::Primary(tx) => self.project_primary(&tx),
             // Too many rows to follow one by one: the clients' rows are
             // read again once the burst settles (next stats tick).
             Event::Bulk { .. } => self.bulk(),
@@ -51,22 +37,7 @@ impl Task {
                 });
             }
             Event::Restored { id, fields } if self.follows(&id) => {
-                let ttl = self
-                    .hub
-                    .ctx
-                    .engine
-                    .cache()
-                    .ttl_of(&self.hub.ctx.engine.cache().key(&id));
-                let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-                let expires = Some(app::api::now_ms().saturating_add(ttl_ms));
-                self.set_mirror(&id, Some(fields.clone()), expires);
-                self.hub.send(&LiveEvent::Cache {
-                    id,
-                    fields: Some(fields),
-                    expires_at_ms: expires,
-                    source: WriteOrigin::Restored,
-                    lag_ms: None,
-                });
+                self.project_restored(id, fields);
             }
             Event::Cleared { deleted } => {
                 self.mirror.clear();
@@ -108,6 +79,39 @@ impl Task {
             Event::StatsReset => self.stats(true),
             _ => {}
         }
+    }
+
+    /// A primary transaction's changes to rows some client shows.
+    fn project_primary(&self, tx: &prefetch::Transaction) {
+        let at_ms = epoch_ms(tx.committed_at);
+        for change in &tx.changes {
+            if change.op() != prefetch::Op::Truncate && !self.follows(&change.id) {
+                continue; // a row nobody shows: the counters tell
+            }
+            self.hub.send(&LiveEvent::Primary {
+                version: change.version.to_string(),
+                op: change.op().into(),
+                id: change.id.clone(),
+                fields: change.kind.fields().map(|f| (**f).clone()),
+                at_ms,
+            });
+        }
+    }
+
+    /// A lost key written back from the primary, on a row a client shows.
+    fn project_restored(&mut self, id: String, fields: prefetch::Fields) {
+        let cache = self.hub.ctx.engine.cache();
+        let ttl_ms =
+            i64::try_from(cache.ttl_of(&cache.key(&id)).as_millis()).unwrap_or(i64::MAX / 2);
+        let expires = Some(app::api::now_ms().saturating_add(ttl_ms));
+        self.set_mirror(&id, Some(fields.clone()), expires);
+        self.hub.send(&LiveEvent::Cache {
+            id,
+            fields: Some(fields),
+            expires_at_ms: expires,
+            source: WriteOrigin::Restored,
+            lag_ms: None,
+        });
     }
 
     /// Writes the worker applied to rows some client shows: the mirror
