@@ -206,6 +206,11 @@ where
         }
     }
 
+    /// Lost keys queued for restoration or being restored now.
+    pub fn restoring(&self) -> usize {
+        lock(&self.inner.repairs.in_flight).len()
+    }
+
     /// Starts the repairer (it holds the engine weakly) and, when the
     /// engine `resumed` without loading, the filter's build from Redis.
     pub(super) fn spawn_misses(&self, resumed: bool) {
