@@ -459,35 +459,19 @@ where
         self.inner.sync.wait_applied(position, timeout).await
     }
 
-    /// Stops the self-healing check and the sync worker (draining what is
-    /// ready, within `timeout`).
+    /// Stops the self-healing check, TTL renewal, the restoring of lost
+    /// keys and the sync worker (draining what is ready, within `timeout`).
     pub async fn shutdown(&self, timeout: Duration) -> Result<()> {
-        let healer = self
-            .inner
-            .healer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(healer) = healer {
-            healer.abort();
-        }
-        let renewer = self
-            .inner
-            .renewer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(renewer) = renewer {
-            renewer.abort();
-        }
-        let repairer = self
-            .inner
-            .repairer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(repairer) = repairer {
-            repairer.abort();
+        let tasks = [
+            &self.inner.healer,
+            &self.inner.renewer,
+            &self.inner.repairer,
+        ];
+        for task in tasks {
+            let task = task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(task) = task {
+                task.abort();
+            }
         }
         self.inner.sync.stop(timeout).await
     }
