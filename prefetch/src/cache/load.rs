@@ -33,7 +33,6 @@ impl<C: Connection> PrefetchCache<C> {
             .into_iter()
             .filter_map(|r| Some((r.id()?, r.fields())))
             .collect();
-        let version = version.to_string();
         let keys: Vec<String> = records.iter().map(|(id, _)| self.key(id)).collect();
         // Chunks go out back to back on the one connection without waiting
         // for replies (still one round trip of latency), so packing later
@@ -45,7 +44,7 @@ impl<C: Connection> PrefetchCache<C> {
                 let mut pipe = redis::pipe();
                 for i in ids {
                     let (id, fields) = records[i];
-                    self.push_fresh(&mut pipe, id, fields, &version);
+                    self.push_fresh(&mut pipe, id, fields, version);
                 }
                 Part {
                     slot,
@@ -66,14 +65,14 @@ impl<C: Connection> PrefetchCache<C> {
         Ok(loaded)
     }
 
-    fn push_fresh(&self, pipe: &mut Pipeline, id: &str, fields: &Fields, version: &str) {
+    fn push_fresh(&self, pipe: &mut Pipeline, id: &str, fields: &Fields, version: Version) {
         let key = self.key(id);
         if self.is_json(&key) {
             // The document, and its version and hash in its tombstone key.
             let stored = self.stored_form(&key, fields);
             let ttl = self.ttl_of(&key).as_secs();
             let tomb = guard::tomb_key(self.key_space(), &key);
-            let side = format!("{version} {}", guard::hash_text(&stored));
+            let side = format!("{version} {}", guard::guard_text(&stored, version));
             pipe.cmd("SET")
                 .arg(&key)
                 .arg(&stored[guard::JSON_FIELD])
@@ -93,9 +92,9 @@ impl<C: Connection> PrefetchCache<C> {
             .arg(&key)
             .arg(fields)
             .arg(guard::VERSION_FIELD)
-            .arg(version)
+            .arg(version.to_string())
             .arg(guard::HASH_FIELD)
-            .arg(guard::hash_text(fields))
+            .arg(guard::guard_text(fields, version))
             .ignore();
         let ttl = guard::ttl_of(&self.table_ttls(), self.inner.ttl_secs, &key);
         pipe.expire(&key, i64::try_from(ttl).unwrap_or(i64::MAX))

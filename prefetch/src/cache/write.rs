@@ -32,7 +32,8 @@ pub struct BatchOutcome {
 
 impl<C: Connection> PrefetchCache<C> {
     /// Sends `writes` through the version guard and returns 1 (applied) or
-    /// 0 (stale) for each. On one node they go out in runs of `chunk` (all
+    /// 0 (stale) for each (the guard answers with the places of the stale
+    /// ones). On one node they go out in runs of `chunk` (all
     /// in one atomic call when `None`, which then also moves the position);
     /// on a cluster, one call per slot, and the position moves only once
     /// every slot's call succeeded.
@@ -78,12 +79,18 @@ impl<C: Connection> PrefetchCache<C> {
             self.noting_loss(cluster::run_parts(&self.writer, calls, in_flight, fcall_part).await)?;
         let mut out = vec![0; writes.len()];
         for ((_, ids), reply) in parts.iter().zip(replies) {
-            let reply: Vec<i64> = match reply.into_iter().next() {
-                Some(v) => redis::from_redis_value(v).map_err(redis::RedisError::from)?,
-                None => Vec::new(),
+            let Some(reply) = reply.into_iter().next() else {
+                continue;
             };
-            for (&i, r) in ids.iter().zip(reply) {
-                out[i] = r;
+            let stale: Vec<usize> =
+                redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            for &i in ids {
+                out[i] = 1;
+            }
+            for place in stale {
+                if let Some(&i) = place.checked_sub(1).and_then(|p| ids.get(p)) {
+                    out[i] = 0;
+                }
             }
         }
         if position.is_some() && !inline_position {

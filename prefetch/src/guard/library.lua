@@ -1,10 +1,15 @@
-#!lua name=prefetch_v1
+#!lua name=prefetch_v2
 -- Version-guarded writes for the prefetch cache (loaded by prefetch/src/guard/mod.rs).
 --
--- A version is "hi:lo:ord": the commit position's high and low 32 bits and
--- the change's place in its transaction. It is compared as three numbers,
--- never as a string: Lua numbers are doubles (exact only below 2^53), and
--- Lua compares strings by the server's locale.
+-- A version is stored as "hi:lo:ord" in `__v` (the commit position's high
+-- and low 32 bits and the change's place in its transaction), and as 24
+-- hex digits (the commit's 16, the ordinal's 8) at the end of `__h` and of
+-- each write's arguments. It is compared as two numbers below 2^48 (the
+-- first 12 digits, the last 12), never as a string: Lua numbers are doubles
+-- (exact only below 2^53), and Lua compares strings by the server's locale.
+-- The hex form is what the hot path reads: one HGET and two `tonumber`s
+-- (strtoul) per version, where parsing "hi:lo:ord" costs a pattern match
+-- and three strtod calls, about as much as a redis.call.
 --
 -- Keys of one write come in pairs: the record's hash and its tombstone key
 -- (the record's key again when the tombstone lives inside the hash).
@@ -29,19 +34,45 @@
 -- taken, so every change newer than the snapshot is applied inside the
 -- window and logged.
 
+-- "hi:lo:ord" as its two numbers { commit >> 16, (commit & 0xffff) << 32 | ord }.
 local function parse(s)
   if type(s) ~= 'string' then return nil end
   local a, b, c = string.match(s, '^(%d+):(%d+):(%d+)$')
   if not a then return nil end
-  return { tonumber(a), tonumber(b), tonumber(c) }
+  local lo = tonumber(b)
+  return { tonumber(a) * 65536 + math.floor(lo / 65536), (lo % 65536) * 4294967296 + tonumber(c) }
 end
 
--- x > y; nothing (nil) is older than everything.
+-- The two numbers of the 24 hex digits at `at` in `s` (each nil where
+-- its 12 characters are not hex).
+local function key_at(s, at)
+  return tonumber(string.sub(s, at, at + 11), 16), tonumber(string.sub(s, at + 12, at + 23), 16)
+end
+
+-- a > b, each as its two numbers; nothing (nil) is older than everything.
+local function newer2(a1, a2, b1, b2)
+  if b1 == nil then return true end
+  if a1 ~= b1 then return a1 > b1 end
+  return a2 > b2
+end
+
+-- x > y for parsed versions (tables).
 local function newer(x, y)
   if y == nil then return true end
-  if x[1] ~= y[1] then return x[1] > y[1] end
-  if x[2] ~= y[2] then return x[2] > y[2] end
-  return x[3] > y[3]
+  return newer2(x[1], x[2], y[1], y[2])
+end
+
+-- The version in a record's `__h` as this library writes it (content
+-- hash, names hash, version: 16 + 16 + 24 hex digits), or nil. (A pattern
+-- check of the digits would cost more than the rest of a write: strtoul
+-- makes nil of what is not hex, and a sign makes a number out of range.)
+local function guarded_version(h)
+  if type(h) ~= 'string' or #h ~= 56 then return nil end
+  local c1, c2 = key_at(h, 33)
+  if c1 == nil or c2 == nil or c1 >= 281474976710656 or c2 >= 281474976710656 then
+    return nil
+  end
+  return c1, c2
 end
 
 -- A hash field, or nil when the key is missing or not a hash (someone
@@ -53,18 +84,27 @@ local function hget(key, field)
 end
 
 -- What a record holds: the newest version stored for it (its hash's, or
--- its tombstone's), the hash's `__h`, and whether a tombstone key exists.
--- A hash with a version is always newer than any tombstone beside it
--- (a delete removes the hash; a write over a tombstone removes it), so the
--- tombstone is read only when the hash has no version.
+-- its tombstone's) as two numbers, the names part of the hash's `__h`, and
+-- whether a tombstone key exists. A hash with a version is always newer
+-- than any tombstone beside it (a delete removes the hash; a write over a
+-- tombstone removes it), so the tombstone is read only when the hash has
+-- no version. The common case, a record this library wrote, is one HGET.
 local function stored(data, tomb, p)
+  local h = redis.pcall('HGET', data, '__h')
+  local c1, c2 = guarded_version(h)
+  if c1 then return c1, c2, string.sub(h, 17, 32), false end
+  -- Written before the version moved into `__h`, a tombstone inside the
+  -- hash, or not ours: the version in `__v`, or the tombstone key's.
   local r = redis.pcall('HMGET', data, '__v', '__h')
-  if type(r) ~= 'table' then return nil, nil, false end
+  if type(r) ~= 'table' then return nil, nil, nil, false end
   local v = p(r[1])
-  if v ~= nil or tomb == data then return v, r[2], false end
-  local t = redis.pcall('GET', tomb)
-  if type(t) ~= 'string' then return nil, nil, false end
-  return p(t), nil, true
+  if v ~= nil or tomb == data then
+    if v == nil then return nil, nil, nil, false end
+    return v[1], v[2], type(r[2]) == 'string' and string.sub(r[2], 17, 32) or nil, false
+  end
+  local t = p(redis.pcall('GET', tomb))
+  if t == nil then return nil, nil, nil, false end
+  return t[1], t[2], nil, true
 end
 
 -- A JSON record is a string (the document); its version and `__h` live in
@@ -86,7 +126,7 @@ end
 local function floor_of(meta, source, p)
   local s = redis.call('HMGET', meta, 'source', 'floor', 'pos', 'mark')
   if s[1] ~= source then return nil end
-  return (p or parse)(s[2]) or { 0, 0, 0 }, s[3], s[4]
+  return (p or parse)(s[2]) or { 0, 0 }, s[3], s[4]
 end
 
 -- Redis's clock in milliseconds (frozen for the call's duration).
@@ -148,29 +188,26 @@ local function bury(data, tomb, vs, tomb_ttl)
   end
 end
 
--- The field names' part of a `__h` value (after the 16-digit content hash).
-local function names(h)
-  if type(h) ~= 'string' then return nil end
-  return string.sub(h, 17)
-end
-
 -- KEYS: the state, the window's log, then a (data, tombstone) pair per
 -- write. A snapshot write needs an open window (PFWINDOW otherwise: its
 -- loader's window lapsed, and it must start over).
 -- ARGV: source, mode ('live' | 'snapshot' | 'repair'), ttl s, tombstone ttl ms,
 -- position ('' for none), then per write: op ('u' | 'd', or 'j' | 'x' for
--- a JSON record), version, `__h`
--- (content hash, then field-names hash), [pf1_apply_t only: the write's own
--- ttl s,] pair count n, then n name/value pairs, the last two being `__v`
--- and `__h` themselves. Returns 1 (applied) or 0 (stale) per write. A live write must be newer than what is stored;
--- a snapshot write may also rewrite its own version (repairing a hash
--- changed outside the pipeline). A repair write applies only where nothing
--- is stored (a lost key: no record, no tombstone; for a JSON record, no
--- document and no delete in its tombstone key, whose version must be
--- older). Nothing older than the floor applies.
+-- a JSON record), version, `__h` for 'u' and 'j' (content hash, field-names
+-- hash, version: 56 hex digits) or the version's 24 hex digits alone for
+-- 'd' and 'x', [pf2_apply_t only: the write's own ttl s,] pair count n,
+-- then n name/value pairs (a hash record's `__v` and `__h` are added here:
+-- every argument costs about 150 ns in the call's conversions).
+-- Returns the places (from 1) of the writes not applied (stale): an empty
+-- array when all were (a reply per write cost 100 ns each). A live write must be newer
+-- than what is stored; a snapshot write may also rewrite its own version
+-- (repairing a hash changed outside the pipeline). A repair write applies
+-- only where nothing is stored (a lost key: no record, no tombstone; for a
+-- JSON record, no document and no delete in its tombstone key, whose
+-- version must be older). Nothing older than the floor applies.
 --
 -- Every redis.call costs about as much as the command itself, so a live
--- update of a record with the same field names is three: HMGET, HSET
+-- update of a record with the same field names is three: HGET `__h`, HSET
 -- (which replaces every field) and EXPIRE. A changed set of names needs
 -- the DEL first, and so does a snapshot write, which also removes fields
 -- someone else added to the hash.
@@ -179,6 +216,7 @@ local function apply(keys, args, own_ttl)
   local meta, log = keys[1], keys[2]
   local floor, pos, mark = floor_of(meta, args[1], p)
   if floor == nil then return lost() end
+  local f1, f2 = floor[1], floor[2]
   local snapshot = args[2] == 'snapshot'
   local repair = args[2] == 'repair'
   local ttl = args[3]
@@ -188,8 +226,9 @@ local function apply(keys, args, own_ttl)
     return redis.error_reply('PFWINDOW no snapshot window is open for this write')
   end
   local out = {}
-  local a, k = 6, 3
-  while a <= #args do
+  local a, k, w, nargs = 6, 3, 0, #args
+  while a <= nargs do
+    w = w + 1
     local op, vs, h = args[a], args[a + 1], args[a + 2]
     -- The write's TTL, its pair count, and where its pairs start.
     local wttl, n, first = ttl, tonumber(args[a + 3]), a + 4
@@ -197,58 +236,72 @@ local function apply(keys, args, own_ttl)
       wttl, n, first = args[a + 3], tonumber(args[a + 4]), a + 5
     end
     local data, tomb = keys[k], keys[k + 1]
-    local v = p(vs)
+    local upsert = op == 'u' or op == 'j'
+    local v1, v2
+    -- (Built by the caller: anything but hex digits makes a nil, stale.)
+    if #h == (upsert and 56 or 24) then v1, v2 = key_at(h, upsert and 33 or 1) end
+    if v2 == nil then v1 = nil end
     local ok = 0
-    if v and not newer(floor, v) then
+    if v1 and not newer2(f1, f2, v1, v2) then
       local json = op == 'j' or op == 'x'
-      local cur, cur_h, tombed
+      local c1, c2, cur_names, tombed
       if json then
-        cur, cur_h = sidecar(tomb, p)
+        -- (cur_names: the document's `__h`, nil once deleted.)
+        local cur
+        cur, cur_names = sidecar(tomb, p)
+        if cur then c1, c2 = cur[1], cur[2] end
       else
-        cur, cur_h, tombed = stored(data, tomb, p)
+        c1, c2, cur_names, tombed = stored(data, tomb, p)
       end
       local go
       if repair then
         if json then
           go = redis.call('EXISTS', data) == 0
-            and (cur == nil or (cur_h ~= nil and newer(v, cur)))
+            and (c1 == nil or (cur_names ~= nil and newer2(v1, v2, c1, c2)))
         else
-          go = cur == nil
+          go = c1 == nil
         end
       else
-        if cur == nil and logging then
+        if c1 == nil and logging then
           -- Removed since a write inside the window: that write's version.
-          cur = p(redis.call('HGET', log, data))
+          local l = p(redis.call('HGET', log, data))
+          if l then c1, c2 = l[1], l[2] end
         end
-        go = newer(v, cur) or (snapshot and not newer(cur, v))
+        go = newer2(v1, v2, c1, c2) or (snapshot and not newer2(c1, c2, v1, v2))
       end
       if go then
         ok = 1
         -- Live writes only: a snapshot's own rows are all older than
         -- anything a later write in the window could need to know of.
         if logging and not snapshot then redis.call('HSET', log, data, vs) end
-        if op == 'j' then
-          redis.call('SET', data, args[first + 1], 'EX', wttl)
-          redis.call('SET', tomb, vs .. ' ' .. h, 'EX', wttl)
-        elseif op == 'u' then
-          if snapshot or cur == nil or names(cur_h) ~= names(h) then
+        if op == 'u' then
+          if snapshot or c1 == nil or cur_names ~= string.sub(h, 17, 32) then
             redis.call('DEL', data)
           end
-          -- unpack has a stack limit: at most 500 pairs per HSET.
-          local i, last = first, first - 1 + 2 * n
-          while i <= last do
-            local j = math.min(i + 999, last)
-            redis.call('HSET', data, unpack(args, i, j))
-            i = j + 1
+          local last = first - 1 + 2 * n
+          if n <= 500 then
+            redis.call('HSET', data, '__v', vs, '__h', h, unpack(args, first, last))
+          else
+            -- unpack has a stack limit: at most 500 pairs per HSET.
+            redis.call('HSET', data, '__v', vs, '__h', h)
+            local i = first
+            while i <= last do
+              local j = math.min(i + 999, last)
+              redis.call('HSET', data, unpack(args, i, j))
+              i = j + 1
+            end
           end
           redis.call('EXPIRE', data, wttl)
           if tombed then redis.call('DEL', tomb) end
+        elseif op == 'j' then
+          redis.call('SET', data, args[first + 1], 'EX', wttl)
+          redis.call('SET', tomb, vs .. ' ' .. h, 'EX', wttl)
         else
           bury(data, tomb, vs, tomb_ttl)
         end
       end
     end
-    out[#out + 1] = ok
+    if ok == 0 then out[#out + 1] = w end
     a = first + 2 * n
     k = k + 2
   end
@@ -369,12 +422,12 @@ local function window_close(keys, args)
   return left
 end
 
-redis.register_function('pf1_apply', function(keys, args) return apply(keys, args, false) end)
+redis.register_function('pf2_apply', function(keys, args) return apply(keys, args, false) end)
 -- The same, each write with a TTL of its own (tables with TTLs of their own).
-redis.register_function('pf1_apply_t', function(keys, args) return apply(keys, args, true) end)
-redis.register_function('pf1_window', window)
-redis.register_function('pf1_close', window_close)
-redis.register_function('pf1_sweep', sweep)
-redis.register_function('pf1_begin', begin)
-redis.register_function('pf1_finish', finish)
-redis.register_function('pf1_floor', raise_floor)
+redis.register_function('pf2_apply_t', function(keys, args) return apply(keys, args, true) end)
+redis.register_function('pf2_window', window)
+redis.register_function('pf2_close', window_close)
+redis.register_function('pf2_sweep', sweep)
+redis.register_function('pf2_begin', begin)
+redis.register_function('pf2_finish', finish)
+redis.register_function('pf2_floor', raise_floor)

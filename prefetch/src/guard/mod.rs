@@ -9,7 +9,7 @@
 //! tombstone with their version (see [`KeySpace::tombstone`]), so a late,
 //! older upsert cannot bring a row back.
 //!
-//! All writes of the sync path go through one call of `pf1_apply`
+//! All writes of the sync path go through one call of `pf2_apply`
 //! (`library.lua`), which applies each write only when it is newer than what
 //! the key holds, and stores the transaction's position in the same atomic
 //! step. The library is loaded with `FUNCTION LOAD REPLACE` at start and
@@ -32,7 +32,8 @@ use crate::keys::KeySpace;
 use crate::model::{Fields, Version};
 
 pub(crate) use stored::json_document;
-pub(crate) use stored::{DELETED_FIELD, HASH_FIELD, Stored, VERSION_FIELD, tomb_key};
+use stored::version_key;
+pub(crate) use stored::{DELETED_FIELD, HASH_FIELD, Stored, VERSION_FIELD, guard_text, tomb_key};
 pub use stored::{JSON_FIELD, content_hash, hash_text};
 
 /// The library's source (Lua 5.1, Redis 7.0+).
@@ -51,7 +52,7 @@ pub(crate) enum Mode {
     Repair,
 }
 
-/// One write for `pf1_apply`.
+/// One write for `pf2_apply`.
 #[derive(Clone, Copy)]
 pub(crate) struct Write<'a> {
     pub(crate) id: &'a str,
@@ -86,7 +87,7 @@ pub(crate) fn ttl_of(table_ttls: &[(String, u64)], default: u64, data: &str) -> 
 }
 
 impl Guard<'_> {
-    /// `FCALL pf1_apply` for `writes`, checked against the state at `meta`
+    /// `FCALL pf2_apply` for `writes`, checked against the state at `meta`
     /// and logged in the snapshot window at `log` (the main ones, or on a
     /// cluster the writes' slot's copies), moving the position to
     /// `position`.
@@ -107,7 +108,7 @@ impl Guard<'_> {
         // function older servers call too); else each write names its own.
         let own_ttl = ttls.iter().any(|&t| t != self.ttl_secs);
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg(if own_ttl { "pf1_apply_t" } else { "pf1_apply" })
+        cmd.arg(if own_ttl { "pf2_apply_t" } else { "pf2_apply" })
             .arg(2 + 2 * writes.len());
         cmd.arg(meta).arg(log);
         for data in data {
@@ -130,20 +131,19 @@ impl Guard<'_> {
             }
             match w.fields {
                 Some(fields) => {
-                    let (version, hash) = (w.version.to_string(), hash_text(fields));
-                    cmd.arg("u").arg(&version).arg(&hash);
+                    // `__v` and `__h` are added to the pairs by the function.
+                    cmd.arg("u")
+                        .arg(w.version.to_string())
+                        .arg(guard_text(fields, w.version));
                     if own_ttl {
                         cmd.arg(ttl);
                     }
-                    cmd.arg(fields.len() + 2)
-                        .arg(fields)
-                        .arg(VERSION_FIELD)
-                        .arg(version)
-                        .arg(HASH_FIELD)
-                        .arg(hash);
+                    cmd.arg(fields.len()).arg(fields);
                 }
                 None => {
-                    cmd.arg("d").arg(w.version.to_string()).arg("");
+                    cmd.arg("d")
+                        .arg(w.version.to_string())
+                        .arg(version_key(w.version));
                     if own_ttl {
                         cmd.arg(ttl);
                     }
@@ -154,7 +154,7 @@ impl Guard<'_> {
         cmd
     }
 
-    /// One JSON record's write for `pf1_apply`: `j` with the document, or
+    /// One JSON record's write for `pf2_apply`: `j` with the document, or
     /// `x` (a delete).
     fn json_write(&self, cmd: &mut Cmd, w: &Write<'_>, ttl: Option<u64>) {
         let version = w.version.to_string();
@@ -162,14 +162,16 @@ impl Guard<'_> {
             Some(fields) => {
                 // Hashed as it is stored, so that a read can check it.
                 let stored: Fields = [(JSON_FIELD.to_owned(), json_document(fields))].into();
-                cmd.arg("j").arg(&version).arg(hash_text(&stored));
+                cmd.arg("j")
+                    .arg(&version)
+                    .arg(guard_text(&stored, w.version));
                 if let Some(ttl) = ttl {
                     cmd.arg(ttl);
                 }
                 cmd.arg(1).arg(JSON_FIELD).arg(&stored[JSON_FIELD]);
             }
             None => {
-                cmd.arg("x").arg(&version).arg("");
+                cmd.arg("x").arg(&version).arg(version_key(w.version));
                 if let Some(ttl) = ttl {
                     cmd.arg(ttl);
                 }
@@ -178,7 +180,7 @@ impl Guard<'_> {
         }
     }
 
-    /// `FCALL pf1_sweep` over the records at `data_keys`.
+    /// `FCALL pf2_sweep` over the records at `data_keys`.
     pub(crate) fn sweep<'k>(
         &self,
         meta: &str,
@@ -186,7 +188,7 @@ impl Guard<'_> {
         data_keys: impl ExactSizeIterator<Item = &'k String>,
     ) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("pf1_sweep").arg(1 + 2 * data_keys.len());
+        cmd.arg("pf2_sweep").arg(1 + 2 * data_keys.len());
         cmd.arg(meta);
         for data in data_keys {
             cmd.arg(data).arg(tomb_key(self.keys, data));
@@ -197,10 +199,10 @@ impl Guard<'_> {
         cmd
     }
 
-    /// `FCALL pf1_floor`: raise the floor at `meta` to `version` (a truncate).
+    /// `FCALL pf2_floor`: raise the floor at `meta` to `version` (a truncate).
     pub(crate) fn floor(&self, meta: &str, version: Version) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("pf1_floor")
+        cmd.arg("pf2_floor")
             .arg(1)
             .arg(meta)
             .arg(self.source)
@@ -208,11 +210,11 @@ impl Guard<'_> {
         cmd
     }
 
-    /// `FCALL pf1_begin`: claim the state at `meta` and raise its floor to
+    /// `FCALL pf2_begin`: claim the state at `meta` and raise its floor to
     /// `snapshot`; a slot's copy (`slot`) gets no loading mark.
     pub(crate) fn begin(&self, meta: &str, snapshot: Version, slot: bool) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("pf1_begin")
+        cmd.arg("pf2_begin")
             .arg(1)
             .arg(meta)
             .arg(self.source)
@@ -223,11 +225,11 @@ impl Guard<'_> {
         cmd
     }
 
-    /// `FCALL pf1_window`: opens (`open`) or renews a snapshot window at
+    /// `FCALL pf2_window`: opens (`open`) or renews a snapshot window at
     /// `meta` / `log` for `lease` from now.
     pub(crate) fn window(&self, (meta, log): (&str, &str), open: bool, lease: Duration) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("pf1_window")
+        cmd.arg("pf2_window")
             .arg(2)
             .arg(meta)
             .arg(log)
@@ -236,17 +238,17 @@ impl Guard<'_> {
         cmd
     }
 
-    /// `FCALL pf1_close`: closes one snapshot window at `meta` / `log`.
+    /// `FCALL pf2_close`: closes one snapshot window at `meta` / `log`.
     pub(crate) fn close(&self, (meta, log): (&str, &str)) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("pf1_close").arg(2).arg(meta).arg(log);
+        cmd.arg("pf2_close").arg(2).arg(meta).arg(log);
         cmd
     }
 
-    /// `FCALL pf1_finish`: the load of `snapshot` is complete.
+    /// `FCALL pf2_finish`: the load of `snapshot` is complete.
     pub(crate) fn finish(&self, snapshot: Version) -> Cmd {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("pf1_finish")
+        cmd.arg("pf2_finish")
             .arg(1)
             .arg(self.keys.meta_key())
             .arg(self.source)

@@ -96,7 +96,8 @@ fn names_hash(fields: &Fields) -> u64 {
 ///
 /// Its [`content_hash`] (16 hex digits), then a hash of its field names
 /// alone (16 more): the apply function compares the names part to skip the
-/// `DEL` before an update that keeps the same fields.
+/// `DEL` before an update that keeps the same fields. The version guard
+/// appends the record's version (24 more hex digits).
 ///
 /// ```
 /// let fields = [("id".to_owned(), "a".to_owned())].into();
@@ -106,6 +107,22 @@ fn names_hash(fields: &Fields) -> u64 {
 /// ```
 pub fn hash_text(fields: &Fields) -> String {
     format!("{:016x}{:016x}", content_hash(fields), names_hash(fields))
+}
+
+/// A version's 24 hex digits (the commit's 16, the ordinal's 8): the form
+/// the version guard compares, as two numbers below 2<sup>48</sup>.
+pub(crate) fn version_key(version: Version) -> String {
+    format!("{:016x}{:08x}", version.commit, version.ord)
+}
+
+/// What a record's `__h` holds as the version guard writes it:
+/// [`hash_text`], then the version's 24 hex digits, which the guard reads
+/// with one `HGET` and compares as two numbers (parsing `__v`'s
+/// `hi:lo:ord` costs it as much as a Redis command).
+pub(crate) fn guard_text(fields: &Fields, version: Version) -> String {
+    let mut text = hash_text(fields);
+    text.push_str(&version_key(version));
+    text
 }
 
 /// The one field of a record stored as a JSON document: the document

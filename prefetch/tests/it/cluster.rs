@@ -79,7 +79,7 @@ async fn an_engine_on_a_cluster_spreads_its_keys_over_every_primary_and_converge
         let libs: redis::Value = redis::cmd("FUNCTION")
             .arg("LIST")
             .arg("LIBRARYNAME")
-            .arg("prefetch_v1")
+            .arg("prefetch_v2")
             .query_async(&mut node)
             .await
             .unwrap();

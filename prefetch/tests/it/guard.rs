@@ -99,6 +99,12 @@ async fn versions_compare_exactly_near_two_to_the_53_and_64() {
         Version::new(10, 0),
         Version::new((1 << 32) - 1, 0),
         Version::new(1 << 32, 0),
+        // The guard compares two numbers: the commit's top 48 bits, then
+        // its low 16 bits with the ordinal.
+        Version::new((1 << 32) | 0xFFFF, u32::MAX),
+        Version::new((1 << 32) + 0x1_0000, 0),
+        Version::new((1 << 48) - 1, u32::MAX),
+        Version::new(1 << 48, 0),
         Version::new(1 << 53, 0),
         // A double cannot tell 2^53 + 1 from 2^53.
         Version::new((1 << 53) + 1, 0),
@@ -122,6 +128,48 @@ async fn versions_compare_exactly_near_two_to_the_53_and_64() {
     }
     let entry = cache.peek("k").await.unwrap().unwrap();
     assert_eq!(entry.version, Some(Version::new(u64::MAX, u32::MAX)));
+}
+
+#[tokio::test]
+async fn a_record_without_the_version_in_its_h_is_compared_by_its_v() {
+    // Written by the previous library (`__h` of 32 digits), or an `__h`
+    // someone else wrote: the guard falls back to `__v`, exactly.
+    let redis = TestRedis::start();
+    let cache = claimed(redis.conn().await, "oldform", 60).await;
+    let mut conn = redis.conn().await;
+    let key = cache.key("k");
+    let v = Version::new((1 << 40) + 7, 3);
+    cache.apply_batch(&[up("k", "v", v)], None).await.unwrap();
+    let h: String = conn.hget(&key, "__h").await.unwrap();
+    assert_eq!(h.len(), 56, "{h}");
+    assert_eq!(&h[32..], format!("{:016x}{:08x}", v.commit, v.ord));
+    let forms = [
+        h[..32].to_owned(),
+        // A sign strtoul would read as a number.
+        format!("{}-{}", &h[..32], &h[33..]),
+        format!("{}{}", &h[..32], " ".repeat(24)),
+        format!("{}{}", &h[..32], "z".repeat(24)),
+    ];
+    for (i, form) in forms.iter().enumerate() {
+        let _: () = conn.hset(&key, "__h", form).await.unwrap();
+        for older in [Version::new(v.commit, v.ord - 1), Version::new(9, 0), v] {
+            let out = cache
+                .apply_batch(&[up("k", "older", older)], None)
+                .await
+                .unwrap();
+            assert_eq!(out.stale, 1, "{older} over __h {form:?}");
+        }
+        let newer = Version::new(v.commit + 1 + i as u64, 0);
+        let out = cache
+            .apply_batch(&[up("k", &format!("n{i}"), newer)], None)
+            .await
+            .unwrap();
+        assert_eq!(out.applied, 1, "{newer} over __h {form:?}");
+        let h: String = conn.hget(&key, "__h").await.unwrap();
+        assert_eq!(h.len(), 56, "rewritten in the new form");
+        // Back to the version the forms are built from.
+        let _: () = conn.hset(&key, "__v", v.to_string()).await.unwrap();
+    }
 }
 
 #[tokio::test]

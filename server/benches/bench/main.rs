@@ -31,6 +31,7 @@ type Result<T, E = BoxError> = std::result::Result<T, E>;
 mod bulk;
 mod cluster;
 mod common;
+mod guardcost;
 mod http;
 mod idle;
 mod memory;
@@ -150,6 +151,9 @@ fn main() -> Result<()> {
         }
         if wanted("read") {
             read::read_path(&redis, &s, &mut report).await?;
+        }
+        if wanted("guard") {
+            guardcost::guard_cost(&redis, &s, &mut report).await?;
         }
         if wanted("sync") {
             sync::sync_path(&redis, &s, &mut report).await?;

@@ -9,11 +9,11 @@ use prefetch::{Change, EventBus, MockPrimary, Version};
 
 use super::*;
 
-type SyncEngine = Engine<MockPrimary, MultiplexedConnection>;
+pub(super) type SyncEngine = Engine<MockPrimary, MultiplexedConnection>;
 
 /// An engine over the mock holding `recs`; with `split`, writes get a
 /// connection of their own (as the server runs it).
-async fn mock_engine(
+pub(super) async fn mock_engine(
     redis: &TestRedis,
     prefix: &str,
     recs: Vec<Record>,

@@ -346,7 +346,11 @@ async fn the_shipped_example_is_served_under_its_template_without_what_it_leaves
     let (status, body) = srv.post("/tables/public.customers/resnapshot", "").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["table"], "public.customers");
-    assert_eq!(body["loaded"], 200, "{body}");
+    // 200 rows, but the key Redis reported gone may be back first: the
+    // restorer reads it from PostgreSQL 100 ms after the DEL, at a
+    // position newer than the snapshot's, which then leaves it be.
+    let loaded = body["loaded"].as_u64().unwrap_or_default();
+    assert!((199..=200).contains(&loaded), "{body}");
     assert_eq!(body["swept"], 1, "{body}");
     let (_, back) = srv.get("/read?id=customer:9").await;
     assert_eq!(back["hit"], true, "{back}");
