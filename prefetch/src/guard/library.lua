@@ -2,14 +2,18 @@
 -- Version-guarded writes for the prefetch cache (loaded by prefetch/src/guard/mod.rs).
 --
 -- A version is stored as "hi:lo:ord" in `__v` (the commit position's high
--- and low 32 bits and the change's place in its transaction), and as 24
--- hex digits (the commit's 16, the ordinal's 8) at the end of `__h` and of
--- each write's arguments. It is compared as two numbers below 2^48 (the
--- first 12 digits, the last 12), never as a string: Lua numbers are doubles
--- (exact only below 2^53), and Lua compares strings by the server's locale.
--- The hex form is what the hot path reads: one HGET and two `tonumber`s
--- (strtoul) per version, where parsing "hi:lo:ord" costs a pattern match
--- and three strtod calls, about as much as a redis.call.
+-- and low 32 bits and the change's place in its transaction), and as 30
+-- decimal digits (the commit's 20, the ordinal's 10, zero-padded) at the
+-- start of `__h` and of each write's `__h` argument. The hot path, a live
+-- write over a record this library wrote, compares those digit strings
+-- with Lua's `<`: one HGET and no parsing, where parsing "hi:lo:ord"
+-- costs a pattern match and three strtod calls (about as much as a
+-- redis.call). Lua compares strings by the server's locale (strcoll), so
+-- this path runs only once the library has checked that the locale
+-- orders the ten digits as numbers (every glibc locale does; no locale
+-- contracts digits); else, and on every other path, versions are compared
+-- as two numbers below 2^48 parsed from "hi:lo:ord", never as strings (Lua
+-- numbers are doubles, exact only below 2^53).
 --
 -- Keys of one write come in pairs: the record's hash and its tombstone key
 -- (the record's key again when the tombstone lives inside the hash).
@@ -43,12 +47,6 @@ local function parse(s)
   return { tonumber(a) * 65536 + math.floor(lo / 65536), (lo % 65536) * 4294967296 + tonumber(c) }
 end
 
--- The two numbers of the 24 hex digits at `at` in `s` (each nil where
--- its 12 characters are not hex).
-local function key_at(s, at)
-  return tonumber(string.sub(s, at, at + 11), 16), tonumber(string.sub(s, at + 12, at + 23), 16)
-end
-
 -- a > b, each as its two numbers; nothing (nil) is older than everything.
 local function newer2(a1, a2, b1, b2)
   if b1 == nil then return true end
@@ -62,17 +60,46 @@ local function newer(x, y)
   return newer2(x[1], x[2], y[1], y[2])
 end
 
--- The version in a record's `__h` as this library writes it (content
--- hash, names hash, version: 16 + 16 + 24 hex digits), or nil. (A pattern
--- check of the digits would cost more than the rest of a write: strtoul
--- makes nil of what is not hex, and a sign makes a number out of range.)
-local function guarded_version(h)
-  if type(h) ~= 'string' or #h ~= 56 then return nil end
-  local c1, c2 = key_at(h, 33)
-  if c1 == nil or c2 == nil or c1 >= 281474976710656 or c2 >= 281474976710656 then
-    return nil
+-- Whether the server's collation orders strings of decimal digits of one
+-- length as their numbers (a proper prefix first): checked at the first
+-- call after each load of the library.
+local digits_collate_checked = nil
+local function digits_collate()
+  if digits_collate_checked == nil then
+    local ok = ('09' < '10') and ('1' < '10') and ('99' < '990') and not ('10' < '09')
+    local d = '0123456789'
+    for i = 1, 9 do
+      ok = ok and string.sub(d, i, i) < string.sub(d, i + 1, i + 1)
+    end
+    digits_collate_checked = ok
   end
-  return c1, c2
+  return digits_collate_checked
+end
+
+-- "hi:lo:ord" as its 30 digits (hi * 2^32 + lo in 20, ord in 10), exactly:
+-- a long division by 10^10 in 16-bit steps keeps every number below 2^53.
+local function digits_of(s)
+  if type(s) ~= 'string' then return nil end
+  local a, b, c = string.match(s, '^(%d+):(%d+):(%d+)$')
+  if not a then return nil end
+  local hi, lo = tonumber(a), tonumber(b)
+  local q, r = 0, 0
+  for _, chunk in ipairs({ math.floor(hi / 65536), hi % 65536, math.floor(lo / 65536), lo % 65536 }) do
+    local cur = r * 65536 + chunk
+    local d = math.floor(cur / 1e10)
+    r = cur - d * 1e10
+    if r < 0 then d, r = d - 1, r + 1e10 elseif r >= 1e10 then d, r = d + 1, r - 1e10 end
+    q = q * 65536 + d
+  end
+  return string.format('%010.0f%010.0f%010.0f', q, r, tonumber(c))
+end
+
+-- The names hash in a stored `__h` (after the version's 30 digits and the
+-- content hash; or after the content hash alone, as written before).
+local function names_in(h)
+  if type(h) ~= 'string' then return nil end
+  if #h == 62 then return string.sub(h, 47, 62) end
+  return string.sub(h, 17, 32)
 end
 
 -- A hash field, or nil when the key is missing or not a hash (someone
@@ -88,19 +115,14 @@ end
 -- whether a tombstone key exists. A hash with a version is always newer
 -- than any tombstone beside it (a delete removes the hash; a write over a
 -- tombstone removes it), so the tombstone is read only when the hash has
--- no version. The common case, a record this library wrote, is one HGET.
+-- no version.
 local function stored(data, tomb, p)
-  local h = redis.pcall('HGET', data, '__h')
-  local c1, c2 = guarded_version(h)
-  if c1 then return c1, c2, string.sub(h, 17, 32), false end
-  -- Written before the version moved into `__h`, a tombstone inside the
-  -- hash, or not ours: the version in `__v`, or the tombstone key's.
   local r = redis.pcall('HMGET', data, '__v', '__h')
   if type(r) ~= 'table' then return nil, nil, nil, false end
   local v = p(r[1])
   if v ~= nil or tomb == data then
     if v == nil then return nil, nil, nil, false end
-    return v[1], v[2], type(r[2]) == 'string' and string.sub(r[2], 17, 32) or nil, false
+    return v[1], v[2], names_in(r[2]), false
   end
   local t = p(redis.pcall('GET', tomb))
   if t == nil then return nil, nil, nil, false end
@@ -126,7 +148,7 @@ end
 local function floor_of(meta, source, p)
   local s = redis.call('HMGET', meta, 'source', 'floor', 'pos', 'mark')
   if s[1] ~= source then return nil end
-  return (p or parse)(s[2]) or { 0, 0 }, s[3], s[4]
+  return (p or parse)(s[2]) or { 0, 0 }, s[3], s[4], s[2] or '0:0:0'
 end
 
 -- Redis's clock in milliseconds (frozen for the call's duration).
@@ -192,31 +214,48 @@ end
 -- write. A snapshot write needs an open window (PFWINDOW otherwise: its
 -- loader's window lapsed, and it must start over).
 -- ARGV: source, mode ('live' | 'snapshot' | 'repair'), ttl s, tombstone ttl ms,
--- position ('' for none), then per write: op ('u' | 'd', or 'j' | 'x' for
--- a JSON record), version, `__h` for 'u' and 'j' (content hash, field-names
--- hash, version: 56 hex digits) or the version's 24 hex digits alone for
--- 'd' and 'x', [pf2_apply_t only: the write's own ttl s,] pair count n,
--- then n name/value pairs (a hash record's `__v` and `__h` are added here:
--- every argument costs about 150 ns in the call's conversions).
+-- position ('' for none), then per write: op (a hash record's upsert: the
+-- 16 hex digits of its field names' hash; 'd' its delete; 'j' | 'x' a JSON
+-- record's upsert | delete), version ("hi:lo:ord"), the version's 30
+-- digits, [pf2_apply_t only: the write's own ttl s,] and for an upsert
+-- `__h` (those digits, then the content and names hashes: 62 characters),
+-- pair count n and n name/value pairs (a hash record's `__v` and `__h` are
+-- added here: every argument costs the call's conversions about as much
+-- as a small command's own work).
 -- Returns the places (from 1) of the writes not applied (stale): an empty
--- array when all were (a reply per write cost 100 ns each). A live write must be newer
--- than what is stored; a snapshot write may also rewrite its own version
--- (repairing a hash changed outside the pipeline). A repair write applies
--- only where nothing is stored (a lost key: no record, no tombstone; for a
--- JSON record, no document and no delete in its tombstone key, whose
--- version must be older). Nothing older than the floor applies.
+-- array when all were. A live write must be newer than what is stored; a
+-- snapshot write may also rewrite its own version (repairing a hash
+-- changed outside the pipeline). A repair write applies only where
+-- nothing is stored (a lost key: no record, no tombstone; for a JSON
+-- record, no document and no delete in its tombstone key, whose version
+-- must be older). Nothing older than the floor applies.
 --
 -- Every redis.call costs about as much as the command itself, so a live
 -- update of a record with the same field names is three: HGET `__h`, HSET
 -- (which replaces every field) and EXPIRE. A changed set of names needs
 -- the DEL first, and so does a snapshot write, which also removes fields
 -- someone else added to the hash.
+
+-- A hash write over a record this library wrote (its `__h` starts with
+-- its version's digits), decided by comparing digit strings: the hot
+-- path. Returns nil when it cannot decide (no such `__h`), else whether
+-- the write goes (newer; for a snapshot, or as new) and whether the field
+-- names are unchanged. The write's 30 digits against the stored `__h`:
+-- equal versions make them a proper prefix, which is smaller.
+local function fast(data, op, vk, snapshot)
+  local cur = redis.pcall('HGET', data, '__h')
+  if type(cur) ~= 'string' or #cur ~= 62 then return nil end
+  if vk > cur or (snapshot and string.find(cur, vk, 1, true) == 1) then
+    return true, string.find(cur, op, 47, true) == 47
+  end
+  return false, false
+end
+
 local function apply(keys, args, own_ttl)
   local p = memo_parse()
   local meta, log = keys[1], keys[2]
-  local floor, pos, mark = floor_of(meta, args[1], p)
+  local floor, pos, mark, floor_text = floor_of(meta, args[1], p)
   if floor == nil then return lost() end
-  local f1, f2 = floor[1], floor[2]
   local snapshot = args[2] == 'snapshot'
   local repair = args[2] == 'repair'
   local ttl = args[3]
@@ -225,83 +264,91 @@ local function apply(keys, args, own_ttl)
   if snapshot and not (logging and redis.call('HEXISTS', log, '__open') == 1) then
     return redis.error_reply('PFWINDOW no snapshot window is open for this write')
   end
+  -- The floor's digits, for the hot path.
+  local floor_digits = not repair and digits_collate() and digits_of(floor_text)
   local out = {}
   local a, k, w, nargs = 6, 3, 0, #args
   while a <= nargs do
     w = w + 1
-    local op, vs, h = args[a], args[a + 1], args[a + 2]
-    -- The write's TTL, its pair count, and where its pairs start.
-    local wttl, n, first = ttl, tonumber(args[a + 3]), a + 4
-    if own_ttl then
-      wttl, n, first = args[a + 3], tonumber(args[a + 4]), a + 5
+    local op, vs, vk = args[a], args[a + 1], args[a + 2]
+    -- The write's TTL, its `__h`, its pair count, and where its pairs start.
+    local wttl, h, n, first = ttl, nil, 0, a + 3
+    if own_ttl then wttl, first = args[first], first + 1 end
+    if op ~= 'd' and op ~= 'x' then
+      h, n, first = args[first], tonumber(args[first + 1]), first + 2
     end
     local data, tomb = keys[k], keys[k + 1]
-    local upsert = op == 'u' or op == 'j'
-    local v1, v2
-    -- (Built by the caller: anything but hex digits makes a nil, stale.)
-    if #h == (upsert and 56 or 24) then v1, v2 = key_at(h, upsert and 33 or 1) end
-    if v2 == nil then v1 = nil end
-    local ok = 0
-    if v1 and not newer2(f1, f2, v1, v2) then
-      local json = op == 'j' or op == 'x'
-      local c1, c2, cur_names, tombed
-      if json then
-        -- (cur_names: the document's `__h`, nil once deleted.)
-        local cur
-        cur, cur_names = sidecar(tomb, p)
-        if cur then c1, c2 = cur[1], cur[2] end
+    local hash_upsert = #op == 16
+    local go, same_names, tombed
+    if floor_digits and (hash_upsert or op == 'd') and #vk == 30 then
+      if vk < floor_digits then
+        go = false
       else
-        c1, c2, cur_names, tombed = stored(data, tomb, p)
-      end
-      local go
-      if repair then
-        if json then
-          go = redis.call('EXISTS', data) == 0
-            and (c1 == nil or (cur_names ~= nil and newer2(v1, v2, c1, c2)))
-        else
-          go = c1 == nil
-        end
-      else
-        if c1 == nil and logging then
-          -- Removed since a write inside the window: that write's version.
-          local l = p(redis.call('HGET', log, data))
-          if l then c1, c2 = l[1], l[2] end
-        end
-        go = newer2(v1, v2, c1, c2) or (snapshot and not newer2(c1, c2, v1, v2))
-      end
-      if go then
-        ok = 1
-        -- Live writes only: a snapshot's own rows are all older than
-        -- anything a later write in the window could need to know of.
-        if logging and not snapshot then redis.call('HSET', log, data, vs) end
-        if op == 'u' then
-          if snapshot or c1 == nil or cur_names ~= string.sub(h, 17, 32) then
-            redis.call('DEL', data)
-          end
-          local last = first - 1 + 2 * n
-          if n <= 500 then
-            redis.call('HSET', data, '__v', vs, '__h', h, unpack(args, first, last))
-          else
-            -- unpack has a stack limit: at most 500 pairs per HSET.
-            redis.call('HSET', data, '__v', vs, '__h', h)
-            local i = first
-            while i <= last do
-              local j = math.min(i + 999, last)
-              redis.call('HSET', data, unpack(args, i, j))
-              i = j + 1
-            end
-          end
-          redis.call('EXPIRE', data, wttl)
-          if tombed then redis.call('DEL', tomb) end
-        elseif op == 'j' then
-          redis.call('SET', data, args[first + 1], 'EX', wttl)
-          redis.call('SET', tomb, vs .. ' ' .. h, 'EX', wttl)
-        else
-          bury(data, tomb, vs, tomb_ttl)
-        end
+        go, same_names = fast(data, op, vk, snapshot)
       end
     end
-    if ok == 0 then out[#out + 1] = w end
+    if go == nil then
+      go = false
+      local v = p(vs)
+      if v and not newer(floor, v) then
+        local json = op == 'j' or op == 'x'
+        local c1, c2, cur_names
+        if json then
+          -- (cur_names: the document's `__h`, nil once deleted.)
+          local cur
+          cur, cur_names = sidecar(tomb, p)
+          if cur then c1, c2 = cur[1], cur[2] end
+        else
+          c1, c2, cur_names, tombed = stored(data, tomb, p)
+        end
+        if repair then
+          if json then
+            go = redis.call('EXISTS', data) == 0
+              and (c1 == nil or (cur_names ~= nil and newer2(v[1], v[2], c1, c2)))
+          else
+            go = c1 == nil
+          end
+        else
+          if c1 == nil and logging then
+            -- Removed since a write inside the window: that write's version.
+            local l = p(redis.call('HGET', log, data))
+            if l then c1, c2 = l[1], l[2] end
+          end
+          go = newer2(v[1], v[2], c1, c2) or (snapshot and not newer2(c1, c2, v[1], v[2]))
+        end
+        same_names = c1 ~= nil and cur_names == op
+      end
+    end
+    if go then
+      -- Live writes only: a snapshot's own rows are all older than
+      -- anything a later write in the window could need to know of.
+      if logging and not snapshot then redis.call('HSET', log, data, vs) end
+      if hash_upsert then
+        if snapshot or not same_names then redis.call('DEL', data) end
+        local last = first - 1 + 2 * n
+        if n <= 500 then
+          redis.call('HSET', data, '__v', vs, '__h', h, unpack(args, first, last))
+        else
+          -- unpack has a stack limit: at most 500 pairs per HSET.
+          redis.call('HSET', data, '__v', vs, '__h', h)
+          local i = first
+          while i <= last do
+            local j = math.min(i + 999, last)
+            redis.call('HSET', data, unpack(args, i, j))
+            i = j + 1
+          end
+        end
+        redis.call('EXPIRE', data, wttl)
+        if tombed then redis.call('DEL', tomb) end
+      elseif op == 'j' then
+        redis.call('SET', data, args[first + 1], 'EX', wttl)
+        redis.call('SET', tomb, vs .. ' ' .. h, 'EX', wttl)
+      else
+        bury(data, tomb, vs, tomb_ttl)
+      end
+    else
+      out[#out + 1] = w
+    end
     a = first + 2 * n
     k = k + 2
   end

@@ -3,9 +3,11 @@
 //! commands that call it.
 //!
 //! Every record's hash carries two metadata fields besides the record's own:
-//! `__v`, the [`Version`] of the change that wrote it, and `__h`, a hash of
-//! the fields as written (so a reconciliation can tell a lost event from a
-//! write made outside the pipeline). Readers never see them. Deletes leave a
+//! `__v`, the [`Version`] of the change that wrote it, and `__h`: the
+//! version again as 30 decimal digits (what the guard compares, with one
+//! `HGET`), then a hash of the fields as written (so a reconciliation can
+//! tell a lost event from a write made outside the pipeline) and one of
+//! their names. Readers never see them. Deletes leave a
 //! tombstone with their version (see [`KeySpace::tombstone`]), so a late,
 //! older upsert cannot bring a row back.
 //!
@@ -32,9 +34,9 @@ use crate::keys::KeySpace;
 use crate::model::{Fields, Version};
 
 pub(crate) use stored::json_document;
-use stored::version_key;
 pub(crate) use stored::{DELETED_FIELD, HASH_FIELD, Stored, VERSION_FIELD, guard_text, tomb_key};
 pub use stored::{JSON_FIELD, content_hash, hash_text};
+use stored::{names_of, version_key};
 
 /// The library's source (Lua 5.1, Redis 7.0+).
 pub(crate) const LIBRARY: &str = include_str!("library.lua");
@@ -131,14 +133,16 @@ impl Guard<'_> {
             }
             match w.fields {
                 Some(fields) => {
-                    // `__v` and `__h` are added to the pairs by the function.
-                    cmd.arg("u")
+                    // The op is the names hash; `__v` and `__h` are added
+                    // to the pairs by the function.
+                    let text = guard_text(fields, w.version);
+                    cmd.arg(names_of(&text))
                         .arg(w.version.to_string())
-                        .arg(guard_text(fields, w.version));
+                        .arg(&text[..30]);
                     if own_ttl {
                         cmd.arg(ttl);
                     }
-                    cmd.arg(fields.len()).arg(fields);
+                    cmd.arg(&text).arg(fields.len()).arg(fields);
                 }
                 None => {
                     cmd.arg("d")
@@ -147,7 +151,6 @@ impl Guard<'_> {
                     if own_ttl {
                         cmd.arg(ttl);
                     }
-                    cmd.arg(0);
                 }
             }
         }
@@ -162,20 +165,21 @@ impl Guard<'_> {
             Some(fields) => {
                 // Hashed as it is stored, so that a read can check it.
                 let stored: Fields = [(JSON_FIELD.to_owned(), json_document(fields))].into();
-                cmd.arg("j")
-                    .arg(&version)
-                    .arg(guard_text(&stored, w.version));
+                let text = guard_text(&stored, w.version);
+                cmd.arg("j").arg(&version).arg(&text[..30]);
                 if let Some(ttl) = ttl {
                     cmd.arg(ttl);
                 }
-                cmd.arg(1).arg(JSON_FIELD).arg(&stored[JSON_FIELD]);
+                cmd.arg(&text)
+                    .arg(1)
+                    .arg(JSON_FIELD)
+                    .arg(&stored[JSON_FIELD]);
             }
             None => {
                 cmd.arg("x").arg(&version).arg(version_key(w.version));
                 if let Some(ttl) = ttl {
                     cmd.arg(ttl);
                 }
-                cmd.arg(0);
             }
         }
     }

@@ -27,9 +27,7 @@ impl Stored {
     /// Splits what `HGETALL` returned.
     pub(crate) fn split(mut raw: Fields) -> Self {
         let version = raw.remove(VERSION_FIELD).and_then(|v| v.parse().ok());
-        let hash = raw
-            .remove(HASH_FIELD)
-            .and_then(|h| u64::from_str_radix(h.get(..16)?, 16).ok());
+        let hash = raw.remove(HASH_FIELD).and_then(|h| content_of(&h));
         let deleted = raw.remove(DELETED_FIELD).is_some();
         raw.retain(|k, _| !k.starts_with(crate::model::RESERVED_FIELD_PREFIX));
         Self {
@@ -97,7 +95,7 @@ fn names_hash(fields: &Fields) -> u64 {
 /// Its [`content_hash`] (16 hex digits), then a hash of its field names
 /// alone (16 more): the apply function compares the names part to skip the
 /// `DEL` before an update that keeps the same fields. The version guard
-/// appends the record's version (24 more hex digits).
+/// stores it after the record's version (30 decimal digits).
 ///
 /// ```
 /// let fields = [("id".to_owned(), "a".to_owned())].into();
@@ -109,20 +107,34 @@ pub fn hash_text(fields: &Fields) -> String {
     format!("{:016x}{:016x}", content_hash(fields), names_hash(fields))
 }
 
-/// A version's 24 hex digits (the commit's 16, the ordinal's 8): the form
-/// the version guard compares, as two numbers below 2<sup>48</sup>.
+/// A version's 30 decimal digits (the commit's 20, the ordinal's 10,
+/// zero-padded): the form the version guard compares as a string, which
+/// orders as the versions do.
 pub(crate) fn version_key(version: Version) -> String {
-    format!("{:016x}{:08x}", version.commit, version.ord)
+    format!("{:020}{:010}", version.commit, version.ord)
 }
 
-/// What a record's `__h` holds as the version guard writes it:
-/// [`hash_text`], then the version's 24 hex digits, which the guard reads
-/// with one `HGET` and compares as two numbers (parsing `__v`'s
-/// `hi:lo:ord` costs it as much as a Redis command).
+/// What a record's `__h` holds as the version guard writes it: the
+/// version's 30 digits, then [`hash_text`]. The guard reads it with one
+/// `HGET` and compares it with a write's whole (parsing `__v`'s
+/// `hi:lo:ord` would cost it as much as a Redis command).
 pub(crate) fn guard_text(fields: &Fields, version: Version) -> String {
-    let mut text = hash_text(fields);
-    text.push_str(&version_key(version));
+    let mut text = version_key(version);
+    text.push_str(&hash_text(fields));
     text
+}
+
+/// The content hash in a stored `__h`: after the version's 30 digits, or
+/// first (as written before the version moved into it).
+fn content_of(h: &str) -> Option<u64> {
+    let at = if h.len() == 62 { 30 } else { 0 };
+    u64::from_str_radix(h.get(at..at + 16)?, 16).ok()
+}
+
+/// The field-names part of a [`guard_text`]: the version guard compares it
+/// with the stored one to skip the `DEL` before an update.
+pub(crate) fn names_of(guard_text: &str) -> &str {
+    guard_text.get(46..).unwrap_or_default()
 }
 
 /// The one field of a record stored as a JSON document: the document
@@ -152,8 +164,7 @@ fn sidecar_parts(sidecar: Option<&str>) -> (Option<Version>, Option<u64>) {
         return (None, None);
     };
     let (version, hash) = text.split_once(' ').unwrap_or((text, ""));
-    let hash = hash.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok());
-    (version.parse().ok(), hash)
+    (version.parse().ok(), content_of(hash))
 }
 
 /// The document a JSON record's fields make: their `$` field when that is

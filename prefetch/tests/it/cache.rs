@@ -44,10 +44,10 @@ async fn bulk_load_writes_every_record_with_its_version_and_ttl_pipelined_withou
         let mut stored: Fields = conn.hgetall(&key).await.unwrap();
         assert_eq!(stored.remove("__v").as_deref(), Some("0:42:7"));
         let hash = stored.remove("__h").expect("content hash stored");
-        // The content and names hashes, then the version (0:42:7) in hex.
+        // The version (0:42:7) in 30 digits, the content and names hashes.
         assert_eq!(
             hash,
-            format!("{}{:016x}{:08x}", prefetch::hash_text(r.fields()), 42, 7)
+            format!("{:020}{:010}{}", 42, 7, prefetch::hash_text(r.fields()))
         );
         assert_eq!(&stored, r.fields());
         let ttl: i64 = conn.ttl(&key).await.unwrap();

@@ -89,45 +89,105 @@ async fn a_late_older_upsert_never_resurrects_a_deleted_row() {
     }
 }
 
-#[tokio::test]
-async fn versions_compare_exactly_near_two_to_the_53_and_64() {
-    let redis = TestRedis::start();
-    let cache = claimed(redis.conn().await, "big", 60).await;
-    let steps = [
-        Version::new(9, 0),
-        // As decimal strings "10" < "9"; as numbers 10 > 9.
-        Version::new(10, 0),
-        Version::new((1 << 32) - 1, 0),
-        Version::new(1 << 32, 0),
-        // The guard compares two numbers: the commit's top 48 bits, then
-        // its low 16 bits with the ordinal.
-        Version::new((1 << 32) | 0xFFFF, u32::MAX),
-        Version::new((1 << 32) + 0x1_0000, 0),
-        Version::new((1 << 48) - 1, u32::MAX),
-        Version::new(1 << 48, 0),
-        Version::new(1 << 53, 0),
-        // A double cannot tell 2^53 + 1 from 2^53.
-        Version::new((1 << 53) + 1, 0),
-        Version::new(u64::MAX - 1, u32::MAX),
-        Version::new(u64::MAX, 0),
-        Version::new(u64::MAX, u32::MAX),
-    ];
-    for (i, v) in steps.iter().enumerate() {
+/// Versions that a comparison of strings, of doubles or of the guard's
+/// parts gets wrong, in increasing order.
+const STEPS: [Version; 13] = [
+    Version::new(9, 0),
+    // As decimal strings "10" < "9"; as numbers 10 > 9.
+    Version::new(10, 0),
+    Version::new((1 << 32) - 1, 0),
+    Version::new(1 << 32, 0),
+    // The slow path compares two numbers: the commit's top 48 bits, then
+    // its low 16 bits with the ordinal.
+    Version::new((1 << 32) | 0xFFFF, u32::MAX),
+    Version::new((1 << 32) + 0x1_0000, 0),
+    Version::new((1 << 48) - 1, u32::MAX),
+    Version::new(1 << 48, 0),
+    Version::new(1 << 53, 0),
+    // A double cannot tell 2^53 + 1 from 2^53.
+    Version::new((1 << 53) + 1, 0),
+    Version::new(u64::MAX - 1, u32::MAX),
+    Version::new(u64::MAX, 0),
+    Version::new(u64::MAX, u32::MAX),
+];
+
+/// Writes `STEPS` in order over one key (each must apply), then each
+/// step's predecessor and a delete at the step itself (each must be
+/// refused): over the record as the guard stored it (the hot path that
+/// compares digit strings) or, given a connection, over the record with
+/// its `__h` in the form written before the version moved into it (the
+/// path that parses `__v` into numbers).
+async fn walk_steps<C: prefetch::Connection>(
+    cache: &PrefetchCache<C>,
+    mut old_form: Option<redis::aio::MultiplexedConnection>,
+) {
+    for (i, v) in STEPS.iter().enumerate() {
         let out = cache
             .apply_batch(&[up("k", &format!("s{i}"), *v)], None)
             .await
             .unwrap();
         assert_eq!(out.applied, 1, "{v} must be newer than the step before");
-        if i > 0 {
-            let back = cache
-                .apply_batch(&[up("k", "back", steps[i - 1])], None)
+        if let Some(conn) = old_form.as_mut() {
+            let h: String = conn.hget(cache.key("k"), "__h").await.unwrap();
+            let _: () = conn.hset(cache.key("k"), "__h", &h[30..]).await.unwrap();
+        }
+        let refused = [
+            up("k", "back", STEPS[i.saturating_sub(1)]),
+            Change::delete("k", *v),
+        ];
+        for change in refused.iter().skip(usize::from(i == 0)) {
+            let out = cache
+                .apply_batch(std::slice::from_ref(change), None)
                 .await
                 .unwrap();
-            assert_eq!(back.stale, 1, "{} must be older than {v}", steps[i - 1]);
+            assert_eq!(out.stale, 1, "{change:?} must not be newer than {v}");
         }
     }
     let entry = cache.peek("k").await.unwrap().unwrap();
     assert_eq!(entry.version, Some(Version::new(u64::MAX, u32::MAX)));
+}
+
+#[tokio::test]
+async fn versions_compare_exactly_near_two_to_the_53_and_64() {
+    let redis = TestRedis::start();
+    walk_steps(&claimed(redis.conn().await, "big", 60).await, None).await;
+    let old = claimed(redis.conn().await, "big-old-form", 60).await;
+    walk_steps(&old, Some(redis.conn().await)).await;
+}
+
+#[tokio::test]
+async fn nothing_older_than_a_floor_applies_however_large_the_floor() {
+    // The hot path compares a write with the floor's 30 digits, which the
+    // guard computes from "hi:lo:ord" by long division.
+    let redis = TestRedis::start();
+    for (i, floor) in STEPS.iter().enumerate().skip(1) {
+        let cache = PrefetchCache::new(
+            redis.conn().await,
+            config(prefix(&format!("bigfloor-{i}")), 60),
+            "s",
+        );
+        cache.begin_load(*floor).await.unwrap();
+        cache.finish_load(*floor).await.unwrap();
+        // A record stored above the floor, so that the hot path runs.
+        let top = Version::new(u64::MAX, u32::MAX);
+        cache
+            .apply_batch(&[up("k", "top", top)], None)
+            .await
+            .unwrap();
+        let below = STEPS[i - 1];
+        for (id, v, applies) in [
+            ("a", below, false),
+            ("b", *floor, true),
+            ("k", below, false),
+        ] {
+            let out = cache.apply_batch(&[up(id, "x", v)], None).await.unwrap();
+            assert_eq!(
+                out.applied,
+                usize::from(applies),
+                "{id} at {v} over the floor {floor}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -141,14 +201,15 @@ async fn a_record_without_the_version_in_its_h_is_compared_by_its_v() {
     let v = Version::new((1 << 40) + 7, 3);
     cache.apply_batch(&[up("k", "v", v)], None).await.unwrap();
     let h: String = conn.hget(&key, "__h").await.unwrap();
-    assert_eq!(h.len(), 56, "{h}");
-    assert_eq!(&h[32..], format!("{:016x}{:08x}", v.commit, v.ord));
+    assert_eq!(h.len(), 62, "{h}");
+    assert_eq!(&h[..30], format!("{:020}{:010}", v.commit, v.ord));
     let forms = [
-        h[..32].to_owned(),
-        // A sign strtoul would read as a number.
-        format!("{}-{}", &h[..32], &h[33..]),
-        format!("{}{}", &h[..32], " ".repeat(24)),
-        format!("{}{}", &h[..32], "z".repeat(24)),
+        // Content and names hashes alone, as written before.
+        h[30..].to_owned(),
+        // Shorter or longer than the guard writes it.
+        h[1..].to_owned(),
+        format!("{h}0"),
+        String::new(),
     ];
     for (i, form) in forms.iter().enumerate() {
         let _: () = conn.hset(&key, "__h", form).await.unwrap();
@@ -166,7 +227,7 @@ async fn a_record_without_the_version_in_its_h_is_compared_by_its_v() {
             .unwrap();
         assert_eq!(out.applied, 1, "{newer} over __h {form:?}");
         let h: String = conn.hget(&key, "__h").await.unwrap();
-        assert_eq!(h.len(), 56, "rewritten in the new form");
+        assert_eq!(h.len(), 62, "rewritten in the new form");
         // Back to the version the forms are built from.
         let _: () = conn.hset(&key, "__v", v.to_string()).await.unwrap();
     }
@@ -221,6 +282,7 @@ async fn the_guard_is_the_same_under_a_non_c_locale() {
             .await
             .unwrap();
     }
+    walk_steps(&claimed(redis.conn().await, "locale-big", 60).await, None).await;
 }
 
 #[tokio::test]

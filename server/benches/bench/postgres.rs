@@ -80,7 +80,7 @@ pub async fn postgres(redis: &TestRedis, s: &Settings, report: &mut Report) -> R
     let sql = connect(&url).await?;
     let mut conn = redis.conn().await;
     initial_load(redis, s, report, &pg, &url, &sql, &mut conn).await?;
-    sustained(redis, s, report, &url, &sql, &mut conn).await?;
+    sustained(redis, s, report, (&url, pg.bin()), &sql, &mut conn).await?;
     drop(sql);
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
@@ -204,11 +204,64 @@ async fn writers(url: &str, rate: u64, secs: u64, n: usize) -> Result<f64> {
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The writers flat out with PostgreSQL's own bare consumer attached:
+/// `pg_recvlogical` decoding the same table with `pgoutput` to /dev/null
+/// (the least a logical replication client can cost PostgreSQL).
+async fn with_bare_consumer(
+    url: &str,
+    bin: &std::path::Path,
+    sql: &Client,
+    secs: u64,
+    conns: usize,
+) -> Result<f64> {
+    sql.batch_execute(
+        "DROP PUBLICATION IF EXISTS bench_bare;
+         CREATE PUBLICATION bench_bare FOR TABLE categories",
+    )
+    .await?;
+    let recv = bin.join("pg_recvlogical");
+    let base = [
+        "-d",
+        url,
+        "--slot",
+        "bench_bare",
+        "-P",
+        "pgoutput",
+        "-o",
+        "proto_version=1",
+        "-o",
+        "publication_names=bench_bare",
+    ];
+    let created = std::process::Command::new(&recv)
+        .args(base)
+        .arg("--create-slot")
+        .status()?;
+    if !created.success() {
+        return Err(format!("pg_recvlogical --create-slot: {created}").into());
+    }
+    let mut child = std::process::Command::new(&recv)
+        .args(base)
+        .args(["--start", "-F", "0", "-s", "1", "-f", "-"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rate = writers(url, 0, secs, conns).await;
+    // Let it catch up before it goes, so that nothing it left behind slows
+    // the next measurement.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop_slots(sql).await?;
+    sql.batch_execute("DROP PUBLICATION IF EXISTS bench_bare")
+        .await?;
+    rate
+}
+
 async fn sustained(
     redis: &TestRedis,
     s: &Settings,
     report: &mut Report,
-    url: &str,
+    (url, bin): (&str, &std::path::Path),
     sql: &Client,
     conn: &mut MultiplexedConnection,
 ) -> Result<()> {
@@ -220,6 +273,8 @@ async fn sustained(
     // PostgreSQL alone: the same statements, flat out, nothing attached.
     let alone = writers(url, 0, secs, conns).await?;
     println!("  PostgreSQL alone: {alone:.0} commits/s");
+    let bare = with_bare_consumer(url, bin, sql, secs, conns).await?;
+    println!("  with pg_recvlogical attached: {bare:.0} commits/s");
     let (engine, _) = engine(redis, url, "bench:pgsync:").await?;
     let mut best = 0u64;
     let mut steps = Vec::new();
@@ -271,9 +326,18 @@ async fn sustained(
         "the cache keeps up (p99 ≤ 50 ms)",
         Some(p99 <= 50.0),
     );
+    report.row(
+        "postgres",
+        format!("writers flat out ({conns} connections): our consumer against the bare one"),
+        format!("{flat:.0} commits/s"),
+        format!("pg_recvlogical (pgoutput, to /dev/null) attached {bare:.0} commits/s"),
+        Some(flat / bare),
+        "≥ 0.9",
+        Some(flat >= 0.9 * bare),
+    );
     report.data(
         "pg_sustained",
-        serde_json::json!({"alone": alone, "steps": steps, "best": best, "flat": flat, "flat_p99": p99}),
+        serde_json::json!({"alone": alone, "bare": bare, "steps": steps, "best": best, "flat": flat, "flat_p99": p99}),
     );
     engine.shutdown(Duration::from_secs(5)).await?;
     engine.source().close();
