@@ -106,8 +106,8 @@ impl Guard<'_> {
             .iter()
             .map(|d| ttl_of(&self.table_ttls, self.ttl_secs, d))
             .collect();
-        // The plain call when every write takes the cache's TTL (the
-        // function older servers call too); else each write names its own.
+        // The plain call when every write takes the cache's TTL; else each
+        // write names its own.
         let own_ttl = ttls.iter().any(|&t| t != self.ttl_secs);
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(if own_ttl { "pf2_apply_t" } else { "pf2_apply" })
