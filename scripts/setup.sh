@@ -19,6 +19,7 @@ source "$ROOT/scripts/toolchain.sh"
 # Never binaryen: Debian's wasm-opt 108 silently breaks release wasm.
 pkgs=()
 command -v redis-server >/dev/null || pkgs+=(redis-server)
+command -v openssl >/dev/null || pkgs+=(openssl)
 command -v redis-cli >/dev/null || pkgs+=(redis-tools)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)

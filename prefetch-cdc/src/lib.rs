@@ -49,5 +49,9 @@ mod history;
 mod source;
 
 pub use config::StreamConfig;
+
+/// The Redis commands a [`StreamSource`] sends to the Redis holding its
+/// stream; it only reads the stream's key.
+pub const REDIS_COMMANDS: &[&str] = &["xread", "xrange", "xinfo|stream"];
 pub use decode::{DecodeError, DecodeOptions, Decoded, StreamTable, decode_entry};
 pub use source::{HistoryLost, StreamSource};

@@ -22,6 +22,19 @@ const EXACT_COUNT_LIMIT: u64 = 100_000;
 
 /// Whether PostgreSQL refused a value as no value of its column's type
 /// (SQLSTATE class 22: invalid text representation, out of range…).
+/// A write the role may not make (`insufficient_privilege`) is a primary
+/// this server cannot edit (409, with PostgreSQL's words); other errors as
+/// usual.
+fn write_error(e: tokio_postgres::Error) -> prefetch::Error {
+    match e.as_db_error() {
+        Some(db) if db.code().code() == "42501" => prefetch::Error::ReadOnly(format!(
+            "PostgreSQL refused this server's role the write ({})",
+            db.message()
+        )),
+        _ => PgError::from(e).into(),
+    }
+}
+
 fn not_of_the_type(e: &PgError) -> bool {
     matches!(e, PgError::Sql(e) if e.as_db_error().is_some_and(|d| d.code().code().starts_with("22")))
 }
@@ -250,7 +263,7 @@ impl PgEditor {
         let row = client
             .query_opt(&query, &params)
             .await
-            .map_err(PgError::from)?
+            .map_err(write_error)?
             .ok_or_else(|| prefetch::Error::NotFound(id.to_owned()))?;
         Self::row_record(&table, &row).ok_or_else(|| prefetch::Error::NotFound(id.to_owned()))
     }
@@ -318,7 +331,7 @@ impl PgEditor {
                 });
                 return Err(prefetch::Error::AlreadyExists(id));
             }
-            Err(e) => return Err(PgError::from(e).into()),
+            Err(e) => return Err(write_error(e)),
         };
         Self::row_record(&table, &row)
             .ok_or_else(|| prefetch::Error::InvalidId("the new row has no key".into()))
@@ -392,10 +405,7 @@ impl PgEditor {
         let params: Vec<&(dyn ToSql + Sync)> =
             key.iter().map(|k| k as &(dyn ToSql + Sync)).collect();
         let client = self.shared.sql.client().await?;
-        let deleted = client
-            .execute(&query, &params)
-            .await
-            .map_err(PgError::from)?;
+        let deleted = client.execute(&query, &params).await.map_err(write_error)?;
         if deleted == 0 {
             return Err(prefetch::Error::NotFound(id.to_owned()));
         }

@@ -37,6 +37,7 @@
 //! | `mapping` | how a declared table's rows become records, checked against the table |
 //! | `tables` | the tables file: which tables, their keys, columns, names, filters |
 //! | `shared` | what the source, its reader, heartbeat and editor share |
+//! | `tls` | the SQL connection's TLS, from the URL's libpq parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) |
 //! | `sql` | catalog queries, the demo table, the publication |
 //! | `slot` | the replication slot: found or created, temporary slots |
 //! | `snapshot` | an exact snapshot through a slot's `USE_SNAPSHOT` |
@@ -75,6 +76,7 @@ pub mod tables;
 
 mod shared;
 mod sql;
+mod tls;
 
 mod slot;
 mod snapshot;

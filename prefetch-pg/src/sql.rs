@@ -33,15 +33,29 @@ impl Sql {
         {
             return Ok(Arc::clone(c));
         }
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection ended");
+        let target = crate::tls::sql_target(&self.url)?;
+        let client = match target.tls {
+            Some(tls) => {
+                let (client, connection) = tokio_postgres::connect(&target.url, tls).await?;
+                tokio::spawn(drive(connection));
+                client
             }
-        });
+            None => {
+                let (client, connection) = tokio_postgres::connect(&target.url, NoTls).await?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
         let client = Arc::new(client);
         *slot = Some(Arc::clone(&client));
         Ok(client)
+    }
+}
+
+/// Runs a connection until it ends.
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "postgres connection ended");
     }
 }
 

@@ -143,6 +143,16 @@ impl PipelineConfig {
     pub fn key_prefix(&self) -> String {
         format!("prefetch:{{{}}}:", self.name)
     }
+
+    /// The glob pattern of every key of the pipeline, for an ACL rule.
+    ///
+    /// ```
+    /// let c = prefetch_pipeline::PipelineConfig::new("shop", "r1");
+    /// assert_eq!(c.key_pattern(), "prefetch:{shop}:*");
+    /// ```
+    pub fn key_pattern(&self) -> String {
+        format!("{}*", prefetch::escape_glob(&self.key_prefix()))
+    }
 }
 
 pub(crate) fn parse_entry_id(text: &str) -> Result<Version> {

@@ -54,6 +54,31 @@ mod turn;
 mod wire;
 
 pub use config::PipelineConfig;
+
+/// The Redis commands a replica of the pipeline sends besides its cache's
+/// ([`prefetch::CACHE_COMMANDS`]).
+///
+/// The partition streams and their group,
+/// the lease and the counters (two of them updated by Lua scripts, run with
+/// `EVALSHA` and loaded with `SCRIPT LOAD`), the dead letters.
+pub const REDIS_COMMANDS: &[&str] = &[
+    "xadd",
+    "xread",
+    "xreadgroup",
+    "xack",
+    "xautoclaim",
+    "xpending",
+    "xgroup|create",
+    "xinfo|stream",
+    "xinfo|groups",
+    "xtrim",
+    "xlen",
+    "xrange",
+    "xdel",
+    "incr",
+    "evalsha",
+    "script|load",
+];
 pub use dead_letters::{DeadLetters, dead_letters, replay_dead_letters};
 pub use feed::FeedSource;
 pub use lease::{Lease, holder_name};

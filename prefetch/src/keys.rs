@@ -121,7 +121,7 @@ impl KeySpace {
 
     /// What the state's keys are named after: the prefix, and the tables
     /// there were at creation when there are several.
-    fn state_name(&self) -> &str {
+    pub(crate) fn state_name(&self) -> &str {
         &self.state
     }
 

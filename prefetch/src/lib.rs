@@ -35,6 +35,7 @@
 //! | `bloom` | sets of ids in a few bytes each: exact when small, Bloom filters when large |
 //! | `slots` | Redis Cluster hash slots: hash tags, CRC16, a tag per slot |
 //! | `keys` | key naming, bookkeeping keys, tombstone keys, glob escaping; tables that come and go |
+//! | `acl` | [`AclRule`]: the Redis commands and keys a cache needs, for a least-privilege user |
 //! | `template` | [`KeyTemplate`]: a row's key from its columns, escaped, and back |
 //! | `stats` | lock-free counters and a lag histogram → [`Stats`] |
 //! | `events` | [`EventBus`]: a lossy feed of what happened, for dashboards |
@@ -89,6 +90,8 @@ mod model;
 mod bloom;
 mod keys;
 mod slots;
+
+mod acl;
 mod stats;
 mod template;
 
@@ -117,6 +120,7 @@ pub mod launcher;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+pub use acl::{AclRule, CACHE_COMMANDS, CLUSTER_COMMANDS, WAIT_COMMANDS, cache_key_patterns};
 pub use cache::{
     BatchOutcome, CacheConfig, CacheState, CachedEntry, DEFAULT_MEMBERSHIP_EXACT_LIMIT,
     DEFAULT_PREFIX, DEFAULT_TOMBSTONE_TTL, DEFAULT_TTL, Lookup, MembershipStatus, MemoryInfo,

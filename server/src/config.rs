@@ -16,7 +16,9 @@ pub struct Config {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PREFETCH_PORT", default_value_t = 8791)]
     pub port: u16,
-    /// Redis URL (redis://host:port/db). Overrides --redis-host/--redis-port.
+    /// Redis URL (redis://host:port/db, or rediss:// for TLS; a user and
+    /// password go before the host: redis://user:password@host). Overrides
+    /// --redis-host/--redis-port.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
     /// A Redis Cluster instead of one node: the URLs of some of its nodes,
@@ -24,6 +26,27 @@ pub struct Config {
     #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',',
           conflicts_with_all = ["redis_url", "redis_host", "redis_port", "embedded_redis"])]
     pub redis_cluster: Vec<String>,
+    /// With a `rediss://` URL: the CA certificate (PEM) that signed the
+    /// Redis server's certificate, instead of the system's roots.
+    #[arg(long, env = "PREFETCH_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<String>,
+    /// With a `rediss://` URL: a client certificate (PEM) for a Redis that
+    /// asks for one (`tls-auth-clients`); needs --redis-tls-key.
+    #[arg(
+        long,
+        env = "PREFETCH_REDIS_TLS_CERT",
+        value_name = "FILE",
+        requires = "redis_tls_key"
+    )]
+    pub redis_tls_cert: Option<String>,
+    /// The private key (PEM) of --redis-tls-cert.
+    #[arg(
+        long,
+        env = "PREFETCH_REDIS_TLS_KEY",
+        value_name = "FILE",
+        requires = "redis_tls_cert"
+    )]
+    pub redis_tls_key: Option<String>,
     /// Replicas of each Redis primary that must hold a batch of sync writes
     /// (`WAIT`) before the source hears it is durable (0: none). Set it when
     /// the cache's Redis has replicas that may be promoted.
@@ -148,6 +171,10 @@ pub struct Config {
     /// Mandatory when --host is not a loopback address.
     #[arg(long, env = "PREFETCH_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Print the Redis ACL rule the other flags need (the commands and the
+    /// keys they use, for `ACL SETUSER`) and exit.
+    #[arg(long)]
+    pub print_redis_acl: bool,
 }
 
 impl Config {
@@ -182,6 +209,47 @@ impl Config {
             // then comes back under a new name; others claim what it left).
             (None, None, port) => format!("replica-pid{}-{port}", std::process::id()),
         }
+    }
+
+    /// Fills the settings that may carry a secret from `<VAR>_FILE`, when
+    /// the variable `VAR` is not set and the flag was not given: the file's
+    /// text, less a final newline (how container secrets are mounted).
+    /// `REDIS_URL`, `REDIS_CLUSTER_URLS`, `PREFETCH_PRIMARY`,
+    /// `PREFETCH_STREAM_REDIS_URL` and `PREFETCH_ADMIN_TOKEN` can be given
+    /// so.
+    pub fn with_secret_files(mut self) -> Result<Self, String> {
+        let read = |var: &str| -> Result<Option<String>, String> {
+            if std::env::var_os(var).is_some() {
+                return Ok(None);
+            }
+            let file_var = format!("{var}_FILE");
+            let Some(path) = std::env::var_os(&file_var) else {
+                return Ok(None);
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{file_var} {}: {e}", path.to_string_lossy()))?;
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+        };
+        if self.redis_url.is_none() {
+            self.redis_url = read("REDIS_URL")?;
+        }
+        if self.redis_cluster.is_empty()
+            && let Some(urls) = read("REDIS_CLUSTER_URLS")?
+        {
+            self.redis_cluster = urls.split(',').map(str::to_owned).collect();
+        }
+        if self.primary == "mock"
+            && let Some(primary) = read("PREFETCH_PRIMARY")?
+        {
+            self.primary = primary;
+        }
+        if self.stream_redis_url.is_none() {
+            self.stream_redis_url = read("PREFETCH_STREAM_REDIS_URL")?;
+        }
+        if self.admin_token.is_none() {
+            self.admin_token = read("PREFETCH_ADMIN_TOKEN")?;
+        }
+        Ok(self)
     }
 
     /// The Redis URL to use, if one was given in any form.

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `config` | [`Config`]: the command-line flags, with environment fallbacks |
 //! | `settings` | [`Settings`]: the flags resolved and checked, typed |
+//! | `acl` | `--print-redis-acl`: the Redis ACL rule the flags need |
 //! | `error` | [`Error`]: why the server could not start |
 //! | `telemetry` | logging |
 //! | `boot` | start-up wiring: Redis, the primary, the pipeline, the engine |
@@ -21,6 +22,7 @@
 //!
 //! Each module uses only the ones listed before it.
 
+pub mod acl;
 pub mod config;
 pub mod error;
 pub mod settings;
@@ -60,8 +62,12 @@ use state::AppState;
 /// prefetches, starts the sync worker and the live feed, and serves HTTP on
 /// `listener` (or on `--host:--port` when `None`).
 pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Running, Error> {
-    let settings = config.resolve()?;
-    let redis = RedisSetup::connect(&settings.redis).await?;
+    let settings = config
+        .with_secret_files()
+        .map_err(Error::Config)?
+        .resolve()?;
+    install_crypto();
+    let redis = RedisSetup::connect(&settings.redis, settings.redis_tls.as_ref()).await?;
     let shutdown = CancellationToken::new();
     // Whatever fails from here on stops the tasks already started (the
     // pipeline's leader releases its lease).
@@ -86,15 +92,7 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     }
     let (hub, hub_task) = live::start(ctx.clone(), keys, shutdown.clone());
     background.push(hub_task);
-    let listener = match listener {
-        Some(l) => l,
-        None => TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: settings.listen,
-                source,
-            })?,
-    };
+    let listener = bind(listener, settings.listen).await?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
     let state = AppState::new(
         state::Shared {
@@ -140,6 +138,27 @@ pub async fn start(config: Config, listener: Option<TcpListener>) -> Result<Runn
     })
 }
 
+/// `listener`, or a new one on `addr`.
+async fn bind(listener: Option<TcpListener>, addr: SocketAddr) -> Result<TcpListener, Error> {
+    match listener {
+        Some(l) => Ok(l),
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source }),
+    }
+}
+
+/// The TLS of `rediss://` and of PostgreSQL (rustls) takes the process's
+/// crypto provider: *ring*, which builds from source with a C compiler
+/// alone (aws-lc, rustls's default, needs cmake and a long C build; its
+/// post-quantum key exchange is what ring's provider lacks, hence the
+/// deprecation). A second install (another server in the same process) is
+/// refused and the first stays.
+#[allow(deprecated)]
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Turns keyspace notifications on and listens to them (on every primary
 /// of a cluster); where they cannot be enabled the live feed polls.
 async fn follow_keyspace(
@@ -168,6 +187,8 @@ async fn follow_keyspace(
         ),
         prefetch::RedisClient::Cluster(_) => live::keyspace::spawn_cluster_listener(
             redis.reads.clone(),
+            redis.url.split(',').next().unwrap_or_default().to_owned(),
+            redis.tls.clone(),
             prefix,
             tx,
             shutdown.clone(),

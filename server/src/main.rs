@@ -9,6 +9,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let config = server::Config::parse();
+    if config.print_redis_acl {
+        return print_redis_acl(&config);
+    }
     server::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -34,6 +37,28 @@ fn main() -> ExitCode {
                 server::TROUBLESHOOTING,
                 e.help_anchor()
             );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--print-redis-acl`: the rule on standard output, how to use it on
+/// standard error.
+fn print_redis_acl(config: &server::Config) -> ExitCode {
+    match config
+        .clone()
+        .with_secret_files()
+        .map_err(server::Error::Config)
+        .and_then(|c| c.resolve())
+    {
+        Ok(settings) => {
+            let (rule, help) = server::acl::print(&settings);
+            eprint!("{help}");
+            println!("{rule}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

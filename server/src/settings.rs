@@ -18,6 +18,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Which Redis.
     pub redis: RedisTarget,
+    /// `--redis-tls-*`.
+    pub redis_tls: Option<RedisTls>,
     /// The source of truth.
     pub primary: PrimaryKind,
     /// Running as a replica of a pipeline.
@@ -40,6 +42,54 @@ pub struct Settings {
     pub stream: StreamSettings,
     /// The mock's read latency.
     pub mock_latency: Duration,
+}
+
+/// The certificates for `rediss://` connections (`--redis-tls-*`), read
+/// at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The CA that signed the server's certificate (PEM); the system's
+    /// roots when `None`.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// As redis-rs takes them.
+    pub fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        }
+    }
+
+    /// A client for the node at `url`: with these certificates when it is
+    /// a `rediss://` URL.
+    pub fn client(tls: Option<&Self>, url: &str) -> redis::RedisResult<redis::Client> {
+        match tls {
+            Some(tls) if url.starts_with("rediss://") => {
+                redis::Client::build_with_tls(url, tls.certificates())
+            }
+            _ => redis::Client::open(url),
+        }
+    }
 }
 
 /// Which Redis the cache lives in.
@@ -150,6 +200,7 @@ impl Config {
         Ok(Settings {
             listen: SocketAddr::new(self.host, self.port),
             redis: self.redis_target(),
+            redis_tls: self.redis_tls()?,
             primary,
             pipeline,
             engine,
@@ -232,6 +283,38 @@ impl Config {
             }
         }
         Ok(file.tables)
+    }
+
+    /// The `--redis-tls-*` files, read; they need `rediss://` URLs.
+    fn redis_tls(&self) -> Result<Option<RedisTls>, Error> {
+        if self.redis_tls_ca.is_none() && self.redis_tls_cert.is_none() {
+            return Ok(None);
+        }
+        let urls: Vec<String> = match self.redis_target() {
+            RedisTarget::Cluster(urls) => urls,
+            RedisTarget::Url(url) => vec![url],
+            RedisTarget::Default { .. } => Vec::new(),
+        };
+        if urls.is_empty() || urls.iter().any(|u| !u.starts_with("rediss://")) {
+            return Err(Error::Config(
+                "--redis-tls-ca/--redis-tls-cert/--redis-tls-key need a rediss:// URL (--redis-url or --redis-cluster)".into(),
+            ));
+        }
+        let read = |flag: &str, path: &str| {
+            std::fs::read(path).map_err(|e| Error::Config(format!("{flag} {path}: {e}")))
+        };
+        let ca = match &self.redis_tls_ca {
+            Some(path) => Some(read("--redis-tls-ca", path)?),
+            None => None,
+        };
+        let client = match (&self.redis_tls_cert, &self.redis_tls_key) {
+            (Some(cert), Some(key)) => Some((
+                read("--redis-tls-cert", cert)?,
+                read("--redis-tls-key", key)?,
+            )),
+            _ => None,
+        };
+        Ok(Some(RedisTls { ca, client }))
     }
 
     fn redis_target(&self) -> RedisTarget {

@@ -107,7 +107,15 @@ impl RedisClient {
     /// others are discovered), retrying a command through a failover for
     /// a few seconds.
     pub fn cluster<S: AsRef<str>>(urls: &[S]) -> RedisResult<Self> {
-        let client = redis::cluster::ClusterClient::builder(urls.iter().map(AsRef::as_ref))
+        Self::cluster_from(redis::cluster::ClusterClient::builder(
+            urls.iter().map(AsRef::as_ref),
+        ))
+    }
+
+    /// [`cluster`](Self::cluster) from a builder the caller set up (TLS
+    /// certificates, credentials), with the same retries and timeouts.
+    pub fn cluster_from(builder: redis::cluster::ClusterClientBuilder) -> RedisResult<Self> {
+        let client = builder
             .retries(8)
             .min_retry_wait(50)
             .max_retry_wait(1000)

@@ -11,6 +11,7 @@
 //! | `redis` | [`TestRedis`]: one private `redis-server` |
 //! | `cluster` | [`TestCluster`]: a local Redis Cluster with explicit bus ports |
 //! | `counting` | [`Counting`]: a connection that counts its round trips |
+//! | `tls` | [`TestCerts`]: a CA, server and client certificates made with `openssl` |
 //! | `engines` | engines over a [`MockPrimary`](crate::MockPrimary), and convergence checks |
 #![allow(clippy::expect_used, clippy::missing_panics_doc)]
 
@@ -18,6 +19,7 @@ mod cluster;
 mod counting;
 mod engines;
 mod redis;
+mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -29,6 +31,7 @@ pub use engines::{
     mock_engine_with,
 };
 pub use redis::TestRedis;
+pub use tls::TestCerts;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 

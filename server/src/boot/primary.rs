@@ -91,9 +91,8 @@ async fn open_stream(
         source,
     };
     let client = match (&settings.stream.redis_url, redis) {
-        (Some(url), _) => {
-            redis::Client::open(url.as_str()).map_err(|e| failed(prefetch::Error::Redis(e)))?
-        }
+        (Some(url), _) => crate::settings::RedisTls::client(settings.redis_tls.as_ref(), url)
+            .map_err(|e| failed(prefetch::Error::Redis(e)))?,
         (None, RedisClient::Single(client)) => client.clone(),
         (None, RedisClient::Cluster(_)) => {
             return Err(Error::Config(

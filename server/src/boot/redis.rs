@@ -11,7 +11,7 @@ use prefetch::launcher::{RedisOptions, RedisServer};
 use prefetch::{Redis, RedisClient};
 
 use crate::error::Error;
-use crate::settings::RedisTarget;
+use crate::settings::{RedisTarget, RedisTls};
 
 /// How long a Redis reply may take before the command fails.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,11 +29,13 @@ pub struct RedisSetup {
     pub writes: Redis,
     /// The private redis-server, when one was started.
     pub embedded: Option<EmbeddedRedis>,
+    /// The certificates of its `rediss://` connections.
+    pub tls: Option<RedisTls>,
 }
 
 impl RedisSetup {
     /// Finds (or starts) the Redis `target` names and connects to it.
-    pub async fn connect(target: &RedisTarget) -> Result<Self, Error> {
+    pub async fn connect(target: &RedisTarget, tls: Option<&RedisTls>) -> Result<Self, Error> {
         let (url, embedded) = match target {
             RedisTarget::Cluster(urls) => (urls.join(","), None),
             RedisTarget::Url(url) => (url.clone(), None),
@@ -60,8 +62,15 @@ impl RedisSetup {
             source,
         };
         let client = match target {
-            RedisTarget::Cluster(urls) => RedisClient::cluster(urls).map_err(unreachable)?,
-            _ => RedisClient::Single(redis::Client::open(url.as_str()).map_err(unreachable)?),
+            RedisTarget::Cluster(urls) => {
+                let mut builder =
+                    redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str));
+                if let Some(tls) = tls {
+                    builder = builder.certs(tls.certificates());
+                }
+                RedisClient::cluster_from(builder).map_err(unreachable)?
+            }
+            _ => RedisClient::Single(RedisTls::client(tls, &url).map_err(unreachable)?),
         };
         let reads = client.connect(REDIS_TIMEOUT).await.map_err(unreachable)?;
         let writes = client.connect(REDIS_TIMEOUT).await.map_err(unreachable)?;
@@ -71,6 +80,7 @@ impl RedisSetup {
             reads,
             writes,
             embedded,
+            tls: tls.cloned(),
         })
     }
 

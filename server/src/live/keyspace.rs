@@ -59,6 +59,13 @@ pub async fn enable<C: ConnectionLike + Send>(conn: &mut C) -> bool {
         .await;
     let current = match current {
         Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+            // A least-privilege user (see --print-redis-acl): expected.
+            tracing::info!(
+                "the Redis user may not run CONFIG: the live feed polls for changes made outside the server"
+            );
+            return false;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read notify-keyspace-events; polling instead");
             return false;
@@ -179,6 +186,25 @@ pub async fn enable_everywhere(conn: &prefetch::Redis) -> bool {
     all
 }
 
+/// The URL of the cluster node at `host:port`: `template` (one of the URLs
+/// the cluster was given) with its address replaced, so that the node is
+/// reached with the same scheme, user and password.
+fn node_url(template: &str, host: &str, port: u16) -> String {
+    let fallback = || format!("redis://{host}:{port}/");
+    let Ok(mut url) = url::Url::parse(template) else {
+        return fallback();
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    if url.set_host(Some(&host)).is_err() || url.set_port(Some(port)).is_err() {
+        return fallback();
+    }
+    url.to_string()
+}
+
 /// On a Redis Cluster, one [`spawn_listener`] per primary.
 ///
 /// They start again whenever the set of primaries changes (a failover, a
@@ -186,6 +212,8 @@ pub async fn enable_everywhere(conn: &prefetch::Redis) -> bool {
 /// resynchronise.
 pub fn spawn_cluster_listener(
     conn: prefetch::Redis,
+    template: String,
+    tls: Option<crate::settings::RedisTls>,
     prefix: String,
     tx: mpsc::Sender<KeyEvent>,
     shutdown: CancellationToken,
@@ -205,7 +233,8 @@ pub fn spawn_cluster_listener(
                 let known = addresses(&nodes);
                 let generation = shutdown.child_token();
                 for (node, (host, port)) in nodes.into_iter().zip(&known) {
-                    match redis::Client::open(format!("redis://{host}:{port}/")) {
+                    let url = node_url(&template, host, *port);
+                    match crate::settings::RedisTls::client(tls.as_ref(), &url) {
                         Ok(client) => {
                             spawn_listener(
                                 client,
@@ -253,4 +282,22 @@ fn addresses(nodes: &[prefetch::RedisNode]) -> Vec<(String, u16)> {
             prefetch::RedisNode::Single(_) => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_url;
+
+    #[test]
+    fn a_node_is_reached_with_the_given_urls_scheme_and_credentials() {
+        assert_eq!(
+            node_url("rediss://pf:s3cret@10.0.0.1:7000/", "10.0.0.2", 7001),
+            "rediss://pf:s3cret@10.0.0.2:7001/"
+        );
+        assert_eq!(
+            node_url("redis://127.0.0.1:7000", "::1", 7002),
+            "redis://[::1]:7002"
+        );
+        assert_eq!(node_url("not a url", "h", 1), "redis://h:1/");
+    }
 }
