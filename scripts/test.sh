@@ -16,6 +16,11 @@ export PF_REAL_SIZE_ROWS="${PF_REAL_SIZE_ROWS:-1000000}"
 echo "== cargo test (workspace)" >&2
 cargo test --workspace
 
+# A short chaos soak, fixed seed, one node then a cluster: every fault kind
+# may come up; the independent checker must find nothing (docs/reliability.md).
+echo "== soak (short, seed 7)" >&2
+"$ROOT/scripts/soak.sh" --minutes 0.75 --seed 7
+
 if [ -f end2end/playwright.config.ts ]; then
   echo "== playwright (end2end)" >&2
   cargo leptos build

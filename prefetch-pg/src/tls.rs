@@ -9,8 +9,8 @@
 //! become a rustls configuration with libpq's meaning: `verify-full`
 //! checks the chain and the host name, `verify-ca` the chain only, and
 //! `require` (or `prefer`, `allow`) checks the chain when a root
-//! certificate is given and nothing otherwise. The process must have a
-//! rustls crypto provider installed (the server installs *ring*).
+//! certificate is given and nothing otherwise. The crypto is the
+//! process's rustls provider, or *ring* when it installed none.
 
 use std::sync::Arc;
 
@@ -102,9 +102,7 @@ fn connector(
     client: Option<(String, String)>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
     let tls = |why: String| PgError::Schema(format!("PostgreSQL TLS: {why}"));
-    let provider = CryptoProvider::get_default()
-        .cloned()
-        .ok_or_else(|| tls("no rustls crypto provider is installed in this process".into()))?;
+    let provider = CryptoProvider::get_default().cloned().unwrap_or_else(ring);
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(e.to_string()))?;
@@ -138,6 +136,14 @@ fn connector(
         }
     };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// *ring*, when the process installed no provider of its own (it builds
+/// with a C compiler alone; rustls marks it deprecated for lacking
+/// post-quantum key exchange).
+#[allow(deprecated)]
+fn ring() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The roots in the PEM file at `path`, or the system's for `system`.
@@ -290,33 +296,32 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn target(url: &str) -> Result<SqlTarget, PgError> {
-        #[allow(deprecated)]
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        sql_target(url)
-    }
-
     #[test]
     fn libpq_parameters_leave_the_url_and_become_the_connector() {
-        let t = target("postgres://u@h/db?sslmode=disable&application_name=x").unwrap();
+        let t = sql_target("postgres://u@h/db?sslmode=disable&application_name=x").unwrap();
         assert_eq!(
             t.url,
             "postgres://u@h/db?application_name=x&sslmode=disable"
         );
         assert!(t.tls.is_none());
-        let t = target("postgres://u@h/db?sslmode=require").unwrap();
+        let t = sql_target("postgres://u@h/db?sslmode=require").unwrap();
         assert_eq!(t.url, "postgres://u@h/db?sslmode=require");
         assert!(t.tls.is_some());
-        let t = target("postgres://u@h/db").unwrap();
+        let t = sql_target("postgres://u@h/db").unwrap();
         assert_eq!(t.url, "postgres://u@h/db");
         assert!(t.tls.is_some(), "libpq's default is prefer");
-        let t = target("postgres://u@h/db?sslmode=prefer").unwrap();
+        let t = sql_target("postgres://u@h/db?sslmode=prefer").unwrap();
         assert_eq!(t.url, "postgres://u@h/db?sslmode=prefer");
     }
 
     #[test]
     fn what_cannot_be_honoured_is_refused_with_why() {
-        let why = |url: &str| target(url).err().map(|e| e.to_string()).unwrap_or_default();
+        let why = |url: &str| {
+            sql_target(url)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         assert!(why("postgres://h/d?sslmode=verify-full").contains("needs sslrootcert"));
         assert!(why("postgres://h/d?sslmode=sometimes").contains("unknown sslmode"));
         assert!(why("postgres://h/d?sslmode=require&sslcert=a.pem").contains("go together"));

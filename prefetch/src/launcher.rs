@@ -105,6 +105,30 @@ impl RedisServer {
         self.keeper = None;
     }
 
+    /// Its process id, while it runs (to pause it with `SIGSTOP`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills it, removes its data (append-only file, snapshot) and starts
+    /// it again on the same port: a node that lost everything.
+    pub fn restart_empty(&mut self) -> std::io::Result<()> {
+        self.kill();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            // A cluster node keeps its identity (nodes.conf), loses its data.
+            if name != "nodes.conf" {
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        self.restart()
+    }
+
     /// Starts it again on the same port (and, if persistent, the same data).
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.kill();

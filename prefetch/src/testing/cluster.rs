@@ -59,6 +59,17 @@ impl TestCluster {
     /// Starts and joins the cluster, and waits until every node sees it
     /// whole (and every replica is in sync with its primary).
     pub fn start(primaries: usize, replicas: usize) -> Self {
+        Self::start_with(primaries, replicas, |_| Vec::new())
+    }
+
+    /// [`start`](Self::start), node `i` started with the extra
+    /// `redis-server` arguments `extra(i)` (TLS ports and certificates, for
+    /// example).
+    pub fn start_with(
+        primaries: usize,
+        replicas: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Self {
         assert!(primaries > 0);
         let total = primaries * (1 + replicas);
         let mut members = Vec::with_capacity(total);
@@ -80,6 +91,7 @@ impl TestCluster {
                 ]
                 .iter()
                 .map(|a| (*a).to_owned())
+                .chain(extra(i))
                 .collect(),
                 die_with_parent: true,
                 env: Vec::new(),
@@ -195,6 +207,18 @@ impl TestCluster {
     /// SIGKILL node `i` (no shutdown, no save).
     pub fn kill(&mut self, i: usize) {
         self.members[i].server.kill();
+    }
+
+    /// Starts node `i` again after [`kill`](Self::kill), on its port and
+    /// with its node id (its `nodes.conf`): it rejoins, as a replica when
+    /// its slots failed over meanwhile, and syncs from its primary.
+    pub fn restart(&mut self, i: usize) -> std::io::Result<()> {
+        self.members[i].server.restart()
+    }
+
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].server.pid()
     }
 
     /// `CLUSTER KEYSLOT`, asked of node 0.

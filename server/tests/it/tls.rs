@@ -104,6 +104,76 @@ async fn the_cache_reaches_redis_over_tls_with_a_client_certificate() {
     assert!(out.contains("need a rediss:// URL"), "{out}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_reaches_a_cluster_over_tls() {
+    let certs = TestCerts::generate();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let node_args = {
+        let (cert, key, ca) = (
+            p(&certs.server_cert).to_owned(),
+            p(&certs.server_key).to_owned(),
+            p(&certs.ca).to_owned(),
+        );
+        let ports = ports.clone();
+        move |i: usize| -> Vec<String> {
+            [
+                "--tls-port",
+                &ports[i].to_string(),
+                "--tls-cluster",
+                "yes",
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "optional",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+        }
+    };
+    let cluster = tokio::task::spawn_blocking(move || {
+        prefetch::testing::TestCluster::start_with(3, 0, node_args)
+    })
+    .await
+    .unwrap();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("rediss://127.0.0.1:{p}/"))
+        .collect();
+    let prefix = "tlsc:cat:";
+    let urls = urls.join(",");
+    let mut srv = Logged::spawn(&[
+        "--redis-cluster",
+        &urls,
+        "--redis-tls-ca",
+        p(&certs.ca),
+        "--cache-prefix",
+        prefix,
+    ]);
+    srv.wait_running().await;
+    let (status, json) = srv
+        .post("/update", "id=cat-003&field=name&value=Cluster TLS")
+        .await;
+    assert_eq!(status, 200, "{json}");
+    srv.read_until("cat-003", "the update", |b| {
+        b["record"]["name"] == "Cluster TLS"
+    })
+    .await;
+    // Read back over the nodes' plain ports.
+    let mut plain = cluster.redis().await;
+    let name: String = redis::cmd("HGET")
+        .arg(format!("{prefix}cat-003"))
+        .arg("name")
+        .query_async(&mut plain)
+        .await
+        .unwrap();
+    assert_eq!(name, "Cluster TLS");
+}
+
 /// Turns TLS on in `pg` (its certificate from `certs`, clients' checked
 /// against their CA) and makes `role` come in over TLS only, with a client
 /// certificate and its password, for SQL and replication.
