@@ -220,6 +220,12 @@ impl PostgresServer {
             .is_ok_and(|s| s.success())
     }
 
+    /// The postmaster's process id, while it runs (its backends are its
+    /// children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

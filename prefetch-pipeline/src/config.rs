@@ -34,6 +34,13 @@ pub struct PipelineConfig {
     pub lease_ttl: Duration,
     /// How often the leader trims what every group acknowledged.
     pub trim_every: Duration,
+    /// Replicas of each Redis primary that must hold a published batch
+    /// (`WAIT`) before the leader tells the source it is durable (0: none).
+    /// Set it as the cache's `wait_replicas`: a failover to a replica that
+    /// lacks entries the source already forgot would lose them.
+    pub wait_replicas: u32,
+    /// How long each primary may take to answer that `WAIT`.
+    pub wait_timeout: Duration,
 }
 
 impl PipelineConfig {
@@ -51,6 +58,8 @@ impl PipelineConfig {
             dlq_max_len: 10_000,
             lease_ttl: Duration::from_secs(3),
             trim_every: Duration::from_secs(5),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 

@@ -148,6 +148,7 @@ async fn publish_term(
         let Some(position) = publish(&mut conn, config, lease.holder_id(), &txs).await? else {
             continue;
         };
+        replicated(&conn, config).await?;
         // Durable in the feed: only now may the source forget it.
         source.ack(position).await?;
         let now = source.status().resync_requests;
@@ -189,6 +190,34 @@ pub async fn publish(
     }
     let _: i64 = call.invoke_async(conn).await?;
     Ok(Some(position))
+}
+
+/// With [`PipelineConfig::wait_replicas`], waits until that many replicas
+/// of every primary hold what was published (`WAIT` on the connection that
+/// published, to each primary).
+async fn replicated(conn: &Redis, config: &PipelineConfig) -> Result<()> {
+    let wanted = config.wait_replicas;
+    if wanted == 0 {
+        return Ok(());
+    }
+    let ms = u64::try_from(config.wait_timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    for mut node in prefetch::Connection::primaries(conn).await? {
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(ms)
+            .query_async(&mut node)
+            .await?;
+        if acked < wanted {
+            return Err(Error::NotReplicated {
+                wanted,
+                acked,
+                timeout: config.wait_timeout,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Trims every partition below what every group acknowledged.

@@ -48,8 +48,9 @@ pub struct Config {
     )]
     pub redis_tls_key: Option<String>,
     /// Replicas of each Redis primary that must hold a batch of sync writes
-    /// (`WAIT`) before the source hears it is durable (0: none). Set it when
-    /// the cache's Redis has replicas that may be promoted.
+    /// (`WAIT`) before the source hears it is durable (0: none), and with
+    /// --pipeline each batch the leader publishes to the change feed. Set it
+    /// when the cache's Redis has replicas that may be promoted.
     #[arg(long, env = "PREFETCH_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
     /// Redis host.

@@ -366,6 +366,7 @@ impl Config {
         }
         let mut pipeline = PipelineConfig::new(name, self.replica_name());
         pipeline.partitions = self.pipeline_partitions;
+        pipeline.wait_replicas = self.redis_wait_replicas;
         pipeline
             .validate()
             .map_err(|e| Error::Config(format!("--pipeline/--replica: {e}")))?;

@@ -31,6 +31,7 @@ const KINDS_SINGLE: &[&str] = &[
     "kill-redis-empty",
     "pause-redis",
     "kill-postgres",
+    "pause-postgres",
     "latency-redis",
     "latency-postgres",
     "reset-redis",
@@ -46,6 +47,7 @@ const KINDS_CLUSTER: &[&str] = &[
     "kill-cluster-primary",
     "pause-cluster-primary",
     "kill-postgres",
+    "pause-postgres",
     "latency-postgres",
     "reset-postgres",
     "cut-postgres",
@@ -74,7 +76,7 @@ pub async fn run(
         let healed_ms = shared.now_ms();
         let converged_ms = probe.converge(writes, Duration::from_secs(60)).await?;
         println!(
-            "  fault {kind:<22} held {:>5} ms, converged {}",
+            "  fault {kind:<34} held {:>5} ms, converged {}",
             hold.as_millis(),
             converged_ms.map_or("NOT within 60 s".to_owned(), |ms| format!("in {ms} ms"))
         );
@@ -173,6 +175,17 @@ async fn inject(world: &mut World, kind: &str, hold: Duration, rng: &mut Rng) ->
                 tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(30)));
             }
         }
+        "pause-postgres" => {
+            // The postmaster and every backend (the walsenders too).
+            let pids = process_tree(world.pg.pid());
+            for pid in &pids {
+                signal(*pid, libc::SIGSTOP);
+            }
+            tokio::time::sleep(hold).await;
+            for pid in pids.iter().rev() {
+                signal(*pid, libc::SIGCONT);
+            }
+        }
         "kill-postgres" => {
             tokio::task::block_in_place(|| world.pg.kill());
             tokio::time::sleep(hold).await;
@@ -198,6 +211,36 @@ async fn inject(world: &mut World, kind: &str, hold: Duration, rng: &mut Rng) ->
         }
     }
     Ok(())
+}
+
+/// `root` and its children (from `/proc`), parents first.
+fn process_tree(root: Option<u32>) -> Vec<u32> {
+    let Some(root) = root else {
+        return Vec::new();
+    };
+    let mut out = vec![root];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid …`: the command may hold spaces, not ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(root) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// `SIGSTOP`, `hold`, `SIGCONT`.

@@ -363,12 +363,20 @@ pub async fn redis_reader(
     log: Log,
     per_sec: u64,
 ) {
-    let Ok(mut conn) = client.connect(Duration::from_secs(2)).await else {
-        return;
-    };
     let pause = Duration::from_micros(1_000_000 / per_sec.max(1));
+    let mut conn = None;
     while shared.going() {
         tokio::time::sleep(pause).await;
+        // (Re)connect until it works: Redis may be down or paused.
+        let Some(conn) = (match &mut conn {
+            Some(c) => Some(c),
+            None => {
+                conn = client.connect(Duration::from_secs(2)).await.ok();
+                conn.as_mut()
+            }
+        }) else {
+            continue;
+        };
         let Some(id) = shared.pick(&mut rng) else {
             continue;
         };
@@ -376,7 +384,7 @@ pub async fn redis_reader(
         let key = format!("{PREFIX}{id}");
         let Ok(fields) = redis::cmd("HGETALL")
             .arg(&key)
-            .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+            .query_async::<std::collections::HashMap<String, String>>(conn)
             .await
         else {
             continue;
@@ -386,7 +394,7 @@ pub async fn redis_reader(
         } else {
             match redis::cmd("EXISTS")
                 .arg(tombstone(&key))
-                .query_async::<i64>(&mut conn)
+                .query_async::<i64>(conn)
                 .await
             {
                 Ok(1) => "deleted",

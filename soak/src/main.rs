@@ -202,6 +202,20 @@ async fn soak(args: &Args, seed: u64, topology: Topology) -> Result<bool, Error>
         Redis::Single { .. } => Vec::new(),
     };
     checker::histories(&dir, &windows, &mut verdict)?;
+    // A reader that checked nothing would let a violation through unseen.
+    let mut names: Vec<String> = world
+        .replicas
+        .iter()
+        .map(|r| format!("api-{}", r.name))
+        .collect();
+    names.push("redis".into());
+    for name in names {
+        if verdict.reads.get(&name).copied().unwrap_or(0) == 0 {
+            verdict.violations.push(format!(
+                "reader {name} checked nothing (the harness failed)"
+            ));
+        }
+    }
     for f in faults.iter().filter(|f| f.converged_ms.is_none()) {
         verdict.violations.push(format!(
             "after {} at {} ms, a change did not reach Redis within 60 s",
@@ -238,7 +252,7 @@ fn report(
         let count = faults.iter().filter(|f| f.kind == kind).count();
         let median = times.get(times.len() / 2).copied().unwrap_or(0);
         let max = times.last().copied().unwrap_or(0);
-        println!("  {kind:<22} {count:>3}  converged after: median {median} ms, max {max} ms");
+        println!("  {kind:<34} {count:>3}  converged after: median {median} ms, max {max} ms");
     }
     print!("{verdict}");
     println!("replay: {replay}");

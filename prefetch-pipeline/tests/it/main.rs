@@ -592,3 +592,120 @@ async fn a_replayed_debezium_entry_keeps_its_original_version() {
     );
     assert_eq!(got[0].changes[0].id, "a");
 }
+
+/// With `wait_replicas`, the leader tells its source that a batch is
+/// durable only once a replica of Redis holds it: the replica paused,
+/// nothing new is acknowledged; resumed, all of it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_acknowledges_only_what_a_redis_replica_holds() {
+    let primary = TestRedis::spawn_own(false);
+    let replica = TestRedis::spawn_own(false);
+    let mut r = replica
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // Replicating once a write is acknowledged by the replica.
+    let mut p = primary
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let _: () = redis::cmd("SET")
+            .arg("probe")
+            .arg(1)
+            .query_async(&mut p)
+            .await
+            .unwrap();
+        let n: u32 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut p)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never acknowledged a write"
+        );
+    }
+    let mock = Arc::new(MockPrimary::with_records(
+        Vec::<prefetch::Record>::new(),
+        Duration::ZERO,
+        EventBus::default(),
+    ));
+    let mut cfg = config("waits", "leader");
+    cfg.wait_replicas = 1;
+    cfg.wait_timeout = Duration::from_millis(200);
+    let source = Arc::clone(&mock);
+    let factory: SourceFactory = Arc::new(move || {
+        let s: Arc<dyn Source> = source.clone();
+        async move { Ok(s) }.boxed()
+    });
+    let (tx, _leading) = watch::channel(false);
+    let cancel = CancellationToken::new();
+    let leader = tokio::spawn(run_leader(
+        primary.redis().await,
+        cfg,
+        factory,
+        tx,
+        cancel.clone(),
+    ));
+    let backlog = || Source::status(&*mock).backlog;
+    let drained = |within: Duration| {
+        let mock = Arc::clone(&mock);
+        async move {
+            let deadline = Instant::now() + within;
+            while Source::status(&*mock).backlog > 0 {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            true
+        }
+    };
+    let add = |id: &str| {
+        mock.add([("id", id), ("name", "n")].into_iter().collect())
+            .unwrap();
+    };
+    add("a");
+    assert!(
+        drained(Duration::from_secs(5)).await,
+        "published and acknowledged"
+    );
+    let pid = replica.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    add("b");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = backlog();
+    signal("-CONT");
+    assert!(held > 0, "acknowledged while no replica held it");
+    // Back: the next batch's acknowledgement covers the held one too.
+    add("c");
+    assert!(
+        drained(Duration::from_secs(10)).await,
+        "acknowledged once the replica is back"
+    );
+    cancel.cancel();
+    let _ = leader.await;
+}

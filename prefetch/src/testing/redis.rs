@@ -58,6 +58,12 @@ impl TestRedis {
         }
     }
 
+    /// The server's process id (to pause it with `SIGSTOP`), when this
+    /// test started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().and_then(RedisServer::pid)
+    }
+
     /// Whether this is a server of the test's own.
     pub fn owns_server(&self) -> bool {
         self.server.is_some()
