@@ -66,7 +66,7 @@ pub const WAIT_COMMANDS: &[&str] = &["wait"];
 /// assert!(text.contains(" +fcall "));
 /// assert!(text.contains(" ~cache:category:* "));
 /// assert!(text.ends_with(" %R~data:shop.public.categories"));
-/// assert!(!text.contains("@all +"));
+/// assert!(!text.contains("+@all"));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AclRule {
